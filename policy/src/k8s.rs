@@ -1,0 +1,660 @@
+//! Conversion from the standard Kubernetes API types (k8s-openapi) into the
+//! model, validating as the API server does (`pkg/apis/networking/validation`).
+//!
+//! Every error names the object and the field, so that one bad object can be
+//! rejected while every other object keeps working.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::networking::v1 as net;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::labels::{Labels, Selector};
+use crate::model::{ContainerPort, Namespace, Pod, PodKey, Protocol};
+use crate::netpol::{IpBlock, NamespaceScope, Peer, Policy, PolicyKey, PortMatch, PortRule, Rule};
+
+/// An object the API server would reject, with the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationError {
+    /// `Kind namespace/name`.
+    pub object: String,
+    /// The field path, e.g. `spec.ingress[0].from[1].ipBlock.cidr`.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.object, self.field, self.message)
+    }
+}
+
+impl std::error::Error for ValidationError {}
+
+struct Ctx {
+    object: String,
+}
+
+impl Ctx {
+    fn err(&self, field: impl Into<String>, message: impl Into<String>) -> ValidationError {
+        ValidationError {
+            object: self.object.clone(),
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The namespace an object lives in (`default` when metadata omits it).
+fn namespace_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    meta.namespace
+        .clone()
+        .unwrap_or_else(|| "default".to_string())
+}
+
+fn name_of(
+    kind: &str,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Result<String, ValidationError> {
+    match meta.name.as_deref() {
+        Some(n) if !n.is_empty() => Ok(n.to_string()),
+        _ => Err(ValidationError {
+            object: format!("{kind} (unnamed)"),
+            field: "metadata.name".into(),
+            message: "name is required".into(),
+        }),
+    }
+}
+
+fn selector(ctx: &Ctx, field: &str, s: &LabelSelector) -> Result<Selector, ValidationError> {
+    let labels: Labels = s.match_labels.clone().unwrap_or_default();
+    let exprs = s
+        .match_expressions
+        .iter()
+        .flatten()
+        .map(|r| {
+            (
+                r.key.clone(),
+                r.operator.clone(),
+                r.values.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    Selector::build(field, labels, exprs).map_err(|(f, m)| ctx.err(f, m))
+}
+
+/// Converts and validates a NetworkPolicy.
+pub fn policy_from_k8s(np: &net::NetworkPolicy) -> Result<Policy, ValidationError> {
+    let name = name_of("NetworkPolicy", &np.metadata)?;
+    let namespace = namespace_of(&np.metadata);
+    let key = PolicyKey::new(namespace.clone(), name);
+    let ctx = Ctx {
+        object: format!("NetworkPolicy {key}"),
+    };
+    let spec = np
+        .spec
+        .as_ref()
+        .ok_or_else(|| ctx.err("spec", "spec is required"))?;
+    let pod_selector = match &spec.pod_selector {
+        Some(s) => selector(&ctx, "spec.podSelector", s)?,
+        None => Selector::everything(),
+    };
+
+    // policyTypes: explicit, or Ingress plus Egress when egress rules exist.
+    let (wants_ingress, wants_egress) = match &spec.policy_types {
+        Some(types) if !types.is_empty() => {
+            if types.len() > 2 {
+                return Err(ctx.err(
+                    "spec.policyTypes",
+                    "may not specify more than two policyTypes",
+                ));
+            }
+            let mut seen = BTreeSet::new();
+            for (i, t) in types.iter().enumerate() {
+                if t != "Ingress" && t != "Egress" {
+                    return Err(ctx.err(
+                        format!("spec.policyTypes[{i}]"),
+                        format!(
+                            "unsupported value {t:?}: supported values are \"Ingress\", \"Egress\""
+                        ),
+                    ));
+                }
+                if !seen.insert(t.as_str()) {
+                    return Err(ctx.err(
+                        format!("spec.policyTypes[{i}]"),
+                        format!("duplicate value {t:?}"),
+                    ));
+                }
+            }
+            (seen.contains("Ingress"), seen.contains("Egress"))
+        }
+        _ => (true, spec.egress.is_some()),
+    };
+
+    // Rules are validated even when policyTypes leaves their direction out,
+    // as the API server does; they then have no effect.
+    let mut ingress = Vec::new();
+    for (i, r) in spec.ingress.iter().flatten().enumerate() {
+        let at = format!("spec.ingress[{i}]");
+        ingress.push(rule(
+            &ctx,
+            &namespace,
+            &at,
+            "from",
+            r.from.as_deref(),
+            r.ports.as_deref(),
+        )?);
+    }
+    let mut egress = Vec::new();
+    for (i, r) in spec.egress.iter().flatten().enumerate() {
+        let at = format!("spec.egress[{i}]");
+        egress.push(rule(
+            &ctx,
+            &namespace,
+            &at,
+            "to",
+            r.to.as_deref(),
+            r.ports.as_deref(),
+        )?);
+    }
+    Ok(Policy {
+        key,
+        pod_selector,
+        ingress: wants_ingress.then_some(ingress),
+        egress: wants_egress.then_some(egress),
+    })
+}
+
+fn rule(
+    ctx: &Ctx,
+    namespace: &str,
+    at: &str,
+    peers_field: &str,
+    peers: Option<&[net::NetworkPolicyPeer]>,
+    ports: Option<&[net::NetworkPolicyPort]>,
+) -> Result<Rule, ValidationError> {
+    let mut out = Rule {
+        peers: Vec::new(),
+        ports: Vec::new(),
+    };
+    for (i, p) in ports.into_iter().flatten().enumerate() {
+        out.ports.push(port(ctx, &format!("{at}.ports[{i}]"), p)?);
+    }
+    for (i, p) in peers.into_iter().flatten().enumerate() {
+        out.peers.push(peer(
+            ctx,
+            namespace,
+            &format!("{at}.{peers_field}[{i}]"),
+            p,
+        )?);
+    }
+    Ok(out)
+}
+
+fn port(ctx: &Ctx, at: &str, p: &net::NetworkPolicyPort) -> Result<PortRule, ValidationError> {
+    let protocol = match p.protocol.as_deref() {
+        None => Protocol::Tcp,
+        Some(s) => Protocol::parse(s).ok_or_else(|| {
+            ctx.err(
+                format!("{at}.protocol"),
+                format!("unsupported value {s:?}: supported values are \"SCTP\", \"TCP\", \"UDP\""),
+            )
+        })?,
+    };
+    let port = match (&p.port, p.end_port) {
+        (None, None) => PortMatch::All,
+        (None, Some(_)) => {
+            return Err(ctx.err(
+                format!("{at}.endPort"),
+                "may not be specified when port is not specified",
+            ));
+        }
+        (Some(IntOrString::Int(n)), end) => {
+            let lo = valid_port(ctx, &format!("{at}.port"), *n)?;
+            let hi = match end {
+                None => lo,
+                Some(e) => {
+                    let hi = valid_port(ctx, &format!("{at}.endPort"), e)?;
+                    if hi < lo {
+                        return Err(ctx.err(
+                            format!("{at}.endPort"),
+                            "must be greater than or equal to port",
+                        ));
+                    }
+                    hi
+                }
+            };
+            PortMatch::Range(lo, hi)
+        }
+        (Some(IntOrString::String(s)), end) => {
+            if end.is_some() {
+                return Err(ctx.err(
+                    format!("{at}.endPort"),
+                    "may not be specified when port is non-numeric",
+                ));
+            }
+            // A numeric string is not a port name; the API server's IntOrString
+            // keeps it a string, and IANA_SVC_NAME validation rejects it.
+            validate_port_name(s).map_err(|m| ctx.err(format!("{at}.port"), m))?;
+            PortMatch::Named(s.clone())
+        }
+    };
+    Ok(PortRule { protocol, port })
+}
+
+fn valid_port(ctx: &Ctx, field: &str, n: i32) -> Result<u16, ValidationError> {
+    if (1..=65535).contains(&n) {
+        Ok(n as u16)
+    } else {
+        Err(ctx.err(
+            field,
+            format!("must be between 1 and 65535, inclusive (got {n})"),
+        ))
+    }
+}
+
+/// IANA_SVC_NAME: 1-15 characters of a-z, 0-9 and '-', at least one letter,
+/// no '-' at either end and no "--".
+pub fn validate_port_name(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 15
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && s.chars().any(|c| c.is_ascii_lowercase())
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && !s.contains("--");
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid port name {s:?}: must be 1-15 characters of a-z, 0-9 and '-', \
+             contain a letter, and not begin, end or repeat '-'"
+        ))
+    }
+}
+
+fn peer(
+    ctx: &Ctx,
+    namespace: &str,
+    at: &str,
+    p: &net::NetworkPolicyPeer,
+) -> Result<Peer, ValidationError> {
+    let has_selector = p.pod_selector.is_some() || p.namespace_selector.is_some();
+    match (&p.ip_block, has_selector) {
+        (None, false) => Err(ctx.err(at.to_string(), "must specify a peer")),
+        (Some(_), true) => Err(ctx.err(at.to_string(), "may not specify more than 1 peer type")),
+        (Some(b), false) => ip_block(ctx, &format!("{at}.ipBlock"), b).map(Peer::IpBlock),
+        (None, true) => {
+            let pods = match &p.pod_selector {
+                Some(s) => selector(ctx, &format!("{at}.podSelector"), s)?,
+                None => Selector::everything(),
+            };
+            let namespaces = match &p.namespace_selector {
+                Some(s) => {
+                    NamespaceScope::Selector(selector(ctx, &format!("{at}.namespaceSelector"), s)?)
+                }
+                None => NamespaceScope::Own(namespace.to_string()),
+            };
+            Ok(Peer::Pods { namespaces, pods })
+        }
+    }
+}
+
+fn parse_cidr(ctx: &Ctx, field: &str, s: &str) -> Result<IpNet, ValidationError> {
+    s.parse::<IpNet>().map(|n| n.trunc()).map_err(|_| {
+        ctx.err(
+            field,
+            format!("invalid CIDR {s:?}: must be an address and a prefix length, e.g. 10.0.0.0/16"),
+        )
+    })
+}
+
+fn ip_block(ctx: &Ctx, at: &str, b: &net::IPBlock) -> Result<IpBlock, ValidationError> {
+    if b.cidr.is_empty() {
+        return Err(ctx.err(format!("{at}.cidr"), "cidr is required"));
+    }
+    let cidr = parse_cidr(ctx, &format!("{at}.cidr"), &b.cidr)?;
+    let mut except = Vec::new();
+    for (i, e) in b.except.iter().flatten().enumerate() {
+        let field = format!("{at}.except[{i}]");
+        let net = parse_cidr(ctx, &field, e)?;
+        // The API server requires each except block to be a strict subset.
+        let strict_subset = matches!(
+            (cidr, net),
+            (IpNet::V4(_), IpNet::V4(_)) | (IpNet::V6(_), IpNet::V6(_))
+        ) && cidr.contains(&net.network())
+            && net.prefix_len() > cidr.prefix_len();
+        if !strict_subset {
+            return Err(ctx.err(
+                field,
+                format!("{e} must be a strict subset of the cidr {}", b.cidr),
+            ));
+        }
+        except.push(net);
+    }
+    except.sort();
+    except.dedup();
+    Ok(IpBlock { cidr, except })
+}
+
+/// Converts a Namespace (its labels gain `kubernetes.io/metadata.name`).
+pub fn namespace_from_k8s(ns: &core::Namespace) -> Result<Namespace, ValidationError> {
+    let name = name_of("Namespace", &ns.metadata)?;
+    let labels = ns.metadata.labels.clone().unwrap_or_default();
+    let ctx = Ctx {
+        object: format!("Namespace {name}"),
+    };
+    check_labels(&ctx, &labels)?;
+    Ok(Namespace::new(name, labels))
+}
+
+fn check_labels(ctx: &Ctx, labels: &Labels) -> Result<(), ValidationError> {
+    for (k, v) in labels {
+        crate::labels::validate_qualified_name(k).map_err(|m| ctx.err("metadata.labels", m))?;
+        crate::labels::validate_label_value(v)
+            .map_err(|m| ctx.err(format!("metadata.labels[{k}]"), m))?;
+    }
+    Ok(())
+}
+
+/// What a Pod manifest turned into.
+pub enum PodConversion {
+    Pod(Pod),
+    /// A host-network pod: NetworkPolicy does not apply to it (it has the
+    /// node's addresses), so it is not part of the model.
+    HostNetwork(PodKey),
+}
+
+/// Converts a Pod. Addresses come from `status.podIPs` (or `status.podIP`);
+/// container ports from every container and init container.
+pub fn pod_from_k8s(pod: &core::Pod) -> Result<PodConversion, ValidationError> {
+    let name = name_of("Pod", &pod.metadata)?;
+    let key = PodKey::new(namespace_of(&pod.metadata), name);
+    let ctx = Ctx {
+        object: format!("Pod {key}"),
+    };
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    check_labels(&ctx, &labels)?;
+    let spec = pod.spec.as_ref();
+    if spec.and_then(|s| s.host_network).unwrap_or(false) {
+        return Ok(PodConversion::HostNetwork(key));
+    }
+    let mut ips: Vec<IpAddr> = Vec::new();
+    if let Some(status) = &pod.status {
+        let listed: Vec<(String, String)> = match &status.pod_ips {
+            Some(list) if !list.is_empty() => list
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (format!("status.podIPs[{i}].ip"), p.ip.clone()))
+                .collect(),
+            _ => status
+                .pod_ip
+                .iter()
+                .map(|ip| ("status.podIP".to_string(), ip.clone()))
+                .collect(),
+        };
+        for (field, ip) in listed {
+            let ip: IpAddr = ip
+                .parse()
+                .map_err(|_| ctx.err(field, format!("invalid IP address {ip:?}")))?;
+            if !ips.contains(&ip) {
+                ips.push(ip);
+            }
+        }
+    }
+    let mut ports = Vec::new();
+    if let Some(spec) = spec {
+        let containers = spec.containers.iter().map(|c| ("containers", c)).chain(
+            spec.init_containers
+                .iter()
+                .flatten()
+                .map(|c| ("initContainers", c)),
+        );
+        let mut index = std::collections::BTreeMap::<&str, usize>::new();
+        for (list, c) in containers {
+            let ci = index.entry(list).or_default();
+            for (pi, p) in c.ports.iter().flatten().enumerate() {
+                let at = format!("spec.{list}[{ci}].ports[{pi}]");
+                let port = valid_port(&ctx, &format!("{at}.containerPort"), p.container_port)?;
+                let protocol = match p.protocol.as_deref() {
+                    None => Protocol::Tcp,
+                    Some(s) => Protocol::parse(s).ok_or_else(|| {
+                        ctx.err(format!("{at}.protocol"), format!("unsupported value {s:?}"))
+                    })?,
+                };
+                if let Some(n) = &p.name {
+                    validate_port_name(n).map_err(|m| ctx.err(format!("{at}.name"), m))?;
+                }
+                ports.push(ContainerPort {
+                    name: p.name.clone(),
+                    port,
+                    protocol,
+                });
+            }
+            *ci += 1;
+        }
+    }
+    Ok(PodConversion::Pod(Pod {
+        key,
+        labels,
+        ips,
+        ports,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn np(yaml: &str) -> Result<Policy, ValidationError> {
+        let np: net::NetworkPolicy = serde_norway::from_str(yaml).expect("yaml");
+        policy_from_k8s(&np)
+    }
+
+    const HEAD: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\n";
+
+    fn err_field(spec: &str) -> String {
+        let e = np(&format!("{HEAD}spec: {spec}")).unwrap_err();
+        assert_eq!(e.object, "NetworkPolicy x/p");
+        e.field
+    }
+
+    #[test]
+    fn policy_types_default_from_the_spec() {
+        let p = np(&format!("{HEAD}spec: {{podSelector: {{}}}}")).unwrap();
+        assert_eq!(
+            p.ingress,
+            Some(vec![]),
+            "ingress applies even with no rules"
+        );
+        assert_eq!(p.egress, None, "egress only when egress rules exist");
+        let p = np(&format!("{HEAD}spec: {{podSelector: {{}}, egress: []}}")).unwrap();
+        assert_eq!(p.egress, Some(vec![]));
+        let p = np(&format!(
+            "{HEAD}spec: {{podSelector: {{}}, policyTypes: [Egress], ingress: [{{}}]}}"
+        ))
+        .unwrap();
+        assert_eq!(p.ingress, None, "policyTypes excludes ingress");
+        assert_eq!(p.egress, Some(vec![]));
+    }
+
+    #[test]
+    fn peers_are_scoped_as_the_api_says() {
+        let p = np(&format!(
+            "{HEAD}spec: {{podSelector: {{}}, ingress: [{{from: [{{podSelector: {{}}}}, {{namespaceSelector: {{}}}}]}}]}}"
+        ))
+        .unwrap();
+        let rules = p.ingress.unwrap();
+        assert_eq!(
+            rules[0].peers[0],
+            Peer::Pods {
+                namespaces: NamespaceScope::Own("x".into()),
+                pods: Selector::everything()
+            }
+        );
+        assert_eq!(
+            rules[0].peers[1],
+            Peer::Pods {
+                namespaces: NamespaceScope::Selector(Selector::everything()),
+                pods: Selector::everything()
+            }
+        );
+    }
+
+    #[test]
+    fn ports_default_to_tcp_and_ranges_are_inclusive() {
+        let p = np(&format!(
+            "{HEAD}spec: {{podSelector: {{}}, ingress: [{{ports: [{{port: 80}}, {{protocol: UDP, port: 1000, endPort: 2000}}, {{port: web, protocol: SCTP}}, {{protocol: UDP}}]}}]}}"
+        ))
+        .unwrap();
+        let ports = &p.ingress.unwrap()[0].ports;
+        assert_eq!(
+            ports[0],
+            PortRule {
+                protocol: Protocol::Tcp,
+                port: PortMatch::Range(80, 80)
+            }
+        );
+        assert_eq!(
+            ports[1],
+            PortRule {
+                protocol: Protocol::Udp,
+                port: PortMatch::Range(1000, 2000)
+            }
+        );
+        assert_eq!(
+            ports[2],
+            PortRule {
+                protocol: Protocol::Sctp,
+                port: PortMatch::Named("web".into())
+            }
+        );
+        assert_eq!(
+            ports[3],
+            PortRule {
+                protocol: Protocol::Udp,
+                port: PortMatch::All
+            }
+        );
+    }
+
+    #[test]
+    fn invalid_policies_name_the_field() {
+        assert_eq!(
+            err_field("{ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/33}}]}]}"),
+            "spec.ingress[0].from[0].ipBlock.cidr"
+        );
+        assert_eq!(
+            err_field("{ingress: [{from: [{ipBlock: {cidr: nonsense}}]}]}"),
+            "spec.ingress[0].from[0].ipBlock.cidr"
+        );
+        assert_eq!(
+            err_field("{egress: [{to: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.1.0.0/24]}}]}]}"),
+            "spec.egress[0].to[0].ipBlock.except[0]"
+        );
+        assert_eq!(
+            err_field("{egress: [{to: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.0.0.0/16]}}]}]}"),
+            "spec.egress[0].to[0].ipBlock.except[0]",
+            "except equal to the cidr is not a strict subset"
+        );
+        assert_eq!(
+            err_field("{egress: [{to: [{ipBlock: {cidr: 10.0.0.0/16, except: ['fd00::/64']}}]}]}"),
+            "spec.egress[0].to[0].ipBlock.except[0]"
+        );
+        assert_eq!(
+            err_field("{ingress: [{ports: [{port: 90, endPort: 80}]}]}"),
+            "spec.ingress[0].ports[0].endPort"
+        );
+        assert_eq!(
+            err_field("{ingress: [{ports: [{port: http, endPort: 80}]}]}"),
+            "spec.ingress[0].ports[0].endPort"
+        );
+        assert_eq!(
+            err_field("{ingress: [{ports: [{endPort: 80}]}]}"),
+            "spec.ingress[0].ports[0].endPort"
+        );
+        assert_eq!(
+            err_field("{ingress: [{ports: [{port: 0}]}]}"),
+            "spec.ingress[0].ports[0].port"
+        );
+        assert_eq!(
+            err_field("{ingress: [{ports: [{port: 70000}]}]}"),
+            "spec.ingress[0].ports[0].port"
+        );
+        assert_eq!(
+            err_field("{ingress: [{ports: [{port: Bad_Name}]}]}"),
+            "spec.ingress[0].ports[0].port"
+        );
+        assert_eq!(
+            err_field("{ingress: [{ports: [{protocol: ICMP}]}]}"),
+            "spec.ingress[0].ports[0].protocol"
+        );
+        assert_eq!(
+            err_field("{ingress: [{from: [{}]}]}"),
+            "spec.ingress[0].from[0]"
+        );
+        assert_eq!(
+            err_field("{ingress: [{from: [{podSelector: {}, ipBlock: {cidr: 10.0.0.0/8}}]}]}"),
+            "spec.ingress[0].from[0]"
+        );
+        assert_eq!(
+            err_field("{podSelector: {matchExpressions: [{key: a, operator: Like}]}}"),
+            "spec.podSelector.matchExpressions[0].operator"
+        );
+        assert_eq!(
+            err_field(
+                "{ingress: [{from: [{namespaceSelector: {matchExpressions: [{key: a, operator: In}]}}]}]}"
+            ),
+            "spec.ingress[0].from[0].namespaceSelector.matchExpressions[0].values"
+        );
+        assert_eq!(
+            err_field("{policyTypes: [Ingress, Sideways]}"),
+            "spec.policyTypes[1]"
+        );
+        assert_eq!(
+            err_field("{policyTypes: [Ingress, Ingress]}"),
+            "spec.policyTypes[1]"
+        );
+    }
+
+    #[test]
+    fn host_bits_in_a_cidr_are_masked() {
+        let p = np(&format!(
+            "{HEAD}spec: {{ingress: [{{from: [{{ipBlock: {{cidr: 10.1.2.3/16}}}}]}}]}}"
+        ))
+        .unwrap();
+        match &p.ingress.unwrap()[0].peers[0] {
+            Peer::IpBlock(b) => assert_eq!(b.cidr.to_string(), "10.1.0.0/16"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn pods_take_addresses_and_named_ports() {
+        let pod: core::Pod = serde_norway::from_str(
+            "metadata: {name: a, namespace: x, labels: {app: web}}\n\
+             spec: {containers: [{name: c, ports: [{name: http, containerPort: 8080}, {containerPort: 53, protocol: UDP}]}]}\n\
+             status: {podIPs: [{ip: 10.0.0.1}, {ip: 'fd00::1'}]}",
+        )
+        .unwrap();
+        let PodConversion::Pod(p) = pod_from_k8s(&pod).unwrap() else {
+            panic!("host network?")
+        };
+        assert_eq!(p.ips.len(), 2);
+        assert_eq!(
+            p.ports[0],
+            ContainerPort {
+                name: Some("http".into()),
+                port: 8080,
+                protocol: Protocol::Tcp
+            }
+        );
+        assert_eq!(p.ports[1].protocol, Protocol::Udp);
+    }
+}

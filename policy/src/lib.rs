@@ -1,0 +1,32 @@
+//! # policy: Kubernetes NetworkPolicy, exactly and fast
+//!
+//! A pure library: no I/O, no clock, no API client. It is layered like this,
+//! each layer using only the ones above it:
+//!
+//! - [`labels`]: labels and label selectors;
+//! - [`model`] and [`netpol`]: the cluster (namespaces, pods, policies) and a
+//!   validated NetworkPolicy with the API's defaults made explicit;
+//! - [`k8s`] and [`manifest`]: the standard Kubernetes API types and YAML
+//!   manifests into the model, validated as the API server does;
+//! - [`verdict`]: flows and verdicts that name the deciding rule;
+//! - [`reference`]: the slow evaluator written from the API reference;
+//! - [`compile`]: the [`Engine`], which compiles the cluster into identity and
+//!   port tables, keeps them up to date incrementally, and answers verdicts in
+//!   a few lookups;
+//! - [`synth`]: deterministic synthetic clusters for tests and benchmarks.
+
+pub mod compile;
+pub mod k8s;
+pub mod labels;
+pub mod manifest;
+pub mod model;
+pub mod netpol;
+pub mod reference;
+pub mod synth;
+pub mod verdict;
+
+pub use compile::Engine;
+pub use labels::{Labels, Selector};
+pub use model::{Cluster, ContainerPort, ModelError, Namespace, Pod, PodKey, Protocol};
+pub use netpol::{Direction, Policy, PolicyKey};
+pub use verdict::{Decision, Explanation, Flow, Reason, Verdict};

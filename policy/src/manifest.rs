@@ -1,0 +1,301 @@
+//! Kubernetes YAML manifests (one or many documents, `kind: List` too) into
+//! the model, through the standard API types.
+//!
+//! The API types ignore fields they do not know, which would let a typo
+//! (`podSelectr`) silently widen a policy. Here every document is read twice:
+//! into the typed object, and as plain YAML; a field of the YAML that does not
+//! survive the round trip through the typed object is an error, as the API
+//! server's strict field validation makes it.
+
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::networking::v1 as net;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_norway::Value;
+
+use crate::k8s::{self, PodConversion, ValidationError};
+use crate::model::{Namespace, Pod, PodKey};
+use crate::netpol::Policy;
+
+/// One object read from a manifest.
+#[derive(Debug)]
+pub enum Object {
+    Namespace(Namespace),
+    Pod(Pod),
+    /// A host-network pod, which NetworkPolicy does not cover.
+    HostNetworkPod(PodKey),
+    NetworkPolicy(Policy),
+}
+
+/// Why one document could not be used; the other documents are unaffected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    #[error("document {doc}: not valid YAML: {message}")]
+    Yaml { doc: usize, message: String },
+    #[error("document {doc}: {kind} is not supported (supported: Namespace, Pod, NetworkPolicy)")]
+    Unsupported { doc: usize, kind: String },
+    #[error("document {doc}: {object}: {field}: {message}")]
+    Decode {
+        doc: usize,
+        object: String,
+        field: String,
+        message: String,
+    },
+    #[error("document {doc}: {0}", doc = .1)]
+    Invalid(ValidationError, usize),
+}
+
+/// Parses every document of a YAML text. Each document yields its objects or
+/// an error, independently.
+pub fn parse(text: &str) -> Vec<Result<Object, ManifestError>> {
+    let mut out = Vec::new();
+    for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
+        let doc_no = i + 1;
+        let value = match <Value as serde::Deserialize>::deserialize(doc) {
+            Ok(v) => v,
+            Err(e) => {
+                out.push(Err(ManifestError::Yaml {
+                    doc: doc_no,
+                    message: e.to_string(),
+                }));
+                // The YAML stream cannot be resynchronised after a syntax error.
+                break;
+            }
+        };
+        if value.is_null() {
+            continue; // an empty document (e.g. a trailing `---`)
+        }
+        parse_value(doc_no, value, &mut out);
+    }
+    out
+}
+
+/// Converts one already-parsed object (used for `kind: List` items and by
+/// callers that hold YAML values, such as scenario files).
+pub fn parse_value(doc: usize, value: Value, out: &mut Vec<Result<Object, ManifestError>>) {
+    let kind = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let api = value
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let result = match (api.as_str(), kind.as_str()) {
+        ("v1", "List") => {
+            let items = value
+                .get("items")
+                .and_then(Value::as_sequence)
+                .cloned()
+                .unwrap_or_default();
+            for item in items {
+                parse_value(doc, item, out);
+            }
+            return;
+        }
+        ("v1", "Namespace") => strict::<core::Namespace>(doc, &kind, &value)
+            .and_then(|ns| k8s::namespace_from_k8s(&ns).map_err(|e| ManifestError::Invalid(e, doc)))
+            .map(Object::Namespace),
+        ("v1", "Pod") => strict::<core::Pod>(doc, &kind, &value).and_then(|p| {
+            match k8s::pod_from_k8s(&p).map_err(|e| ManifestError::Invalid(e, doc))? {
+                PodConversion::Pod(p) => Ok(Object::Pod(p)),
+                PodConversion::HostNetwork(k) => Ok(Object::HostNetworkPod(k)),
+            }
+        }),
+        ("networking.k8s.io/v1", "NetworkPolicy") => {
+            strict::<net::NetworkPolicy>(doc, &kind, &value)
+                .and_then(|np| {
+                    k8s::policy_from_k8s(&np).map_err(|e| ManifestError::Invalid(e, doc))
+                })
+                .map(Object::NetworkPolicy)
+        }
+        _ => Err(ManifestError::Unsupported {
+            doc,
+            kind: if kind.is_empty() {
+                "a document without kind".to_string()
+            } else {
+                format!("{api} {kind}")
+            },
+        }),
+    };
+    out.push(result);
+}
+
+fn object_name(kind: &str, value: &Value) -> String {
+    let meta = value.get("metadata");
+    let name = meta
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or("(unnamed)");
+    match meta
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str)
+    {
+        Some(ns) => format!("{kind} {ns}/{name}"),
+        None => format!("{kind} {name}"),
+    }
+}
+
+/// Decodes a typed object and rejects fields the type does not know.
+pub fn strict<T: DeserializeOwned + Serialize>(
+    doc: usize,
+    kind: &str,
+    value: &Value,
+) -> Result<T, ManifestError> {
+    let object = object_name(kind, value);
+    let typed: T = serde_path_like(value).map_err(|(field, message)| ManifestError::Decode {
+        doc,
+        object: object.clone(),
+        field,
+        message,
+    })?;
+    let back = serde_norway::to_value(&typed).map_err(|e| ManifestError::Decode {
+        doc,
+        object: object.clone(),
+        field: "".into(),
+        message: e.to_string(),
+    })?;
+    if let Some(field) = unknown_field(value, &back, String::new()) {
+        return Err(ManifestError::Decode {
+            doc,
+            object,
+            field,
+            message: "unknown field".into(),
+        });
+    }
+    Ok(typed)
+}
+
+fn serde_path_like<T: DeserializeOwned>(value: &Value) -> Result<T, (String, String)> {
+    serde_norway::from_value(value.clone()).map_err(|e| {
+        // serde_norway reports the path inside the message when it has one.
+        let msg = e.to_string();
+        match msg.split_once(": ") {
+            Some((path, rest)) if !path.contains(' ') => (path.to_string(), rest.to_string()),
+            _ => ("(document)".to_string(), msg),
+        }
+    })
+}
+
+/// The first path present in `input` (with a non-null value) but missing
+/// from `typed`.
+fn unknown_field(input: &Value, typed: &Value, path: String) -> Option<String> {
+    match (input, typed) {
+        (Value::Mapping(a), Value::Mapping(b)) => {
+            for (k, v) in a {
+                let key = k
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("{k:?}"));
+                let here = if path.is_empty() {
+                    key
+                } else {
+                    format!("{path}.{key}")
+                };
+                match b.get(k) {
+                    None if v.is_null() => {}
+                    None => return Some(here),
+                    Some(w) => {
+                        if let Some(f) = unknown_field(v, w, here) {
+                            return Some(f);
+                        }
+                    }
+                }
+            }
+            None
+        }
+        (Value::Sequence(a), Value::Sequence(b)) => a
+            .iter()
+            .zip(b)
+            .enumerate()
+            .find_map(|(i, (v, w))| unknown_field(v, w, format!("{path}[{i}]"))),
+        (Value::Tagged(a), _) => unknown_field(&a.value, typed, path),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multi_document_files_keep_good_objects_next_to_bad_ones() {
+        let text = "\
+apiVersion: v1
+kind: Namespace
+metadata: {name: x, labels: {team: a}}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: bad, namespace: x}
+spec:
+  podSelector: {}
+  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/40}}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: typo, namespace: x}
+spec:
+  podSelectr: {matchLabels: {app: db}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: d}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x}
+spec: {containers: [{name: c}]}
+status: {podIP: 10.1.0.1}
+---
+";
+        let r = parse(text);
+        assert_eq!(r.len(), 5);
+        assert!(
+            matches!(&r[0], Ok(Object::Namespace(n)) if n.labels["kubernetes.io/metadata.name"] == "x")
+        );
+        match &r[1] {
+            Err(ManifestError::Invalid(e, 2)) => {
+                assert_eq!(e.object, "NetworkPolicy x/bad");
+                assert_eq!(e.field, "spec.ingress[0].from[0].ipBlock.cidr");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        match &r[2] {
+            Err(ManifestError::Decode { object, field, .. }) => {
+                assert_eq!(object, "NetworkPolicy x/typo");
+                assert_eq!(field, "spec.podSelectr");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(
+            &r[3],
+            Err(ManifestError::Unsupported { doc: 4, .. })
+        ));
+        assert!(matches!(&r[4], Ok(Object::Pod(p)) if p.ips.len() == 1));
+    }
+
+    #[test]
+    fn lists_are_expanded() {
+        let r = parse(
+            "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Namespace, metadata: {name: a}}\n- {apiVersion: v1, kind: Namespace, metadata: {name: b}}\n",
+        );
+        assert_eq!(r.len(), 2);
+        assert!(r.iter().all(|o| o.is_ok()));
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_field() {
+        let r = parse(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec: {ingress: [{ports: [{endPort: many}]}]}\n",
+        );
+        match &r[0] {
+            Err(ManifestError::Decode { message, .. }) => {
+                assert!(message.contains("invalid"), "{message}")
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! The cluster model: namespaces, pods and NetworkPolicies, as plain data.
+//!
+//! This is what every other part of the crate reads. It holds no compiled
+//! state; `Engine` keeps one of these as its source of truth.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use crate::labels::Labels;
+use crate::netpol::{Policy, PolicyKey};
+
+/// The label that Kubernetes puts on every namespace.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// An L4 protocol. NetworkPolicy names TCP, UDP and SCTP; flows can carry
+/// any IP protocol number (ICMP, ...), which only port-less rules match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+    Other(u8),
+}
+
+impl Protocol {
+    /// Parses a NetworkPolicy / containerPort protocol name.
+    pub fn parse(s: &str) -> Option<Protocol> {
+        match s {
+            "TCP" => Some(Protocol::Tcp),
+            "UDP" => Some(Protocol::Udp),
+            "SCTP" => Some(Protocol::Sctp),
+            _ => None,
+        }
+    }
+
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+            Protocol::Sctp => 132,
+            Protocol::Other(n) => n,
+        }
+    }
+
+    pub fn from_number(n: u8) -> Protocol {
+        match n {
+            6 => Protocol::Tcp,
+            17 => Protocol::Udp,
+            132 => Protocol::Sctp,
+            n => Protocol::Other(n),
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Protocol::Tcp => f.write_str("TCP"),
+            Protocol::Udp => f.write_str("UDP"),
+            Protocol::Sctp => f.write_str("SCTP"),
+            Protocol::Other(n) => write!(f, "proto-{n}"),
+        }
+    }
+}
+
+/// A named container port of a pod (what named ports in policies resolve to).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ContainerPort {
+    pub name: Option<String>,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+/// Resolves a port name on a pod's container ports for a protocol.
+pub fn resolve_named_port(ports: &[ContainerPort], name: &str, protocol: Protocol) -> Option<u16> {
+    ports
+        .iter()
+        .find(|p| p.protocol == protocol && p.name.as_deref() == Some(name))
+        .map(|p| p.port)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PodKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl PodKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> PodKey {
+        PodKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// Parses `namespace/name`.
+    pub fn parse(s: &str) -> Option<PodKey> {
+        let (ns, name) = s.split_once('/')?;
+        (!ns.is_empty() && !name.is_empty() && !name.contains('/')).then(|| PodKey::new(ns, name))
+    }
+}
+
+impl fmt::Display for PodKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Namespace {
+    pub name: String,
+    /// Always contains `kubernetes.io/metadata.name: <name>`.
+    pub labels: Labels,
+}
+
+impl Namespace {
+    /// A namespace with the given labels plus the automatic name label.
+    pub fn new(name: impl Into<String>, mut labels: Labels) -> Namespace {
+        let name = name.into();
+        labels.insert(NAMESPACE_NAME_LABEL.to_string(), name.clone());
+        Namespace { name, labels }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pod {
+    pub key: PodKey,
+    pub labels: Labels,
+    /// The pod's addresses (at most one per family in practice).
+    pub ips: Vec<IpAddr>,
+    pub ports: Vec<ContainerPort>,
+}
+
+/// Why a change to the model was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModelError {
+    #[error("pod {pod}: namespace {namespace} does not exist")]
+    NoNamespace { pod: PodKey, namespace: String },
+    #[error("pod {pod}: address {ip} is already used by pod {owner}")]
+    AddressInUse {
+        pod: PodKey,
+        ip: IpAddr,
+        owner: PodKey,
+    },
+    #[error("NetworkPolicy {policy}: namespace {} does not exist", policy.namespace)]
+    PolicyNamespace { policy: PolicyKey },
+}
+
+/// A whole cluster: the input of both the reference evaluator and the compiler.
+#[derive(Debug, Clone, Default)]
+pub struct Cluster {
+    pub namespaces: BTreeMap<String, Namespace>,
+    pub pods: BTreeMap<PodKey, Pod>,
+    pub policies: BTreeMap<PolicyKey, Policy>,
+}
+
+impl Cluster {
+    /// The pod that owns an address, if any.
+    pub fn pod_by_ip(&self, ip: IpAddr) -> Option<&Pod> {
+        self.pods.values().find(|p| p.ips.contains(&ip))
+    }
+
+    pub fn namespace_labels(&self, ns: &str) -> Option<&Labels> {
+        self.namespaces.get(ns).map(|n| &n.labels)
+    }
+
+    /// Checks that a pod's namespace exists.
+    pub fn check_pod_namespace(&self, pod: &Pod) -> Result<(), ModelError> {
+        if self.namespaces.contains_key(&pod.key.namespace) {
+            Ok(())
+        } else {
+            Err(ModelError::NoNamespace {
+                pod: pod.key.clone(),
+                namespace: pod.key.namespace.clone(),
+            })
+        }
+    }
+}
