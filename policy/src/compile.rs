@@ -52,7 +52,7 @@ use ipnet::IpNet;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::labels::{Labels, Selector};
-use crate::model::{Cluster, ContainerPort, ModelError, Namespace, Pod, PodKey, Protocol};
+use crate::model::{Change, Cluster, ContainerPort, ModelError, Namespace, Pod, PodKey, Protocol};
 use crate::netpol::{Direction, IpBlock, NamespaceScope, Peer, Policy, PolicyKey, PortRule};
 use crate::verdict::{Decision, Explanation, Flow, PolicyId, Reason, RuleId, Verdict};
 
@@ -455,6 +455,25 @@ impl Engine {
     }
 
     // ----- changes -------------------------------------------------------
+
+    /// Applies one change. Deleting what does not exist is not an error.
+    pub fn apply(&mut self, change: Change) -> Result<(), ModelError> {
+        match change {
+            Change::UpsertNamespace(ns) => self.upsert_namespace(ns),
+            Change::DeleteNamespace(n) => {
+                self.delete_namespace(&n);
+            }
+            Change::UpsertPod(p) => self.upsert_pod(p)?,
+            Change::DeletePod(k) => {
+                self.delete_pod(&k);
+            }
+            Change::UpsertPolicy(p) => self.upsert_policy(p)?,
+            Change::DeletePolicy(k) => {
+                self.delete_policy(&k);
+            }
+        }
+        Ok(())
+    }
 
     /// Creates a namespace or replaces its labels.
     pub fn upsert_namespace(&mut self, ns: Namespace) {

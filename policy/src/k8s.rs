@@ -133,7 +133,9 @@ pub fn policy_from_k8s(np: &net::NetworkPolicy) -> Result<Policy, ValidationErro
             }
             (seen.contains("Ingress"), seen.contains("Egress"))
         }
-        _ => (true, spec.egress.is_some()),
+        // The API server's defaulting: Ingress, plus Egress when the egress
+        // list is non-empty (`egress: []` does not make it an egress policy).
+        _ => (true, spec.egress.as_ref().is_some_and(|e| !e.is_empty())),
     };
 
     // Rules are validated even when policyTypes leaves their direction out,
@@ -475,7 +477,16 @@ mod tests {
         );
         assert_eq!(p.egress, None, "egress only when egress rules exist");
         let p = np(&format!("{HEAD}spec: {{podSelector: {{}}, egress: []}}")).unwrap();
-        assert_eq!(p.egress, Some(vec![]));
+        assert_eq!(
+            p.egress, None,
+            "an empty egress list does not default Egress in"
+        );
+        let p = np(&format!(
+            "{HEAD}spec: {{podSelector: {{}}, egress: [{{}}]}}"
+        ))
+        .unwrap();
+        assert_eq!(p.egress.map(|r| r.len()), Some(1));
+        assert_eq!(p.ingress, Some(vec![]), "ingress is always defaulted in");
         let p = np(&format!(
             "{HEAD}spec: {{podSelector: {{}}, policyTypes: [Egress], ingress: [{{}}]}}"
         ))

@@ -27,6 +27,6 @@ pub mod verdict;
 
 pub use compile::Engine;
 pub use labels::{Labels, Selector};
-pub use model::{Cluster, ContainerPort, ModelError, Namespace, Pod, PodKey, Protocol};
+pub use model::{Change, Cluster, ContainerPort, ModelError, Namespace, Pod, PodKey, Protocol};
 pub use netpol::{Direction, Policy, PolicyKey};
 pub use verdict::{Decision, Explanation, Flow, Reason, Verdict};

@@ -148,6 +148,18 @@ pub enum ModelError {
     PolicyNamespace { policy: PolicyKey },
 }
 
+/// One change to a cluster, as every consumer of the model takes it (the
+/// engine's incremental API, the scenario runner, the control plane).
+#[derive(Debug, Clone)]
+pub enum Change {
+    UpsertNamespace(Namespace),
+    DeleteNamespace(String),
+    UpsertPod(Pod),
+    DeletePod(PodKey),
+    UpsertPolicy(Policy),
+    DeletePolicy(PolicyKey),
+}
+
 /// A whole cluster: the input of both the reference evaluator and the compiler.
 #[derive(Debug, Clone, Default)]
 pub struct Cluster {
@@ -164,6 +176,33 @@ impl Cluster {
 
     pub fn namespace_labels(&self, ns: &str) -> Option<&Labels> {
         self.namespaces.get(ns).map(|n| &n.labels)
+    }
+
+    /// Applies a change to the plain model, without any checks (the engine
+    /// checks; this is what it must agree with).
+    pub fn apply(&mut self, change: &Change) {
+        match change {
+            Change::UpsertNamespace(ns) => {
+                self.namespaces.insert(ns.name.clone(), ns.clone());
+            }
+            Change::DeleteNamespace(name) => {
+                self.namespaces.remove(name);
+                self.pods.retain(|k, _| &k.namespace != name);
+                self.policies.retain(|k, _| &k.namespace != name);
+            }
+            Change::UpsertPod(p) => {
+                self.pods.insert(p.key.clone(), p.clone());
+            }
+            Change::DeletePod(k) => {
+                self.pods.remove(k);
+            }
+            Change::UpsertPolicy(p) => {
+                self.policies.insert(p.key.clone(), p.clone());
+            }
+            Change::DeletePolicy(k) => {
+                self.policies.remove(k);
+            }
+        }
     }
 
     /// Checks that a pod's namespace exists.

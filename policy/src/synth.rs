@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::IpNet;
 
 use crate::labels::{Labels, Operator, Requirement, Selector};
-use crate::model::{Cluster, ContainerPort, Namespace, Pod, PodKey, Protocol};
+use crate::model::{Change, Cluster, ContainerPort, Namespace, Pod, PodKey, Protocol};
 use crate::netpol::{IpBlock, NamespaceScope, Peer, Policy, PolicyKey, PortMatch, PortRule, Rule};
 use crate::verdict::Flow;
 
@@ -278,17 +278,6 @@ pub fn random_flow(rng: &mut Rng, c: &Cluster) -> Flow {
     }
 }
 
-/// One change to a cluster, as the engine's incremental API takes it.
-#[derive(Debug, Clone)]
-pub enum Change {
-    UpsertNamespace(Namespace),
-    DeleteNamespace(String),
-    UpsertPod(Pod),
-    DeletePod(PodKey),
-    UpsertPolicy(Policy),
-    DeletePolicy(PolicyKey),
-}
-
 /// A random change that keeps the cluster valid (pods only in existing
 /// namespaces, addresses unique).
 pub fn random_change(rng: &mut Rng, c: &Cluster) -> Change {
@@ -351,32 +340,6 @@ pub fn random_change(rng: &mut Rng, c: &Cluster) -> Change {
             let ns = rng.pick(&ns_names).to_string();
             let name = format!("np{}", rng.below(8));
             Change::UpsertPolicy(random_policy(rng, &ns, &name))
-        }
-    }
-}
-
-/// Applies a change to a plain cluster model (what the engine must match).
-pub fn apply_change(c: &mut Cluster, change: &Change) {
-    match change {
-        Change::UpsertNamespace(ns) => {
-            c.namespaces.insert(ns.name.clone(), ns.clone());
-        }
-        Change::DeleteNamespace(name) => {
-            c.namespaces.remove(name);
-            c.pods.retain(|k, _| &k.namespace != name);
-            c.policies.retain(|k, _| &k.namespace != name);
-        }
-        Change::UpsertPod(p) => {
-            c.pods.insert(p.key.clone(), p.clone());
-        }
-        Change::DeletePod(k) => {
-            c.pods.remove(k);
-        }
-        Change::UpsertPolicy(p) => {
-            c.policies.insert(p.key.clone(), p.clone());
-        }
-        Change::DeletePolicy(k) => {
-            c.policies.remove(k);
         }
     }
 }

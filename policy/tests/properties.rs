@@ -2,7 +2,7 @@
 //! policies, flows and change sequences. Seeds are fixed and printed, so a
 //! failure can be replayed with `SEED=n`.
 
-use policy::synth::{self, Change, Rng};
+use policy::synth::{self, Rng};
 use policy::{Cluster, Engine, Explanation, reference};
 
 fn seeds(default_count: u64) -> Vec<u64> {
@@ -48,23 +48,6 @@ fn compiled_verdicts_equal_the_reference() {
     );
 }
 
-fn apply(engine: &mut Engine, change: &Change) {
-    match change.clone() {
-        Change::UpsertNamespace(ns) => engine.upsert_namespace(ns),
-        Change::DeleteNamespace(n) => {
-            engine.delete_namespace(&n);
-        }
-        Change::UpsertPod(p) => engine.upsert_pod(p).expect("valid pod"),
-        Change::DeletePod(k) => {
-            engine.delete_pod(&k);
-        }
-        Change::UpsertPolicy(p) => engine.upsert_policy(p).expect("valid policy"),
-        Change::DeletePolicy(k) => {
-            engine.delete_policy(&k);
-        }
-    }
-}
-
 #[test]
 fn incremental_updates_equal_a_full_recompile() {
     for seed in seeds(250) {
@@ -74,8 +57,8 @@ fn incremental_updates_equal_a_full_recompile() {
         for step in 0..30 {
             let change = synth::random_change(&mut rng, &cluster);
             let before = engine.generation();
-            synth::apply_change(&mut cluster, &change);
-            apply(&mut engine, &change);
+            cluster.apply(&change);
+            engine.apply(change.clone()).expect("valid change");
             assert!(
                 engine.generation() > before,
                 "every change bumps the generation"

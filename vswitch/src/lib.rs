@@ -1,1 +1,12 @@
-//! vswitch
+//! # vswitch: a userspace switch for Kubernetes pods
+//!
+//! Each pod gets a TAP device; the switch forwards its frames at L2/L3 and
+//! enforces NetworkPolicy through a flow cache. This crate holds the switch,
+//! its daemon `vswitchd` and the CLI `vswitchctl`.
+//!
+//! - [`scenario`]: NetworkPolicy scenario files and the runners that prove
+//!   each layer against them;
+//! - [`simulate`]: reachability matrices from a folder of manifests.
+
+pub mod scenario;
+pub mod simulate;

@@ -1,0 +1,676 @@
+//! The scenario file format v1 (`shared/netpol-scenarios.md`): the YAML shape
+//! (serde, unknown fields rejected, errors carry the field path) and its
+//! conversion into a checked [`Scenario`].
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use policy::manifest::{self, Object};
+use policy::{ContainerPort, Labels, Namespace, Pod, PodKey, Policy, PolicyKey, Protocol};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSpec {
+    name: String,
+    #[serde(default)]
+    #[allow(dead_code)]
+    description: Option<String>,
+    cluster: Option<ClusterSpec>,
+    steps: Vec<StepSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterSpec {
+    #[serde(default)]
+    namespaces: Vec<NamespaceSpec>,
+    #[serde(default)]
+    pods: Vec<PodSpec>,
+    #[serde(default)]
+    externals: Vec<ExternalSpec>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct NamespaceSpec {
+    name: String,
+    #[serde(default)]
+    labels: Labels,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct PodSpec {
+    namespace: String,
+    name: String,
+    #[serde(default)]
+    labels: Labels,
+    ipv4: Option<Ipv4Addr>,
+    ipv6: Option<Ipv6Addr>,
+    ports: Option<Vec<PortSpec>>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct PortSpec {
+    name: Option<String>,
+    port: u16,
+    #[serde(default = "tcp")]
+    protocol: String,
+}
+
+fn tcp() -> String {
+    "TCP".to_string()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExternalSpec {
+    name: String,
+    ipv4: Option<Ipv4Addr>,
+    ipv6: Option<Ipv6Addr>,
+    ports: Option<Vec<PortSpec>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StepSpec {
+    /// One-key maps, decoded by [`action`] (serde_norway reads externally
+    /// tagged enums as YAML tags, not as the format's one-key maps).
+    #[serde(rename = "do", default)]
+    actions: Vec<serde_norway::Value>,
+    expect: Vec<ProbeSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetPodLabels {
+    pod: String,
+    labels: Labels,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetNamespaceLabels {
+    namespace: String,
+    labels: Labels,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProbeSpec {
+    probe: ProbeTarget,
+    #[serde(default)]
+    family: Family,
+    default: VerdictSpec,
+    #[serde(default)]
+    except: Vec<ExceptSpec>,
+    only: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProbeTarget {
+    port: PortValue,
+    #[serde(default = "tcp")]
+    protocol: String,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PortValue {
+    Number(u16),
+    Name(String),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ExceptSpec {
+    Pair(String),
+    /// `x/a -> y/b: allow` written without quotes parses as a one-key map.
+    Verdict(BTreeMap<String, VerdictSpec>),
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "lowercase")]
+enum VerdictSpec {
+    Allow,
+    Deny,
+}
+
+/// The address family of a probe.
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    #[default]
+    Ipv4,
+    Ipv6,
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Family::Ipv4 => "ipv4",
+            Family::Ipv6 => "ipv6",
+        })
+    }
+}
+
+// ----- the checked scenario --------------------------------------------------
+
+/// A host outside the cluster: it serves and connects, no policy selects it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct External {
+    pub name: String,
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+    pub ports: Vec<ContainerPort>,
+}
+
+/// One action of a step, converted to model objects.
+#[derive(Debug, Clone)]
+pub enum Action {
+    Apply(Policy),
+    DeletePolicy(PolicyKey),
+    SetPodLabels(PodKey, Labels),
+    SetNamespaceLabels(String, Labels),
+    CreatePod(Pod),
+    DeletePod(PodKey),
+    CreateNamespace(Namespace),
+}
+
+/// One side of a `FROM -> TO` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pattern {
+    /// `*`: every pod and external.
+    Any,
+    /// `ns/*`: every pod of a namespace.
+    Namespace(String),
+    /// `ns/name`: one pod.
+    Pod(PodKey),
+    /// `name`: one external.
+    External(String),
+}
+
+impl Pattern {
+    fn parse(s: &str) -> Result<Pattern, String> {
+        let s = s.trim();
+        if s == "*" {
+            return Ok(Pattern::Any);
+        }
+        match s.split_once('/') {
+            Some((ns, "*")) if !ns.is_empty() => Ok(Pattern::Namespace(ns.to_string())),
+            Some(_) => PodKey::parse(s)
+                .map(Pattern::Pod)
+                .ok_or_else(|| format!("{s:?} is not a pod (namespace/name), namespace/* or *")),
+            None if !s.is_empty() && !s.contains(char::is_whitespace) => {
+                Ok(Pattern::External(s.to_string()))
+            }
+            None => Err(format!("{s:?} is not an endpoint name")),
+        }
+    }
+}
+
+impl std::fmt::Display for Pattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Pattern::Any => f.write_str("*"),
+            Pattern::Namespace(ns) => write!(f, "{ns}/*"),
+            Pattern::Pod(k) => write!(f, "{k}"),
+            Pattern::External(n) => f.write_str(n),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Except {
+    pub from: Pattern,
+    pub to: Pattern,
+    /// `None`: the opposite of the default.
+    pub verdict: Option<bool>,
+    /// Field path, for errors about names that match nothing.
+    pub field: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum ProbePort {
+    Number(u16),
+    Named(String),
+}
+
+impl std::fmt::Display for ProbePort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProbePort::Number(n) => write!(f, "{n}"),
+            ProbePort::Named(n) => f.write_str(n),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pub port: ProbePort,
+    pub protocol: Protocol,
+    pub family: Family,
+    /// `true`: allow.
+    pub default: bool,
+    pub except: Vec<Except>,
+    pub only: Option<Vec<(Pattern, Pattern, String)>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub actions: Vec<Action>,
+    pub probes: Vec<Probe>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: String,
+    pub namespaces: Vec<Namespace>,
+    pub pods: Vec<Pod>,
+    pub externals: Vec<External>,
+    pub steps: Vec<Step>,
+}
+
+/// The standard port set: 80 and 81 on TCP, UDP and SCTP, named
+/// `serve-<port>-<proto>`.
+pub fn standard_ports() -> Vec<ContainerPort> {
+    let mut v = Vec::new();
+    for port in [80u16, 81] {
+        for (protocol, p) in [
+            (Protocol::Tcp, "tcp"),
+            (Protocol::Udp, "udp"),
+            (Protocol::Sctp, "sctp"),
+        ] {
+            v.push(ContainerPort {
+                name: Some(format!("serve-{port}-{p}")),
+                port,
+                protocol,
+            });
+        }
+    }
+    v
+}
+
+/// The standard 3 x 3 cluster of the upstream NetworkPolicy e2e tests.
+fn standard_cluster() -> (Vec<Namespace>, Vec<Pod>) {
+    let mut namespaces = Vec::new();
+    let mut pods = Vec::new();
+    for (n, ns) in ["x", "y", "z"].iter().enumerate() {
+        namespaces.push(Namespace::new(
+            *ns,
+            [("ns".to_string(), ns.to_string())].into(),
+        ));
+        for (m, pod) in ["a", "b", "c"].iter().enumerate() {
+            let (n, m) = (n as u8 + 1, m as u8 + 10);
+            pods.push(Pod {
+                key: PodKey::new(*ns, *pod),
+                labels: [("pod".to_string(), pod.to_string())].into(),
+                ips: vec![
+                    IpAddr::V4(Ipv4Addr::new(10, 244, n, m)),
+                    IpAddr::V6(Ipv6Addr::new(
+                        0xfd00, 0x10, 0x244, n as u16, 0, 0, 0, m as u16,
+                    )),
+                ],
+                ports: standard_ports(),
+            });
+        }
+    }
+    (namespaces, pods)
+}
+
+fn protocol(field: &str, s: &str) -> Result<Protocol, String> {
+    Protocol::parse(s).ok_or_else(|| format!("{field}: unknown protocol {s:?} (TCP, UDP or SCTP)"))
+}
+
+fn ports(field: &str, spec: Option<Vec<PortSpec>>) -> Result<Vec<ContainerPort>, String> {
+    let Some(spec) = spec else {
+        return Ok(standard_ports());
+    };
+    spec.into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let f = format!("{field}.ports[{i}]");
+            if p.port == 0 {
+                return Err(format!("{f}.port: must be between 1 and 65535"));
+            }
+            Ok(ContainerPort {
+                name: p.name,
+                port: p.port,
+                protocol: protocol(&format!("{f}.protocol"), &p.protocol)?,
+            })
+        })
+        .collect()
+}
+
+fn pod(field: &str, p: PodSpec) -> Result<Pod, String> {
+    let mut ips = Vec::new();
+    ips.extend(p.ipv4.map(IpAddr::V4));
+    ips.extend(p.ipv6.map(IpAddr::V6));
+    if ips.is_empty() {
+        return Err(format!(
+            "{field}: pod {}/{} has neither ipv4 nor ipv6",
+            p.namespace, p.name
+        ));
+    }
+    Ok(Pod {
+        key: PodKey::new(p.namespace, p.name),
+        labels: p.labels,
+        ips,
+        ports: ports(field, p.ports)?,
+    })
+}
+
+fn policy_from_value(field: &str, value: serde_norway::Value) -> Result<Policy, String> {
+    let mut out = Vec::new();
+    manifest::parse_value(1, value, &mut out);
+    match out.pop() {
+        Some(Ok(Object::NetworkPolicy(p))) if out.is_empty() => Ok(p),
+        Some(Ok(_)) => Err(format!(
+            "{field}: only NetworkPolicy objects can be applied"
+        )),
+        Some(Err(manifest::ManifestError::Unsupported { kind, .. })) => Err(format!(
+            "{field}: {kind} is not supported by this engine (supported: networking.k8s.io/v1 NetworkPolicy)"
+        )),
+        Some(Err(manifest::ManifestError::Invalid(e, _))) => Err(format!("{field}: rejected: {e}")),
+        Some(Err(e)) => Err(format!(
+            "{field}: {}",
+            e.to_string().trim_start_matches("document 1: ")
+        )),
+        None => Err(format!("{field}: empty object")),
+    }
+}
+
+fn pair(field: &str, s: &str) -> Result<(Pattern, Pattern), String> {
+    let (from, to) = s
+        .split_once("->")
+        .ok_or_else(|| format!("{field}: {s:?} is not of the form \"FROM -> TO\""))?;
+    let from = Pattern::parse(from).map_err(|e| format!("{field}: {e}"))?;
+    let to = Pattern::parse(to).map_err(|e| format!("{field}: {e}"))?;
+    Ok((from, to))
+}
+
+fn except(field: &str, e: ExceptSpec) -> Result<Except, String> {
+    let (text, verdict) = match e {
+        ExceptSpec::Pair(s) => match s.rsplit_once(':') {
+            Some((p, v)) if matches!(v.trim(), "allow" | "deny") => {
+                (p.to_string(), Some(v.trim() == "allow"))
+            }
+            Some((_, v)) => {
+                return Err(format!(
+                    "{field}: verdict {:?} must be allow or deny",
+                    v.trim()
+                ));
+            }
+            None => (s, None),
+        },
+        ExceptSpec::Verdict(map) => {
+            let mut it = map.into_iter();
+            match (it.next(), it.next()) {
+                (Some((k, v)), None) => (k, Some(v == VerdictSpec::Allow)),
+                _ => {
+                    return Err(format!(
+                        "{field}: expected \"FROM -> TO\" or \"FROM -> TO: allow|deny\""
+                    ));
+                }
+            }
+        }
+    };
+    let (from, to) = pair(field, &text)?;
+    Ok(Except {
+        from,
+        to,
+        verdict,
+        field: field.to_string(),
+    })
+}
+
+fn probe(field: &str, p: ProbeSpec) -> Result<Probe, String> {
+    let port = match p.probe.port {
+        PortValue::Number(0) => {
+            return Err(format!("{field}.probe.port: must be between 1 and 65535"));
+        }
+        PortValue::Number(n) => ProbePort::Number(n),
+        PortValue::Name(s) => match s.parse::<u16>() {
+            Ok(n) if n > 0 => ProbePort::Number(n),
+            _ => ProbePort::Named(s),
+        },
+    };
+    let protocol = protocol(&format!("{field}.probe.protocol"), &p.probe.protocol)?;
+    let except = p
+        .except
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| except(&format!("{field}.except[{i}]"), e))
+        .collect::<Result<Vec<_>, _>>()?;
+    let only = match p.only {
+        None => None,
+        Some(list) => Some(
+            list.iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let f = format!("{field}.only[{i}]");
+                    pair(&f, s).map(|(a, b)| (a, b, f))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    Ok(Probe {
+        port,
+        protocol,
+        family: p.family,
+        default: p.default == VerdictSpec::Allow,
+        except,
+        only,
+    })
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    field: &str,
+    v: serde_norway::Value,
+) -> Result<T, String> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.inner().to_string();
+        if path == "." {
+            format!("{field}: {inner}")
+        } else {
+            format!("{field}.{path}: {inner}")
+        }
+    })
+}
+
+fn action(field: &str, a: serde_norway::Value) -> Result<Action, String> {
+    let map = match a {
+        serde_norway::Value::Mapping(m) if m.len() == 1 => m,
+        _ => {
+            return Err(format!(
+                "{field}: an action is a one-key map such as {{apply: ...}}"
+            ));
+        }
+    };
+    let (k, v) = map.into_iter().next().expect("one entry");
+    let verb = k.as_str().unwrap_or("").to_string();
+    let at = format!("{field}.{verb}");
+    let key =
+        |s: &str| PodKey::parse(s).ok_or_else(|| format!("{at}: {s:?} is not namespace/name"));
+    Ok(match verb.as_str() {
+        "apply" => Action::Apply(policy_from_value(&at, v)?),
+        "delete-policy" => {
+            let k = key(&decode::<String>(&at, v)?)?;
+            Action::DeletePolicy(PolicyKey::new(k.namespace, k.name))
+        }
+        "set-pod-labels" => {
+            let s: SetPodLabels = decode(&at, v)?;
+            Action::SetPodLabels(key(&s.pod)?, s.labels)
+        }
+        "set-namespace-labels" => {
+            let s: SetNamespaceLabels = decode(&at, v)?;
+            Action::SetNamespaceLabels(s.namespace, s.labels)
+        }
+        "create-pod" => Action::CreatePod(pod(&at, decode(&at, v)?)?),
+        "delete-pod" => Action::DeletePod(key(&decode::<String>(&at, v)?)?),
+        "create-namespace" => {
+            let n: NamespaceSpec = decode(&at, v)?;
+            Action::CreateNamespace(Namespace::new(n.name, n.labels))
+        }
+        other => {
+            return Err(format!(
+                "{field}: unknown action {other:?} (apply, delete-policy, set-pod-labels, \
+                 set-namespace-labels, create-pod, delete-pod, create-namespace)"
+            ));
+        }
+    })
+}
+
+/// Parses and checks a scenario file. The error names the field (with its
+/// path: `steps[1].expect[0].probe.port`) and what is wrong with it.
+pub fn parse(text: &str) -> Result<Scenario, String> {
+    let de = serde_norway::Deserializer::from_str(text);
+    let spec: FileSpec = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.inner().to_string();
+        if path == "." || path.is_empty() || inner.starts_with(&path) {
+            inner
+        } else {
+            format!("{path}: {inner}")
+        }
+    })?;
+    let (namespaces, pods, externals) = match spec.cluster {
+        None => {
+            let (n, p) = standard_cluster();
+            (n, p, Vec::new())
+        }
+        Some(c) => {
+            let namespaces = c
+                .namespaces
+                .into_iter()
+                .map(|n| Namespace::new(n.name, n.labels))
+                .collect();
+            let pods = c
+                .pods
+                .into_iter()
+                .enumerate()
+                .map(|(i, p)| pod(&format!("cluster.pods[{i}]"), p))
+                .collect::<Result<Vec<_>, _>>()?;
+            let externals = c
+                .externals
+                .into_iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    let f = format!("cluster.externals[{i}]");
+                    if e.name.contains('/') || e.name == "*" {
+                        return Err(format!(
+                            "{f}.name: {:?} may not contain '/' or be '*'",
+                            e.name
+                        ));
+                    }
+                    if e.ipv4.is_none() && e.ipv6.is_none() {
+                        return Err(format!(
+                            "{f}: external {} has neither ipv4 nor ipv6",
+                            e.name
+                        ));
+                    }
+                    Ok(External {
+                        name: e.name,
+                        ipv4: e.ipv4,
+                        ipv6: e.ipv6,
+                        ports: ports(&f, e.ports)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            (namespaces, pods, externals)
+        }
+    };
+    if spec.steps.is_empty() {
+        return Err("steps: at least one step is required".into());
+    }
+    let mut steps = Vec::new();
+    for (i, s) in spec.steps.into_iter().enumerate() {
+        let actions = s
+            .actions
+            .into_iter()
+            .enumerate()
+            .map(|(j, a)| action(&format!("steps[{i}].do[{j}]"), a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let probes = s
+            .expect
+            .into_iter()
+            .enumerate()
+            .map(|(j, p)| probe(&format!("steps[{i}].expect[{j}]"), p))
+            .collect::<Result<Vec<_>, _>>()?;
+        steps.push(Step { actions, probes });
+    }
+    Ok(Scenario {
+        name: spec.name,
+        namespaces,
+        pods,
+        externals,
+        steps,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standard_cluster_addresses_follow_the_format() {
+        let s = parse(
+            "name: t\nsteps: [{expect: [{probe: {port: 80, protocol: TCP}, default: allow}]}]",
+        )
+        .unwrap();
+        let yb = s
+            .pods
+            .iter()
+            .find(|p| p.key == PodKey::new("y", "b"))
+            .unwrap();
+        assert_eq!(yb.ips[0].to_string(), "10.244.2.11");
+        assert_eq!(yb.ips[1].to_string(), "fd00:10:244:2::b");
+        assert_eq!(yb.ports.len(), 6);
+        assert_eq!(s.namespaces[1].labels["kubernetes.io/metadata.name"], "y");
+    }
+
+    #[test]
+    fn errors_name_the_step_and_field() {
+        let e = parse(
+            "name: t\nsteps: [{expect: [{probe: {port: 80, protocol: TCP}, default: maybe}]}]",
+        )
+        .unwrap_err();
+        assert!(e.starts_with("steps[0].expect[0].default"), "{e}");
+        let e = parse(
+            "name: t\nsteps: [{expect: [{probe: {port: 80, protocol: ICMP}, default: allow}]}]",
+        )
+        .unwrap_err();
+        assert!(e.starts_with("steps[0].expect[0].probe.protocol"), "{e}");
+        let e = parse("name: t\nsteps: [{expect: [{probe: {port: 80}, default: allow, except: [\"x/a y/b\"]}]}]")
+            .unwrap_err();
+        assert!(e.starts_with("steps[0].expect[0].except[0]"), "{e}");
+        let e = parse("name: t\nsteps: [{expekt: []}]").unwrap_err();
+        assert!(e.starts_with("steps[0]"), "{e}");
+        let e = parse(
+            "name: t\nsteps: [{do: [{apply: {apiVersion: policy.networking.k8s.io/v1alpha1, kind: AdminNetworkPolicy, metadata: {name: a}}}], expect: []}]",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("steps[0].do[0].apply") && e.contains("not supported"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn except_entries_take_both_spellings() {
+        let s = parse(
+            "name: t\nsteps: [{expect: [{probe: {port: 80}, default: deny, except: [\"x/a -> y/*\", \"* -> ext: allow\", {x/b -> z/c: deny}]}]}]",
+        )
+        .unwrap();
+        let e = &s.steps[0].probes[0].except;
+        assert_eq!(e[0].verdict, None);
+        assert_eq!(e[1].verdict, Some(true));
+        assert_eq!(e[1].to, Pattern::External("ext".into()));
+        assert_eq!(e[2].verdict, Some(false));
+        assert_eq!(e[2].from, Pattern::Pod(PodKey::new("x", "b")));
+    }
+}

@@ -1,0 +1,61 @@
+//! NetworkPolicy scenario files (`shared/netpol-scenarios.md`, format v1):
+//! parsing ([`format`]), the mode-independent runner ([`run`]), and one
+//! prober per mode ([`engine`] so far).
+
+pub mod engine;
+pub mod format;
+pub mod run;
+
+use std::path::Path;
+
+pub use run::{FileReport, Prober};
+
+/// The modes `vswitchctl scenario run --mode` knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// The compiled policy engine answers each probe.
+    Engine,
+}
+
+/// Reads, parses and runs one file; any error becomes a failed report.
+pub fn run_file(path: &Path, mode: Mode) -> FileReport {
+    let failed = |name: String, error: String| FileReport {
+        name,
+        error: Some(error),
+        probes: Vec::new(),
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => return failed("?".into(), format!("cannot read: {e}")),
+    };
+    let scenario = match format::parse(&text) {
+        Ok(s) => s,
+        Err(e) => return failed("?".into(), e),
+    };
+    let mut prober: Box<dyn Prober> = match mode {
+        Mode::Engine => Box::new(engine::EngineProber::default()),
+    };
+    run::run(&scenario, prober.as_mut())
+}
+
+/// Expands arguments: files as given, directories into their `*.yaml` and
+/// `*.yml` files, sorted.
+pub fn expand_paths(args: &[std::path::PathBuf]) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for a in args {
+        if a.is_dir() {
+            let mut files: Vec<_> = std::fs::read_dir(a)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+                .collect();
+            files.sort();
+            out.extend(files);
+        } else {
+            out.push(a.clone());
+        }
+    }
+    out
+}

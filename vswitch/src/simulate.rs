@@ -1,0 +1,251 @@
+//! `vswitchctl policy simulate`: load Pods, Namespaces and NetworkPolicies
+//! from a folder of manifests and show who can reach whom, before the
+//! policies are applied to a cluster.
+//!
+//! Bad objects are reported (object and field) and left out; everything else
+//! is simulated. Pods without `status.podIPs` (manifests usually have none)
+//! get an address from 198.18.0.0/15, the benchmarking range, and the output
+//! says so, since ipBlock rules see those addresses.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+
+use policy::manifest::{self, Object};
+use policy::{Cluster, Engine, Flow, Namespace, PodKey, Protocol};
+
+/// What loading a folder produced.
+pub struct Loaded {
+    pub engine: Engine,
+    /// Objects left out, and other things the user should know.
+    pub notes: Vec<String>,
+    pub rejected: usize,
+}
+
+fn manifest_files(dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml" | "json")
+            ) {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Reads every manifest under `dir` (recursively).
+pub fn load_dir(dir: &Path) -> Result<Loaded, String> {
+    let files = manifest_files(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut objects = Vec::new();
+    let mut notes = Vec::new();
+    let mut rejected = 0;
+    for f in &files {
+        let text = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
+        for r in manifest::parse(&text) {
+            match r {
+                Ok(o) => objects.push(o),
+                Err(e) => {
+                    rejected += 1;
+                    notes.push(format!("rejected: {}: {e}", f.display()));
+                }
+            }
+        }
+    }
+    let mut cluster = Cluster::default();
+    for o in &objects {
+        if let Object::Namespace(ns) = o {
+            cluster.namespaces.insert(ns.name.clone(), ns.clone());
+        }
+    }
+    let mut implicit = BTreeSet::new();
+    let mut need_ns = |ns: &str, cluster: &mut Cluster| {
+        if !cluster.namespaces.contains_key(ns) {
+            cluster
+                .namespaces
+                .insert(ns.to_string(), Namespace::new(ns, Default::default()));
+            implicit.insert(ns.to_string());
+        }
+    };
+    let mut next_synthetic = u32::from(Ipv4Addr::new(198, 18, 0, 1));
+    let mut used: BTreeSet<IpAddr> = BTreeSet::new();
+    for o in objects {
+        match o {
+            Object::Namespace(_) => {}
+            Object::HostNetworkPod(k) => notes.push(format!(
+                "skipped: Pod {k} uses the host network; NetworkPolicy does not apply to it"
+            )),
+            Object::Pod(mut p) => {
+                need_ns(&p.key.namespace, &mut cluster);
+                if let Some(ip) = p.ips.iter().find(|ip| used.contains(ip)) {
+                    rejected += 1;
+                    notes.push(format!(
+                        "rejected: Pod {}: address {ip} is used by another pod",
+                        p.key
+                    ));
+                    continue;
+                }
+                if p.ips.is_empty() {
+                    let ip = IpAddr::V4(Ipv4Addr::from(next_synthetic));
+                    next_synthetic += 1;
+                    notes.push(format!(
+                        "note: Pod {} has no status.podIPs; simulated as {ip}",
+                        p.key
+                    ));
+                    p.ips.push(ip);
+                }
+                used.extend(p.ips.iter().copied());
+                cluster.pods.insert(p.key.clone(), p);
+            }
+            Object::NetworkPolicy(np) => {
+                need_ns(&np.key.namespace, &mut cluster);
+                cluster.policies.insert(np.key.clone(), np);
+            }
+        }
+    }
+    for ns in implicit {
+        notes.push(format!(
+            "note: namespace {ns} has no Namespace object; simulated with no labels"
+        ));
+    }
+    let engine = Engine::from_cluster(cluster).map_err(|e| e.to_string())?;
+    Ok(Loaded {
+        engine,
+        notes,
+        rejected,
+    })
+}
+
+/// A port to probe: a number, or a name resolved on each target pod.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PortArg {
+    Number(u16),
+    Named(String),
+}
+
+impl std::fmt::Display for PortArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PortArg::Number(n) => write!(f, "{n}"),
+            PortArg::Named(n) => f.write_str(n),
+        }
+    }
+}
+
+/// The ports worth showing when the user names none: every container port
+/// of every pod (named ports in policies resolve to these), else 80/TCP.
+pub fn default_ports(engine: &Engine) -> Vec<(PortArg, Protocol)> {
+    let set: BTreeSet<(u16, Protocol)> = engine
+        .cluster()
+        .pods
+        .values()
+        .flat_map(|p| p.ports.iter().map(|c| (c.port, c.protocol)))
+        .collect();
+    if set.is_empty() {
+        return vec![(PortArg::Number(80), Protocol::Tcp)];
+    }
+    set.into_iter()
+        .map(|(p, proto)| (PortArg::Number(p), proto))
+        .collect()
+}
+
+/// The reachability matrix of one port: `cells[from][to]`, `None` on the
+/// diagonal.
+pub struct Matrix {
+    pub title: String,
+    pub pods: Vec<PodKey>,
+    pub cells: Vec<Vec<Option<bool>>>,
+}
+
+pub fn matrix(engine: &Engine, port: &PortArg, protocol: Protocol) -> Matrix {
+    let pods: Vec<&policy::Pod> = engine.cluster().pods.values().collect();
+    let cells = pods
+        .iter()
+        .map(|from| {
+            pods.iter()
+                .map(|to| {
+                    if from.key == to.key {
+                        return None;
+                    }
+                    let port = match port {
+                        PortArg::Number(n) => Some(*n),
+                        PortArg::Named(name) => {
+                            policy::model::resolve_named_port(&to.ports, name, protocol)
+                        }
+                    };
+                    let pair = from.ips.iter().find_map(|s| {
+                        to.ips
+                            .iter()
+                            .find(|d| d.is_ipv6() == s.is_ipv6())
+                            .map(|d| (*s, *d))
+                    });
+                    Some(match (port, pair) {
+                        (Some(port), Some((src, dst))) => engine
+                            .verdict(&Flow {
+                                src,
+                                dst,
+                                protocol,
+                                dst_port: port,
+                            })
+                            .allowed(),
+                        _ => false,
+                    })
+                })
+                .collect()
+        })
+        .collect();
+    Matrix {
+        title: format!("{port}/{protocol}"),
+        pods: pods.iter().map(|p| p.key.clone()).collect(),
+        cells,
+    }
+}
+
+impl Matrix {
+    /// Rows are sources, columns destinations; `.` allowed, `X` denied.
+    /// With `color`, allowed cells are green and denied ones red.
+    pub fn render(&self, color: bool) -> String {
+        let (green, red, reset) = if color {
+            ("\x1b[32m", "\x1b[31m", "\x1b[0m")
+        } else {
+            ("", "", "")
+        };
+        let width = self
+            .pods
+            .iter()
+            .map(|p| p.to_string().len())
+            .max()
+            .unwrap_or(0);
+        let num = self.pods.len().to_string().len().max(2);
+        let mut out = format!(
+            "Reachability {} (rows: from, columns: to; . allowed, X denied)\n",
+            self.title
+        );
+        out.push_str(&format!("{:>w$}  ", "", w = num + 1 + width));
+        for i in 0..self.pods.len() {
+            out.push_str(&format!("{:>num$} ", i + 1));
+        }
+        out.push('\n');
+        for (i, (pod, row)) in self.pods.iter().zip(&self.cells).enumerate() {
+            out.push_str(&format!("{:>num$} {:<width$}  ", i + 1, pod.to_string()));
+            for cell in row {
+                let s = match cell {
+                    None => format!("{:>num$} ", "-"),
+                    Some(true) => format!("{green}{:>num$}{reset} ", "."),
+                    Some(false) => format!("{red}{:>num$}{reset} ", "X"),
+                };
+                out.push_str(&s);
+            }
+            out.push('\n');
+        }
+        out
+    }
+}

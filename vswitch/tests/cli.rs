@@ -1,0 +1,130 @@
+//! vswitchctl as a user runs it: exit codes, the closing line, and bad
+//! input that is reported without stopping the rest.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn vswitchctl(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_vswitchctl"))
+        .args(args)
+        .current_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .output()
+        .expect("run vswitchctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn temp_file(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vswitchctl-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn scenario_run_reports_each_file_and_the_totals() {
+    let wrong = temp_file(
+        "wrong.yaml",
+        "name: wrong\nsteps:\n  - expect:\n      - probe: {port: 80, protocol: TCP}\n        default: allow\n        except: [\"x/a -> y/b\"]\n",
+    );
+    let invalid = temp_file(
+        "invalid.yaml",
+        "name: invalid\nsteps:\n  - expect:\n      - probe: {port: 80, protocol: TCP}\n        default: perhaps\n",
+    );
+    let unsupported = temp_file(
+        "anp.yaml",
+        "name: anp\nsteps:\n  - do:\n      - apply: {apiVersion: policy.networking.k8s.io/v1alpha1, kind: AdminNetworkPolicy, metadata: {name: a}, spec: {}}\n    expect: []\n",
+    );
+    let (code, out, _) = vswitchctl(&[
+        "scenario",
+        "run",
+        "--mode",
+        "engine",
+        "tests/netpol/02-deny-all-ingress.yaml",
+        wrong.to_str().unwrap(),
+        invalid.to_str().unwrap(),
+        unsupported.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("PASS tests/netpol/02-deny-all-ingress.yaml"),
+        "{out}"
+    );
+    // the wrong expectation: one pair differs, with the rule that decided
+    assert!(
+        out.contains("FAIL")
+            && out.contains("x/a -> y/b  80/TCP ipv4  expected deny, observed allow"),
+        "{out}"
+    );
+    assert!(out.contains("steps[0].expect[0].default"), "{out}");
+    assert!(out.contains("AdminNetworkPolicy is not supported"), "{out}");
+    assert_eq!(out.lines().last(), Some("1 passed, 3 failed"), "{out}");
+}
+
+#[test]
+fn scenario_run_exits_zero_when_all_pass() {
+    let (code, out, _) = vswitchctl(&[
+        "scenario",
+        "run",
+        "tests/netpol/01-no-policies-allow-all.yaml",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.lines().last(), Some("1 passed, 0 failed"));
+}
+
+#[test]
+fn policy_simulate_prints_the_matrix_and_names_rejected_objects() {
+    let (code, out, err) = vswitchctl(&[
+        "policy",
+        "simulate",
+        "--manifests",
+        "vswitch/tests/fixtures/mixed",
+        "--port",
+        "80",
+        "--color",
+        "never",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("NetworkPolicy default/bad-cidr: spec.ingress[0].from[0].ipBlock.cidr"),
+        "{err}"
+    );
+    assert!(
+        err.contains("NetworkPolicy other/typo: spec.podSelectr: unknown field"),
+        "{err}"
+    );
+    assert!(
+        out.contains("3 namespaces, 5 pods, 1 policies loaded; 2 objects rejected"),
+        "{out}"
+    );
+    // the good policy still works: only default/frontend reaches default/db
+    let row = |name: &str| {
+        out.lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let cells = |name: &str| {
+        row(name)
+            .split_whitespace()
+            .skip(2)
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    // columns: 1 default/backend, 2 default/db, 3 default/frontend, 4 myproject/client, 5 other/frontend
+    assert_eq!(cells("default/frontend")[1], ".", "{out}");
+    assert_eq!(cells("default/backend")[1], "X", "{out}");
+    assert_eq!(cells("other/frontend")[1], "X", "{out}");
+    assert_eq!(cells("default/db")[0], ".", "{out}");
+}
+
+#[test]
+fn policy_simulate_names_a_missing_folder() {
+    let (code, _, err) = vswitchctl(&["policy", "simulate", "--manifests", "/nonexistent-folder"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("/nonexistent-folder"), "{err}");
+}
