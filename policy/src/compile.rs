@@ -51,9 +51,10 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use rustc_hash::{FxHashMap, FxHashSet};
 
+use crate::compact::{self, CPort, PodPorts, PortNames, RulePorts};
 use crate::labels::{Labels, Selector};
-use crate::model::{Change, Cluster, ContainerPort, ModelError, Namespace, Pod, PodKey, Protocol};
-use crate::netpol::{Direction, IpBlock, NamespaceScope, Peer, Policy, PolicyKey, PortRule};
+use crate::model::{Change, Cluster, ModelError, Namespace, Pod, PodKey};
+use crate::netpol::{Direction, IpBlock, NamespaceScope, Peer, Policy, PolicyKey};
 use crate::verdict::{Decision, Explanation, Flow, PolicyId, Reason, RuleId, Verdict};
 
 /// A set of label-equivalent pods (same namespace, same labels).
@@ -93,11 +94,6 @@ impl RuleSet {
             })
         })
         .chain(self.more.iter().copied())
-    }
-
-    /// The lowest rule in the set accepted by `f`.
-    fn first(&self, mut f: impl FnMut(u16) -> bool) -> Option<u16> {
-        self.iter().find(|&i| f(i))
     }
 }
 
@@ -172,21 +168,14 @@ impl CidrMap {
 struct CompiledRule {
     id: RuleId,
     /// Empty: every port of every protocol.
-    ports: Box<[PortRule]>,
+    ports: RulePorts,
 }
 
 impl CompiledRule {
-    fn ports_match(
-        &self,
-        protocol: Protocol,
-        port: u16,
-        dst_ports: Option<&[ContainerPort]>,
-    ) -> bool {
-        self.ports.is_empty()
-            || self
-                .ports
-                .iter()
-                .any(|p| p.matches(protocol, port, dst_ports))
+    #[inline]
+    fn ports_match(&self, protocol: u8, port: u16, dst_ports: Option<&PodPorts>) -> bool {
+        let ports = self.ports.as_slice();
+        ports.is_empty() || ports.iter().any(|p| p.matches(protocol, port, dst_ports))
     }
 }
 
@@ -207,30 +196,42 @@ struct DirTable {
 }
 
 impl DirTable {
+    /// The first rule, in policy order, that admits the peer and the port.
+    /// The peer indexes are read first (independent loads), their union is
+    /// scanned lowest rule first, and ports are checked only for candidates.
+    #[inline]
     fn decide(
         &self,
         peer: Option<&Endpoint>,
         peer_ip: IpAddr,
-        protocol: Protocol,
+        protocol: u8,
         port: u16,
-        dst_ports: Option<&[ContainerPort]>,
+        dst_ports: Option<&PodPorts>,
     ) -> Decision {
+        let sets = [
+            peer.and_then(|p| self.by_identity.get(&p.identity)),
+            peer.map(|_| &self.any_pod),
+            Some(&self.any_peer),
+            match peer_ip {
+                IpAddr::V4(_) => self.v4.get(peer_ip),
+                IpAddr::V6(_) => self.v6.get(peer_ip),
+            },
+        ];
         let matches = |i: u16| self.rules[i as usize].ports_match(protocol, port, dst_ports);
-        let mut best: Option<u16> = None;
-        let mut consider = |set: Option<&RuleSet>| {
-            if let Some(i) = set.and_then(|s| s.first(matches)) {
-                best = Some(best.map_or(i, |b| b.min(i)));
+        let mut bits = sets.iter().flatten().fold(0u64, |acc, s| acc | s.bits);
+        while bits != 0 {
+            let i = bits.trailing_zeros() as u16;
+            if matches(i) {
+                return Decision::Allowed(self.rules[i as usize].id);
             }
-        };
-        if let Some(peer) = peer {
-            consider(self.by_identity.get(&peer.identity));
-            consider(Some(&self.any_pod));
+            bits &= bits - 1;
         }
-        consider(Some(&self.any_peer));
-        consider(match peer_ip {
-            IpAddr::V4(_) => self.v4.get(peer_ip),
-            IpAddr::V6(_) => self.v6.get(peer_ip),
-        });
+        // Rules 64 and up (rare: over 64 rules select one identity).
+        let best = sets
+            .iter()
+            .flatten()
+            .filter_map(|s| s.more.iter().copied().find(|&i| matches(i)))
+            .min();
         match best {
             Some(i) => Decision::Allowed(self.rules[i as usize].id),
             None => Decision::Denied,
@@ -258,7 +259,7 @@ impl EndpointTables {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Endpoint {
     identity: IdentityId,
-    ports: Arc<[ContainerPort]>,
+    ports: PodPorts,
 }
 
 #[derive(Debug, Clone)]
@@ -339,6 +340,8 @@ pub struct Engine {
     tables: Vec<Option<Arc<EndpointTables>>>,
     policy_ids: BTreeMap<PolicyKey, PolicyId>,
     policy_keys: Vec<Option<PolicyKey>>,
+    /// Grows with every distinct port name ever seen (names are few).
+    port_names: PortNames,
 }
 
 impl Engine {
@@ -395,7 +398,8 @@ impl Engine {
     pub fn verdict(&self, flow: &Flow) -> Verdict {
         let src = self.endpoints.get(&flow.src);
         let dst = self.endpoints.get(&flow.dst);
-        let dst_ports = dst.map(|d| &*d.ports);
+        let dst_ports = dst.map(|d| &d.ports);
+        let protocol = flow.protocol.number();
         let side =
             |me: Option<&Endpoint>, dir: Direction, peer: Option<&Endpoint>, peer_ip: IpAddr| {
                 let Some(me) = me else {
@@ -410,7 +414,7 @@ impl Engine {
                         });
                 match table {
                     None => Decision::NotIsolated,
-                    Some(t) => t.decide(peer, peer_ip, flow.protocol, flow.dst_port, dst_ports),
+                    Some(t) => t.decide(peer, peer_ip, protocol, flow.dst_port, dst_ports),
                 }
             };
         Verdict {
@@ -689,7 +693,7 @@ impl Engine {
     }
 
     fn add_endpoints(&mut self, pod: &Pod, identity: IdentityId) {
-        let ports: Arc<[ContainerPort]> = pod.ports.clone().into();
+        let ports = compact::pod_ports(&mut self.port_names, &pod.ports);
         for ip in &pod.ips {
             self.endpoints.insert(
                 *ip,
@@ -838,7 +842,11 @@ impl Engine {
                             direction: dir,
                             index: i as u16,
                         },
-                        ports: rule.ports.clone().into_boxed_slice(),
+                        ports: RulePorts::from_iter(
+                            rule.ports
+                                .iter()
+                                .map(|p| CPort::new(&mut self.port_names, p)),
+                        ),
                     });
                     if rule.peers.is_empty() {
                         t.any_peer.insert(idx);
@@ -1003,7 +1011,13 @@ impl Engine {
                         .collect::<Vec<_>>()
                 );
                 for r in &dt.rules {
-                    let _ = writeln!(out, "    rule {} ports={:?}", rule_name(&r.id), r.ports);
+                    let ports: Vec<String> = r
+                        .ports
+                        .as_slice()
+                        .iter()
+                        .map(|p| p.describe(&self.port_names))
+                        .collect();
+                    let _ = writeln!(out, "    rule {} ports={ports:?}", rule_name(&r.id));
                 }
                 let mut by: Vec<String> = dt
                     .by_identity
@@ -1051,7 +1065,15 @@ impl Engine {
         let mut eps: Vec<String> = self
             .endpoints
             .iter()
-            .map(|(ip, e)| format!("endpoint {ip} {} {:?}", ident_name(&e.identity), e.ports))
+            .map(|(ip, e)| {
+                let ports: Vec<String> = e
+                    .ports
+                    .as_slice()
+                    .iter()
+                    .map(|p| format!("{}={}/{}", self.port_names.name(p.name), p.port, p.protocol))
+                    .collect();
+                format!("endpoint {ip} {} {ports:?}", ident_name(&e.identity))
+            })
             .collect();
         eps.sort();
         for e in eps {

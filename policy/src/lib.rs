@@ -15,6 +15,7 @@
 //!   a few lookups;
 //! - [`synth`]: deterministic synthetic clusters for tests and benchmarks.
 
+mod compact;
 pub mod compile;
 pub mod k8s;
 pub mod labels;

@@ -305,11 +305,11 @@ pub fn random_change(rng: &mut Rng, c: &Cluster) -> Change {
             let ns_number: usize = ns[1..].parse().unwrap_or(0);
             let mut pod = random_pod(rng, &ns, ns_number, index);
             // keep addresses unique: reuse the old pod's when replacing it
-            if let Some(old) = c.pods.get(&pod.key) {
-                if rng.chance(50) {
-                    pod.ips = old.ips.clone();
-                    pod.ports = old.ports.clone();
-                }
+            if let Some(old) = c.pods.get(&pod.key)
+                && rng.chance(50)
+            {
+                pod.ips = old.ips.clone();
+                pod.ports = old.ports.clone();
             }
             let taken = c
                 .pods

@@ -443,13 +443,12 @@ fn run_probe(
             if from.name == to.name {
                 continue;
             }
-            if let Some(only) = &probe.only {
-                if !only
-                    .iter()
+            let listed = |only: &Vec<(Pattern, Pattern, String)>| {
+                only.iter()
                     .any(|(a, b, _)| from.matches(a) && to.matches(b))
-                {
-                    continue;
-                }
+            };
+            if probe.only.as_ref().is_some_and(|only| !listed(only)) {
+                continue;
             }
             let want = expected(probe, from, to);
             let attempt = match (
