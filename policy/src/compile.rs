@@ -66,22 +66,31 @@ struct SelectorId(u32);
 
 /// A set of rule indexes of one table, ascending.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Sixteen bytes: most tables have fewer than 64 rules.
 struct RuleSet {
     bits: u64,
-    more: Vec<u16>,
+    more: Option<Box<[u16]>>,
 }
 
 impl RuleSet {
     fn insert(&mut self, i: u16) {
         if i < 64 {
             self.bits |= 1 << i;
-        } else if let Err(at) = self.more.binary_search(&i) {
-            self.more.insert(at, i);
+            return;
         }
+        let mut v = self.more.take().map(Vec::from).unwrap_or_default();
+        if let Err(at) = v.binary_search(&i) {
+            v.insert(at, i);
+        }
+        self.more = Some(v.into_boxed_slice());
+    }
+
+    fn more(&self) -> &[u16] {
+        self.more.as_deref().unwrap_or_default()
     }
 
     fn is_empty(&self) -> bool {
-        self.bits == 0 && self.more.is_empty()
+        self.bits == 0 && self.more.is_none()
     }
 
     fn iter(&self) -> impl Iterator<Item = u16> + '_ {
@@ -93,17 +102,17 @@ impl RuleSet {
                 i
             })
         })
-        .chain(self.more.iter().copied())
+        .chain(self.more().iter().copied())
     }
 }
 
 /// Disjoint address intervals of one family, each with the rules whose
-/// ipBlocks cover it. `starts[i]` begins segment `i`, which runs to
-/// `starts[i + 1]`; the first segment starts at 0.
+/// ipBlocks cover it: `segments[i]` starts at its address and runs to the
+/// next one's; the first starts at 0. One allocation, so one lookup touches
+/// one or two cache lines.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct CidrMap {
-    starts: Vec<u128>,
-    sets: Vec<RuleSet>,
+    segments: Vec<(u128, RuleSet)>,
 }
 
 fn ip_bits(ip: IpAddr) -> u128 {
@@ -146,21 +155,20 @@ impl CidrMap {
                     set.insert(*rule);
                 }
             }
-            if map.sets.last() != Some(&set) {
-                map.starts.push(start);
-                map.sets.push(set);
+            if map.segments.last().map(|(_, s)| s) != Some(&set) {
+                map.segments.push((start, set));
             }
         }
         map
     }
 
     fn get(&self, ip: IpAddr) -> Option<&RuleSet> {
-        if self.starts.is_empty() {
+        if self.segments.is_empty() {
             return None;
         }
         let bits = ip_bits(ip);
-        let i = self.starts.partition_point(|&s| s <= bits) - 1;
-        Some(&self.sets[i])
+        let i = self.segments.partition_point(|(s, _)| *s <= bits) - 1;
+        Some(&self.segments[i].1)
     }
 }
 
@@ -230,7 +238,7 @@ impl DirTable {
         let best = sets
             .iter()
             .flatten()
-            .filter_map(|s| s.more.iter().copied().find(|&i| matches(i)))
+            .filter_map(|s| s.more().iter().copied().find(|&i| matches(i)))
             .min();
         match best {
             Some(i) => Decision::Allowed(self.rules[i as usize].id),
@@ -252,6 +260,53 @@ impl EndpointTables {
             Direction::Ingress => self.ingress.as_mut(),
             Direction::Egress => self.egress.as_mut(),
         }
+    }
+}
+
+/// A hash map keyed by IP address, one integer-keyed map per family (an
+/// integer hashes in one multiply; `IpAddr` hashes byte by byte).
+#[derive(Debug, Clone)]
+struct AddrMap<V> {
+    v4: FxHashMap<u32, V>,
+    v6: FxHashMap<u128, V>,
+}
+
+impl<V> Default for AddrMap<V> {
+    fn default() -> Self {
+        AddrMap {
+            v4: FxHashMap::default(),
+            v6: FxHashMap::default(),
+        }
+    }
+}
+
+impl<V> AddrMap<V> {
+    #[inline]
+    fn get(&self, ip: &IpAddr) -> Option<&V> {
+        match ip {
+            IpAddr::V4(a) => self.v4.get(&u32::from(*a)),
+            IpAddr::V6(a) => self.v6.get(&u128::from(*a)),
+        }
+    }
+
+    fn insert(&mut self, ip: IpAddr, v: V) {
+        match ip {
+            IpAddr::V4(a) => self.v4.insert(u32::from(a), v),
+            IpAddr::V6(a) => self.v6.insert(u128::from(a), v),
+        };
+    }
+
+    fn remove(&mut self, ip: &IpAddr) {
+        match ip {
+            IpAddr::V4(a) => self.v4.remove(&u32::from(*a)),
+            IpAddr::V6(a) => self.v6.remove(&u128::from(*a)),
+        };
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (IpAddr, &V)> {
+        let v4 = self.v4.iter().map(|(k, v)| (IpAddr::V4((*k).into()), v));
+        let v6 = self.v6.iter().map(|(k, v)| (IpAddr::V6((*k).into()), v));
+        v4.chain(v6)
     }
 }
 
@@ -335,7 +390,7 @@ pub struct Engine {
     generation: u64,
     identities: Identities,
     selectors: Selectors,
-    endpoints: FxHashMap<IpAddr, Endpoint>,
+    endpoints: AddrMap<Endpoint>,
     /// Indexed by identity.
     tables: Vec<Option<Arc<EndpointTables>>>,
     policy_ids: BTreeMap<PolicyKey, PolicyId>,
@@ -434,7 +489,7 @@ impl Engine {
                 rule: r.index as usize,
             },
             Decision::Denied => {
-                let id = self.endpoints[&ip].identity;
+                let id = self.endpoints.get(&ip).expect("isolated pod").identity;
                 let t = self.tables[id.0 as usize].as_deref().expect("isolated");
                 let dt = match dir {
                     Direction::Ingress => t.ingress.as_ref(),
@@ -676,12 +731,12 @@ impl Engine {
     fn insert_pod(&mut self, pod: Pod) -> Result<(), ModelError> {
         self.cluster.check_pod_namespace(&pod)?;
         for ip in &pod.ips {
-            if self.endpoints.contains_key(ip) {
+            if self.endpoints.get(ip).is_some() {
                 return Err(ModelError::AddressInUse {
                     pod: pod.key.clone(),
                     ip: *ip,
                     owner: self
-                        .owner_of(*ip, self.endpoints[ip].identity)
+                        .owner_of(*ip, self.endpoints.get(ip).expect("present").identity)
                         .unwrap_or_else(|| PodKey::new("?", "?")),
                 });
             }
@@ -1035,7 +1090,7 @@ impl Engine {
                     names(&dt.any_peer)
                 );
                 for (fam, map) in [("v4", &dt.v4), ("v6", &dt.v6)] {
-                    for (s, set) in map.starts.iter().zip(&map.sets) {
+                    for (s, set) in &map.segments {
                         let _ = writeln!(out, "    {fam} from {s:#x} {:?}", names(set));
                     }
                 }
