@@ -383,6 +383,60 @@ fn selector_matches(cluster: &Cluster, key: &PeerSelector, ident: &Identity) -> 
     ns_ok && key.pods.matches(&ident.labels)
 }
 
+fn verdict_in(
+    endpoints: &AddrMap<Endpoint>,
+    tables: &[Option<Arc<EndpointTables>>],
+    flow: &Flow,
+) -> Verdict {
+    let src = endpoints.get(&flow.src);
+    let dst = endpoints.get(&flow.dst);
+    let dst_ports = dst.map(|d| &d.ports);
+    let protocol = flow.protocol.number();
+    let side = |me: Option<&Endpoint>, dir: Direction, peer: Option<&Endpoint>, peer_ip: IpAddr| {
+        let Some(me) = me else {
+            return Decision::NotAPod;
+        };
+        let table = tables[me.identity.0 as usize]
+            .as_deref()
+            .and_then(|t| match dir {
+                Direction::Ingress => t.ingress.as_ref(),
+                Direction::Egress => t.egress.as_ref(),
+            });
+        match table {
+            None => Decision::NotIsolated,
+            Some(t) => t.decide(peer, peer_ip, protocol, flow.dst_port, dst_ports),
+        }
+    };
+    Verdict {
+        egress: side(src, Direction::Egress, dst, flow.dst),
+        ingress: side(dst, Direction::Ingress, src, flow.src),
+    }
+}
+
+/// What verdicts need, frozen at one generation: immutable, `Send + Sync`,
+/// published to datapath workers (which read it without locks).
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    generation: u64,
+    endpoints: AddrMap<Endpoint>,
+    tables: Vec<Option<Arc<EndpointTables>>>,
+}
+
+impl Snapshot {
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Whether the snapshot knows this address as a pod's.
+    pub fn knows(&self, ip: IpAddr) -> bool {
+        self.endpoints.get(&ip).is_some()
+    }
+
+    pub fn verdict(&self, flow: &Flow) -> Verdict {
+        verdict_in(&self.endpoints, &self.tables, flow)
+    }
+}
+
 /// The policy engine: cluster state plus its compiled tables.
 #[derive(Debug, Default, Clone)]
 pub struct Engine {
@@ -451,30 +505,17 @@ impl Engine {
 
     /// The verdict for a new connection: a few hash and array lookups.
     pub fn verdict(&self, flow: &Flow) -> Verdict {
-        let src = self.endpoints.get(&flow.src);
-        let dst = self.endpoints.get(&flow.dst);
-        let dst_ports = dst.map(|d| &d.ports);
-        let protocol = flow.protocol.number();
-        let side =
-            |me: Option<&Endpoint>, dir: Direction, peer: Option<&Endpoint>, peer_ip: IpAddr| {
-                let Some(me) = me else {
-                    return Decision::NotAPod;
-                };
-                let table =
-                    self.tables[me.identity.0 as usize]
-                        .as_deref()
-                        .and_then(|t| match dir {
-                            Direction::Ingress => t.ingress.as_ref(),
-                            Direction::Egress => t.egress.as_ref(),
-                        });
-                match table {
-                    None => Decision::NotIsolated,
-                    Some(t) => t.decide(peer, peer_ip, protocol, flow.dst_port, dst_ports),
-                }
-            };
-        Verdict {
-            egress: side(src, Direction::Egress, dst, flow.dst),
-            ingress: side(dst, Direction::Ingress, src, flow.src),
+        verdict_in(&self.endpoints, &self.tables, flow)
+    }
+
+    /// A read-only copy of what verdicts need, for the datapath's threads.
+    /// Costs a copy of the address map and of the table pointers; the tables
+    /// themselves are shared.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            generation: self.generation,
+            endpoints: self.endpoints.clone(),
+            tables: self.tables.clone(),
         }
     }
 

@@ -26,7 +26,7 @@ pub mod reference;
 pub mod synth;
 pub mod verdict;
 
-pub use compile::Engine;
+pub use compile::{Engine, Snapshot};
 pub use labels::{Labels, Selector};
 pub use model::{Change, Cluster, ContainerPort, ModelError, Namespace, Pod, PodKey, Protocol};
 pub use netpol::{Direction, Policy, PolicyKey};

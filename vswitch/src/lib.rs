@@ -8,5 +8,6 @@
 //!   each layer against them;
 //! - [`simulate`]: reachability matrices from a folder of manifests.
 
+pub mod datapath;
 pub mod scenario;
 pub mod simulate;

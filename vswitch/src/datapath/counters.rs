@@ -1,0 +1,119 @@
+//! Outcome counters. Every packet the datapath receives bumps exactly one
+//! outcome, on its port and on the datapath, so that the outcomes of a port
+//! add up to the packets it received (tests assert it).
+
+use std::fmt;
+
+/// What happened to one received frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Outcome {
+    /// Forwarded by a flow-cache hit.
+    FastForward,
+    /// Forwarded after the slow path (parse, conntrack, policy).
+    SlowForward,
+    /// Answered by the switch itself (ARP, NDP, ICMP error).
+    Replied,
+    /// Dropped: NetworkPolicy denies the flow.
+    PolicyDeny,
+    /// Dropped: source MAC or IP is not the port's.
+    Spoofed,
+    /// Dropped: the frame does not parse.
+    Malformed,
+    /// Dropped: no port serves the destination.
+    NoRoute,
+    /// Dropped: the conntrack table is full, the new flow was refused.
+    TableFull,
+    /// Dropped: TTL or hop limit expired (an ICMP error went back).
+    TtlExpired,
+    /// Dropped: a non-first fragment whose first fragment is unknown.
+    FragmentUnknown,
+    /// Dropped: not a connection start and not part of a tracked one
+    /// (an echo reply or an ICMP error nobody asked for).
+    Untracked,
+    /// Dropped: the port's pod has no policy generation installed yet.
+    NotReady,
+    /// Dropped: traffic the switch does not carry (other ethertypes,
+    /// multicast and broadcast that it does not answer, DAD probes).
+    Unsupported,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 13] = [
+        Outcome::FastForward,
+        Outcome::SlowForward,
+        Outcome::Replied,
+        Outcome::PolicyDeny,
+        Outcome::Spoofed,
+        Outcome::Malformed,
+        Outcome::NoRoute,
+        Outcome::TableFull,
+        Outcome::TtlExpired,
+        Outcome::FragmentUnknown,
+        Outcome::Untracked,
+        Outcome::NotReady,
+        Outcome::Unsupported,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::FastForward => "fast_forward",
+            Outcome::SlowForward => "slow_forward",
+            Outcome::Replied => "replied",
+            Outcome::PolicyDeny => "policy_deny",
+            Outcome::Spoofed => "spoofed",
+            Outcome::Malformed => "malformed",
+            Outcome::NoRoute => "no_route",
+            Outcome::TableFull => "table_full",
+            Outcome::TtlExpired => "ttl_expired",
+            Outcome::FragmentUnknown => "fragment_unknown",
+            Outcome::Untracked => "untracked",
+            Outcome::NotReady => "not_ready",
+            Outcome::Unsupported => "unsupported",
+        }
+    }
+
+    pub fn is_forward(self) -> bool {
+        matches!(self, Outcome::FastForward | Outcome::SlowForward)
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Packet and byte counters of one port (or of the whole datapath).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub outcomes: [u64; Outcome::ALL.len()],
+}
+
+impl Counters {
+    #[inline]
+    pub fn count(&mut self, o: Outcome) {
+        self.outcomes[o as usize] += 1;
+    }
+
+    pub fn get(&self, o: Outcome) -> u64 {
+        self.outcomes[o as usize]
+    }
+
+    /// The sum of all outcomes; equals `rx_packets`.
+    pub fn outcome_total(&self) -> u64 {
+        self.outcomes.iter().sum()
+    }
+
+    /// The non-zero outcomes, for display.
+    pub fn nonzero(&self) -> Vec<(Outcome, u64)> {
+        Outcome::ALL
+            .iter()
+            .map(|o| (*o, self.get(*o)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+}

@@ -1,0 +1,677 @@
+//! The datapath: the code every pod packet goes through.
+//!
+//! Sans-I/O: [`Datapath::process`] takes a frame, the port it came in on and
+//! the current time, and returns what to do ([`Action`]): forward it (after
+//! rewriting it in place), send a reply the switch built, or drop it. It
+//! never touches a file descriptor; [`worker`] moves frames between ports and
+//! this core.
+//!
+//! Addressing: every port belongs to one pod and carries its MAC and IPs;
+//! one more port belongs to the node. Pods see an ordinary Ethernet link with
+//! a gateway (by default 169.254.1.1 and fe80::1 at [`Config::gateway_mac`]):
+//! the switch answers ARP and neighbour solicitations itself (never floods),
+//! forwards frames addressed to a pod's MAC at L2 and routes frames addressed
+//! to the gateway by destination IP. Destinations that are not local pods
+//! leave through the node port. Traffic between the node's own addresses and
+//! local pods always passes (kubelet probes); everything else between pods,
+//! and between pods and the outside through the node, is subject to
+//! NetworkPolicy, statefully ([`conntrack`]), with the [`flow_cache`] in
+//! front.
+
+pub mod conntrack;
+pub mod counters;
+pub mod flow_cache;
+pub mod frag;
+pub mod parse;
+pub mod port;
+pub mod reply;
+pub mod worker;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use policy::{Flow, Protocol, Snapshot};
+use rustc_hash::FxHashMap;
+
+use conntrack::{Conntrack, CtError, CtRef, Timeouts};
+use counters::{Counters, Outcome};
+use flow_cache::{CacheEntry, FlowCache, Forward};
+use frag::{FragKey, FragTable};
+use parse::{ETH_HLEN, IpPacket, L4, Mac, ParseError, Payload};
+
+pub type PortId = u16;
+
+/// What to do with a frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send the (rewritten) frame out of this port.
+    Forward(PortId),
+    /// Drop the frame and send this one out of the port instead.
+    Reply(PortId, Vec<u8>),
+    Drop(Outcome),
+}
+
+/// What to do with established connections that a new policy generation
+/// no longer allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum EstablishedPolicy {
+    /// Re-check them at their next packet and cut the ones now denied
+    /// (default: the policy in force is the policy enforced).
+    #[default]
+    Recheck,
+    /// Keep connections that were allowed when they started.
+    Keep,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub gateway_mac: Mac,
+    pub gateway_v4: Ipv4Addr,
+    pub gateway_v6: Ipv6Addr,
+    pub established: EstablishedPolicy,
+    pub conntrack_max: usize,
+    pub flow_cache_max: usize,
+    pub frag_max: usize,
+    pub frag_ttl_ms: u64,
+    pub timeouts: Timeouts,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            // locally administered, unicast
+            gateway_mac: [0x02, 0x76, 0x73, 0x77, 0x00, 0x01],
+            gateway_v4: Ipv4Addr::new(169, 254, 1, 1),
+            gateway_v6: Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1),
+            established: EstablishedPolicy::Recheck,
+            conntrack_max: 229_376, // 7/8 of 2^18: the hash table is full at its load limit
+            flow_cache_max: 65_536,
+            frag_max: 4096,
+            frag_ttl_ms: 2_000,
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+/// Who is behind a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortKind {
+    /// A pod: its traffic is policed; `ready_generation` is the first policy
+    /// generation that knows it (no traffic before: fail closed).
+    Pod {
+        ips: Vec<IpAddr>,
+        ready_generation: u64,
+    },
+    /// The node: its own `ips` always reach local pods; other sources behind
+    /// it are outside the cluster.
+    Node { ips: Vec<IpAddr> },
+}
+
+#[derive(Debug, Clone)]
+pub struct PortState {
+    pub name: String,
+    pub mac: Mac,
+    pub kind: PortKind,
+    pub counters: Counters,
+}
+
+impl PortState {
+    fn owns(&self, ip: IpAddr) -> bool {
+        match &self.kind {
+            PortKind::Pod { ips, .. } | PortKind::Node { ips } => ips.contains(&ip),
+        }
+    }
+}
+
+pub struct Datapath {
+    cfg: Config,
+    ports: Vec<Option<PortState>>,
+    by_mac: FxHashMap<Mac, PortId>,
+    /// Local pod addresses.
+    by_ip: FxHashMap<IpAddr, PortId>,
+    node_port: Option<PortId>,
+    policy: Arc<Snapshot>,
+    /// Changes with every policy generation and port change; flow-cache
+    /// entries of another epoch are misses.
+    epoch: u64,
+    ct: Conntrack,
+    frags: FragTable,
+    cache: FlowCache,
+    pub counters: Counters,
+    start: Instant,
+}
+
+/// The result of routing a packet: where it goes and how it is rewritten.
+type Route = Result<Forward, Outcome>;
+
+impl Datapath {
+    pub fn new(cfg: Config, start: Instant) -> Datapath {
+        Datapath {
+            ct: Conntrack::new(cfg.conntrack_max, cfg.timeouts),
+            frags: FragTable::new(cfg.frag_max, cfg.frag_ttl_ms),
+            cache: FlowCache::new(cfg.flow_cache_max),
+            cfg,
+            ports: Vec::new(),
+            by_mac: FxHashMap::default(),
+            by_ip: FxHashMap::default(),
+            node_port: None,
+            policy: Arc::new(Snapshot::default()),
+            epoch: 1,
+            counters: Counters::default(),
+            start,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    fn ms(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.start).as_millis() as u64
+    }
+
+    // ----- control -------------------------------------------------------
+
+    /// Attaches a port; its id is its index.
+    pub fn add_port(&mut self, id: PortId, name: &str, mac: Mac, kind: PortKind) {
+        let i = id as usize;
+        if self.ports.len() <= i {
+            self.ports.resize(i + 1, None);
+        }
+        if let Some(old) = self.ports[i].take() {
+            self.unindex(id, &old);
+        }
+        if matches!(kind, PortKind::Node { .. }) {
+            self.node_port = Some(id);
+        }
+        if let PortKind::Pod { ips, .. } = &kind {
+            for ip in ips {
+                self.by_ip.insert(*ip, id);
+            }
+        }
+        self.by_mac.insert(mac, id);
+        self.ports[i] = Some(PortState {
+            name: name.to_string(),
+            mac,
+            kind,
+            counters: Counters::default(),
+        });
+        self.epoch += 1;
+    }
+
+    fn unindex(&mut self, id: PortId, p: &PortState) {
+        self.by_mac.retain(|_, v| *v != id);
+        self.by_ip.retain(|_, v| *v != id);
+        if self.node_port == Some(id) && !matches!(p.kind, PortKind::Node { .. }) {
+            self.node_port = None;
+        }
+    }
+
+    /// Detaches a port (idempotent).
+    pub fn remove_port(&mut self, id: PortId) -> Option<PortState> {
+        let p = self.ports.get_mut(id as usize)?.take()?;
+        self.unindex(id, &p);
+        if self.node_port == Some(id) {
+            self.node_port = None;
+        }
+        self.epoch += 1;
+        Some(p)
+    }
+
+    pub fn port(&self, id: PortId) -> Option<&PortState> {
+        self.ports.get(id as usize)?.as_ref()
+    }
+
+    pub fn ports(&self) -> impl Iterator<Item = (PortId, &PortState)> {
+        self.ports
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.as_ref().map(|p| (i as PortId, p)))
+    }
+
+    /// Installs a policy generation; it applies from the next packet on.
+    pub fn set_policy(&mut self, snapshot: Arc<Snapshot>) {
+        if snapshot.generation() != self.policy.generation() {
+            self.epoch += 1;
+        }
+        self.policy = snapshot;
+    }
+
+    pub fn policy_generation(&self) -> u64 {
+        self.policy.generation()
+    }
+
+    pub fn conntrack(&self) -> &Conntrack {
+        &self.ct
+    }
+
+    pub fn flow_cache(&self) -> &FlowCache {
+        &self.cache
+    }
+
+    /// Housekeeping: expires connections, fragments and dead cache entries.
+    pub fn expire(&mut self, now: Instant, budget: usize) {
+        let ms = self.ms(now);
+        self.ct.sweep(ms, budget);
+        self.frags.expire(ms);
+        let (epoch, ct) = (self.epoch, &self.ct);
+        self.cache
+            .sweep(|e| e.epoch != epoch || ct.get(e.ct).is_none());
+    }
+
+    // ----- the packet path -----------------------------------------------
+
+    /// Decides what happens to one frame received on `in_port`; the frame is
+    /// rewritten in place when it is forwarded. Every call bumps exactly one
+    /// outcome counter, on the port and on the datapath.
+    pub fn process(&mut self, in_port: PortId, frame: &mut [u8], now: Instant) -> Action {
+        let Some(port) = self
+            .ports
+            .get_mut(in_port as usize)
+            .and_then(Option::as_mut)
+        else {
+            return Action::Drop(Outcome::NoRoute); // not ours to count: no such port
+        };
+        port.counters.rx_packets += 1;
+        port.counters.rx_bytes += frame.len() as u64;
+        self.counters.rx_packets += 1;
+        self.counters.rx_bytes += frame.len() as u64;
+        let (action, outcome) = self.decide(in_port, frame, now);
+        if let Some(p) = self
+            .ports
+            .get_mut(in_port as usize)
+            .and_then(Option::as_mut)
+        {
+            p.counters.count(outcome);
+        }
+        self.counters.count(outcome);
+        if let Action::Forward(out) | Action::Reply(out, _) = &action {
+            let len = match &action {
+                Action::Reply(_, f) => f.len(),
+                _ => frame.len(),
+            };
+            if let Some(p) = self.ports.get_mut(*out as usize).and_then(Option::as_mut) {
+                p.counters.tx_packets += 1;
+                p.counters.tx_bytes += len as u64;
+            }
+        }
+        action
+    }
+
+    fn decide(&mut self, in_port: PortId, frame: &mut [u8], now: Instant) -> (Action, Outcome) {
+        let drop = |o: Outcome| (Action::Drop(o), o);
+        if frame.len() < ETH_HLEN {
+            return drop(Outcome::Malformed);
+        }
+        let port_mac = self.ports[in_port as usize]
+            .as_ref()
+            .map(|p| p.mac)
+            .unwrap_or_default();
+        if frame[6..12] != port_mac {
+            return drop(Outcome::Spoofed);
+        }
+        let ms = self.ms(now);
+
+        // Fast path: an established flow's packet, by exact match.
+        if let Some(key) = parse::fast_key(frame, in_port)
+            && let Some(e) = self.cache.get(&key).copied()
+            && e.epoch == self.epoch
+            && self.ct.touch(e.ct, ms)
+            && rewrite(frame, &e.fwd)
+        {
+            return (Action::Forward(e.fwd.port), Outcome::FastForward);
+        }
+
+        // Slow path.
+        let parsed = match parse::parse(frame) {
+            Ok(p) => p,
+            Err(ParseError::Malformed(_)) => return drop(Outcome::Malformed),
+            Err(ParseError::Unsupported(_)) => return drop(Outcome::Unsupported),
+        };
+        match parsed.payload {
+            Payload::Arp(arp) => self.arp(in_port, &arp),
+            Payload::Ip(ip) => match self.ip(in_port, parsed.dst_mac, &ip, frame, ms) {
+                Ok(fwd) => {
+                    if rewrite(frame, &fwd) {
+                        (Action::Forward(fwd.port), Outcome::SlowForward)
+                    } else {
+                        self.ttl_expired(in_port, frame)
+                    }
+                }
+                Err(Ok(reply)) => reply,
+                Err(Err(o)) => drop(o),
+            },
+        }
+    }
+
+    fn ttl_expired(&self, in_port: PortId, frame: &[u8]) -> (Action, Outcome) {
+        match reply::time_exceeded(
+            frame,
+            self.cfg.gateway_mac,
+            self.cfg.gateway_v4,
+            self.cfg.gateway_v6,
+        ) {
+            Some(r) => (Action::Reply(in_port, r), Outcome::TtlExpired),
+            None => (Action::Drop(Outcome::Malformed), Outcome::Malformed),
+        }
+    }
+
+    /// ARP: the switch answers for every address (local pods with their MAC
+    /// when the asker shares their link, anything else with the gateway's).
+    fn arp(&self, in_port: PortId, arp: &parse::Arp) -> (Action, Outcome) {
+        let drop = |o: Outcome| (Action::Drop(o), o);
+        let port = self.ports[in_port as usize].as_ref().expect("port");
+        if arp.sender_mac != port.mac {
+            return drop(Outcome::Spoofed);
+        }
+        if !arp.request {
+            return drop(Outcome::Unsupported); // gratuitous replies teach us nothing
+        }
+        if arp.sender_ip.is_unspecified() || arp.sender_ip == arp.target_ip {
+            return drop(Outcome::Unsupported); // address probes and announcements
+        }
+        let sender = IpAddr::V4(arp.sender_ip);
+        let legit = match &port.kind {
+            PortKind::Pod { .. } => port.owns(sender),
+            PortKind::Node { .. } => !self.by_ip.contains_key(&sender),
+        };
+        if !legit {
+            return drop(Outcome::Spoofed);
+        }
+        let answer = self.neighbor_mac(in_port, IpAddr::V4(arp.target_ip));
+        let r = reply::arp_reply(answer, arp.target_ip, arp.sender_mac, arp.sender_ip);
+        (Action::Reply(in_port, r), Outcome::Replied)
+    }
+
+    /// The MAC the switch gives for `target` to the host on `in_port`: a
+    /// local pod's own MAC to another pod (so that pods sharing a subnet talk
+    /// at L2), the gateway's otherwise.
+    fn neighbor_mac(&self, in_port: PortId, target: IpAddr) -> Mac {
+        let from_pod = self.node_port != Some(in_port);
+        match self.by_ip.get(&target) {
+            Some(&p) if from_pod && p != in_port => self.ports[p as usize].as_ref().map(|p| p.mac),
+            _ => None,
+        }
+        .unwrap_or(self.cfg.gateway_mac)
+    }
+
+    fn is_node_address(&self, ip: IpAddr) -> bool {
+        self.node_port
+            .and_then(|p| self.ports[p as usize].as_ref())
+            .is_some_and(|p| p.owns(ip))
+    }
+
+    /// The IP packet path. `Ok`: forward; `Err(Ok)`: a reply; `Err(Err)`: drop.
+    fn ip(
+        &mut self,
+        in_port: PortId,
+        dst_mac: Mac,
+        ip: &IpPacket,
+        frame: &[u8],
+        ms: u64,
+    ) -> Result<Forward, Result<(Action, Outcome), Outcome>> {
+        let port = self.ports[in_port as usize].as_ref().expect("port");
+        let from_node = matches!(port.kind, PortKind::Node { .. });
+
+        // Neighbour discovery is answered here, before anything is routed.
+        if let L4::Ndp { ty } = ip.l4 {
+            return Err(self.ndp(in_port, ty, ip, frame));
+        }
+        // Anti-spoofing: a pod sends from its own addresses only; the node
+        // may not impersonate a local pod.
+        let legit = if from_node {
+            !self.by_ip.contains_key(&ip.src)
+        } else {
+            port.owns(ip.src)
+        };
+        if !legit {
+            return Err(Err(Outcome::Spoofed));
+        }
+        if let PortKind::Pod {
+            ready_generation, ..
+        } = port.kind
+            && self.policy.generation() < ready_generation
+        {
+            return Err(Err(Outcome::NotReady));
+        }
+
+        let fwd = self.route(in_port, dst_mac, ip.dst).map_err(Err)?;
+        if fwd.routed && ip.ttl <= 1 {
+            return Err(Ok(self.ttl_expired(in_port, frame)));
+        }
+        if let PortKind::Pod {
+            ready_generation, ..
+        } = self.ports[fwd.port as usize].as_ref().expect("port").kind
+            && self.policy.generation() < ready_generation
+        {
+            return Err(Err(Outcome::NotReady));
+        }
+
+        // Later fragments follow their first fragment.
+        if let Some(f) = ip.frag.filter(|f| !f.first) {
+            let key = FragKey {
+                src: ip.src,
+                dst: ip.dst,
+                proto: ip.proto,
+                id: f.id,
+            };
+            return self
+                .frags
+                .follow(&key, ms)
+                .ok_or(Err(Outcome::FragmentUnknown));
+        }
+
+        let tuple = ip.tuple();
+        let node_local =
+            (from_node && self.is_node_address(ip.src)) || self.is_node_address(ip.dst);
+        let ct = if let L4::IcmpError { inner } = ip.l4 {
+            // Related to a tracked connection, and going back to its sender.
+            match self.ct.lookup(&inner, ms) {
+                Some((r, _)) if inner.src == ip.dst => r,
+                _ if node_local => CtRef::default(),
+                _ => return Err(Err(Outcome::Untracked)),
+            }
+        } else {
+            match self.ct.lookup(&tuple, ms) {
+                Some((r, dir)) => {
+                    self.recheck(r, node_local).map_err(Err)?;
+                    self.ct.update(r, dir, &ip.l4, ms);
+                    r
+                }
+                None => {
+                    if !conntrack::may_start(&ip.l4) {
+                        return Err(Err(Outcome::Untracked));
+                    }
+                    if !node_local && !self.allowed(&tuple) {
+                        return Err(Err(Outcome::PolicyDeny));
+                    }
+                    match self.ct.create(&tuple, &ip.l4, ms, self.policy.generation()) {
+                        Ok(r) => r,
+                        Err(CtError::Full) => return Err(Err(Outcome::TableFull)),
+                    }
+                }
+            }
+        };
+
+        if let Some(f) = ip.frag {
+            let key = FragKey {
+                src: ip.src,
+                dst: ip.dst,
+                proto: ip.proto,
+                id: f.id,
+            };
+            self.frags.remember(key, fwd, ms);
+        } else if self.ct.cacheable(ct)
+            && let Some(key) = parse::fast_key(frame, in_port)
+        {
+            self.cache.insert(
+                key,
+                CacheEntry {
+                    fwd,
+                    ct,
+                    epoch: self.epoch,
+                },
+            );
+        }
+        Ok(fwd)
+    }
+
+    /// NetworkPolicy for a new connection.
+    fn allowed(&self, t: &parse::FlowTuple) -> bool {
+        let dst_port = if conntrack::is_icmp(t.proto) {
+            0
+        } else {
+            t.dport
+        };
+        self.policy
+            .verdict(&Flow {
+                src: t.src,
+                dst: t.dst,
+                protocol: Protocol::from_number(t.proto),
+                dst_port,
+            })
+            .allowed()
+    }
+
+    /// Re-checks a tracked connection against a newer policy generation.
+    fn recheck(&mut self, r: CtRef, node_local: bool) -> Result<(), Outcome> {
+        let generation = self.policy.generation();
+        let Some(e) = self.ct.get(r) else {
+            return Ok(());
+        };
+        if e.policy_epoch == generation
+            || node_local
+            || self.cfg.established == EstablishedPolicy::Keep
+        {
+            return Ok(());
+        }
+        let orig = self.ct.orig_tuple(r).expect("live entry");
+        if self.allowed(&orig) {
+            self.ct.set_policy_epoch(r, generation);
+            Ok(())
+        } else {
+            self.ct.remove(r);
+            Err(Outcome::PolicyDeny)
+        }
+    }
+
+    /// Where a packet goes. A frame to the gateway's MAC is routed by
+    /// destination address; a frame to a local pod's MAC is delivered at L2
+    /// if that pod owns the destination address. Nothing is flooded.
+    fn route(&self, in_port: PortId, dst_mac: Mac, dst: IpAddr) -> Route {
+        let fwd = |port: PortId, routed: bool| -> Route {
+            if port == in_port {
+                return Err(Outcome::NoRoute); // no hairpin
+            }
+            let mac = self.ports[port as usize]
+                .as_ref()
+                .ok_or(Outcome::NoRoute)?
+                .mac;
+            Ok(Forward {
+                port,
+                routed,
+                src_mac: self.cfg.gateway_mac,
+                dst_mac: mac,
+            })
+        };
+        if dst_mac == self.cfg.gateway_mac {
+            match self.by_ip.get(&dst) {
+                Some(&p) => fwd(p, true),
+                None if self.node_port == Some(in_port) => Err(Outcome::NoRoute),
+                None => fwd(self.node_port.ok_or(Outcome::NoRoute)?, true),
+            }
+        } else {
+            match self.by_mac.get(&dst_mac) {
+                Some(&p) if self.ports[p as usize].as_ref().is_some_and(|s| s.owns(dst)) => {
+                    let mut f = fwd(p, false)?;
+                    f.src_mac = self.ports[in_port as usize].as_ref().expect("port").mac;
+                    Ok(f)
+                }
+                _ => Err(Outcome::NoRoute),
+            }
+        }
+    }
+
+    /// Neighbour solicitations are answered like ARP; router solicitations,
+    /// advertisements and redirects from pods are not for the switch to take.
+    fn ndp(
+        &self,
+        in_port: PortId,
+        ty: u8,
+        ip: &IpPacket,
+        frame: &[u8],
+    ) -> Result<(Action, Outcome), Outcome> {
+        let port = self.ports[in_port as usize].as_ref().expect("port");
+        if ty != 135 {
+            return Err(Outcome::Unsupported);
+        }
+        let IpAddr::V6(src) = ip.src else {
+            return Err(Outcome::Malformed);
+        };
+        if src.is_unspecified() {
+            return Err(Outcome::Unsupported); // duplicate address detection: stay silent
+        }
+        let link_local = src.segments()[0] & 0xffc0 == 0xfe80;
+        let legit = match &port.kind {
+            PortKind::Pod { .. } => link_local || port.owns(ip.src),
+            PortKind::Node { .. } => !self.by_ip.contains_key(&ip.src),
+        };
+        if !legit {
+            return Err(Outcome::Spoofed);
+        }
+        if ip.ttl != 255 {
+            return Err(Outcome::Malformed); // RFC 4861: NDP arrives with hop limit 255
+        }
+        // The target address follows the ICMPv6 header's 8 bytes (NDP packets
+        // carry no extension headers).
+        if frame.get(ETH_HLEN + 6) != Some(&parse::PROTO_ICMPV6) {
+            return Err(Outcome::Unsupported);
+        }
+        let l4 = ETH_HLEN + 40;
+        let target: [u8; 16] = frame
+            .get(l4 + 8..l4 + 24)
+            .ok_or(Outcome::Malformed)?
+            .try_into()
+            .expect("16");
+        let target = Ipv6Addr::from(target);
+        let answer = self.neighbor_mac(in_port, IpAddr::V6(target));
+        let src_mac: Mac = frame[6..12].try_into().expect("6");
+        let router = answer == self.cfg.gateway_mac;
+        let r = reply::neighbor_advert(answer, target, router, src_mac, src);
+        Ok((Action::Reply(in_port, r), Outcome::Replied))
+    }
+}
+
+/// Rewrites a frame for its output: MACs, and TTL or hop limit when routed
+/// (IPv4's header checksum updated incrementally, RFC 1624). Returns false,
+/// leaving the frame as it was, if the TTL would reach zero.
+#[inline]
+fn rewrite(frame: &mut [u8], fwd: &Forward) -> bool {
+    if fwd.routed {
+        match frame[12..14] {
+            [0x08, 0x00] => {
+                let ttl = &mut frame[ETH_HLEN + 8];
+                if *ttl <= 1 {
+                    return false;
+                }
+                *ttl -= 1;
+                let c = u16::from_be_bytes([frame[ETH_HLEN + 10], frame[ETH_HLEN + 11]]);
+                let sum = c as u32 + 0x0100;
+                let c = (sum + (sum >> 16)) as u16;
+                frame[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&c.to_be_bytes());
+            }
+            [0x86, 0xdd] => {
+                let hl = &mut frame[ETH_HLEN + 7];
+                if *hl <= 1 {
+                    return false;
+                }
+                *hl -= 1;
+            }
+            _ => {}
+        }
+    }
+    frame[0..6].copy_from_slice(&fwd.dst_mac);
+    frame[6..12].copy_from_slice(&fwd.src_mac);
+    true
+}

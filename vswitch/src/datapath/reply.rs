@@ -1,0 +1,165 @@
+//! Frames the switch originates: ARP replies, IPv6 neighbour advertisements
+//! and ICMP time-exceeded errors, built with smoltcp's wire module.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    EthernetRepr, Icmpv4Packet, Icmpv4Repr, Icmpv4TimeExceeded, Icmpv6Packet, Icmpv6Repr,
+    Icmpv6TimeExceeded, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, NdiscNeighborFlags,
+    NdiscRepr, RawHardwareAddress,
+};
+
+use super::parse::{ETH_HLEN, Mac};
+
+fn ethernet(src: Mac, dst: Mac, ethertype: EthernetProtocol, payload_len: usize) -> Vec<u8> {
+    let repr = EthernetRepr {
+        src_addr: EthernetAddress(src),
+        dst_addr: EthernetAddress(dst),
+        ethertype,
+    };
+    let mut buf = vec![0u8; ETH_HLEN + payload_len];
+    repr.emit(&mut EthernetFrame::new_unchecked(&mut buf[..]));
+    buf
+}
+
+/// "`ip` is at `answer_mac`", to the host that asked.
+pub fn arp_reply(answer_mac: Mac, ip: Ipv4Addr, to_mac: Mac, to_ip: Ipv4Addr) -> Vec<u8> {
+    let repr = ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Reply,
+        source_hardware_addr: EthernetAddress(answer_mac),
+        source_protocol_addr: ip,
+        target_hardware_addr: EthernetAddress(to_mac),
+        target_protocol_addr: to_ip,
+    };
+    let mut buf = ethernet(answer_mac, to_mac, EthernetProtocol::Arp, repr.buffer_len());
+    repr.emit(&mut ArpPacket::new_unchecked(&mut buf[ETH_HLEN..]));
+    buf
+}
+
+/// A solicited neighbour advertisement: "`target` is at `answer_mac`".
+pub fn neighbor_advert(
+    answer_mac: Mac,
+    target: Ipv6Addr,
+    router: bool,
+    to_mac: Mac,
+    to_ip: Ipv6Addr,
+) -> Vec<u8> {
+    let mut flags = NdiscNeighborFlags::SOLICITED | NdiscNeighborFlags::OVERRIDE;
+    if router {
+        flags |= NdiscNeighborFlags::ROUTER;
+    }
+    let icmp = Icmpv6Repr::Ndisc(NdiscRepr::NeighborAdvert {
+        flags,
+        target_addr: target,
+        lladdr: Some(RawHardwareAddress::from_bytes(&answer_mac)),
+    });
+    let ip = Ipv6Repr {
+        src_addr: target,
+        dst_addr: to_ip,
+        next_header: IpProtocol::Icmpv6,
+        payload_len: icmp.buffer_len(),
+        hop_limit: 255,
+    };
+    let mut buf = ethernet(
+        answer_mac,
+        to_mac,
+        EthernetProtocol::Ipv6,
+        ip.buffer_len() + icmp.buffer_len(),
+    );
+    let l3 = &mut buf[ETH_HLEN..];
+    ip.emit(&mut Ipv6Packet::new_unchecked(&mut *l3));
+    icmp.emit(
+        &target,
+        &to_ip,
+        &mut Icmpv6Packet::new_unchecked(&mut l3[ip.buffer_len()..]),
+        &ChecksumCapabilities::default(),
+    );
+    buf
+}
+
+/// The most of the offending packet an ICMP error quotes.
+const QUOTE_V4: usize = 548 - 28; // RFC 1812: fill a 576-byte datagram
+const QUOTE_V6: usize = 1280 - 48; // RFC 4443: fit the minimum MTU
+
+/// ICMP "time exceeded in transit" for `frame`, from the gateway back to the
+/// sender. `None` if the frame's IP header cannot be quoted.
+pub fn time_exceeded(
+    frame: &[u8],
+    gw_mac: Mac,
+    gw_v4: Ipv4Addr,
+    gw_v6: Ipv6Addr,
+) -> Option<Vec<u8>> {
+    let src_mac: Mac = frame.get(6..12)?.try_into().ok()?;
+    let l3 = frame.get(ETH_HLEN..)?;
+    let caps = ChecksumCapabilities::ignored();
+    match l3.first()? >> 4 {
+        4 => {
+            let p = Ipv4Packet::new_checked(l3).ok()?;
+            let header = Ipv4Repr::parse(&p, &caps).ok()?;
+            let data = &p.payload()[..p.payload().len().min(QUOTE_V4)];
+            let icmp = Icmpv4Repr::TimeExceeded {
+                reason: Icmpv4TimeExceeded::TtlExpired,
+                header,
+                data,
+            };
+            let ip = Ipv4Repr {
+                src_addr: gw_v4,
+                dst_addr: header.src_addr,
+                next_header: IpProtocol::Icmp,
+                payload_len: icmp.buffer_len(),
+                hop_limit: 64,
+            };
+            let mut buf = ethernet(
+                gw_mac,
+                src_mac,
+                EthernetProtocol::Ipv4,
+                ip.buffer_len() + icmp.buffer_len(),
+            );
+            let out = &mut buf[ETH_HLEN..];
+            ip.emit(
+                &mut Ipv4Packet::new_unchecked(&mut *out),
+                &ChecksumCapabilities::default(),
+            );
+            icmp.emit(
+                &mut Icmpv4Packet::new_unchecked(&mut out[ip.buffer_len()..]),
+                &ChecksumCapabilities::default(),
+            );
+            Some(buf)
+        }
+        6 => {
+            let p = Ipv6Packet::new_checked(l3).ok()?;
+            let header = Ipv6Repr::parse(&p).ok()?;
+            let data = &p.payload()[..p.payload().len().min(QUOTE_V6)];
+            let icmp = Icmpv6Repr::TimeExceeded {
+                reason: Icmpv6TimeExceeded::HopLimitExceeded,
+                header,
+                data,
+            };
+            let ip = Ipv6Repr {
+                src_addr: gw_v6,
+                dst_addr: header.src_addr,
+                next_header: IpProtocol::Icmpv6,
+                payload_len: icmp.buffer_len(),
+                hop_limit: 64,
+            };
+            let mut buf = ethernet(
+                gw_mac,
+                src_mac,
+                EthernetProtocol::Ipv6,
+                ip.buffer_len() + icmp.buffer_len(),
+            );
+            let out = &mut buf[ETH_HLEN..];
+            ip.emit(&mut Ipv6Packet::new_unchecked(&mut *out));
+            icmp.emit(
+                &gw_v6,
+                &header.src_addr,
+                &mut Icmpv6Packet::new_unchecked(&mut out[ip.buffer_len()..]),
+                &ChecksumCapabilities::default(),
+            );
+            Some(buf)
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,146 @@
+//! A datapath worker: owns its ports, its [`Datapath`] (with its flow cache
+//! and conntrack) and moves frames between them. Shared-nothing: a second
+//! worker owns other ports and another datapath. Policy arrives through a
+//! [`PolicyHandle`], read once per batch with one atomic load, no lock.
+//!
+//! This loop polls its ports; the daemon's loop (with TAP file descriptors)
+//! waits on them with mio and calls the same [`Worker::poll`].
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use policy::Snapshot;
+
+use super::port::{Port, RxMeta};
+use super::{Action, Datapath, PortId};
+
+/// Where the control plane publishes policy generations for workers.
+#[derive(Clone, Default)]
+pub struct PolicyHandle(Arc<ArcSwap<Snapshot>>);
+
+impl PolicyHandle {
+    pub fn publish(&self, s: Snapshot) {
+        self.0.store(Arc::new(s));
+    }
+
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.0.load_full()
+    }
+}
+
+/// Frames to send that a port could not take yet (backpressure).
+#[derive(Default)]
+struct Pending {
+    frames: VecDeque<(Vec<u8>, RxMeta)>,
+}
+
+pub struct Worker {
+    pub datapath: Datapath,
+    ports: Vec<Option<Box<dyn Port>>>,
+    pending: Vec<Pending>,
+    policy: PolicyHandle,
+    buf: Vec<u8>,
+    /// Frames received per port per poll.
+    pub batch: usize,
+}
+
+impl Worker {
+    pub fn new(datapath: Datapath, policy: PolicyHandle) -> Worker {
+        Worker {
+            datapath,
+            ports: Vec::new(),
+            pending: Vec::new(),
+            policy,
+            buf: vec![0; 65_536],
+            batch: 64,
+        }
+    }
+
+    pub fn attach(&mut self, id: PortId, port: Box<dyn Port>) {
+        let i = id as usize;
+        if self.ports.len() <= i {
+            self.ports.resize_with(i + 1, || None);
+            self.pending.resize_with(i + 1, Pending::default);
+        }
+        self.ports[i] = Some(port);
+    }
+
+    pub fn detach(&mut self, id: PortId) -> Option<Box<dyn Port>> {
+        self.pending.get_mut(id as usize).map(|p| p.frames.clear());
+        self.ports.get_mut(id as usize)?.take()
+    }
+
+    pub fn port_mut(&mut self, id: PortId) -> Option<&mut Box<dyn Port>> {
+        self.ports.get_mut(id as usize)?.as_mut()
+    }
+
+    /// Frames waiting for a port to become writable.
+    pub fn pending(&self, id: PortId) -> usize {
+        self.pending.get(id as usize).map_or(0, |p| p.frames.len())
+    }
+
+    /// One round: pick up a new policy generation, flush what waits, then
+    /// receive up to `batch` frames from every port and act on each.
+    /// Returns the number of frames received.
+    pub fn poll(&mut self, now: Instant) -> usize {
+        let snap = self.policy.current();
+        if snap.generation() != self.datapath.policy_generation() {
+            self.datapath.set_policy(snap);
+        }
+        for id in 0..self.ports.len() {
+            self.flush(id);
+        }
+        let mut received = 0;
+        for id in 0..self.ports.len() {
+            for _ in 0..self.batch {
+                let Some(port) = self.ports[id].as_mut() else {
+                    break;
+                };
+                let (n, meta) = match port.recv(&mut self.buf) {
+                    Ok(Some(x)) => x,
+                    Ok(None) | Err(_) => break,
+                };
+                received += 1;
+                let frame = &mut self.buf[..n];
+                match self.datapath.process(id as PortId, frame, now) {
+                    Action::Forward(out) => {
+                        let frame = self.buf[..n].to_vec();
+                        self.send(out as usize, frame, meta);
+                    }
+                    Action::Reply(out, reply) => self.send(out as usize, reply, RxMeta::default()),
+                    Action::Drop(_) => {}
+                }
+            }
+        }
+        received
+    }
+
+    /// Sends now, or queues behind what already waits (order is kept).
+    fn send(&mut self, id: usize, frame: Vec<u8>, meta: RxMeta) {
+        let Some(port) = self.ports.get_mut(id).and_then(Option::as_mut) else {
+            return;
+        };
+        let q = &mut self.pending[id].frames;
+        if q.is_empty() && matches!(port.send(&frame, &meta), Ok(true)) {
+            return;
+        }
+        q.push_back((frame, meta));
+    }
+
+    fn flush(&mut self, id: usize) {
+        let Some(port) = self.ports[id].as_mut() else {
+            return;
+        };
+        let q = &mut self.pending[id].frames;
+        while let Some((f, m)) = q.front() {
+            match port.send(f, m) {
+                Ok(true) => {
+                    q.pop_front();
+                }
+                _ => break,
+            }
+        }
+    }
+}
