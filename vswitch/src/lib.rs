@@ -11,3 +11,4 @@
 pub mod datapath;
 pub mod scenario;
 pub mod simulate;
+pub mod testnet;

@@ -431,6 +431,7 @@ pub fn is_icmp(proto: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::datapath::parse::PROTO_UDP;
     use std::net::IpAddr;
 
     fn t(src: &str, dst: &str, proto: u8, sport: u16, dport: u16) -> FlowTuple {

@@ -372,8 +372,10 @@ impl Datapath {
             return drop(Outcome::Unsupported); // address probes and announcements
         }
         let sender = IpAddr::V4(arp.sender_ip);
+        // A pod may ask from its own address or a link-local one (the
+        // switch learns nothing from ARP, so this poisons nothing).
         let legit = match &port.kind {
-            PortKind::Pod { .. } => port.owns(sender),
+            PortKind::Pod { .. } => port.owns(sender) || arp.sender_ip.is_link_local(),
             PortKind::Node { .. } => !self.by_ip.contains_key(&sender),
         };
         if !legit {

@@ -1,7 +1,8 @@
 //! NetworkPolicy scenario files (`shared/netpol-scenarios.md`, format v1):
 //! parsing ([`format`]), the mode-independent runner ([`run`]), and one
-//! prober per mode ([`engine`] so far).
+//! prober per mode ([`engine`], [`dataplane`]).
 
+pub mod dataplane;
 pub mod engine;
 pub mod format;
 pub mod run;
@@ -15,6 +16,8 @@ pub use run::{FileReport, Prober};
 pub enum Mode {
     /// The compiled policy engine answers each probe.
     Engine,
+    /// Real connection attempts between in-process pods through the datapath.
+    Dataplane,
 }
 
 /// Reads, parses and runs one file; any error becomes a failed report.
@@ -34,6 +37,7 @@ pub fn run_file(path: &Path, mode: Mode) -> FileReport {
     };
     let mut prober: Box<dyn Prober> = match mode {
         Mode::Engine => Box::new(engine::EngineProber::default()),
+        Mode::Dataplane => Box::new(dataplane::DataplaneProber::default()),
     };
     run::run(&scenario, prober.as_mut())
 }
