@@ -475,7 +475,14 @@ impl Datapath {
                 _ => return Err(Err(Outcome::Untracked)),
             }
         } else {
-            match self.ct.lookup(&tuple, ms) {
+            // An echo request belongs to its originator's direction and a
+            // reply to the other: a request in the reply direction is a new
+            // echo (policy decides), a reply in the originator's is untracked.
+            let found = self.ct.lookup(&tuple, ms).filter(|(_, dir)| match ip.l4 {
+                L4::Echo { request, .. } => request == (*dir == conntrack::Dir::Orig),
+                _ => true,
+            });
+            match found {
                 Some((r, dir)) => {
                     self.recheck(r, node_local).map_err(Err)?;
                     self.ct.update(r, dir, &ip.l4, ms);

@@ -44,7 +44,7 @@ pub struct FlowTuple {
     pub src: IpAddr,
     pub dst: IpAddr,
     pub proto: u8,
-    /// Ports; for ICMP echo, `sport` is the identifier and `dport` 0.
+    /// Ports; for ICMP echo, the identifier in both.
     pub sport: u16,
     pub dport: u16,
 }
@@ -114,7 +114,8 @@ impl IpPacket {
             L4::Tcp { sport, dport, .. }
             | L4::Udp { sport, dport }
             | L4::Sctp { sport, dport, .. } => (sport, dport),
-            L4::Echo { id, .. } => (id, 0),
+            // Both directions of an echo carry the identifier.
+            L4::Echo { id, .. } => (id, id),
             _ => (0, 0),
         };
         FlowTuple {
@@ -348,7 +349,7 @@ fn quoted(q: &[u8], v6: bool) -> Result<FlowTuple, ParseError> {
     let port = |i: usize| u16::from_be_bytes([rest[i], rest[i + 1]]);
     let (sport, dport) = match proto {
         PROTO_TCP | PROTO_UDP | PROTO_SCTP => (port(0), port(2)),
-        PROTO_ICMP | PROTO_ICMPV6 => (port(4), 0), // the quoted echo's identifier
+        PROTO_ICMP | PROTO_ICMPV6 => (port(4), port(4)), // the quoted echo's identifier
         _ => (0, 0),
     };
     Ok(FlowTuple {
