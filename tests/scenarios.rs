@@ -32,7 +32,11 @@ fn shared_examples(mode: Mode) {
     let dir = root().join("../shared/netpol/examples");
     if !dir.is_dir() {
         // shared/ sits beside the clone in CI and on developer machines.
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "{} is missing", dir.display());
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{} is missing",
+            dir.display()
+        );
         println!("SKIPPED: {} not found", dir.display());
         return;
     }

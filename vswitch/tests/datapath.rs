@@ -47,13 +47,22 @@ fn switch(cfg: Config) -> Switch {
     let t0 = Instant::now();
     let mut dp = Datapath::new(cfg, t0);
     let mut cluster = Cluster::default();
-    cluster.namespaces.insert("x".into(), Namespace::new("x", Default::default()));
+    cluster
+        .namespaces
+        .insert("x".into(), Namespace::new("x", Default::default()));
     for p in [pod("a", A4, A6), pod("b", B4, B6)] {
         cluster.pods.insert(p.key.clone(), p);
     }
     let engine = Engine::from_cluster(cluster).unwrap();
     dp.set_policy(Arc::new(engine.snapshot()));
-    dp.add_port(0, "node", NODE, PortKind::Node { ips: vec![IpAddr::from(NODE4)] });
+    dp.add_port(
+        0,
+        "node",
+        NODE,
+        PortKind::Node {
+            ips: vec![IpAddr::from(NODE4)],
+        },
+    );
     for (id, mac, ip4, ip6) in [(1, A, A4, A6), (2, B, B4, B6)] {
         dp.add_port(
             id,
@@ -65,7 +74,12 @@ fn switch(cfg: Config) -> Switch {
             },
         );
     }
-    Switch { dp, engine, t0, ms: 0 }
+    Switch {
+        dp,
+        engine,
+        t0,
+        ms: 0,
+    }
 }
 
 impl Switch {
@@ -92,8 +106,19 @@ impl Switch {
 
 const DENY_INGRESS_A: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec: {podSelector: {matchLabels: {pod: a}}, policyTypes: [Ingress]}\n";
 
-fn tcp4(src_mac: Mac, dst_mac: Mac, src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: &str, ttl: u8) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(src_mac, dst_mac).ipv4(src, dst, ttl).tcp(sport, dport, 1000, 4096);
+fn tcp4(
+    src_mac: Mac,
+    dst_mac: Mac,
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    flags: &str,
+    ttl: u8,
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(src_mac, dst_mac)
+        .ipv4(src, dst, ttl)
+        .tcp(sport, dport, 1000, 4096);
     let b = flags.chars().fold(b, |b, f| match f {
         'S' => b.syn(),
         'A' => b.ack(1),
@@ -108,7 +133,11 @@ fn tcp4(src_mac: Mac, dst_mac: Mac, src: [u8; 4], dst: [u8; 4], sport: u16, dpor
 
 fn udp4(src_mac: Mac, dst_mac: Mac, src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
     let mut v = Vec::new();
-    PacketBuilder::ethernet2(src_mac, dst_mac).ipv4(src, dst, 64).udp(sport, dport).write(&mut v, b"hello").unwrap();
+    PacketBuilder::ethernet2(src_mac, dst_mac)
+        .ipv4(src, dst, 64)
+        .udp(sport, dport)
+        .write(&mut v, b"hello")
+        .unwrap();
     v
 }
 
@@ -131,22 +160,40 @@ fn parsed(frame: &[u8]) -> parse::Parsed {
 fn arp_is_answered_by_the_switch() {
     let mut s = switch(Config::default());
     // the gateway: the switch's MAC
-    let Action::Reply(1, r) = s.send(1, &mut arp_request(A, A4, [169, 254, 1, 1])) else { panic!("no reply") };
+    let Action::Reply(1, r) = s.send(1, &mut arp_request(A, A4, [169, 254, 1, 1])) else {
+        panic!("no reply")
+    };
     let p = parsed(&r);
     assert_eq!(p.dst_mac, A);
-    let Payload::Arp(arp) = p.payload else { panic!("not ARP") };
+    let Payload::Arp(arp) = p.payload else {
+        panic!("not ARP")
+    };
     assert!(!arp.request);
-    assert_eq!((arp.sender_mac, arp.sender_ip.octets()), (GW, [169, 254, 1, 1]));
+    assert_eq!(
+        (arp.sender_mac, arp.sender_ip.octets()),
+        (GW, [169, 254, 1, 1])
+    );
     // another local pod: its own MAC (pods on one subnet talk at L2)
-    let Action::Reply(1, r) = s.send(1, &mut arp_request(A, A4, B4)) else { panic!("no reply") };
-    let Payload::Arp(arp) = parsed(&r).payload else { panic!("not ARP") };
+    let Action::Reply(1, r) = s.send(1, &mut arp_request(A, A4, B4)) else {
+        panic!("no reply")
+    };
+    let Payload::Arp(arp) = parsed(&r).payload else {
+        panic!("not ARP")
+    };
     assert_eq!(arp.sender_mac, B);
     // the node asking for a pod: the gateway's MAC (it routes through us)
-    let Action::Reply(0, r) = s.send(0, &mut arp_request(NODE, NODE4, A4)) else { panic!("no reply") };
-    let Payload::Arp(arp) = parsed(&r).payload else { panic!("not ARP") };
+    let Action::Reply(0, r) = s.send(0, &mut arp_request(NODE, NODE4, A4)) else {
+        panic!("no reply")
+    };
+    let Payload::Arp(arp) = parsed(&r).payload else {
+        panic!("not ARP")
+    };
     assert_eq!(arp.sender_mac, GW);
     // address probes (sender 0.0.0.0) are not answered
-    assert_eq!(s.send(1, &mut arp_request(A, [0; 4], A4)), Action::Drop(Outcome::Unsupported));
+    assert_eq!(
+        s.send(1, &mut arp_request(A, [0; 4], A4)),
+        Action::Drop(Outcome::Unsupported)
+    );
     assert_eq!(s.count(Outcome::Replied), 3);
 }
 
@@ -184,9 +231,13 @@ fn neighbor_solicitation(src_mac: Mac, src: [u8; 16], target: [u8; 16]) -> Vec<u
 fn neighbor_solicitations_are_answered_and_dad_is_not() {
     let mut s = switch(Config::default());
     let gw6 = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-    let Action::Reply(1, r) = s.send(1, &mut neighbor_solicitation(A, A6, gw6)) else { panic!("no reply") };
+    let Action::Reply(1, r) = s.send(1, &mut neighbor_solicitation(A, A6, gw6)) else {
+        panic!("no reply")
+    };
     let sliced = SlicedPacket::from_ethernet(&r).unwrap();
-    let Some(etherparse::TransportSlice::Icmpv6(icmp)) = sliced.transport else { panic!("not ICMPv6") };
+    let Some(etherparse::TransportSlice::Icmpv6(icmp)) = sliced.transport else {
+        panic!("not ICMPv6")
+    };
     assert_eq!(icmp.type_u8(), 136, "a neighbor advertisement");
     assert_eq!(&r[0..6], &A);
     assert_eq!(&r[6..12], &GW);
@@ -194,24 +245,45 @@ fn neighbor_solicitations_are_answered_and_dad_is_not() {
     assert_eq!(&r[r.len() - 6..], &GW);
     // duplicate address detection (source ::) must not be answered
     let dad = neighbor_solicitation(A, [0; 16], A6);
-    assert_eq!(s.send(1, &mut dad.clone()), Action::Drop(Outcome::Unsupported));
+    assert_eq!(
+        s.send(1, &mut dad.clone()),
+        Action::Drop(Outcome::Unsupported)
+    );
     // a solicitation from another pod's address is a spoof
-    assert_eq!(s.send(1, &mut neighbor_solicitation(A, B6, gw6)), Action::Drop(Outcome::Spoofed));
+    assert_eq!(
+        s.send(1, &mut neighbor_solicitation(A, B6, gw6)),
+        Action::Drop(Outcome::Spoofed)
+    );
 }
 
 #[test]
 fn spoofed_macs_and_addresses_are_dropped_and_counted() {
     let mut s = switch(Config::default());
     // source MAC of another pod
-    assert_eq!(s.send(1, &mut tcp4(B, GW, A4, B4, 1, 80, "S", 64)), Action::Drop(Outcome::Spoofed));
+    assert_eq!(
+        s.send(1, &mut tcp4(B, GW, A4, B4, 1, 80, "S", 64)),
+        Action::Drop(Outcome::Spoofed)
+    );
     // source IP of another pod
-    assert_eq!(s.send(1, &mut tcp4(A, GW, B4, A4, 1, 80, "S", 64)), Action::Drop(Outcome::Spoofed));
+    assert_eq!(
+        s.send(1, &mut tcp4(A, GW, B4, A4, 1, 80, "S", 64)),
+        Action::Drop(Outcome::Spoofed)
+    );
     // ARP claiming another pod's address
-    assert_eq!(s.send(1, &mut arp_request(A, B4, [169, 254, 1, 1])), Action::Drop(Outcome::Spoofed));
+    assert_eq!(
+        s.send(1, &mut arp_request(A, B4, [169, 254, 1, 1])),
+        Action::Drop(Outcome::Spoofed)
+    );
     // the node may not impersonate a local pod
-    assert_eq!(s.send(0, &mut tcp4(NODE, GW, B4, A4, 1, 80, "S", 64)), Action::Drop(Outcome::Spoofed));
+    assert_eq!(
+        s.send(0, &mut tcp4(NODE, GW, B4, A4, 1, 80, "S", 64)),
+        Action::Drop(Outcome::Spoofed)
+    );
     assert_eq!(s.count(Outcome::Spoofed), 4);
-    assert!(s.dp.conntrack().is_empty(), "nothing was tracked for a spoofer");
+    assert!(
+        s.dp.conntrack().is_empty(),
+        "nothing was tracked for a spoofer"
+    );
 }
 
 #[test]
@@ -221,24 +293,40 @@ fn routing_rewrites_macs_and_ttl_and_l2_delivery_does_not() {
     assert_eq!(s.send(1, &mut f), Action::Forward(2));
     let p = SlicedPacket::from_ethernet(&f).unwrap();
     assert_eq!((&f[0..6], &f[6..12]), (&B[..], &GW[..]));
-    let Some(etherparse::NetSlice::Ipv4(ip)) = p.net else { panic!() };
+    let Some(etherparse::NetSlice::Ipv4(ip)) = p.net else {
+        panic!()
+    };
     assert_eq!(ip.header().ttl(), 63);
     let h = ip.header().to_header();
-    assert_eq!(h.header_checksum, h.calc_header_checksum(), "checksum updated with the TTL");
+    assert_eq!(
+        h.header_checksum,
+        h.calc_header_checksum(),
+        "checksum updated with the TTL"
+    );
     // at L2, to the pod's own MAC: delivered as is
     let mut f = tcp4(A, B, A4, B4, 40001, 80, "S", 64);
     assert_eq!(s.send(1, &mut f), Action::Forward(2));
     assert_eq!(f[14 + 8], 64, "TTL untouched");
     // to a pod's MAC but another address: no route (no bypass through L2)
-    assert_eq!(s.send(1, &mut tcp4(A, B, A4, OUT4, 40002, 80, "S", 64)), Action::Drop(Outcome::NoRoute));
+    assert_eq!(
+        s.send(1, &mut tcp4(A, B, A4, OUT4, 40002, 80, "S", 64)),
+        Action::Drop(Outcome::NoRoute)
+    );
     // unknown MAC: never flooded
     assert_eq!(
-        s.send(1, &mut tcp4(A, [2, 9, 9, 9, 9, 9], A4, B4, 40003, 80, "S", 64)),
+        s.send(
+            1,
+            &mut tcp4(A, [2, 9, 9, 9, 9, 9], A4, B4, 40003, 80, "S", 64)
+        ),
         Action::Drop(Outcome::NoRoute)
     );
     // IPv6: hop limit
     let mut v = Vec::new();
-    PacketBuilder::ethernet2(A, GW).ipv6(A6, B6, 9).udp(5, 53).write(&mut v, b"x").unwrap();
+    PacketBuilder::ethernet2(A, GW)
+        .ipv6(A6, B6, 9)
+        .udp(5, 53)
+        .write(&mut v, b"x")
+        .unwrap();
     assert_eq!(s.send(1, &mut v), Action::Forward(2));
     assert_eq!(v[14 + 7], 8);
 }
@@ -246,16 +334,28 @@ fn routing_rewrites_macs_and_ttl_and_l2_delivery_does_not() {
 #[test]
 fn an_expired_ttl_gets_time_exceeded() {
     let mut s = switch(Config::default());
-    let Action::Reply(1, r) = s.send(1, &mut tcp4(A, GW, A4, B4, 40000, 80, "S", 1)) else { panic!("no reply") };
+    let Action::Reply(1, r) = s.send(1, &mut tcp4(A, GW, A4, B4, 40000, 80, "S", 1)) else {
+        panic!("no reply")
+    };
     let p = SlicedPacket::from_ethernet(&r).unwrap();
-    let Some(etherparse::TransportSlice::Icmpv4(icmp)) = p.transport else { panic!("not ICMP") };
+    let Some(etherparse::TransportSlice::Icmpv4(icmp)) = p.transport else {
+        panic!("not ICMP")
+    };
     assert_eq!((icmp.type_u8(), icmp.code_u8()), (11, 0));
     assert_eq!(&r[0..6], &A, "back to the sender");
     let mut v = Vec::new();
-    PacketBuilder::ethernet2(A, GW).ipv6(A6, B6, 1).udp(5, 53).write(&mut v, b"x").unwrap();
-    let Action::Reply(1, r) = s.send(1, &mut v) else { panic!("no reply") };
+    PacketBuilder::ethernet2(A, GW)
+        .ipv6(A6, B6, 1)
+        .udp(5, 53)
+        .write(&mut v, b"x")
+        .unwrap();
+    let Action::Reply(1, r) = s.send(1, &mut v) else {
+        panic!("no reply")
+    };
     let p = SlicedPacket::from_ethernet(&r).unwrap();
-    let Some(etherparse::TransportSlice::Icmpv6(icmp)) = p.transport else { panic!("not ICMPv6") };
+    let Some(etherparse::TransportSlice::Icmpv6(icmp)) = p.transport else {
+        panic!("not ICMPv6")
+    };
     assert_eq!(icmp.type_u8(), 3);
     assert_eq!(s.count(Outcome::TtlExpired), 2);
 }
@@ -265,19 +365,38 @@ fn replies_pass_a_deny_all_ingress_and_new_connections_do_not() {
     let mut s = switch(Config::default());
     s.apply(DENY_INGRESS_A);
     // a opens to b: allowed (only a's ingress is isolated)
-    assert_eq!(s.send(1, &mut tcp4(A, GW, A4, B4, 40000, 80, "S", 64)), Action::Forward(2));
+    assert_eq!(
+        s.send(1, &mut tcp4(A, GW, A4, B4, 40000, 80, "S", 64)),
+        Action::Forward(2)
+    );
     // b's reply reaches a
-    assert_eq!(s.send(2, &mut tcp4(B, GW, B4, A4, 80, 40000, "SA", 64)), Action::Forward(1));
-    assert_eq!(s.send(1, &mut tcp4(A, GW, A4, B4, 40000, 80, "A", 64)), Action::Forward(2));
+    assert_eq!(
+        s.send(2, &mut tcp4(B, GW, B4, A4, 80, 40000, "SA", 64)),
+        Action::Forward(1)
+    );
+    assert_eq!(
+        s.send(1, &mut tcp4(A, GW, A4, B4, 40000, 80, "A", 64)),
+        Action::Forward(2)
+    );
     // but b cannot open a connection to a
-    assert_eq!(s.send(2, &mut tcp4(B, GW, B4, A4, 40001, 80, "S", 64)), Action::Drop(Outcome::PolicyDeny));
+    assert_eq!(
+        s.send(2, &mut tcp4(B, GW, B4, A4, 40001, 80, "S", 64)),
+        Action::Drop(Outcome::PolicyDeny)
+    );
     // nor sneak in with a non-SYN packet of an unknown connection
-    assert_eq!(s.send(2, &mut tcp4(B, GW, B4, A4, 40002, 80, "A", 64)), Action::Drop(Outcome::PolicyDeny));
+    assert_eq!(
+        s.send(2, &mut tcp4(B, GW, B4, A4, 40002, 80, "A", 64)),
+        Action::Drop(Outcome::PolicyDeny)
+    );
 }
 
 fn echo4(src_mac: Mac, src: [u8; 4], dst: [u8; 4], id: u16, request: bool) -> Vec<u8> {
     let b = PacketBuilder::ethernet2(src_mac, GW).ipv4(src, dst, 64);
-    let b = if request { b.icmpv4_echo_request(id, 1) } else { b.icmpv4_echo_reply(id, 1) };
+    let b = if request {
+        b.icmpv4_echo_request(id, 1)
+    } else {
+        b.icmpv4_echo_reply(id, 1)
+    };
     let mut v = Vec::new();
     b.write(&mut v, b"ping").unwrap();
     v
@@ -288,16 +407,39 @@ fn an_echo_reply_does_not_open_ingress() {
     let mut s = switch(Config::default());
     s.apply(DENY_INGRESS_A);
     // an unsolicited echo reply towards a: dropped, and it opens nothing
-    assert_eq!(s.send(2, &mut echo4(B, B4, A4, 7, false)), Action::Drop(Outcome::Untracked));
-    assert_eq!(s.send(2, &mut echo4(B, B4, A4, 7, true)), Action::Drop(Outcome::PolicyDeny));
+    assert_eq!(
+        s.send(2, &mut echo4(B, B4, A4, 7, false)),
+        Action::Drop(Outcome::Untracked)
+    );
+    assert_eq!(
+        s.send(2, &mut echo4(B, B4, A4, 7, true)),
+        Action::Drop(Outcome::PolicyDeny)
+    );
     // a pings b; b's reply comes back
-    assert_eq!(s.send(1, &mut echo4(A, A4, B4, 9, true)), Action::Forward(2));
-    assert_eq!(s.send(2, &mut echo4(B, B4, A4, 9, false)), Action::Forward(1));
+    assert_eq!(
+        s.send(1, &mut echo4(A, A4, B4, 9, true)),
+        Action::Forward(2)
+    );
+    assert_eq!(
+        s.send(2, &mut echo4(B, B4, A4, 9, false)),
+        Action::Forward(1)
+    );
     // b cannot use that identifier to send requests the other way
-    assert_eq!(s.send(2, &mut echo4(B, B4, A4, 9, true)), Action::Drop(Outcome::PolicyDeny));
+    assert_eq!(
+        s.send(2, &mut echo4(B, B4, A4, 9, true)),
+        Action::Drop(Outcome::PolicyDeny)
+    );
 }
 
-fn fragment4(src_mac: Mac, src: [u8; 4], dst: [u8; 4], id: u16, offset8: u16, more: bool, payload: &[u8]) -> Vec<u8> {
+fn fragment4(
+    src_mac: Mac,
+    src: [u8; 4],
+    dst: [u8; 4],
+    id: u16,
+    offset8: u16,
+    more: bool,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut h = Ipv4Header::new(payload.len() as u16, 64, IpNumber::UDP, src, dst).unwrap();
     h.identification = id;
     h.more_fragments = more;
@@ -317,15 +459,24 @@ fn fragments_follow_their_first_fragment() {
     s.apply(DENY_INGRESS_A);
     // a UDP header (ports 5 -> 53, length 24) and 8 bytes: the first fragment
     let first: Vec<u8> = [0, 5, 0, 53, 0, 24, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8].to_vec();
-    assert_eq!(s.send(1, &mut fragment4(A, A4, B4, 77, 0, true, &first)), Action::Forward(2));
-    assert_eq!(s.send(1, &mut fragment4(A, A4, B4, 77, 2, false, &[9; 8])), Action::Forward(2));
+    assert_eq!(
+        s.send(1, &mut fragment4(A, A4, B4, 77, 0, true, &first)),
+        Action::Forward(2)
+    );
+    assert_eq!(
+        s.send(1, &mut fragment4(A, A4, B4, 77, 2, false, &[9; 8])),
+        Action::Forward(2)
+    );
     // a later fragment whose first fragment never passed
     assert_eq!(
         s.send(1, &mut fragment4(A, A4, B4, 78, 2, false, &[9; 8])),
         Action::Drop(Outcome::FragmentUnknown)
     );
     // towards the isolated pod: the first is denied, so the rest is too
-    assert_eq!(s.send(2, &mut fragment4(B, B4, A4, 79, 0, true, &first)), Action::Drop(Outcome::PolicyDeny));
+    assert_eq!(
+        s.send(2, &mut fragment4(B, B4, A4, 79, 0, true, &first)),
+        Action::Drop(Outcome::PolicyDeny)
+    );
     assert_eq!(
         s.send(2, &mut fragment4(B, B4, A4, 79, 2, false, &[9; 8])),
         Action::Drop(Outcome::FragmentUnknown)
@@ -338,10 +489,23 @@ fn a_full_conntrack_table_drops_new_flows_and_keeps_old_ones() {
         conntrack_max: 2,
         ..Config::default()
     });
-    assert_eq!(s.send(1, &mut udp4(A, GW, A4, B4, 1, 53)), Action::Forward(2));
-    assert_eq!(s.send(1, &mut udp4(A, GW, A4, B4, 2, 53)), Action::Forward(2));
-    assert_eq!(s.send(1, &mut udp4(A, GW, A4, B4, 3, 53)), Action::Drop(Outcome::TableFull));
-    assert_eq!(s.send(2, &mut udp4(B, GW, B4, A4, 53, 1)), Action::Forward(1), "tracked flows still pass");
+    assert_eq!(
+        s.send(1, &mut udp4(A, GW, A4, B4, 1, 53)),
+        Action::Forward(2)
+    );
+    assert_eq!(
+        s.send(1, &mut udp4(A, GW, A4, B4, 2, 53)),
+        Action::Forward(2)
+    );
+    assert_eq!(
+        s.send(1, &mut udp4(A, GW, A4, B4, 3, 53)),
+        Action::Drop(Outcome::TableFull)
+    );
+    assert_eq!(
+        s.send(2, &mut udp4(B, GW, B4, A4, 53, 1)),
+        Action::Forward(1),
+        "tracked flows still pass"
+    );
     assert_eq!(s.count(Outcome::TableFull), 1);
 }
 
@@ -350,8 +514,8 @@ fn malformed_frames_are_dropped_and_counted() {
     let mut s = switch(Config::default());
     let good = tcp4(A, GW, A4, B4, 40000, 80, "S", 64);
     let mut cases: Vec<Vec<u8>> = vec![
-        A[..4].to_vec(),          // runt
-        good[..14 + 10].to_vec(), // truncated IPv4 header
+        A[..4].to_vec(),              // runt
+        good[..14 + 10].to_vec(),     // truncated IPv4 header
         good[..14 + 20 + 8].to_vec(), // truncated TCP header
     ];
     let mut bad_ihl = good.clone();
@@ -364,7 +528,11 @@ fn malformed_frames_are_dropped_and_counted() {
         if c.len() >= 12 {
             c[6..12].copy_from_slice(&A);
         }
-        assert_eq!(s.send(1, &mut c), Action::Drop(Outcome::Malformed), "case {i}");
+        assert_eq!(
+            s.send(1, &mut c),
+            Action::Drop(Outcome::Malformed),
+            "case {i}"
+        );
     }
     let mut other = good.clone();
     other[12..14].copy_from_slice(&[0x88, 0xcc]); // LLDP
@@ -378,22 +546,39 @@ fn established_flows_take_the_fast_path_until_the_policy_changes() {
     s.send(1, &mut tcp4(A, GW, A4, B4, 40000, 80, "S", 64));
     s.send(2, &mut tcp4(B, GW, B4, A4, 80, 40000, "SA", 64));
     for _ in 0..5 {
-        assert_eq!(s.send(1, &mut tcp4(A, GW, A4, B4, 40000, 80, "A", 64)), Action::Forward(2));
+        assert_eq!(
+            s.send(1, &mut tcp4(A, GW, A4, B4, 40000, 80, "A", 64)),
+            Action::Forward(2)
+        );
     }
-    assert_eq!(s.count(Outcome::FastForward), 4, "the first data packet fills the cache");
+    assert_eq!(
+        s.count(Outcome::FastForward),
+        4,
+        "the first data packet fills the cache"
+    );
     let mut f = tcp4(A, GW, A4, B4, 40000, 80, "A", 64);
     s.send(1, &mut f);
-    assert_eq!((&f[0..6], f[14 + 8]), (&B[..], 63), "the fast path rewrites too");
+    assert_eq!(
+        (&f[0..6], f[14 + 8]),
+        (&B[..], 63),
+        "the fast path rewrites too"
+    );
     // a new generation: the next packet is checked again on the slow path
     s.apply(DENY_INGRESS_A);
     let before = s.count(Outcome::SlowForward);
-    assert_eq!(s.send(1, &mut tcp4(A, GW, A4, B4, 40000, 80, "A", 64)), Action::Forward(2));
+    assert_eq!(
+        s.send(1, &mut tcp4(A, GW, A4, B4, 40000, 80, "A", 64)),
+        Action::Forward(2)
+    );
     assert_eq!(s.count(Outcome::SlowForward), before + 1);
 }
 
 #[test]
 fn a_policy_change_cuts_established_connections_unless_told_to_keep_them() {
-    for (keep, expect) in [(false, Action::Drop(Outcome::PolicyDeny)), (true, Action::Forward(1))] {
+    for (keep, expect) in [
+        (false, Action::Drop(Outcome::PolicyDeny)),
+        (true, Action::Forward(1)),
+    ] {
         let mut s = switch(Config {
             established: if keep {
                 vswitch::datapath::EstablishedPolicy::Keep
@@ -408,7 +593,11 @@ fn a_policy_change_cuts_established_connections_unless_told_to_keep_them() {
         s.send(2, &mut tcp4(B, GW, B4, A4, 40000, 80, "A", 64));
         s.send(2, &mut tcp4(B, GW, B4, A4, 40000, 80, "A", 64));
         s.apply(DENY_INGRESS_A);
-        assert_eq!(s.send(2, &mut tcp4(B, GW, B4, A4, 40000, 80, "A", 64)), expect, "keep={keep}");
+        assert_eq!(
+            s.send(2, &mut tcp4(B, GW, B4, A4, 40000, 80, "A", 64)),
+            expect,
+            "keep={keep}"
+        );
     }
 }
 
@@ -425,13 +614,26 @@ fn a_new_pod_gets_no_traffic_before_its_policy_generation() {
             ready_generation: s.engine.generation() + 1,
         },
     );
-    assert_eq!(s.send(3, &mut udp4(c, GW, [10, 0, 0, 3], B4, 1, 53)), Action::Drop(Outcome::NotReady));
-    assert_eq!(s.send(1, &mut udp4(A, GW, A4, [10, 0, 0, 3], 1, 53)), Action::Drop(Outcome::NotReady));
-    let mut p = pod("c", [10, 0, 0, 3], [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3]);
+    assert_eq!(
+        s.send(3, &mut udp4(c, GW, [10, 0, 0, 3], B4, 1, 53)),
+        Action::Drop(Outcome::NotReady)
+    );
+    assert_eq!(
+        s.send(1, &mut udp4(A, GW, A4, [10, 0, 0, 3], 1, 53)),
+        Action::Drop(Outcome::NotReady)
+    );
+    let mut p = pod(
+        "c",
+        [10, 0, 0, 3],
+        [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3],
+    );
     p.ips.truncate(1);
     s.engine.upsert_pod(p).unwrap();
     s.dp.set_policy(Arc::new(s.engine.snapshot()));
-    assert_eq!(s.send(3, &mut udp4(c, GW, [10, 0, 0, 3], B4, 1, 53)), Action::Forward(2));
+    assert_eq!(
+        s.send(3, &mut udp4(c, GW, [10, 0, 0, 3], B4, 1, 53)),
+        Action::Forward(2)
+    );
 }
 
 #[test]
@@ -443,18 +645,33 @@ fn the_node_reaches_isolated_pods_and_pods_reach_outside_through_it() {
          spec: {podSelector: {matchLabels: {pod: b}}, policyTypes: [Egress], egress: [{to: [{ipBlock: {cidr: 203.0.113.0/24}}], ports: [{port: 443}]}]}\n",
     );
     // kubelet probe: node address to an isolated pod
-    assert_eq!(s.send(0, &mut tcp4(NODE, GW, NODE4, A4, 50000, 80, "S", 64)), Action::Forward(1));
+    assert_eq!(
+        s.send(0, &mut tcp4(NODE, GW, NODE4, A4, 50000, 80, "S", 64)),
+        Action::Forward(1)
+    );
     // an outside address through the node port is policed like any peer
-    assert_eq!(s.send(0, &mut tcp4(NODE, GW, OUT4, A4, 50001, 80, "S", 64)), Action::Drop(Outcome::PolicyDeny));
+    assert_eq!(
+        s.send(0, &mut tcp4(NODE, GW, OUT4, A4, 50001, 80, "S", 64)),
+        Action::Drop(Outcome::PolicyDeny)
+    );
     // b may reach 203.0.113.0/24 on 443 only, through the node port
     let mut f = tcp4(B, GW, B4, OUT4, 40000, 443, "S", 64);
     assert_eq!(s.send(2, &mut f), Action::Forward(0));
     assert_eq!(&f[0..6], &NODE);
-    assert_eq!(s.send(2, &mut tcp4(B, GW, B4, OUT4, 40001, 80, "S", 64)), Action::Drop(Outcome::PolicyDeny));
+    assert_eq!(
+        s.send(2, &mut tcp4(B, GW, B4, OUT4, 40001, 80, "S", 64)),
+        Action::Drop(Outcome::PolicyDeny)
+    );
     // and its reply comes back in
-    assert_eq!(s.send(0, &mut tcp4(NODE, GW, OUT4, B4, 443, 40000, "SA", 64)), Action::Forward(2));
+    assert_eq!(
+        s.send(0, &mut tcp4(NODE, GW, OUT4, B4, 443, 40000, "SA", 64)),
+        Action::Forward(2)
+    );
     // the node port does not hairpin outside traffic
-    assert_eq!(s.send(0, &mut tcp4(NODE, GW, OUT4, [8, 8, 8, 8], 1, 80, "S", 64)), Action::Drop(Outcome::NoRoute));
+    assert_eq!(
+        s.send(0, &mut tcp4(NODE, GW, OUT4, [8, 8, 8, 8], 1, 80, "S", 64)),
+        Action::Drop(Outcome::NoRoute)
+    );
 }
 
 #[test]
@@ -470,7 +687,11 @@ fn outcomes_add_up_to_packets_received() {
     for i in 0..5_000 {
         let port = rng.below(3) as u16;
         let own = [NODE, A, B][port as usize];
-        let src_mac = if rng.chance(90) { own } else { *rng.pick(&macs) };
+        let src_mac = if rng.chance(90) {
+            own
+        } else {
+            *rng.pick(&macs)
+        };
         let dst_mac = if rng.chance(80) { GW } else { *rng.pick(&macs) };
         let (src, dst) = (*rng.pick(&ips), *rng.pick(&ips));
         let mut f = match rng.below(6) {
@@ -483,7 +704,16 @@ fn outcomes_add_up_to_packets_received() {
                 f.truncate(cut);
                 f
             }
-            _ => tcp4(src_mac, dst_mac, src, dst, rng.below(5) as u16, 80, ["S", "SA", "A", "F", "R"][rng.below(5)], rng.below(3) as u8),
+            _ => tcp4(
+                src_mac,
+                dst_mac,
+                src,
+                dst,
+                rng.below(5) as u16,
+                80,
+                ["S", "SA", "A", "F", "R"][rng.below(5)],
+                rng.below(3) as u8,
+            ),
         };
         if i % 100 == 0 {
             s.dp.expire(s.t0 + Duration::from_millis(s.ms), 64);
@@ -493,9 +723,18 @@ fn outcomes_add_up_to_packets_received() {
     assert_eq!(s.dp.counters.rx_packets, 5_000);
     assert_eq!(s.dp.counters.outcome_total(), 5_000);
     for (_, p) in s.dp.ports() {
-        assert_eq!(p.counters.outcome_total(), p.counters.rx_packets, "port {}", p.name);
+        assert_eq!(
+            p.counters.outcome_total(),
+            p.counters.rx_packets,
+            "port {}",
+            p.name
+        );
     }
     // the mix must have exercised most outcomes, or the sum proves little
     let seen = s.dp.counters.nonzero().len();
-    assert!(seen >= 8, "only {seen} outcomes: {:?}", s.dp.counters.nonzero());
+    assert!(
+        seen >= 8,
+        "only {seen} outcomes: {:?}",
+        s.dp.counters.nonzero()
+    );
 }

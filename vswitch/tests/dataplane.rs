@@ -19,12 +19,19 @@ struct World {
 
 fn world(cfg: Config) -> World {
     let ips: Vec<Vec<IpAddr>> = vec![
-        vec!["10.244.1.10".parse().unwrap(), "fd00:10:244:1::a".parse().unwrap()],
-        vec!["10.244.2.10".parse().unwrap(), "fd00:10:244:2::a".parse().unwrap()],
+        vec![
+            "10.244.1.10".parse().unwrap(),
+            "fd00:10:244:1::a".parse().unwrap(),
+        ],
+        vec![
+            "10.244.2.10".parse().unwrap(),
+            "fd00:10:244:2::a".parse().unwrap(),
+        ],
     ];
     let mut c = Cluster::default();
     for ns in ["x", "y"] {
-        c.namespaces.insert(ns.into(), Namespace::new(ns, Default::default()));
+        c.namespaces
+            .insert(ns.into(), Namespace::new(ns, Default::default()));
     }
     for (i, (ns, name)) in [("x", "a"), ("y", "b")].iter().enumerate() {
         let p = Pod {
@@ -40,20 +47,38 @@ fn world(cfg: Config) -> World {
     net.dp.set_policy(Arc::new(engine.snapshot()));
     let a = net.add_pod("x/a", 1, &ips[0], engine.generation());
     let b = net.add_pod("y/b", 2, &ips[1], engine.generation());
-    World { net, engine, a, b, ips }
+    World {
+        net,
+        engine,
+        a,
+        b,
+        ips,
+    }
 }
 
 impl World {
     fn apply(&mut self, yaml: &str) {
         for o in manifest::parse(yaml) {
-            let manifest::Object::NetworkPolicy(p) = o.unwrap() else { panic!("not a policy") };
+            let manifest::Object::NetworkPolicy(p) = o.unwrap() else {
+                panic!("not a policy")
+            };
             self.engine.upsert_policy(p).unwrap();
         }
         self.net.dp.set_policy(Arc::new(self.engine.snapshot()));
     }
 
-    fn attempt(&self, from: HostId, to: HostId, family: usize, protocol: Protocol, port: u16) -> Attempt {
-        let (fi, ti) = (if from == self.a { 0 } else { 1 }, if to == self.a { 0 } else { 1 });
+    fn attempt(
+        &self,
+        from: HostId,
+        to: HostId,
+        family: usize,
+        protocol: Protocol,
+        port: u16,
+    ) -> Attempt {
+        let (fi, ti) = (
+            if from == self.a { 0 } else { 1 },
+            if to == self.a { 0 } else { 1 },
+        );
         Attempt {
             from,
             to,
@@ -65,8 +90,7 @@ impl World {
     }
 }
 
-const DENY_INGRESS_X: &str =
-    "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec: {podSelector: {}}\n";
+const DENY_INGRESS_X: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec: {podSelector: {}}\n";
 
 #[test]
 fn tcp_udp_and_sctp_connect_over_both_families() {
@@ -74,9 +98,18 @@ fn tcp_udp_and_sctp_connect_over_both_families() {
     for family in [0, 1] {
         let attempts: Vec<Attempt> = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp]
             .iter()
-            .flat_map(|p| [w.attempt(w.a, w.b, family, *p, 80), w.attempt(w.b, w.a, family, *p, 80)])
+            .flat_map(|p| {
+                [
+                    w.attempt(w.a, w.b, family, *p, 80),
+                    w.attempt(w.b, w.a, family, *p, 80),
+                ]
+            })
             .collect();
-        assert_eq!(w.net.probe(&attempts, 3_000), vec![true; 6], "family {family}");
+        assert_eq!(
+            w.net.probe(&attempts, 3_000),
+            vec![true; 6],
+            "family {family}"
+        );
     }
     assert_eq!(w.net.dp.counters.get(Outcome::PolicyDeny), 0);
 }
@@ -105,13 +138,22 @@ fn replies_of_allowed_connections_pass_a_deny_all_ingress() {
 #[test]
 fn a_policy_change_cuts_an_established_connection() {
     let mut w = world(Config::default());
-    let conn = w.net.open_tcp(&w.attempt(w.b, w.a, 0, Protocol::Tcp, 80), 3_000).expect("connected");
+    let conn = w
+        .net
+        .open_tcp(&w.attempt(w.b, w.a, 0, Protocol::Tcp, 80), 3_000)
+        .expect("connected");
     assert!(w.net.exchange(&conn, b"before", 2_000));
     let fast_before = w.net.dp.counters.get(Outcome::FastForward);
     assert!(w.net.exchange(&conn, b"cached", 2_000));
-    assert!(w.net.dp.counters.get(Outcome::FastForward) > fast_before, "data of an established flow is fast-pathed");
+    assert!(
+        w.net.dp.counters.get(Outcome::FastForward) > fast_before,
+        "data of an established flow is fast-pathed"
+    );
     w.apply(DENY_INGRESS_X);
-    assert!(!w.net.exchange(&conn, b"after", 3_000), "the connection must be cut");
+    assert!(
+        !w.net.exchange(&conn, b"after", 3_000),
+        "the connection must be cut"
+    );
     assert!(w.net.dp.counters.get(Outcome::PolicyDeny) > 0);
 }
 
@@ -121,10 +163,17 @@ fn with_keep_an_established_connection_survives_a_policy_change() {
         established: EstablishedPolicy::Keep,
         ..Config::default()
     });
-    let conn = w.net.open_tcp(&w.attempt(w.b, w.a, 0, Protocol::Tcp, 80), 3_000).expect("connected");
+    let conn = w
+        .net
+        .open_tcp(&w.attempt(w.b, w.a, 0, Protocol::Tcp, 80), 3_000)
+        .expect("connected");
     assert!(w.net.exchange(&conn, b"before", 2_000));
     w.apply(DENY_INGRESS_X);
     assert!(w.net.exchange(&conn, b"after", 2_000), "kept");
     // new connections follow the new policy
-    assert_eq!(w.net.probe(&[w.attempt(w.b, w.a, 0, Protocol::Tcp, 81)], 3_000), vec![false]);
+    assert_eq!(
+        w.net
+            .probe(&[w.attempt(w.b, w.a, 0, Protocol::Tcp, 81)], 3_000),
+        vec![false]
+    );
 }

@@ -183,6 +183,7 @@ impl Conntrack {
         self.max
     }
 
+    #[inline]
     fn timeout(&self, e: &Entry) -> u64 {
         let t = &self.timeouts;
         match (e.key.proto, e.state) {
@@ -197,6 +198,7 @@ impl Conntrack {
         }
     }
 
+    #[inline]
     fn expired(&self, e: &Entry, now: u64) -> bool {
         now.saturating_sub(e.last_seen) > self.timeout(e)
     }
@@ -232,7 +234,7 @@ impl Conntrack {
 
     /// The flow cache's refresh: marks the connection seen if it is still the
     /// same, live and unexpired one.
-    #[inline]
+    #[inline(always)]
     pub fn touch(&mut self, r: CtRef, now: u64) -> bool {
         let Some(e) = self.slots.get(r.slot as usize) else {
             return false;

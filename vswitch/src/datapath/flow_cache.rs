@@ -65,7 +65,7 @@ impl FlowCache {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn get(&self, key: &FlowKey) -> Option<&CacheEntry> {
         self.map.get(key)
     }

@@ -140,6 +140,7 @@ pub struct Datapath {
     cache: FlowCache,
     pub counters: Counters,
     start: Instant,
+    last_now: (Instant, u64),
 }
 
 /// The result of routing a packet: where it goes and how it is rewritten.
@@ -160,6 +161,7 @@ impl Datapath {
             epoch: 1,
             counters: Counters::default(),
             start,
+            last_now: (start, 0),
         }
     }
 
@@ -266,6 +268,8 @@ impl Datapath {
     /// rewritten in place when it is forwarded. Every call bumps exactly one
     /// outcome counter, on the port and on the datapath.
     pub fn process(&mut self, in_port: PortId, frame: &mut [u8], now: Instant) -> Action {
+        let ms = self.clock(now);
+        let len = frame.len() as u64;
         let Some(port) = self
             .ports
             .get_mut(in_port as usize)
@@ -274,10 +278,31 @@ impl Datapath {
             return Action::Drop(Outcome::NoRoute); // not ours to count: no such port
         };
         port.counters.rx_packets += 1;
-        port.counters.rx_bytes += frame.len() as u64;
+        port.counters.rx_bytes += len;
         self.counters.rx_packets += 1;
-        self.counters.rx_bytes += frame.len() as u64;
-        let (action, outcome) = self.decide(in_port, frame, now);
+        self.counters.rx_bytes += len;
+
+        // Fast path: a packet of an established flow, by exact match on the
+        // sender's port and the packet's addresses and ports.
+        if frame.len() >= ETH_HLEN
+            && frame[6..12] == port.mac
+            && let Some(key) = parse::fast_key(frame, in_port)
+            && let Some(e) = self.cache.get(&key)
+            && e.epoch == self.epoch
+            && self.ct.touch(e.ct, ms)
+            && rewrite(frame, &e.fwd)
+        {
+            let out = e.fwd.port;
+            port.counters.count(Outcome::FastForward);
+            self.counters.count(Outcome::FastForward);
+            if let Some(p) = self.ports.get_mut(out as usize).and_then(Option::as_mut) {
+                p.counters.tx_packets += 1;
+                p.counters.tx_bytes += len;
+            }
+            return Action::Forward(out);
+        }
+
+        let (action, outcome) = self.slow_path(in_port, frame, ms);
         if let Some(p) = self
             .ports
             .get_mut(in_port as usize)
@@ -286,20 +311,32 @@ impl Datapath {
             p.counters.count(outcome);
         }
         self.counters.count(outcome);
-        if let Action::Forward(out) | Action::Reply(out, _) = &action {
-            let len = match &action {
-                Action::Reply(_, f) => f.len(),
-                _ => frame.len(),
-            };
-            if let Some(p) = self.ports.get_mut(*out as usize).and_then(Option::as_mut) {
-                p.counters.tx_packets += 1;
-                p.counters.tx_bytes += len as u64;
-            }
+        let sent = match &action {
+            Action::Forward(out) => Some((*out, len)),
+            Action::Reply(out, f) => Some((*out, f.len() as u64)),
+            Action::Drop(_) => None,
+        };
+        if let Some((out, n)) = sent
+            && let Some(p) = self.ports.get_mut(out as usize).and_then(Option::as_mut)
+        {
+            p.counters.tx_packets += 1;
+            p.counters.tx_bytes += n;
         }
         action
     }
 
-    fn decide(&mut self, in_port: PortId, frame: &mut [u8], now: Instant) -> (Action, Outcome) {
+    /// Milliseconds since the datapath started, computed once per distinct
+    /// `now` (a batch of frames shares one).
+    #[inline]
+    fn clock(&mut self, now: Instant) -> u64 {
+        if self.last_now.0 != now {
+            self.last_now = (now, self.ms(now));
+        }
+        self.last_now.1
+    }
+
+    /// Everything the flow cache did not answer.
+    fn slow_path(&mut self, in_port: PortId, frame: &mut [u8], ms: u64) -> (Action, Outcome) {
         let drop = |o: Outcome| (Action::Drop(o), o);
         if frame.len() < ETH_HLEN {
             return drop(Outcome::Malformed);
@@ -311,19 +348,6 @@ impl Datapath {
         if frame[6..12] != port_mac {
             return drop(Outcome::Spoofed);
         }
-        let ms = self.ms(now);
-
-        // Fast path: an established flow's packet, by exact match.
-        if let Some(key) = parse::fast_key(frame, in_port)
-            && let Some(e) = self.cache.get(&key).copied()
-            && e.epoch == self.epoch
-            && self.ct.touch(e.ct, ms)
-            && rewrite(frame, &e.fwd)
-        {
-            return (Action::Forward(e.fwd.port), Outcome::FastForward);
-        }
-
-        // Slow path.
         let parsed = match parse::parse(frame) {
             Ok(p) => p,
             Err(ParseError::Malformed(_)) => return drop(Outcome::Malformed),

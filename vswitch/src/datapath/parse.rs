@@ -394,56 +394,50 @@ impl FlowKey {
     }
 }
 
-#[inline]
-fn be16(f: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([f[at], f[at + 1]])
-}
-
 /// The key of an unfragmented TCP (without SYN, FIN or RST) or UDP packet
-/// with a plain IP header, or `None`. Reads fixed offsets only.
+/// with a plain IP header, or `None`. Reads fixed offsets only, through
+/// fixed-size arrays, so that there is one bounds check per header.
 #[inline]
 pub fn fast_key(frame: &[u8], in_port: u16) -> Option<FlowKey> {
-    if frame.len() < ETH_HLEN + 20 {
-        return None;
-    }
-    let ethertype = be16(frame, 12);
-    let (proto, l4, src, dst, v6) = if ethertype == 0x0800 {
-        let ip = &frame[ETH_HLEN..];
-        // version 4, IHL 5, no MF and offset 0, total length fits the frame
-        if ip[0] != 0x45 || be16(ip, 6) & 0x3fff != 0 || be16(ip, 2) as usize > ip.len() {
-            return None;
+    let eth: &[u8; ETH_HLEN] = frame.get(..ETH_HLEN)?.try_into().ok()?;
+    let (proto, l4, src, dst, v6) = match [eth[12], eth[13]] {
+        [0x08, 0x00] => {
+            let ip: &[u8; 20] = frame.get(ETH_HLEN..ETH_HLEN + 20)?.try_into().ok()?;
+            // version 4, IHL 5, no MF and offset 0, total length fits the frame
+            let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+            if ip[0] != 0x45 || (ip[6] & 0x3f) | ip[7] != 0 || total > frame.len() - ETH_HLEN {
+                return None;
+            }
+            let src = u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]) as u128;
+            let dst = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]) as u128;
+            (ip[9], ETH_HLEN + 20, src, dst, false)
         }
-        let src = u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]) as u128;
-        let dst = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]) as u128;
-        (ip[9], ETH_HLEN + 20, src, dst, false)
-    } else if ethertype == 0x86dd {
-        if frame.len() < ETH_HLEN + 40 {
-            return None;
+        [0x86, 0xdd] => {
+            let ip: &[u8; 40] = frame.get(ETH_HLEN..ETH_HLEN + 40)?.try_into().ok()?;
+            let payload = u16::from_be_bytes([ip[4], ip[5]]) as usize;
+            if ip[0] >> 4 != 6 || payload + 40 > frame.len() - ETH_HLEN {
+                return None;
+            }
+            let src = u128::from_be_bytes(ip[8..24].try_into().ok()?);
+            let dst = u128::from_be_bytes(ip[24..40].try_into().ok()?);
+            (ip[6], ETH_HLEN + 40, src, dst, true)
         }
-        let ip = &frame[ETH_HLEN..];
-        if ip[0] >> 4 != 6 || be16(ip, 4) as usize + 40 > ip.len() {
-            return None;
-        }
-        let mut a = [0u8; 16];
-        a.copy_from_slice(&ip[8..24]);
-        let src = u128::from_be_bytes(a);
-        a.copy_from_slice(&ip[24..40]);
-        let dst = u128::from_be_bytes(a);
-        (ip[6], ETH_HLEN + 40, src, dst, true)
-    } else {
-        return None;
-    };
-    match proto {
-        PROTO_TCP
-            if frame.len() >= l4 + 20 && frame[l4 + 13] & (TCP_SYN | TCP_FIN | TCP_RST) == 0 => {}
-        PROTO_UDP if frame.len() >= l4 + 8 => {}
         _ => return None,
+    };
+    let min = match proto {
+        PROTO_TCP => 20,
+        PROTO_UDP => 8,
+        _ => return None,
+    };
+    let l4h = frame.get(l4..l4 + min)?;
+    if proto == PROTO_TCP && l4h[13] & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
+        return None;
     }
     Some(FlowKey {
         src,
         dst,
-        sport: be16(frame, l4),
-        dport: be16(frame, l4 + 2),
+        sport: u16::from_be_bytes([l4h[0], l4h[1]]),
+        dport: u16::from_be_bytes([l4h[2], l4h[3]]),
         in_port,
         proto,
         v6,

@@ -63,6 +63,11 @@ pub trait Port: Send {
     fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
         None
     }
+
+    /// The in-memory port behind this one, if it is one (tests, benchmarks).
+    fn as_mem(&mut self) -> Option<&mut MemPort> {
+        None
+    }
 }
 
 /// An in-memory port: two queues. The owner of the switch pushes frames
@@ -87,6 +92,15 @@ impl MemPort {
         b.clear();
         self.pool.push(b);
     }
+
+    /// Takes the spare buffers (to hand them to another port).
+    pub fn take_pool(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.pool)
+    }
+
+    pub fn give_pool(&mut self, pool: Vec<Vec<u8>>) {
+        self.pool.extend(pool);
+    }
 }
 
 impl Port for MemPort {
@@ -108,6 +122,10 @@ impl Port for MemPort {
         b.extend_from_slice(frame);
         self.tx.push_back(b);
         Ok(true)
+    }
+
+    fn as_mem(&mut self) -> Option<&mut MemPort> {
+        Some(self)
     }
 }
 

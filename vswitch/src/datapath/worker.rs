@@ -103,13 +103,22 @@ impl Worker {
                     Ok(None) | Err(_) => break,
                 };
                 received += 1;
-                let frame = &mut self.buf[..n];
-                match self.datapath.process(id as PortId, frame, now) {
-                    Action::Forward(out) => {
-                        let frame = self.buf[..n].to_vec();
-                        self.send(out as usize, frame, meta);
-                    }
-                    Action::Reply(out, reply) => self.send(out as usize, reply, RxMeta::default()),
+                let action = self.datapath.process(id as PortId, &mut self.buf[..n], now);
+                match action {
+                    Action::Forward(out) => Self::send(
+                        &mut self.ports,
+                        &mut self.pending,
+                        out as usize,
+                        &self.buf[..n],
+                        meta,
+                    ),
+                    Action::Reply(out, reply) => Self::send(
+                        &mut self.ports,
+                        &mut self.pending,
+                        out as usize,
+                        &reply,
+                        RxMeta::default(),
+                    ),
                     Action::Drop(_) => {}
                 }
             }
@@ -117,16 +126,23 @@ impl Worker {
         received
     }
 
-    /// Sends now, or queues behind what already waits (order is kept).
-    fn send(&mut self, id: usize, frame: Vec<u8>, meta: RxMeta) {
-        let Some(port) = self.ports.get_mut(id).and_then(Option::as_mut) else {
+    /// Sends now, or copies the frame behind what already waits (order is
+    /// kept; the common case copies nothing).
+    fn send(
+        ports: &mut [Option<Box<dyn Port>>],
+        pending: &mut [Pending],
+        id: usize,
+        frame: &[u8],
+        meta: RxMeta,
+    ) {
+        let Some(port) = ports.get_mut(id).and_then(Option::as_mut) else {
             return;
         };
-        let q = &mut self.pending[id].frames;
-        if q.is_empty() && matches!(port.send(&frame, &meta), Ok(true)) {
+        let q = &mut pending[id].frames;
+        if q.is_empty() && matches!(port.send(frame, &meta), Ok(true)) {
             return;
         }
-        q.push_back((frame, meta));
+        q.push_back((frame.to_vec(), meta));
     }
 
     fn flush(&mut self, id: usize) {

@@ -45,7 +45,12 @@ impl DataplaneProber {
     fn add_pod(&mut self, pod: &Pod) {
         let port = self.next_port;
         self.next_port += 1;
-        let id = self.net.add_pod(&pod.key.to_string(), port, &pod.ips, self.engine.generation());
+        let id = self.net.add_pod(
+            &pod.key.to_string(),
+            port,
+            &pod.ips,
+            self.engine.generation(),
+        );
         self.hosts.insert(pod.key.to_string(), id);
         self.pod_ips.insert(pod.key.clone(), pod.ips.clone());
     }
@@ -66,7 +71,12 @@ impl Prober for DataplaneProber {
             self.add_pod(pod);
         }
         for e in externals {
-            let ips: Vec<IpAddr> = e.ipv4.map(IpAddr::V4).into_iter().chain(e.ipv6.map(IpAddr::V6)).collect();
+            let ips: Vec<IpAddr> = e
+                .ipv4
+                .map(IpAddr::V4)
+                .into_iter()
+                .chain(e.ipv6.map(IpAddr::V6))
+                .collect();
             let id = self.net.add_external(&e.name, &ips);
             self.hosts.insert(e.name.clone(), id);
         }
@@ -74,7 +84,9 @@ impl Prober for DataplaneProber {
     }
 
     fn change(&mut self, change: &Change) -> Result<(), String> {
-        self.engine.apply(change.clone()).map_err(|e| e.to_string())?;
+        self.engine
+            .apply(change.clone())
+            .map_err(|e| e.to_string())?;
         // Policy first, then ports: a new pod's port only opens once the
         // generation that knows it is installed.
         self.publish();
@@ -87,7 +99,12 @@ impl Prober for DataplaneProber {
             }
             Change::DeletePod(k) => self.remove_pod(k),
             Change::DeleteNamespace(ns) => {
-                let gone: Vec<PodKey> = self.pod_ips.keys().filter(|k| &k.namespace == ns).cloned().collect();
+                let gone: Vec<PodKey> = self
+                    .pod_ips
+                    .keys()
+                    .filter(|k| &k.namespace == ns)
+                    .cloned()
+                    .collect();
                 for k in gone {
                     self.remove_pod(&k);
                 }
@@ -111,7 +128,11 @@ impl Prober for DataplaneProber {
             .collect();
         let done = self.net.probe(&mapped, TIMEOUT_MS);
         if std::env::var_os("VSWITCH_DEBUG").is_some() {
-            eprintln!("counters after batch: {:?} unclaimed {}", self.net.dp.counters.nonzero(), self.net.unclaimed);
+            eprintln!(
+                "counters after batch: {:?} unclaimed {}",
+                self.net.dp.counters.nonzero(),
+                self.net.unclaimed
+            );
         }
         attempts
             .iter()

@@ -71,7 +71,11 @@ impl Device for QueueDevice {
     fn capabilities(&self) -> DeviceCapabilities {
         let mut c = DeviceCapabilities::default();
         c.medium = self.medium;
-        c.max_transmission_unit = if self.medium == Medium::Ethernet { 1514 } else { 1500 };
+        c.max_transmission_unit = if self.medium == Medium::Ethernet {
+            1514
+        } else {
+            1500
+        };
         c
     }
 }
@@ -142,11 +146,17 @@ fn link_local(ip: IpAddr, index: u16) -> (IpCidr, IpAddr) {
     match ip {
         IpAddr::V4(_) => {
             let a = Ipv4Addr::new(169, 254, 100 + (index >> 8) as u8, index as u8);
-            (IpCidr::new(IpAddress::Ipv4(a), 16), IpAddr::V4(Ipv4Addr::new(169, 254, 1, 1)))
+            (
+                IpCidr::new(IpAddress::Ipv4(a), 16),
+                IpAddr::V4(Ipv4Addr::new(169, 254, 1, 1)),
+            )
         }
         IpAddr::V6(_) => {
             let a = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0x100, index);
-            (IpCidr::new(IpAddress::Ipv6(a), 64), IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1)))
+            (
+                IpCidr::new(IpAddress::Ipv6(a), 64),
+                IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1)),
+            )
         }
     }
 }
@@ -161,7 +171,10 @@ impl Net {
             "node",
             NODE_MAC,
             PortKind::Node {
-                ips: vec!["100.64.0.1".parse().expect("ip"), "fd00:ffff::1".parse().expect("ip")],
+                ips: vec![
+                    "100.64.0.1".parse().expect("ip"),
+                    "fd00:ffff::1".parse().expect("ip"),
+                ],
             },
         );
         Net {
@@ -193,7 +206,11 @@ impl Net {
     }
 
     fn new_host(&mut self, name: &str, mac: Mac, ips: &[IpAddr], port: Option<PortId>) -> HostId {
-        let medium = if port.is_some() { Medium::Ethernet } else { Medium::Ip };
+        let medium = if port.is_some() {
+            Medium::Ethernet
+        } else {
+            Medium::Ip
+        };
         let mut dev = QueueDevice {
             rx: VecDeque::new(),
             tx: VecDeque::new(),
@@ -210,7 +227,8 @@ impl Net {
         iface.update_ip_addrs(|a| {
             for ip in ips {
                 let len = if ip.is_ipv4() { 32 } else { 128 };
-                a.push(IpCidr::new(IpAddress::from(*ip), len)).expect("room for addresses");
+                a.push(IpCidr::new(IpAddress::from(*ip), len))
+                    .expect("room for addresses");
             }
             if let Some(p) = port {
                 for ip in ips {
@@ -261,7 +279,13 @@ impl Net {
 
     /// A pod on port `port` with a /32 (/128) address and the switch's
     /// link-local gateway, as the CNI plugin configures real pods.
-    pub fn add_pod(&mut self, name: &str, port: PortId, ips: &[IpAddr], ready_generation: u64) -> HostId {
+    pub fn add_pod(
+        &mut self,
+        name: &str,
+        port: PortId,
+        ips: &[IpAddr],
+        ready_generation: u64,
+    ) -> HostId {
         let mac = [0x02, 0x00, 0x00, 0x00, (port >> 8) as u8, port as u8];
         self.dp.add_port(
             port,
@@ -289,7 +313,11 @@ impl Net {
     }
 
     fn ephemeral(&mut self) -> u16 {
-        self.next_ephemeral = if self.next_ephemeral >= 60_000 { 20_000 } else { self.next_ephemeral + 1 };
+        self.next_ephemeral = if self.next_ephemeral >= 60_000 {
+            20_000
+        } else {
+            self.next_ephemeral + 1
+        };
         self.next_ephemeral
     }
 
@@ -311,13 +339,21 @@ impl Net {
                 }
             }
         } else {
-            match self.hosts.iter().position(|h| h.as_ref().is_some_and(|h| h.port == Some(port))) {
+            match self
+                .hosts
+                .iter()
+                .position(|h| h.as_ref().is_some_and(|h| h.port == Some(port)))
+            {
                 Some(h) => (h, frame),
                 None => return,
             }
         };
         let is_eth = self.host(host).port.is_some();
-        let ip = if is_eth { &payload[ETH_HLEN.min(payload.len())..] } else { &payload[..] };
+        let ip = if is_eth {
+            &payload[ETH_HLEN.min(payload.len())..]
+        } else {
+            &payload[..]
+        };
         if let Some(c) = sctp::parse(ip) {
             if c.init_ack {
                 self.sctp_acks.push(c);
@@ -332,7 +368,10 @@ impl Net {
     }
 
     fn external_owning(&self, ip: IpAddr) -> Option<HostId> {
-        self.hosts.iter().position(|h| h.as_ref().is_some_and(|h| h.port.is_none() && h.ips.contains(&ip)))
+        self.hosts.iter().position(|h| {
+            h.as_ref()
+                .is_some_and(|h| h.port.is_none() && h.ips.contains(&ip))
+        })
     }
 
     /// Wraps an IP packet a host sends (without smoltcp) for its link.
@@ -346,7 +385,11 @@ impl Net {
         let mut f = Vec::with_capacity(ETH_HLEN + ip.len());
         f.extend_from_slice(&self.dp.config().gateway_mac);
         f.extend_from_slice(&h.mac);
-        f.extend_from_slice(if ip[0] >> 4 == 6 { &[0x86, 0xdd] } else { &[0x08, 0x00] });
+        f.extend_from_slice(if ip[0] >> 4 == 6 {
+            &[0x86, 0xdd]
+        } else {
+            &[0x08, 0x00]
+        });
         f.extend_from_slice(&ip);
         f
     }
@@ -359,7 +402,9 @@ impl Net {
             Some(p) => (p, frame),
             // Between two outside hosts: the outside network, not the switch.
             None if sctp_or_ip_dst(&frame).is_some_and(|d| self.external_owning(d).is_some()) => {
-                let to = self.external_owning(sctp_or_ip_dst(&frame).expect("dst")).expect("host");
+                let to = self
+                    .external_owning(sctp_or_ip_dst(&frame).expect("dst"))
+                    .expect("host");
                 self.host_mut(to).dev.rx.push_back(frame);
                 return;
             }
@@ -367,18 +412,32 @@ impl Net {
                 let mut f = Vec::with_capacity(ETH_HLEN + frame.len());
                 f.extend_from_slice(&self.dp.config().gateway_mac);
                 f.extend_from_slice(&NODE_MAC);
-                f.extend_from_slice(if frame.first().is_some_and(|b| b >> 4 == 6) { &[0x86, 0xdd] } else { &[0x08, 0x00] });
+                f.extend_from_slice(if frame.first().is_some_and(|b| b >> 4 == 6) {
+                    &[0x86, 0xdd]
+                } else {
+                    &[0x08, 0x00]
+                });
                 f.extend_from_slice(&frame);
                 (NODE_PORT, f)
             }
         };
         let trace = std::env::var_os("VSWITCH_TRACE").is_some();
         if trace {
-            eprintln!("t={} from host {host} port {port}: {:?}", self.clock_ms, crate::datapath::parse::parse(&frame));
+            eprintln!(
+                "t={} from host {host} port {port}: {:?}",
+                self.clock_ms,
+                crate::datapath::parse::parse(&frame)
+            );
         }
         let action = self.dp.process(port, &mut frame, now);
         if trace {
-            eprintln!("   -> {:?}", match &action { Action::Reply(p, _) => format!("reply on {p}"), a => format!("{a:?}") });
+            eprintln!(
+                "   -> {:?}",
+                match &action {
+                    Action::Reply(p, _) => format!("reply on {p}"),
+                    a => format!("{a:?}"),
+                }
+            );
         }
         match action {
             Action::Forward(out) => self.deliver(out, frame, work),
@@ -394,7 +453,9 @@ impl Net {
         for _round in 0..64 {
             let mut moved = false;
             for id in 0..self.hosts.len() {
-                let Some(h) = self.hosts[id].as_mut() else { continue };
+                let Some(h) = self.hosts[id].as_mut() else {
+                    continue;
+                };
                 h.iface.poll(now, &mut h.dev, &mut h.sockets);
                 serve_udp(h);
                 h.iface.poll(now, &mut h.dev, &mut h.sockets);
@@ -441,7 +502,10 @@ impl Net {
 
     fn listen_tcp(&mut self, host: HostId, port: u16) -> SocketHandle {
         let h = self.host_mut(host);
-        let mut s = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 2048]), tcp::SocketBuffer::new(vec![0; 2048]));
+        let mut s = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; 2048]),
+            tcp::SocketBuffer::new(vec![0; 2048]),
+        );
         s.listen(port).expect("listen");
         let handle = h.sockets.add(s);
         h.listeners.push(handle);
@@ -465,9 +529,16 @@ impl Net {
     fn connect_tcp(&mut self, a: &Attempt) -> SocketHandle {
         let local = self.ephemeral();
         let h = self.host_mut(a.from);
-        let mut s = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 2048]), tcp::SocketBuffer::new(vec![0; 2048]));
-        s.connect(h.iface.context(), IpEndpoint::new(a.dst.into(), a.port), (IpAddress::from(a.src), local))
-            .expect("connect");
+        let mut s = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; 2048]),
+            tcp::SocketBuffer::new(vec![0; 2048]),
+        );
+        s.connect(
+            h.iface.context(),
+            IpEndpoint::new(a.dst.into(), a.port),
+            (IpAddress::from(a.src), local),
+        )
+        .expect("connect");
         h.sockets.add(s)
     }
 
@@ -504,7 +575,11 @@ impl Net {
                     let sport = self.ephemeral();
                     let tag = self.next_tag;
                     self.next_tag += 1;
-                    let init = self.frame_from(a.from, a.dst, sctp::init(a.src, a.dst, sport, a.port, tag));
+                    let init = self.frame_from(
+                        a.from,
+                        a.dst,
+                        sctp::init(a.src, a.dst, sport, a.port, tag),
+                    );
                     self.host_mut(a.from).dev.tx.push_back(init);
                     Pending::Sctp { sport, tag }
                 }
@@ -520,11 +595,14 @@ impl Net {
                 }
                 let h = self.hosts[a.from].as_mut().expect("host");
                 done[i] = match p {
-                    Pending::Tcp(s) => h.sockets.get::<tcp::Socket>(*s).state() == tcp::State::Established,
-                    Pending::Udp(s) => h.sockets.get::<udp::Socket>(*s).can_recv(),
-                    Pending::Sctp { sport, tag } => {
-                        self.sctp_acks.iter().any(|c| c.dport == *sport && c.tag == *tag && c.dst == a.src)
+                    Pending::Tcp(s) => {
+                        h.sockets.get::<tcp::Socket>(*s).state() == tcp::State::Established
                     }
+                    Pending::Udp(s) => h.sockets.get::<udp::Socket>(*s).can_recv(),
+                    Pending::Sctp { sport, tag } => self
+                        .sctp_acks
+                        .iter()
+                        .any(|c| c.dport == *sport && c.tag == *tag && c.dst == a.src),
                 };
             }
             if done.iter().all(|d| *d) || self.clock_ms >= deadline {
@@ -560,7 +638,9 @@ impl Net {
                 .sockets
                 .iter()
                 .filter_map(|(handle, s)| match s {
-                    smoltcp::socket::Socket::Tcp(t) if t.state() == tcp::State::Closed => Some(handle),
+                    smoltcp::socket::Socket::Tcp(t) if t.state() == tcp::State::Closed => {
+                        Some(handle)
+                    }
                     _ => None,
                 })
                 .collect();
@@ -580,7 +660,13 @@ impl Net {
         let deadline = self.clock_ms + timeout_ms;
         while self.clock_ms < deadline {
             self.tick(10);
-            if self.host_mut(a.from).sockets.get::<tcp::Socket>(client_sock).state() == tcp::State::Established {
+            if self
+                .host_mut(a.from)
+                .sockets
+                .get::<tcp::Socket>(client_sock)
+                .state()
+                == tcp::State::Established
+            {
                 return Some(TcpConn {
                     client: a.from,
                     server: a.to,
@@ -595,7 +681,11 @@ impl Net {
     /// Sends `data` from client to server on an open connection and reports
     /// whether the server received all of it within `timeout_ms`.
     pub fn exchange(&mut self, c: &TcpConn, data: &[u8], timeout_ms: u64) -> bool {
-        let sent = self.host_mut(c.client).sockets.get_mut::<tcp::Socket>(c.client_sock).send_slice(data);
+        let sent = self
+            .host_mut(c.client)
+            .sockets
+            .get_mut::<tcp::Socket>(c.client_sock)
+            .send_slice(data);
         if sent != Ok(data.len()) {
             return false;
         }
@@ -603,7 +693,10 @@ impl Net {
         let deadline = self.clock_ms + timeout_ms;
         while self.clock_ms < deadline {
             self.tick(10);
-            let s = self.host_mut(c.server).sockets.get_mut::<tcp::Socket>(c.server_sock);
+            let s = self
+                .host_mut(c.server)
+                .sockets
+                .get_mut::<tcp::Socket>(c.server_sock);
             let mut buf = [0u8; 2048];
             while let Ok(n) = s.recv_slice(&mut buf) {
                 if n == 0 {
@@ -619,7 +712,10 @@ impl Net {
     }
 
     pub fn tcp_state(&mut self, c: &TcpConn) -> tcp::State {
-        self.host_mut(c.client).sockets.get::<tcp::Socket>(c.client_sock).state()
+        self.host_mut(c.client)
+            .sockets
+            .get::<tcp::Socket>(c.client_sock)
+            .state()
     }
 }
 

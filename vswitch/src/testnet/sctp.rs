@@ -15,7 +15,11 @@ pub fn crc32c(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= b as u32;
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82F6_3B78 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -131,7 +135,11 @@ pub fn parse(ip: &[u8]) -> Option<Chunk> {
 
 /// The INIT-ACK a server sends back for an INIT.
 pub fn init_ack(init: &Chunk, own_tag: u32) -> Vec<u8> {
-    ip_packet(init.dst, init.src, &sctp(init.dport, init.sport, init.tag, INIT_ACK, own_tag))
+    ip_packet(
+        init.dst,
+        init.src,
+        &sctp(init.dport, init.sport, init.tag, INIT_ACK, own_tag),
+    )
 }
 
 #[cfg(test)]
@@ -150,6 +158,9 @@ mod tests {
         let i = parse(&init(a, b, 40000, 80, 7)).unwrap();
         assert_eq!((i.sport, i.dport, i.init_ack, i.tag), (40000, 80, false, 7));
         let r = parse(&init_ack(&i, 9)).unwrap();
-        assert_eq!((r.src, r.dst, r.sport, r.dport, r.init_ack, r.tag), (b, a, 80, 40000, true, 7));
+        assert_eq!(
+            (r.src, r.dst, r.sport, r.dport, r.init_ack, r.tag),
+            (b, a, 80, 40000, true, 7)
+        );
     }
 }
