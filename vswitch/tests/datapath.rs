@@ -83,7 +83,7 @@ fn switch(cfg: Config) -> Switch {
 }
 
 impl Switch {
-    fn send(&mut self, port: u16, frame: &mut Vec<u8>) -> Action {
+    fn send(&mut self, port: u16, frame: &mut [u8]) -> Action {
         self.ms += 1;
         let now = self.t0 + Duration::from_millis(self.ms);
         self.dp.process(port, frame, now)
@@ -106,6 +106,7 @@ impl Switch {
 
 const DENY_INGRESS_A: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec: {podSelector: {matchLabels: {pod: a}}, policyTypes: [Ingress]}\n";
 
+#[allow(clippy::too_many_arguments)] // a frame has that many fields
 fn tcp4(
     src_mac: Mac,
     dst_mac: Mac,
@@ -736,5 +737,51 @@ fn outcomes_add_up_to_packets_received() {
         seen >= 8,
         "only {seen} outcomes: {:?}",
         s.dp.counters.nonzero()
+    );
+}
+
+fn fragment6(
+    src_mac: Mac,
+    src: [u8; 16],
+    dst: [u8; 16],
+    id: u32,
+    offset8: u16,
+    more: bool,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut v = GW.to_vec();
+    v.extend_from_slice(&src_mac);
+    v.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+    v.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    v.extend_from_slice(&[44, 64]); // next header: Fragment; hop limit
+    v.extend_from_slice(&src);
+    v.extend_from_slice(&dst);
+    v.extend_from_slice(&[17, 0]);
+    v.extend_from_slice(&((offset8 << 3) | more as u16).to_be_bytes());
+    v.extend_from_slice(&id.to_be_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
+#[test]
+fn ipv6_fragments_behind_an_extension_header_follow_their_first() {
+    let mut s = switch(Config::default());
+    s.apply(DENY_INGRESS_A);
+    let first: Vec<u8> = [0, 5, 0, 53, 0, 24, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8].to_vec();
+    assert_eq!(
+        s.send(1, &mut fragment6(A, A6, B6, 5, 0, true, &first)),
+        Action::Forward(2)
+    );
+    assert_eq!(
+        s.send(1, &mut fragment6(A, A6, B6, 5, 2, false, &[9; 8])),
+        Action::Forward(2)
+    );
+    assert_eq!(
+        s.send(2, &mut fragment6(B, B6, A6, 6, 0, true, &first)),
+        Action::Drop(Outcome::PolicyDeny)
+    );
+    assert_eq!(
+        s.send(2, &mut fragment6(B, B6, A6, 6, 2, false, &[9; 8])),
+        Action::Drop(Outcome::FragmentUnknown)
     );
 }

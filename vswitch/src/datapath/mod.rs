@@ -20,6 +20,7 @@
 
 pub mod conntrack;
 pub mod counters;
+pub mod event_loop;
 pub mod flow_cache;
 pub mod frag;
 pub mod parse;

@@ -129,6 +129,41 @@ impl Port for MemPort {
     }
 }
 
+/// A port over a Unix datagram socket, one frame per datagram: a port with
+/// a real descriptor (readiness, `EAGAIN`) that needs no privilege, for the
+/// event loop's tests and for connecting test processes to a switch.
+pub struct SocketPort(std::os::unix::net::UnixDatagram);
+
+impl SocketPort {
+    pub fn new(sock: std::os::unix::net::UnixDatagram) -> io::Result<SocketPort> {
+        sock.set_nonblocking(true)?;
+        Ok(SocketPort(sock))
+    }
+}
+
+impl Port for SocketPort {
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<(usize, RxMeta)>> {
+        match self.0.recv(buf) {
+            Ok(n) => Ok(Some((n, RxMeta::default()))),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn send(&mut self, frame: &[u8], _meta: &RxMeta) -> io::Result<bool> {
+        match self.0.send(frame) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        Some(self.0.as_raw_fd())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -68,7 +68,9 @@ impl Worker {
     }
 
     pub fn detach(&mut self, id: PortId) -> Option<Box<dyn Port>> {
-        self.pending.get_mut(id as usize).map(|p| p.frames.clear());
+        if let Some(p) = self.pending.get_mut(id as usize) {
+            p.frames.clear();
+        }
         self.ports.get_mut(id as usize)?.take()
     }
 

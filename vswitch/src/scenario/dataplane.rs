@@ -91,11 +91,10 @@ impl Prober for DataplaneProber {
         // generation that knows it is installed.
         self.publish();
         match change {
-            Change::UpsertPod(p) => {
-                if self.pod_ips.get(&p.key) != Some(&p.ips) {
-                    self.remove_pod(&p.key);
-                    self.add_pod(p);
-                }
+            // A new pod, or one whose addresses changed: (re)attach it.
+            Change::UpsertPod(p) if self.pod_ips.get(&p.key) != Some(&p.ips) => {
+                self.remove_pod(&p.key);
+                self.add_pod(p);
             }
             Change::DeletePod(k) => self.remove_pod(k),
             Change::DeleteNamespace(ns) => {
