@@ -124,21 +124,9 @@ pub fn load_dir(dir: &Path) -> Result<Loaded, String> {
     })
 }
 
-/// A port to probe: a number, or a name resolved on each target pod.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub enum PortArg {
-    Number(u16),
-    Named(String),
-}
-
-impl std::fmt::Display for PortArg {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PortArg::Number(n) => write!(f, "{n}"),
-            PortArg::Named(n) => f.write_str(n),
-        }
-    }
-}
+/// A port to probe: a number, or a name resolved on each target pod (the
+/// same notion as a scenario probe's port).
+pub use crate::scenario::format::ProbePort as PortArg;
 
 /// The ports worth showing when the user names none: every container port
 /// of every pod (named ports in policies resolve to these), else 80/TCP.
