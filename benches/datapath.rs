@@ -309,11 +309,13 @@ fn throughput(c: &mut Criterion) {
         })
     });
     g.finish();
-    let fast = worker
-        .datapath
-        .counters
-        .get(vswitch::datapath::counters::Outcome::FastForward);
-    assert!(fast >= n as u64, "the frames took the fast path");
+    let c = &worker.datapath.counters;
+    let fast = c.get(vswitch::datapath::counters::Outcome::FastForward);
+    // (when the benchmark is filtered out, nothing was received)
+    assert!(
+        c.rx_packets == 0 || fast >= n as u64,
+        "the frames took the fast path"
+    );
 }
 
 /// Moves what port 2 sent back into port 1's receive queue, and the spare
