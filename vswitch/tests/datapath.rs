@@ -785,3 +785,64 @@ fn ipv6_fragments_behind_an_extension_header_follow_their_first() {
         Action::Drop(Outcome::FragmentUnknown)
     );
 }
+
+#[test]
+fn batches_act_exactly_like_single_frames() {
+    let cfg = || Config {
+        conntrack_max: 32,
+        flow_cache_max: 16,
+        ..Config::default()
+    };
+    let (mut one, mut many) = (switch(cfg()), switch(cfg()));
+    one.apply(DENY_INGRESS_A);
+    many.apply(DENY_INGRESS_A);
+    let mut rng = policy::synth::Rng::new(7);
+    let ips = [A4, B4, NODE4, OUT4];
+    let mut t = 0u64;
+    for _round in 0..300 {
+        let port = 1 + rng.below(2) as u16;
+        let mac = [A, B][port as usize - 1];
+        let n = 1 + rng.below(80);
+        let mut frames: Vec<Vec<u8>> = (0..n)
+            .map(|_| {
+                let (src, dst) = ([A4, B4][port as usize - 1], *rng.pick(&ips));
+                match rng.below(3) {
+                    0 => udp4(mac, GW, src, dst, rng.below(6) as u16, 53),
+                    1 => tcp4(
+                        mac,
+                        GW,
+                        src,
+                        dst,
+                        rng.below(6) as u16,
+                        80,
+                        ["S", "SA", "A", "A", "F"][rng.below(5)],
+                        64,
+                    ),
+                    _ => udp4(mac, B, src, dst, rng.below(6) as u16, 53),
+                }
+            })
+            .collect();
+        t += 1 + rng.below(2000) as u64;
+        let now = one.t0 + Duration::from_millis(t);
+        let singles: Vec<Action> = frames
+            .clone()
+            .iter_mut()
+            .map(|f| one.dp.process(port, f, now))
+            .collect();
+        let mut refs: Vec<&mut [u8]> = frames.iter_mut().map(|f| f.as_mut_slice()).collect();
+        let mut batched = Vec::new();
+        many.dp.process_batch(
+            port,
+            &mut refs,
+            many.t0 + Duration::from_millis(t),
+            &mut batched,
+        );
+        assert_eq!(singles, batched);
+    }
+    assert_eq!(one.dp.counters, many.dp.counters);
+    assert!(
+        many.dp.counters.get(Outcome::FastForward) > 100,
+        "{:?}",
+        many.dp.counters.nonzero()
+    );
+}

@@ -232,6 +232,13 @@ impl Conntrack {
             .filter(|e| e.live && e.version == r.version)
     }
 
+    /// Reads a connection's slot so that a batch's slots are fetched
+    /// together; fold the result into `black_box`.
+    #[inline(always)]
+    pub fn warm(&self, r: CtRef) -> u32 {
+        self.slots.get(r.slot as usize).map_or(0, |e| e.version)
+    }
+
     /// The flow cache's refresh: marks the connection seen if it is still the
     /// same, live and unexpired one.
     #[inline(always)]

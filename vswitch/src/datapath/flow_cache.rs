@@ -30,8 +30,6 @@
 //! # Threading
 //! One cache per worker, owned, never shared: no locks, no atomics.
 
-use rustc_hash::FxHashMap;
-
 use super::conntrack::CtRef;
 use super::parse::{FlowKey, Mac};
 
@@ -52,53 +50,239 @@ pub struct CacheEntry {
     pub epoch: u64,
 }
 
+/// Slots per bucket: one bucket is one cache line of signatures and indexes.
+const WAYS: usize = 8;
+
+/// Eight 32-bit signatures (0: empty) and the entry index of each.
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(64))]
+struct Bucket {
+    sigs: [u32; WAYS],
+    idx: [u32; WAYS],
+}
+
+#[derive(Clone, Copy)]
+struct Slot {
+    key: FlowKey,
+    entry: CacheEntry,
+}
+
+/// A signature table: a bucket (one cache line) per hash, eight ways, and
+/// the entries beside it. A lookup reads one bucket line and one entry, and
+/// both can be warmed ahead for a whole batch ([`FlowCache::warm_bucket`],
+/// [`FlowCache::find`]). There are four times as many ways as entries, so
+/// buckets rarely fill; when one does, a way chosen by the hash is replaced
+/// (that flow just takes the slow path again).
 pub struct FlowCache {
-    map: FxHashMap<FlowKey, CacheEntry>,
+    buckets: Vec<Bucket>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    len: usize,
     max: usize,
+    mask: u64,
 }
 
 impl FlowCache {
     pub fn new(max: usize) -> FlowCache {
+        let n = (max.max(WAYS) * 4 / WAYS).next_power_of_two();
         FlowCache {
-            map: FxHashMap::with_capacity_and_hasher(max, Default::default()),
+            buckets: vec![Bucket::default(); n],
+            slots: Vec::with_capacity(max),
+            free: Vec::new(),
+            len: 0,
             max,
+            mask: n as u64 - 1,
         }
+    }
+
+    /// The key's hash: the low bits pick the bucket, the high bits sign it.
+    #[inline(always)]
+    pub fn hash(k: &FlowKey) -> u64 {
+        const M: u64 = 0x9E37_79B9_7F4A_7C15;
+        let a = (k.src as u64) ^ ((k.src >> 64) as u64).rotate_left(23);
+        let b = (k.dst as u64) ^ ((k.dst >> 64) as u64).rotate_left(41);
+        let c = k.sport as u64
+            | (k.dport as u64) << 16
+            | (k.in_port as u64) << 32
+            | (k.proto as u64) << 48
+            | (k.v6 as u64) << 56;
+        let mut h = (a.wrapping_mul(M) ^ b).wrapping_mul(M) ^ c;
+        h = (h ^ (h >> 32)).wrapping_mul(M);
+        h ^ (h >> 29)
+    }
+
+    #[inline(always)]
+    fn sig(h: u64) -> u32 {
+        (h >> 32) as u32 | 1
+    }
+
+    #[inline(always)]
+    fn bucket(&self, h: u64) -> &Bucket {
+        &self.buckets[(h & self.mask) as usize]
+    }
+
+    /// Reads the bucket of a hash, so that a batch's bucket lines are fetched
+    /// together; fold the result into `black_box`.
+    #[inline(always)]
+    pub fn warm_bucket(&self, h: u64) -> u32 {
+        self.bucket(h).sigs[0]
+    }
+
+    /// The entry index of a key.
+    #[inline(always)]
+    pub fn find(&self, h: u64, key: &FlowKey) -> Option<u32> {
+        let b = self.bucket(h);
+        let sig = Self::sig(h);
+        (0..WAYS)
+            .filter(|&w| b.sigs[w] == sig)
+            .map(|w| b.idx[w])
+            .find(|&i| self.slots[i as usize].key == *key)
+    }
+
+    #[inline(always)]
+    pub fn entry(&self, idx: u32) -> &CacheEntry {
+        &self.slots[idx as usize].entry
+    }
+
+    /// The entry at `idx` if it still holds `key` (an insert between a
+    /// `find` and its use may have reused the slot).
+    #[inline(always)]
+    pub fn entry_for(&self, idx: u32, key: &FlowKey) -> Option<&CacheEntry> {
+        let s = self.slots.get(idx as usize)?;
+        (s.key == *key).then_some(&s.entry)
     }
 
     #[inline(always)]
     pub fn get(&self, key: &FlowKey) -> Option<&CacheEntry> {
-        self.map.get(key)
+        self.find(Self::hash(key), key).map(|i| self.entry(i))
     }
 
     /// Inserts or overwrites; returns false when the cache is full.
     pub fn insert(&mut self, key: FlowKey, entry: CacheEntry) -> bool {
-        if self.map.len() >= self.max && !self.map.contains_key(&key) {
-            return false;
+        let h = Self::hash(&key);
+        if let Some(i) = self.find(h, &key) {
+            self.slots[i as usize].entry = entry;
+            return true;
         }
-        self.map.insert(key, entry);
+        let sig = Self::sig(h);
+        let bi = (h & self.mask) as usize;
+        let slot = Slot { key, entry };
+        match self.buckets[bi].sigs.iter().position(|s| *s == 0) {
+            Some(w) => {
+                if self.len >= self.max {
+                    return false;
+                }
+                let i = match self.free.pop() {
+                    Some(i) => {
+                        self.slots[i as usize] = slot;
+                        i
+                    }
+                    None => {
+                        self.slots.push(slot);
+                        self.slots.len() as u32 - 1
+                    }
+                };
+                self.buckets[bi].sigs[w] = sig;
+                self.buckets[bi].idx[w] = i;
+                self.len += 1;
+            }
+            None => {
+                // A full bucket: replace one way, chosen by the hash.
+                let w = ((h >> 40) as usize) % WAYS;
+                let i = self.buckets[bi].idx[w];
+                self.slots[i as usize] = slot;
+                self.buckets[bi].sigs[w] = sig;
+            }
+        }
         true
     }
 
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len == 0
     }
 
     /// Removes entries for which `dead` holds.
     pub fn sweep(&mut self, mut dead: impl FnMut(&CacheEntry) -> bool) -> usize {
-        let before = self.map.len();
-        self.map.retain(|_, e| !dead(e));
-        before - self.map.len()
+        let mut removed = 0;
+        for b in &mut self.buckets {
+            for w in 0..WAYS {
+                if b.sigs[w] != 0 && dead(&self.slots[b.idx[w] as usize].entry) {
+                    b.sigs[w] = 0;
+                    self.free.push(b.idx[w]);
+                    removed += 1;
+                }
+            }
+        }
+        self.len -= removed;
+        removed
     }
 
     pub fn clear(&mut self) {
-        self.map.clear();
+        self.sweep(|_| true);
     }
 
     pub fn entries(&self) -> impl Iterator<Item = (&FlowKey, &CacheEntry)> {
-        self.map.iter()
+        self.buckets.iter().flat_map(move |b| {
+            (0..WAYS).filter(move |&w| b.sigs[w] != 0).map(move |w| {
+                let s = &self.slots[b.idx[w] as usize];
+                (&s.key, &s.entry)
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: u32) -> FlowKey {
+        FlowKey {
+            src: i as u128,
+            dst: 7,
+            sport: (i % 60_000) as u16,
+            dport: 80,
+            in_port: 1,
+            proto: 6,
+            v6: false,
+        }
+    }
+
+    fn entry(port: u16) -> CacheEntry {
+        CacheEntry {
+            fwd: Forward {
+                port,
+                routed: false,
+                src_mac: [0; 6],
+                dst_mac: [0; 6],
+            },
+            ct: CtRef::default(),
+            epoch: 1,
+        }
+    }
+
+    #[test]
+    fn finds_what_it_holds_and_stays_bounded() {
+        let mut c = FlowCache::new(1000);
+        for i in 0..1000 {
+            assert!(c.insert(key(i), entry(i as u16)));
+        }
+        assert!(c.len() >= 990, "{}", c.len());
+        let found = (0..1000)
+            .filter(|&i| c.get(&key(i)).is_some_and(|e| e.fwd.port == i as u16))
+            .count();
+        // a full bucket replaces a way, so a few may be gone, never wrong
+        assert!(found >= 990, "{found}");
+        c.insert(key(5000), entry(1));
+        assert!(c.len() <= 1000, "never beyond its size");
+        assert!(c.get(&key(99_999)).is_none());
+        let before = c.len();
+        let removed = c.sweep(|e| e.fwd.port % 2 == 0);
+        assert_eq!(c.len(), before - removed);
+        assert!(c.entries().all(|(_, e)| e.fwd.port % 2 == 1));
+        assert_eq!(c.entries().count(), c.len());
     }
 }

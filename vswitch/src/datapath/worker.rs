@@ -41,7 +41,10 @@ pub struct Worker {
     ports: Vec<Option<Box<dyn Port>>>,
     pending: Vec<Pending>,
     policy: PolicyHandle,
-    buf: Vec<u8>,
+    /// Receive buffers, one per frame of a batch.
+    bufs: Vec<Vec<u8>>,
+    lens: Vec<(usize, RxMeta)>,
+    actions: Vec<Action>,
     /// Frames received per port per poll.
     pub batch: usize,
 }
@@ -53,8 +56,10 @@ impl Worker {
             ports: Vec::new(),
             pending: Vec::new(),
             policy,
-            buf: vec![0; 65_536],
-            batch: 64,
+            bufs: (0..Datapath::BATCH).map(|_| vec![0; 65_536]).collect(),
+            lens: Vec::with_capacity(Datapath::BATCH),
+            actions: Vec::with_capacity(Datapath::BATCH),
+            batch: Datapath::BATCH,
         }
     }
 
@@ -95,23 +100,41 @@ impl Worker {
             self.flush(id);
         }
         let mut received = 0;
+        let batch = self.batch.clamp(1, Datapath::BATCH);
         for id in 0..self.ports.len() {
-            for _ in 0..self.batch {
-                let Some(port) = self.ports[id].as_mut() else {
-                    break;
-                };
-                let (n, meta) = match port.recv(&mut self.buf) {
-                    Ok(Some(x)) => x,
+            // Receive a batch, act on it as one, then send.
+            self.lens.clear();
+            let Some(port) = self.ports[id].as_mut() else {
+                continue;
+            };
+            while self.lens.len() < batch {
+                match port.recv(&mut self.bufs[self.lens.len()]) {
+                    Ok(Some(x)) => self.lens.push(x),
                     Ok(None) | Err(_) => break,
-                };
-                received += 1;
-                let action = self.datapath.process(id as PortId, &mut self.buf[..n], now);
+                }
+            }
+            if self.lens.is_empty() {
+                continue;
+            }
+            received += self.lens.len();
+            let mut frames: Vec<&mut [u8]> = self
+                .bufs
+                .iter_mut()
+                .zip(&self.lens)
+                .map(|(b, (n, _))| &mut b[..*n])
+                .collect();
+            self.actions.clear();
+            self.datapath
+                .process_batch(id as PortId, &mut frames, now, &mut self.actions);
+            drop(frames);
+            for (k, action) in self.actions.drain(..).enumerate() {
+                let (n, meta) = self.lens[k];
                 match action {
                     Action::Forward(out) => Self::send(
                         &mut self.ports,
                         &mut self.pending,
                         out as usize,
-                        &self.buf[..n],
+                        &self.bufs[k][..n],
                         meta,
                     ),
                     Action::Reply(out, reply) => Self::send(
