@@ -270,39 +270,31 @@ impl Datapath {
     /// outcome counter, on the port and on the datapath.
     pub fn process(&mut self, in_port: PortId, frame: &mut [u8], now: Instant) -> Action {
         let ms = self.clock(now);
-        let len = frame.len() as u64;
-        let Some(port) = self
-            .ports
-            .get_mut(in_port as usize)
-            .and_then(Option::as_mut)
-        else {
+        let Some(mac) = self.port(in_port).map(|p| p.mac) else {
             return Action::Drop(Outcome::NoRoute); // not ours to count: no such port
         };
-        port.counters.rx_packets += 1;
-        port.counters.rx_bytes += len;
-        self.counters.rx_packets += 1;
-        self.counters.rx_bytes += len;
-
         // Fast path: a packet of an established flow, by exact match on the
         // sender's port and the packet's addresses and ports.
         if frame.len() >= ETH_HLEN
-            && frame[6..12] == port.mac
+            && frame[6..12] == mac
             && let Some(key) = parse::fast_key(frame, in_port)
-            && let Some(e) = self.cache.get(&key)
-            && e.epoch == self.epoch
-            && self.ct.touch(e.ct, ms)
-            && rewrite(frame, &e.fwd)
+            && let Some(idx) = self.cache.find(FlowCache::hash(&key), &key)
+            && let Some(action) = self.hit(in_port, frame, idx, &key, ms)
         {
-            let out = e.fwd.port;
-            port.counters.count(Outcome::FastForward);
-            self.counters.count(Outcome::FastForward);
-            if let Some(p) = self.ports.get_mut(out as usize).and_then(Option::as_mut) {
-                p.counters.tx_packets += 1;
-                p.counters.tx_bytes += len;
-            }
-            return Action::Forward(out);
+            return action;
         }
 
+        let len = frame.len() as u64;
+        if let Some(p) = self
+            .ports
+            .get_mut(in_port as usize)
+            .and_then(Option::as_mut)
+        {
+            p.counters.rx_packets += 1;
+            p.counters.rx_bytes += len;
+        }
+        self.counters.rx_packets += 1;
+        self.counters.rx_bytes += len;
         let (action, outcome) = self.slow_path(in_port, frame, ms);
         if let Some(p) = self
             .ports

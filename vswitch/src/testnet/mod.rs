@@ -360,7 +360,7 @@ impl Net {
             } else if self.host(host).sctp_ports.contains(&c.dport) {
                 let tag = self.next_tag;
                 self.next_tag += 1;
-                work.push_back((host, self.frame_from(host, c.src, sctp::init_ack(&c, tag))));
+                work.push_back((host, self.frame_from(host, sctp::init_ack(&c, tag))));
             }
             return;
         }
@@ -375,12 +375,11 @@ impl Net {
     }
 
     /// Wraps an IP packet a host sends (without smoltcp) for its link.
-    fn frame_from(&self, host: HostId, dst: IpAddr, ip: Vec<u8>) -> Vec<u8> {
+    fn frame_from(&self, host: HostId, ip: Vec<u8>) -> Vec<u8> {
         let h = self.host(host);
         if h.port.is_none() {
             return ip;
         }
-        let _ = dst;
         // The switch's gateway MAC: routed like any off-subnet packet.
         let mut f = Vec::with_capacity(ETH_HLEN + ip.len());
         f.extend_from_slice(&self.dp.config().gateway_mac);
@@ -575,11 +574,8 @@ impl Net {
                     let sport = self.ephemeral();
                     let tag = self.next_tag;
                     self.next_tag += 1;
-                    let init = self.frame_from(
-                        a.from,
-                        a.dst,
-                        sctp::init(a.src, a.dst, sport, a.port, tag),
-                    );
+                    let init =
+                        self.frame_from(a.from, sctp::init(a.src, a.dst, sport, a.port, tag));
                     self.host_mut(a.from).dev.tx.push_back(init);
                     Pending::Sctp { sport, tag }
                 }
