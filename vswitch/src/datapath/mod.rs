@@ -279,7 +279,7 @@ impl Datapath {
             && frame[6..12] == mac
             && let Some(key) = parse::fast_key(frame, in_port)
             && let Some(idx) = self.cache.find(FlowCache::hash(&key), &key)
-            && let Some(action) = self.hit(in_port, frame, idx, &key, ms)
+            && let Some(action) = self.hit(in_port, frame, *self.cache.entry(idx), ms)
         {
             return action;
         }
@@ -376,9 +376,13 @@ impl Datapath {
         }
         std::hint::black_box(warm);
         for (i, f) in frames.iter_mut().enumerate() {
+            // (an earlier frame of the batch may have reused the slot)
             let action = match found[i] {
                 NONE => None,
-                j => self.hit(in_port, f, j, &keys[i], ms),
+                j => match self.cache.entry_for(j, &keys[i]) {
+                    Some(e) => self.hit(in_port, f, *e, ms),
+                    None => None,
+                },
             };
             actions.push(action.unwrap_or_else(|| self.process(in_port, f, now)));
         }
@@ -387,15 +391,7 @@ impl Datapath {
     /// The fast path for a frame whose cache entry is known; `None` when the
     /// entry is stale (the caller takes the whole path).
     #[inline(always)]
-    fn hit(
-        &mut self,
-        in_port: PortId,
-        frame: &mut [u8],
-        idx: u32,
-        key: &parse::FlowKey,
-        ms: u64,
-    ) -> Option<Action> {
-        let e = *self.cache.entry_for(idx, key)?;
+    fn hit(&mut self, in_port: PortId, frame: &mut [u8], e: CacheEntry, ms: u64) -> Option<Action> {
         if e.epoch != self.epoch || !self.ct.touch(e.ct, ms) || !rewrite(frame, &e.fwd) {
             return None;
         }
