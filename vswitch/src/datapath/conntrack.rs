@@ -129,8 +129,11 @@ impl CtKey {
 pub struct Entry {
     pub key: CtKey,
     pub last_seen: u64,
-    pub policy_epoch: u64,
+    /// The policy generation last checked (its low 32 bits).
+    pub policy_epoch: u32,
     version: u32,
+    /// The timeout of the current state, in milliseconds (at most 49 days).
+    timeout: u32,
     pub state: State,
     /// The originator is the key's low end.
     orig_is_lo: bool,
@@ -183,24 +186,15 @@ impl Conntrack {
         self.max
     }
 
-    #[inline]
-    fn timeout(&self, e: &Entry) -> u64 {
-        let t = &self.timeouts;
-        match (e.key.proto, e.state) {
-            (_, State::Closed) => t.tcp_closed,
-            (PROTO_TCP, State::New) => t.tcp_syn,
-            (PROTO_TCP, State::Established) => t.tcp_established,
-            (PROTO_TCP, State::Closing) => t.tcp_closing,
-            (PROTO_SCTP, State::Established) => t.tcp_established,
-            (PROTO_ICMP | PROTO_ICMPV6, _) => t.icmp,
-            (_, State::New) => t.udp_new,
-            _ => t.udp_replied,
-        }
+    /// The timeout of a state, kept in the entry so that the flow cache's
+    /// refresh does not recompute it.
+    fn timeout(&self, proto: u8, state: State) -> u32 {
+        timeout_of(&self.timeouts, proto, state)
     }
 
     #[inline]
     fn expired(&self, e: &Entry, now: u64) -> bool {
-        now.saturating_sub(e.last_seen) > self.timeout(e)
+        now.saturating_sub(e.last_seen) > e.timeout as u64
     }
 
     /// Finds the live connection of a tuple and the packet's direction.
@@ -261,10 +255,16 @@ impl Conntrack {
         now: u64,
         policy_epoch: u64,
     ) -> Result<CtRef, CtError> {
+        let policy_epoch = policy_epoch as u32;
+        let (key, src_is_lo) = CtKey::of(t);
+        // An entry under the same key (an echo seen the other way round) is
+        // replaced, never left behind unreachable.
+        if let Some(&old) = self.map.get(&key) {
+            self.remove_slot(old);
+        }
         if self.map.len() >= self.max {
             return Err(CtError::Full);
         }
-        let (key, src_is_lo) = CtKey::of(t);
         let state = match *l4 {
             // A TCP packet other than a bare SYN picks up a connection that
             // was open before (e.g. across a restart of the switch).
@@ -273,11 +273,13 @@ impl Conntrack {
             L4::Tcp { .. } => State::Established,
             _ => State::New,
         };
+        let timeout = self.timeout(t.proto, state);
         let entry = |version| Entry {
             key,
             last_seen: now,
             policy_epoch,
             version,
+            timeout,
             state,
             orig_is_lo: src_is_lo,
             live: true,
@@ -302,6 +304,7 @@ impl Conntrack {
 
     /// Advances the connection's state with a packet seen in `dir`.
     pub fn update(&mut self, r: CtRef, dir: Dir, l4: &L4, now: u64) {
+        let timeouts = self.timeouts;
         let Some(e) = self
             .slots
             .get_mut(r.slot as usize)
@@ -310,7 +313,7 @@ impl Conntrack {
             return;
         };
         e.last_seen = now;
-        e.state = match (*l4, e.state) {
+        let state = match (*l4, e.state) {
             (_, State::Closed) => State::Closed,
             (L4::Tcp { flags, .. }, _) if flags & TCP_RST != 0 => State::Closed,
             (L4::Tcp { flags, .. }, _) if flags & TCP_FIN != 0 => State::Closing,
@@ -327,6 +330,8 @@ impl Conntrack {
             (_, State::New) if dir == Dir::Reply => State::Established,
             (_, s) => s,
         };
+        e.state = state;
+        e.timeout = timeout_of(&timeouts, e.key.proto, state);
     }
 
     /// Whether a packet in this state and direction may use the flow cache.
@@ -335,6 +340,7 @@ impl Conntrack {
     }
 
     pub fn set_policy_epoch(&mut self, r: CtRef, epoch: u64) {
+        let epoch = epoch as u32;
         if let Some(e) = self
             .slots
             .get_mut(r.slot as usize)
@@ -422,6 +428,21 @@ impl Conntrack {
             self.remove_slot(s);
         }
     }
+}
+
+/// The timeout of a state, in milliseconds.
+fn timeout_of(t: &Timeouts, proto: u8, state: State) -> u32 {
+    let ms = match (proto, state) {
+        (_, State::Closed) => t.tcp_closed,
+        (PROTO_TCP, State::New) => t.tcp_syn,
+        (PROTO_TCP, State::Established) => t.tcp_established,
+        (PROTO_TCP, State::Closing) => t.tcp_closing,
+        (PROTO_SCTP, State::Established) => t.tcp_established,
+        (PROTO_ICMP | PROTO_ICMPV6, _) => t.icmp,
+        (_, State::New) => t.udp_new,
+        _ => t.udp_replied,
+    };
+    ms.min(u32::MAX as u64) as u32
 }
 
 /// Whether a protocol's first packet may create a connection.
@@ -522,6 +543,26 @@ mod tests {
             "a stale handle must not refresh the new entry"
         );
         assert!(ct.touch(rb, 1));
+    }
+
+    #[test]
+    fn a_connection_created_under_a_taken_key_replaces_the_old_one() {
+        let mut ct = Conntrack::new(4, Timeouts::default());
+        let a_to_b = t("10.0.0.1", "10.0.0.2", PROTO_ICMP, 9, 9);
+        let b_to_a = t("10.0.0.2", "10.0.0.1", PROTO_ICMP, 9, 9);
+        let echo = L4::Echo {
+            request: true,
+            id: 9,
+        };
+        let first = ct.create(&a_to_b, &echo, 0, 1).unwrap();
+        let second = ct.create(&b_to_a, &echo, 1, 1).unwrap();
+        assert_eq!(ct.len(), 1, "one connection per key");
+        assert!(
+            ct.get(first).is_none(),
+            "the old entry is gone, not orphaned"
+        );
+        assert_eq!(ct.lookup(&b_to_a, 2), Some((second, Dir::Orig)));
+        assert_eq!(ct.entries().count(), 1);
     }
 
     #[test]

@@ -662,7 +662,7 @@ impl Datapath {
         let Some(e) = self.ct.get(r) else {
             return Ok(());
         };
-        if e.policy_epoch == generation
+        if e.policy_epoch == generation as u32
             || node_local
             || self.cfg.established == EstablishedPolicy::Keep
         {
@@ -768,7 +768,7 @@ impl Datapath {
 /// Rewrites a frame for its output: MACs, and TTL or hop limit when routed
 /// (IPv4's header checksum updated incrementally, RFC 1624). Returns false,
 /// leaving the frame as it was, if the TTL would reach zero.
-#[inline]
+#[inline(always)]
 fn rewrite(frame: &mut [u8], fwd: &Forward) -> bool {
     if fwd.routed {
         match frame[12..14] {
