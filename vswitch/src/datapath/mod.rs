@@ -26,6 +26,7 @@ pub mod frag;
 pub mod parse;
 pub mod port;
 pub mod reply;
+pub mod tap;
 pub mod worker;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
