@@ -117,16 +117,16 @@ impl Worker {
                 continue;
             }
             received += self.lens.len();
-            let mut frames: Vec<&mut [u8]> = self
-                .bufs
-                .iter_mut()
-                .zip(&self.lens)
-                .map(|(b, (n, _))| &mut b[..*n])
-                .collect();
+            // The batch's frames as slices, on the stack: no allocation per poll.
+            let mut frames: [&mut [u8]; Datapath::BATCH] = std::array::from_fn(|_| &mut [][..]);
+            let count = self.lens.len();
+            for ((slot, buf), (n, _)) in frames.iter_mut().zip(self.bufs.iter_mut()).zip(&self.lens)
+            {
+                *slot = &mut buf[..*n];
+            }
             self.actions.clear();
             self.datapath
-                .process_batch(id as PortId, &mut frames, now, &mut self.actions);
-            drop(frames);
+                .process_batch(id as PortId, &mut frames[..count], now, &mut self.actions);
             for (k, action) in self.actions.drain(..).enumerate() {
                 let (n, meta) = self.lens[k];
                 match action {
