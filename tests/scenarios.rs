@@ -63,3 +63,60 @@ fn shared_examples_pass_in_engine_mode() {
 fn shared_examples_pass_in_dataplane_mode() {
     shared_examples(Mode::Dataplane);
 }
+
+/// Runs files on `threads` threads at once (netns mode waits on timeouts
+/// far more than it computes; each file has its own namespaces and switch).
+fn run_parallel(files: Vec<PathBuf>, mode: Mode, threads: usize) -> String {
+    let files = std::sync::Mutex::new(files);
+    let failures = std::sync::Mutex::new(String::new());
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                loop {
+                    let Some(f) = files.lock().unwrap().pop() else {
+                        break;
+                    };
+                    let report = scenario::run_file(&f, mode);
+                    if !report.passed() {
+                        failures
+                            .lock()
+                            .unwrap()
+                            .push_str(&report.render(&f.display().to_string()));
+                    }
+                }
+            });
+        }
+    });
+    failures.into_inner().unwrap()
+}
+
+/// Every file with pods as network namespaces behind TAP ports and kernel
+/// sockets (root only; SCTP pairs are skipped where the kernel has no SCTP).
+#[test]
+fn corpus_and_shared_examples_pass_in_netns_mode() {
+    let uid = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    if uid != "0" {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "SKIPPED under CI=true: netns mode needs root"
+        );
+        println!("SKIPPED: netns mode needs root (network namespaces, /dev/net/tun)");
+        return;
+    }
+    let mut files = scenario::expand_paths(&[root().join("tests/netpol")]);
+    let shared = root().join("../shared/netpol/examples");
+    if shared.is_dir() {
+        files.extend(scenario::expand_paths(&[shared]));
+    }
+    let n = files.len();
+    let failures = run_parallel(files, Mode::Netns, 6);
+    assert!(
+        failures.is_empty(),
+        "scenarios failed in netns mode:\n{failures}"
+    );
+    assert!(n >= 40);
+}

@@ -5,6 +5,7 @@
 pub mod dataplane;
 pub mod engine;
 pub mod format;
+pub mod netns;
 pub mod run;
 
 use std::path::Path;
@@ -18,6 +19,9 @@ pub enum Mode {
     Engine,
     /// Real connection attempts between in-process pods through the datapath.
     Dataplane,
+    /// Pods as network namespaces behind TAP ports, probed with kernel
+    /// sockets (needs root).
+    Netns,
 }
 
 /// Reads, parses and runs one file; any error becomes a failed report.
@@ -38,6 +42,7 @@ pub fn run_file(path: &Path, mode: Mode) -> FileReport {
     let mut prober: Box<dyn Prober> = match mode {
         Mode::Engine => Box::new(engine::EngineProber::default()),
         Mode::Dataplane => Box::new(dataplane::DataplaneProber::default()),
+        Mode::Netns => Box::new(netns::NetnsProber::default()),
     };
     run::run(&scenario, prober.as_mut())
 }

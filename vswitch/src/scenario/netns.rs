@@ -1,0 +1,620 @@
+//! `--mode netns`: every pod is a network namespace whose eth0 is a TAP
+//! device served by the switch (event loop, worker, datapath on a thread of
+//! its own), configured as the CNI plugin configures pods (/32 and /128,
+//! gateways 169.254.1.1 and fe80::1). Externals share one more namespace
+//! behind the switch's node port. Probes are real kernel sockets: a small
+//! agent runs in each namespace, serves TCP and UDP, and makes the attempts,
+//! all of a probe at once. SCTP attempts are reported as skipped where the
+//! kernel has no SCTP. Needs root (namespaces, /dev/net/tun).
+//!
+//! Plumbing uses `ip` here; the daemon will use netlink.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::IpAddr;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use policy::{Change, Cluster, Engine, Pod, PodKey, Protocol};
+
+use super::format::External;
+use super::run::{Attempt, Observed, Prober};
+use crate::datapath::event_loop::EventLoop;
+use crate::datapath::tap::TapPort;
+use crate::datapath::worker::{PolicyHandle, Worker};
+use crate::datapath::{Config, Datapath, PortId, PortKind};
+
+/// How long a denied attempt is given.
+const TIMEOUT_S: &str = "1.0";
+
+const AGENT: &str = r#"
+import json, socket, sys, threading
+servers = {}
+def tcp_server(fam, port):
+    s = socket.socket(fam)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if fam == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", port))
+    s.listen(128)
+    def run():
+        while True:
+            c, _ = s.accept()
+            c.close()
+    threading.Thread(target=run, daemon=True).start()
+def udp_server(fam, port):
+    s = socket.socket(fam, socket.SOCK_DGRAM)
+    if fam == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", port))
+    def run():
+        while True:
+            d, a = s.recvfrom(2048)
+            s.sendto(d, a)
+    threading.Thread(target=run, daemon=True).start()
+def serve(proto, port):
+    if (proto, port) in servers:
+        return servers[(proto, port)]
+    err = None
+    try:
+        for fam in (socket.AF_INET, socket.AF_INET6):
+            if proto == "TCP": tcp_server(fam, port)
+            elif proto == "UDP": udp_server(fam, port)
+            else: socket.socket(fam, socket.SOCK_STREAM, 132).close(); err = "SCTP sockets open but no SCTP server is implemented"
+    except OSError as e:
+        err = str(e)
+    servers[(proto, port)] = err
+    return err
+def attempt(src, dst, proto, port, timeout):
+    fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
+    try:
+        if proto == "SCTP":
+            try:
+                s = socket.socket(fam, socket.SOCK_STREAM, 132)
+            except OSError as e:
+                return "skip:no SCTP in this kernel (" + str(e) + ")"
+            return "skip:SCTP probes are not implemented in netns mode"
+        if proto == "TCP":
+            s = socket.socket(fam, socket.SOCK_STREAM)
+            s.settimeout(timeout)
+            s.bind((src, 0))
+            s.connect((dst, port))
+            s.close()
+            return "ok"
+        s = socket.socket(fam, socket.SOCK_DGRAM)
+        s.settimeout(timeout)
+        s.bind((src, 0))
+        s.sendto(b"probe", (dst, port))
+        s.recvfrom(2048)
+        return "ok"
+    except OSError as e:
+        return "fail:" + str(e)
+for line in sys.stdin:
+    req = json.loads(line)
+    if "serve" in req:
+        errs = [serve(p, n) for p, n in req["serve"]]
+        print(json.dumps({"errors": errs}), flush=True)
+    else:
+        out = {}
+        def run(i, a):
+            out[i] = attempt(a[0], a[1], a[2], a[3], req["timeout"])
+        ts = [threading.Thread(target=run, args=(i, a)) for i, a in enumerate(req["probe"])]
+        for t in ts: t.start()
+        for t in ts: t.join()
+        print(json.dumps({"results": [out[i] for i in range(len(ts))]}), flush=True)
+"#;
+
+struct Agent {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Agent {
+    fn start(ns: &str) -> Result<Agent, String> {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, "python3", "-u", "-c", AGENT])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting the agent in {ns}: {e}"))?;
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = BufReader::new(child.stdout.take().expect("piped"));
+        Ok(Agent {
+            child,
+            stdin,
+            stdout,
+        })
+    }
+
+    fn send(&mut self, req: &str) -> Result<(), String> {
+        writeln!(self.stdin, "{req}").map_err(|e| format!("agent: {e}"))
+    }
+
+    fn reply(&mut self) -> Result<String, String> {
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .map_err(|e| format!("agent: {e}"))?;
+        if line.is_empty() {
+            return Err("the agent exited".into());
+        }
+        Ok(line)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn in_ns(ns: &str, args: &[&str]) -> Result<(), String> {
+    let mut a = vec!["netns", "exec", ns];
+    a.extend_from_slice(args);
+    ip(&a)
+}
+
+/// Commands for the switch's thread.
+enum Control {
+    Attach(PortId, String, [u8; 6], PortKind, TapPort),
+    Detach(PortId),
+}
+
+static RUN: AtomicU32 = AtomicU32::new(0);
+
+pub struct NetnsProber {
+    prefix: String,
+    /// Interface names are at most 15 characters.
+    tap_prefix: String,
+    engine: Engine,
+    handle: PolicyHandle,
+    control: Option<mpsc::Sender<Control>>,
+    stop: Arc<AtomicBool>,
+    switch: Option<std::thread::JoinHandle<()>>,
+    namespaces: Vec<String>,
+    agents: BTreeMap<String, Agent>,
+    ports: BTreeMap<PodKey, (PortId, String)>,
+    next_port: PortId,
+    outside: String,
+}
+
+impl Default for NetnsProber {
+    fn default() -> Self {
+        let run = RUN.fetch_add(1, Ordering::Relaxed);
+        NetnsProber {
+            prefix: format!("vs{}-{run}", std::process::id() % 100_000),
+            tap_prefix: format!("v{}x{}", std::process::id() % 100_000, run % 1000),
+            engine: Engine::new(),
+            handle: PolicyHandle::default(),
+            control: None,
+            stop: Arc::new(AtomicBool::new(false)),
+            switch: None,
+            namespaces: Vec::new(),
+            agents: BTreeMap::new(),
+            ports: BTreeMap::new(),
+            next_port: 1,
+            outside: String::new(),
+        }
+    }
+}
+
+impl Drop for NetnsProber {
+    fn drop(&mut self) {
+        self.agents.clear();
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.switch.take() {
+            let _ = t.join();
+        }
+        for ns in &self.namespaces {
+            let _ = ip(&["netns", "del", ns]);
+        }
+    }
+}
+
+fn mac_of(port: PortId) -> [u8; 6] {
+    [0x02, 0x5e, 0, 0, (port >> 8) as u8, port as u8]
+}
+
+fn mac_text(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+impl NetnsProber {
+    fn new_ns(&mut self, tag: &str) -> Result<String, String> {
+        let ns = format!("{}-{tag}", self.prefix);
+        ip(&["netns", "add", &ns])?;
+        self.namespaces.push(ns.clone());
+        in_ns(&ns, &["ip", "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// A pod: its namespace, its TAP as eth0, its port on the switch.
+    fn add_pod(&mut self, pod: &Pod) -> Result<(), String> {
+        let port = self.next_port;
+        self.next_port += 1;
+        let ns = self.new_ns(&format!("p{port}"))?;
+        let tap = format!("{}p{port}", self.tap_prefix);
+        let dev = TapPort::create(&tap, true).map_err(|e| format!("TAP {tap}: {e}"))?;
+        let name = dev.name().map_err(|e| e.to_string())?;
+        ip(&["link", "set", &name, "netns", &ns])?;
+        let mac = mac_of(port);
+        let sysctl = format!("net.ipv6.conf.{name}.accept_dad=0");
+        in_ns(&ns, &["sysctl", "-qw", &sysctl])?;
+        in_ns(
+            &ns,
+            &["ip", "link", "set", &name, "address", &mac_text(mac)],
+        )?;
+        for a in &pod.ips {
+            let cidr = if a.is_ipv4() {
+                format!("{a}/32")
+            } else {
+                format!("{a}/128")
+            };
+            let mut args = vec!["ip", "addr", "add", cidr.as_str(), "dev", name.as_str()];
+            if a.is_ipv6() {
+                args.push("nodad");
+            }
+            in_ns(&ns, &args)?;
+        }
+        in_ns(&ns, &["ip", "link", "set", &name, "up"])?;
+        in_ns(
+            &ns,
+            &[
+                "ip",
+                "route",
+                "add",
+                "169.254.1.1",
+                "dev",
+                &name,
+                "scope",
+                "link",
+            ],
+        )?;
+        in_ns(
+            &ns,
+            &[
+                "ip",
+                "route",
+                "add",
+                "default",
+                "via",
+                "169.254.1.1",
+                "dev",
+                &name,
+            ],
+        )?;
+        in_ns(
+            &ns,
+            &[
+                "ip", "-6", "route", "add", "default", "via", "fe80::1", "dev", &name,
+            ],
+        )?;
+        let kind = PortKind::Pod {
+            ips: pod.ips.clone(),
+            ready_generation: self.engine.generation(),
+        };
+        self.control
+            .as_ref()
+            .expect("started")
+            .send(Control::Attach(port, pod.key.to_string(), mac, kind, dev))
+            .map_err(|e| e.to_string())?;
+        self.agents.insert(pod.key.to_string(), Agent::start(&ns)?);
+        self.ports.insert(pod.key.clone(), (port, ns));
+        Ok(())
+    }
+
+    fn remove_pod(&mut self, key: &PodKey) {
+        if let Some((port, ns)) = self.ports.remove(key) {
+            self.agents.remove(&key.to_string());
+            if let Some(c) = &self.control {
+                let _ = c.send(Control::Detach(port));
+            }
+            let _ = ip(&["netns", "del", &ns]);
+            self.namespaces.retain(|n| *n != ns);
+        }
+    }
+
+    /// The outside: one namespace behind the node port with every external's
+    /// addresses, and routes to the pods through the switch.
+    fn add_outside(&mut self, externals: &[External]) -> Result<(), String> {
+        let ns = self.new_ns("out")?;
+        let tap = format!("{}o", self.tap_prefix);
+        let dev = TapPort::create(&tap, true).map_err(|e| format!("TAP {tap}: {e}"))?;
+        let name = dev.name().map_err(|e| e.to_string())?;
+        ip(&["link", "set", &name, "netns", &ns])?;
+        let mac = mac_of(0);
+        in_ns(
+            &ns,
+            &[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv6.conf.{name}.accept_dad=0"),
+            ],
+        )?;
+        in_ns(
+            &ns,
+            &["ip", "link", "set", &name, "address", &mac_text(mac)],
+        )?;
+        for e in externals {
+            for a in e
+                .ipv4
+                .map(IpAddr::V4)
+                .into_iter()
+                .chain(e.ipv6.map(IpAddr::V6))
+            {
+                let cidr = if a.is_ipv4() {
+                    format!("{a}/32")
+                } else {
+                    format!("{a}/128")
+                };
+                let mut args = vec!["ip", "addr", "add", cidr.as_str(), "dev", name.as_str()];
+                if a.is_ipv6() {
+                    args.push("nodad");
+                }
+                in_ns(&ns, &args)?;
+            }
+        }
+        in_ns(&ns, &["ip", "link", "set", &name, "up"])?;
+        in_ns(
+            &ns,
+            &[
+                "ip",
+                "route",
+                "add",
+                "169.254.1.1",
+                "dev",
+                &name,
+                "scope",
+                "link",
+            ],
+        )?;
+        in_ns(
+            &ns,
+            &[
+                "ip",
+                "route",
+                "add",
+                "default",
+                "via",
+                "169.254.1.1",
+                "dev",
+                &name,
+            ],
+        )?;
+        in_ns(
+            &ns,
+            &[
+                "ip", "-6", "route", "add", "default", "via", "fe80::1", "dev", &name,
+            ],
+        )?;
+        self.control
+            .as_ref()
+            .expect("started")
+            .send(Control::Attach(
+                0,
+                "node".into(),
+                mac,
+                PortKind::Node { ips: vec![] },
+                dev,
+            ))
+            .map_err(|e| e.to_string())?;
+        self.agents.insert("(outside)".into(), Agent::start(&ns)?);
+        self.outside = ns;
+        Ok(())
+    }
+
+    fn start_switch(&mut self) {
+        let (tx, rx) = mpsc::channel::<Control>();
+        let worker = Worker::new(
+            Datapath::new(Config::default(), Instant::now()),
+            self.handle.clone(),
+        );
+        let stop = self.stop.clone();
+        self.switch = Some(std::thread::spawn(move || {
+            let mut el = EventLoop::new(worker).expect("event loop");
+            while !stop.load(Ordering::Relaxed) {
+                while let Ok(c) = rx.try_recv() {
+                    match c {
+                        Control::Attach(id, name, mac, kind, dev) => {
+                            el.worker.datapath.add_port(id, &name, mac, kind);
+                            el.worker.attach(id, Box::new(dev));
+                            let _ = el.register(id);
+                        }
+                        Control::Detach(id) => {
+                            let _ = el.deregister(id);
+                            el.worker.detach(id);
+                            el.worker.datapath.remove_port(id);
+                        }
+                    }
+                }
+                let _ = el.run_once(Duration::from_millis(20));
+            }
+        }));
+        self.control = Some(tx);
+    }
+
+    fn agent_for(&mut self, name: &str) -> Option<&mut Agent> {
+        if self.agents.contains_key(name) {
+            self.agents.get_mut(name)
+        } else {
+            self.agents.get_mut("(outside)")
+        }
+    }
+}
+
+fn proto_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "TCP",
+        Protocol::Udp => "UDP",
+        _ => "SCTP",
+    }
+}
+
+impl Prober for NetnsProber {
+    fn start(&mut self, cluster: &Cluster, externals: &[External]) -> Result<(), String> {
+        let uid = Command::new("id")
+            .arg("-u")
+            .output()
+            .map_err(|e| e.to_string())?;
+        if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+            return Err("netns mode needs root (network namespaces, /dev/net/tun)".into());
+        }
+        self.engine = Engine::from_cluster(cluster.clone()).map_err(|e| e.to_string())?;
+        self.handle.publish(self.engine.snapshot());
+        self.start_switch();
+        self.add_outside(externals)?;
+        for pod in cluster.pods.values() {
+            self.add_pod(pod)?;
+        }
+        Ok(())
+    }
+
+    fn change(&mut self, change: &Change) -> Result<(), String> {
+        self.engine
+            .apply(change.clone())
+            .map_err(|e| e.to_string())?;
+        self.handle.publish(self.engine.snapshot());
+        match change {
+            Change::UpsertPod(p) if !self.ports.contains_key(&p.key) => self.add_pod(p)?,
+            Change::DeletePod(k) => self.remove_pod(k),
+            Change::DeleteNamespace(ns) => {
+                let gone: Vec<PodKey> = self
+                    .ports
+                    .keys()
+                    .filter(|k| &k.namespace == ns)
+                    .cloned()
+                    .collect();
+                for k in gone {
+                    self.remove_pod(&k);
+                }
+            }
+            _ => {}
+        }
+        // let the switch thread pick up the generation
+        std::thread::sleep(Duration::from_millis(30));
+        Ok(())
+    }
+
+    fn probe(&mut self, attempts: &[Attempt<'_>]) -> Vec<Observed> {
+        // servers first, on every target
+        let mut serve: BTreeMap<String, Vec<(String, u16)>> = BTreeMap::new();
+        for a in attempts {
+            let v = serve.entry(a.to.name.clone()).or_default();
+            let s = (proto_name(a.protocol).to_string(), a.port);
+            if !v.contains(&s) {
+                v.push(s);
+            }
+        }
+        for (target, list) in &serve {
+            let req = format!(
+                "{{\"serve\": [{}]}}",
+                list.iter()
+                    .map(|(p, n)| format!("[\"{p}\", {n}]"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            if let Some(agent) = self.agent_for(target) {
+                let _ = agent.send(&req).and_then(|_| agent.reply());
+            }
+        }
+        // then every attempt of each source at once, all sources in parallel
+        let mut by_source: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, a) in attempts.iter().enumerate() {
+            let key = if self.agents.contains_key(&a.from.name) {
+                a.from.name.clone()
+            } else {
+                "(outside)".into()
+            };
+            by_source.entry(key).or_default().push(i);
+        }
+        let mut results: Vec<Observed> = vec![Observed::Skipped("not run".into()); attempts.len()];
+        for (source, idx) in &by_source {
+            let list = idx
+                .iter()
+                .map(|&i| {
+                    let a = &attempts[i];
+                    format!(
+                        "[\"{}\", \"{}\", \"{}\", {}]",
+                        a.src,
+                        a.dst,
+                        proto_name(a.protocol),
+                        a.port
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let req = format!("{{\"probe\": [{list}], \"timeout\": {TIMEOUT_S}}}");
+            if let Some(agent) = self.agents.get_mut(source)
+                && let Err(e) = agent.send(&req)
+            {
+                for &i in idx {
+                    results[i] = Observed::Skipped(e.clone());
+                }
+            }
+        }
+        for (source, idx) in &by_source {
+            let Some(agent) = self.agents.get_mut(source) else {
+                continue;
+            };
+            let line = match agent.reply() {
+                Ok(l) => l,
+                Err(e) => {
+                    for &i in idx {
+                        results[i] = Observed::Skipped(e.clone());
+                    }
+                    continue;
+                }
+            };
+            let parsed: serde_norway::Value = serde_norway::from_str(&line).unwrap_or_default();
+            let list = parsed
+                .get("results")
+                .and_then(|r| r.as_sequence())
+                .cloned()
+                .unwrap_or_default();
+            for (k, &i) in idx.iter().enumerate() {
+                let r = list
+                    .get(k)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("fail:no answer from the agent");
+                results[i] = if r == "ok" {
+                    Observed::Verdict {
+                        allowed: true,
+                        detail: "connected".into(),
+                    }
+                } else if let Some(why) = r.strip_prefix("skip:") {
+                    Observed::Skipped(why.to_string())
+                } else {
+                    Observed::Verdict {
+                        allowed: false,
+                        detail: r.trim_start_matches("fail:").to_string(),
+                    }
+                };
+            }
+        }
+        results
+    }
+}
