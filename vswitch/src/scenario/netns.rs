@@ -175,6 +175,70 @@ fn in_ns(ns: &str, args: &[&str]) -> Result<(), String> {
     ip(&a)
 }
 
+/// Creates a TAP device and makes it `ns`'s eth0 as the CNI plugin will for
+/// a pod: its MAC, each address as a /32 or /128 (no DAD), and the switch's
+/// link-local gateways 169.254.1.1 and fe80::1 as default routes.
+fn tap_into(ns: &str, tap: &str, mac: [u8; 6], addrs: &[IpAddr]) -> Result<TapPort, String> {
+    let dev = TapPort::create(tap, true).map_err(|e| format!("TAP {tap}: {e}"))?;
+    let name = dev.name().map_err(|e| e.to_string())?;
+    ip(&["link", "set", &name, "netns", ns])?;
+    in_ns(
+        ns,
+        &[
+            "sysctl",
+            "-qw",
+            &format!("net.ipv6.conf.{name}.accept_dad=0"),
+        ],
+    )?;
+    in_ns(ns, &["ip", "link", "set", &name, "address", &mac_text(mac)])?;
+    for a in addrs {
+        let cidr = if a.is_ipv4() {
+            format!("{a}/32")
+        } else {
+            format!("{a}/128")
+        };
+        let mut args = vec!["ip", "addr", "add", cidr.as_str(), "dev", name.as_str()];
+        if a.is_ipv6() {
+            args.push("nodad");
+        }
+        in_ns(ns, &args)?;
+    }
+    in_ns(ns, &["ip", "link", "set", &name, "up"])?;
+    in_ns(
+        ns,
+        &[
+            "ip",
+            "route",
+            "add",
+            "169.254.1.1",
+            "dev",
+            &name,
+            "scope",
+            "link",
+        ],
+    )?;
+    in_ns(
+        ns,
+        &[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            "169.254.1.1",
+            "dev",
+            &name,
+        ],
+    )?;
+    in_ns(
+        ns,
+        &[
+            "ip", "-6", "route", "add", "default", "via", "fe80::1", "dev", &name,
+        ],
+    )?;
+    Ok(dev)
+}
+
 /// Commands for the switch's thread.
 enum Control {
     Attach(PortId, String, [u8; 6], PortKind, TapPort),
@@ -258,61 +322,8 @@ impl NetnsProber {
         self.next_port += 1;
         let ns = self.new_ns(&format!("p{port}"))?;
         let tap = format!("{}p{port}", self.tap_prefix);
-        let dev = TapPort::create(&tap, true).map_err(|e| format!("TAP {tap}: {e}"))?;
-        let name = dev.name().map_err(|e| e.to_string())?;
-        ip(&["link", "set", &name, "netns", &ns])?;
         let mac = mac_of(port);
-        let sysctl = format!("net.ipv6.conf.{name}.accept_dad=0");
-        in_ns(&ns, &["sysctl", "-qw", &sysctl])?;
-        in_ns(
-            &ns,
-            &["ip", "link", "set", &name, "address", &mac_text(mac)],
-        )?;
-        for a in &pod.ips {
-            let cidr = if a.is_ipv4() {
-                format!("{a}/32")
-            } else {
-                format!("{a}/128")
-            };
-            let mut args = vec!["ip", "addr", "add", cidr.as_str(), "dev", name.as_str()];
-            if a.is_ipv6() {
-                args.push("nodad");
-            }
-            in_ns(&ns, &args)?;
-        }
-        in_ns(&ns, &["ip", "link", "set", &name, "up"])?;
-        in_ns(
-            &ns,
-            &[
-                "ip",
-                "route",
-                "add",
-                "169.254.1.1",
-                "dev",
-                &name,
-                "scope",
-                "link",
-            ],
-        )?;
-        in_ns(
-            &ns,
-            &[
-                "ip",
-                "route",
-                "add",
-                "default",
-                "via",
-                "169.254.1.1",
-                "dev",
-                &name,
-            ],
-        )?;
-        in_ns(
-            &ns,
-            &[
-                "ip", "-6", "route", "add", "default", "via", "fe80::1", "dev", &name,
-            ],
-        )?;
+        let dev = tap_into(&ns, &tap, mac, &pod.ips)?;
         let kind = PortKind::Pod {
             ips: pod.ips.clone(),
             ready_generation: self.engine.generation(),
@@ -343,74 +354,17 @@ impl NetnsProber {
     fn add_outside(&mut self, externals: &[External]) -> Result<(), String> {
         let ns = self.new_ns("out")?;
         let tap = format!("{}o", self.tap_prefix);
-        let dev = TapPort::create(&tap, true).map_err(|e| format!("TAP {tap}: {e}"))?;
-        let name = dev.name().map_err(|e| e.to_string())?;
-        ip(&["link", "set", &name, "netns", &ns])?;
         let mac = mac_of(0);
-        in_ns(
-            &ns,
-            &[
-                "sysctl",
-                "-qw",
-                &format!("net.ipv6.conf.{name}.accept_dad=0"),
-            ],
-        )?;
-        in_ns(
-            &ns,
-            &["ip", "link", "set", &name, "address", &mac_text(mac)],
-        )?;
-        for e in externals {
-            for a in e
-                .ipv4
-                .map(IpAddr::V4)
-                .into_iter()
-                .chain(e.ipv6.map(IpAddr::V6))
-            {
-                let cidr = if a.is_ipv4() {
-                    format!("{a}/32")
-                } else {
-                    format!("{a}/128")
-                };
-                let mut args = vec!["ip", "addr", "add", cidr.as_str(), "dev", name.as_str()];
-                if a.is_ipv6() {
-                    args.push("nodad");
-                }
-                in_ns(&ns, &args)?;
-            }
-        }
-        in_ns(&ns, &["ip", "link", "set", &name, "up"])?;
-        in_ns(
-            &ns,
-            &[
-                "ip",
-                "route",
-                "add",
-                "169.254.1.1",
-                "dev",
-                &name,
-                "scope",
-                "link",
-            ],
-        )?;
-        in_ns(
-            &ns,
-            &[
-                "ip",
-                "route",
-                "add",
-                "default",
-                "via",
-                "169.254.1.1",
-                "dev",
-                &name,
-            ],
-        )?;
-        in_ns(
-            &ns,
-            &[
-                "ip", "-6", "route", "add", "default", "via", "fe80::1", "dev", &name,
-            ],
-        )?;
+        let addrs: Vec<IpAddr> = externals
+            .iter()
+            .flat_map(|e| {
+                e.ipv4
+                    .map(IpAddr::V4)
+                    .into_iter()
+                    .chain(e.ipv6.map(IpAddr::V6))
+            })
+            .collect();
+        let dev = tap_into(&ns, &tap, mac, &addrs)?;
         self.control
             .as_ref()
             .expect("started")
