@@ -90,25 +90,12 @@ impl Prober for DataplaneProber {
         // Policy first, then ports: a new pod's port only opens once the
         // generation that knows it is installed.
         self.publish();
-        match change {
-            // A new pod, or one whose addresses changed: (re)attach it.
-            Change::UpsertPod(p) if self.pod_ips.get(&p.key) != Some(&p.ips) => {
-                self.remove_pod(&p.key);
-                self.add_pod(p);
-            }
-            Change::DeletePod(k) => self.remove_pod(k),
-            Change::DeleteNamespace(ns) => {
-                let gone: Vec<PodKey> = self
-                    .pod_ips
-                    .keys()
-                    .filter(|k| &k.namespace == ns)
-                    .cloned()
-                    .collect();
-                for k in gone {
-                    self.remove_pod(&k);
-                }
-            }
-            _ => {}
+        let (detach, attach) = super::run::port_changes(change, &self.pod_ips, |ips| ips);
+        for k in detach {
+            self.remove_pod(&k);
+        }
+        if let Some(p) = attach {
+            self.add_pod(p);
         }
         Ok(())
     }

@@ -258,7 +258,7 @@ pub struct NetnsProber {
     switch: Option<std::thread::JoinHandle<()>>,
     namespaces: Vec<String>,
     agents: BTreeMap<String, Agent>,
-    ports: BTreeMap<PodKey, (PortId, String)>,
+    ports: BTreeMap<PodKey, (PortId, String, Vec<IpAddr>)>,
     next_port: PortId,
     outside: String,
 }
@@ -334,12 +334,13 @@ impl NetnsProber {
             .send(Control::Attach(port, pod.key.to_string(), mac, kind, dev))
             .map_err(|e| e.to_string())?;
         self.agents.insert(pod.key.to_string(), Agent::start(&ns)?);
-        self.ports.insert(pod.key.clone(), (port, ns));
+        self.ports
+            .insert(pod.key.clone(), (port, ns, pod.ips.clone()));
         Ok(())
     }
 
     fn remove_pod(&mut self, key: &PodKey) {
-        if let Some((port, ns)) = self.ports.remove(key) {
+        if let Some((port, ns, _)) = self.ports.remove(key) {
             self.agents.remove(&key.to_string());
             if let Some(c) = &self.control {
                 let _ = c.send(Control::Detach(port));
@@ -452,21 +453,12 @@ impl Prober for NetnsProber {
             .apply(change.clone())
             .map_err(|e| e.to_string())?;
         self.handle.publish(self.engine.snapshot());
-        match change {
-            Change::UpsertPod(p) if !self.ports.contains_key(&p.key) => self.add_pod(p)?,
-            Change::DeletePod(k) => self.remove_pod(k),
-            Change::DeleteNamespace(ns) => {
-                let gone: Vec<PodKey> = self
-                    .ports
-                    .keys()
-                    .filter(|k| &k.namespace == ns)
-                    .cloned()
-                    .collect();
-                for k in gone {
-                    self.remove_pod(&k);
-                }
-            }
-            _ => {}
+        let (detach, attach) = super::run::port_changes(change, &self.ports, |(_, _, ips)| ips);
+        for k in detach {
+            self.remove_pod(&k);
+        }
+        if let Some(p) = attach {
+            self.add_pod(p)?;
         }
         // let the switch thread pick up the generation
         std::thread::sleep(Duration::from_millis(30));

@@ -68,6 +68,40 @@ pub trait Prober {
     fn probe(&mut self, attempts: &[Attempt<'_>]) -> Vec<Observed>;
 }
 
+/// What a change of the cluster means for the pods a prober has attached
+/// (each with the addresses it was attached with): pods to detach, then a
+/// pod to attach. A pod whose addresses changed is both.
+pub fn port_changes<'a, V>(
+    change: &'a Change,
+    attached: &std::collections::BTreeMap<PodKey, V>,
+    ips: impl Fn(&V) -> &[IpAddr],
+) -> (Vec<PodKey>, Option<&'a Pod>) {
+    match change {
+        Change::UpsertPod(p) => match attached.get(&p.key) {
+            Some(v) if ips(v) == p.ips.as_slice() => (vec![], None),
+            Some(_) => (vec![p.key.clone()], Some(p)),
+            None => (vec![], Some(p)),
+        },
+        Change::DeletePod(k) => (
+            attached
+                .contains_key(k)
+                .then(|| k.clone())
+                .into_iter()
+                .collect(),
+            None,
+        ),
+        Change::DeleteNamespace(ns) => (
+            attached
+                .keys()
+                .filter(|k| &k.namespace == ns)
+                .cloned()
+                .collect(),
+            None,
+        ),
+        _ => (vec![], None),
+    }
+}
+
 /// The runner's model of the cluster, to resolve names and compute changes.
 struct World {
     cluster: Cluster,
