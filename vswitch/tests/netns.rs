@@ -118,10 +118,14 @@ print(s.recv(100).decode())
 "#;
 
 fn client(ns: &str, server: &str, timeout: &str, bytes: usize) -> Option<String> {
-    let n = bytes.to_string();
+    client_port(ns, server, timeout, bytes, 8080)
+}
+
+fn client_port(ns: &str, server: &str, timeout: &str, bytes: usize, port: u16) -> Option<String> {
+    let (n, p) = (bytes.to_string(), port.to_string());
     let out = Command::new("ip")
         .args([
-            "netns", "exec", ns, "python3", "-c", CLIENT, server, timeout, &n,
+            "netns", "exec", ns, "python3", "-c", CLIENT, server, timeout, &n, &p,
         ])
         .output()
         .expect("run the client");
@@ -203,16 +207,7 @@ fn kernel_tcp_between_pods_in_namespaces_through_the_switch() {
         el
     });
 
-    let server = |addr: &str| {
-        KillOnDrop(
-            Command::new("ip")
-                .args(["netns", "exec", &ns_b.0, "python3", "-c", SERVER, addr])
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("server"),
-        )
-    };
-    let _servers = [server(ip_b), server(ip6_b)];
+    let _servers = [serve(&ns_b.0, ip_b), serve(&ns_b.0, ip6_b)];
     // the servers need a moment to listen; the first attempts may be refused
     for addr in [ip_b, ip6_b] {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -288,26 +283,18 @@ fn in_ns(ns: &str, args: &[&str]) {
 }
 
 fn serve(ns: &str, addr: &str) -> KillOnDrop {
+    serve_port(ns, addr, 8080)
+}
+
+fn serve_port(ns: &str, addr: &str, port: u16) -> KillOnDrop {
+    let p = port.to_string();
     KillOnDrop(
         Command::new("ip")
-            .args(["netns", "exec", ns, "python3", "-c", SERVER, addr])
+            .args(["netns", "exec", ns, "python3", "-c", SERVER, addr, &p])
             .stdout(Stdio::null())
             .spawn()
             .expect("server"),
     )
-}
-
-fn client_port(ns: &str, addr: &str, port: u16) -> Option<String> {
-    let p = port.to_string();
-    let out = Command::new("ip")
-        .args([
-            "netns", "exec", ns, "python3", "-c", CLIENT, addr, "2", "5", &p,
-        ])
-        .output()
-        .expect("run the client");
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// Connects until the server listens (or 10 s pass).
@@ -497,18 +484,10 @@ fn the_node_port_carries_probes_and_outside_traffic() {
     // the egress rule names port 8080 only: the same host on 9090 is denied
     // (and a refused connection would not look like a drop: the server there
     // answers when the pod may reach it, as the last step shows)
-    let _out_9090 = KillOnDrop(
-        Command::new("ip")
-            .args([
-                "netns", "exec", &outside.0, "python3", "-c", SERVER, out_ip, "9090",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("server"),
-    );
+    let _out_9090 = serve_port(&outside.0, out_ip, 9090);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
-        client_port(&pod.0, out_ip, 9090),
+        client_port(&pod.0, out_ip, "2", 5, 9090),
         None,
         "egress is limited to 8080"
     );
@@ -521,7 +500,7 @@ fn the_node_port_carries_probes_and_outside_traffic() {
     handle.publish(engine.snapshot());
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
-        client_port(&pod.0, out_ip, 9090).as_deref(),
+        client_port(&pod.0, out_ip, "2", 5, 9090).as_deref(),
         Some("5"),
         "allowed once egress is open"
     );

@@ -420,14 +420,6 @@ impl Conntrack {
                 )
             })
     }
-
-    /// Drops every connection (tests, and a policy reset).
-    pub fn clear(&mut self) {
-        let slots: Vec<u32> = self.map.values().copied().collect();
-        for s in slots {
-            self.remove_slot(s);
-        }
-    }
 }
 
 /// The timeout of a state, in milliseconds.

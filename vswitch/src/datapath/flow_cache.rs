@@ -221,10 +221,6 @@ impl FlowCache {
         removed
     }
 
-    pub fn clear(&mut self) {
-        self.sweep(|_| true);
-    }
-
     pub fn entries(&self) -> impl Iterator<Item = (&FlowKey, &CacheEntry)> {
         self.buckets.iter().flat_map(move |b| {
             (0..WAYS).filter(move |&w| b.sigs[w] != 0).map(move |w| {

@@ -28,6 +28,13 @@ impl PolicyHandle {
     pub fn current(&self) -> Arc<Snapshot> {
         self.0.load_full()
     }
+
+    /// The published snapshot if its generation is not `generation`: a
+    /// lock-free read, and no reference count touched when nothing changed.
+    pub fn newer_than(&self, generation: u64) -> Option<Arc<Snapshot>> {
+        let s = self.0.load();
+        (s.generation() != generation).then(|| Arc::clone(&s))
+    }
 }
 
 /// Frames to send that a port could not take yet (backpressure).
@@ -92,8 +99,7 @@ impl Worker {
     /// receive up to `batch` frames from every port and act on each.
     /// Returns the number of frames received.
     pub fn poll(&mut self, now: Instant) -> usize {
-        let snap = self.policy.current();
-        if snap.generation() != self.datapath.policy_generation() {
+        if let Some(snap) = self.policy.newer_than(self.datapath.policy_generation()) {
             self.datapath.set_policy(snap);
         }
         for id in 0..self.ports.len() {

@@ -247,6 +247,9 @@ enum Control {
 
 static RUN: AtomicU32 = AtomicU32::new(0);
 
+/// The agent of the namespace that holds every external.
+const OUTSIDE: &str = "(outside)";
+
 pub struct NetnsProber {
     prefix: String,
     /// Interface names are at most 15 characters.
@@ -260,7 +263,6 @@ pub struct NetnsProber {
     agents: BTreeMap<String, Agent>,
     ports: BTreeMap<PodKey, (PortId, String, Vec<IpAddr>)>,
     next_port: PortId,
-    outside: String,
 }
 
 impl Default for NetnsProber {
@@ -278,7 +280,6 @@ impl Default for NetnsProber {
             agents: BTreeMap::new(),
             ports: BTreeMap::new(),
             next_port: 1,
-            outside: String::new(),
         }
     }
 }
@@ -377,8 +378,7 @@ impl NetnsProber {
                 dev,
             ))
             .map_err(|e| e.to_string())?;
-        self.agents.insert("(outside)".into(), Agent::start(&ns)?);
-        self.outside = ns;
+        self.agents.insert(OUTSIDE.into(), Agent::start(&ns)?);
         Ok(())
     }
 
@@ -412,11 +412,12 @@ impl NetnsProber {
         self.control = Some(tx);
     }
 
-    fn agent_for(&mut self, name: &str) -> Option<&mut Agent> {
-        if self.agents.contains_key(name) {
-            self.agents.get_mut(name)
+    /// The agent that speaks for an endpoint: its pod's, or the outside's.
+    fn agent_name(&self, endpoint: &str) -> String {
+        if self.agents.contains_key(endpoint) {
+            endpoint.to_string()
         } else {
-            self.agents.get_mut("(outside)")
+            OUTSIDE.to_string()
         }
     }
 }
@@ -483,18 +484,14 @@ impl Prober for NetnsProber {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
-            if let Some(agent) = self.agent_for(target) {
+            if let Some(agent) = self.agents.get_mut(&self.agent_name(target)) {
                 let _ = agent.send(&req).and_then(|_| agent.reply());
             }
         }
         // then every attempt of each source at once, all sources in parallel
         let mut by_source: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for (i, a) in attempts.iter().enumerate() {
-            let key = if self.agents.contains_key(&a.from.name) {
-                a.from.name.clone()
-            } else {
-                "(outside)".into()
-            };
+            let key = self.agent_name(&a.from.name);
             by_source.entry(key).or_default().push(i);
         }
         let mut results: Vec<Observed> = vec![Observed::Skipped("not run".into()); attempts.len()];

@@ -706,13 +706,6 @@ impl Net {
         }
         false
     }
-
-    pub fn tcp_state(&mut self, c: &TcpConn) -> tcp::State {
-        self.host_mut(c.client)
-            .sockets
-            .get::<tcp::Socket>(c.client_sock)
-            .state()
-    }
 }
 
 /// Echoes every datagram a host's UDP servers received.
