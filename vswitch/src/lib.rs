@@ -6,8 +6,10 @@
 //!
 //! - [`scenario`]: NetworkPolicy scenario files and the runners that prove
 //!   each layer against them;
+//! - [`daemon`]: vswitchd (control socket, TAP ports, manifests);
 //! - [`simulate`]: reachability matrices from a folder of manifests.
 
+pub mod daemon;
 pub mod datapath;
 pub mod scenario;
 pub mod simulate;

@@ -42,24 +42,28 @@ fn manifest_files(dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
     Ok(files)
 }
 
-/// Reads every manifest under `dir` (recursively).
-pub fn load_dir(dir: &Path) -> Result<Loaded, String> {
+/// Every object of every manifest under `dir` (recursively), and a note for
+/// each document that was rejected (file, object, field).
+pub fn read_objects(dir: &Path) -> Result<(Vec<Object>, Vec<String>), String> {
     let files = manifest_files(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut objects = Vec::new();
     let mut notes = Vec::new();
-    let mut rejected = 0;
     for f in &files {
         let text = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
         for r in manifest::parse(&text) {
             match r {
                 Ok(o) => objects.push(o),
-                Err(e) => {
-                    rejected += 1;
-                    notes.push(format!("rejected: {}: {e}", f.display()));
-                }
+                Err(e) => notes.push(format!("rejected: {}: {e}", f.display())),
             }
         }
     }
+    Ok((objects, notes))
+}
+
+/// Reads every manifest under `dir` (recursively).
+pub fn load_dir(dir: &Path) -> Result<Loaded, String> {
+    let (objects, mut notes) = read_objects(dir)?;
+    let mut rejected = notes.len();
     let mut cluster = Cluster::default();
     for o in &objects {
         if let Object::Namespace(ns) = o {

@@ -11,7 +11,7 @@ use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::PortId;
 use super::worker::Worker;
@@ -25,6 +25,9 @@ pub struct EventLoop {
     next_housekeeping: Instant,
 }
 
+/// The waker's token: above every port id.
+const WAKE: Token = Token(1 << 20);
+
 /// How often expired connections and cache entries are swept.
 const HOUSEKEEPING: Duration = Duration::from_millis(1000);
 
@@ -37,6 +40,12 @@ impl EventLoop {
             fds: Vec::new(),
             next_housekeeping: Instant::now() + HOUSEKEEPING,
         })
+    }
+
+    /// A waker for other threads: it ends the current wait at once (the
+    /// daemon wakes the loop after it queues a port change).
+    pub fn waker(&self) -> io::Result<Waker> {
+        Waker::new(self.poll.registry(), WAKE)
     }
 
     /// Starts watching a port the worker already holds (ports without a

@@ -40,6 +40,32 @@ impl TapPort {
         })
     }
 
+    /// Creates a persistent TAP device (it outlives this process, so that a
+    /// restart of the daemon does not take the pod's interface away).
+    pub fn create_persistent(name: &str) -> io::Result<TapPort> {
+        let tap = TapPort::create(name, true)?;
+        tap.dev.persist()?;
+        Ok(tap)
+    }
+
+    /// Attaches to the existing (persistent) TAP device `name` in the current
+    /// network namespace, leaving its configuration and state alone.
+    pub fn attach(name: &str) -> io::Result<TapPort> {
+        let dev = DeviceBuilder::new()
+            .name(name)
+            .layer(Layer::L2)
+            .offload(true)
+            .inherit_enable_state()
+            .build_sync()?;
+        dev.set_nonblocking(true)?;
+        let vnet_hdr = dev.tcp_gso();
+        Ok(TapPort {
+            dev,
+            vnet_hdr,
+            scratch: vec![0; 65_536 + VnetHdr::LEN],
+        })
+    }
+
     pub fn name(&self) -> io::Result<String> {
         self.dev.name()
     }

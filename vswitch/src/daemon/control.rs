@@ -1,0 +1,109 @@
+//! The control socket: a Unix stream socket (mode 0600, in a folder of mode
+//! 0700 that vswitchd creates) where the CNI plugin and vswitchctl send one
+//! JSON request per connection and read one JSON reply.
+//!
+//! Binding refuses a socket that another vswitchd is serving (a connect to
+//! it succeeds) and replaces a stale one (a connect is refused).
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use vswitch_cni::proto::{ErrorReply, Reply, Request, code};
+
+pub struct Server {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl Server {
+    pub fn bind(path: &Path) -> Result<Server, String> {
+        let shown = path.display();
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+            && !dir.exists()
+        {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| format!("control socket folder {}: {e}", dir.display()))?;
+        }
+        if path.exists() {
+            if UnixStream::connect(path).is_ok() {
+                return Err(format!(
+                    "control socket {shown} is in use (is another vswitchd running?)"
+                ));
+            }
+            std::fs::remove_file(path)
+                .map_err(|e| format!("removing the stale control socket {shown}: {e}"))?;
+        }
+        let listener =
+            UnixListener::bind(path).map_err(|e| format!("control socket {shown}: {e}"))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("control socket {shown}: {e}"))?;
+        Ok(Server {
+            listener,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Accepts connections on a thread of its own and hands them over.
+    pub fn spawn_acceptor(&self) -> std::io::Result<std::sync::mpsc::Receiver<UnixStream>> {
+        let listener = self.listener.try_clone()?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("control-accept".into())
+            .spawn(move || {
+                for s in listener.incoming() {
+                    match s {
+                        Ok(s) => {
+                            if tx.send(s).is_err() {
+                                break;
+                            }
+                        }
+                        Err(e) => tracing::warn!("control socket: {e}"),
+                    }
+                }
+            })?;
+        Ok(rx)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Reads one request, lets `handle` answer it, writes the reply.
+pub fn serve_one(stream: UnixStream, handle: impl FnOnce(Request) -> Reply) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
+    let mut line = String::new();
+    let mut reader = BufReader::new(&stream);
+    let reply = match reader.read_line(&mut line) {
+        Ok(0) => return,
+        Ok(_) => match serde_json::from_str::<Request>(&line) {
+            Ok(req) => handle(req),
+            Err(e) => Reply::Error(ErrorReply {
+                code: code::DECODING_FAILURE,
+                msg: "vswitchd could not decode the request".into(),
+                details: e.to_string(),
+            }),
+        },
+        Err(e) => Reply::Error(ErrorReply {
+            code: code::IO_FAILURE,
+            msg: "vswitchd could not read the request".into(),
+            details: e.to_string(),
+        }),
+    };
+    let mut text = serde_json::to_string(&reply).unwrap_or_else(|e| {
+        format!(r#"{{"error":{{"code":{},"msg":"encoding the reply: {e}"}}}}"#, code::IO_FAILURE)
+    });
+    text.push('\n');
+    let mut w = &stream;
+    let _ = w.write_all(text.as_bytes());
+}

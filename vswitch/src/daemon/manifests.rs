@@ -1,0 +1,120 @@
+//! The manifest-directory source: Namespaces, Pods and NetworkPolicies read
+//! from a folder (recursively), re-read when a file changes.
+//!
+//! Changes are found by polling (every file's path, size and modification
+//! time, twice a second): it works on every file system, including
+//! ConfigMap mounts whose files change by symlink swaps. A rejected object
+//! is reported naming its file, object and field, and left out; the rest of
+//! the folder still applies.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use policy::manifest::Object;
+use policy::{Cluster, Namespace, Pod, PodKey};
+
+/// What the folder holds, as the cluster model wants it.
+#[derive(Debug, Clone, Default)]
+pub struct Desired {
+    pub cluster: Cluster,
+    pub notes: Vec<String>,
+}
+
+/// Reads the folder. Pods keep only the addresses their manifests give
+/// (local pods get theirs from IPAM when they are attached).
+pub fn load(dir: &Path) -> Result<Desired, String> {
+    let (objects, mut notes) = crate::simulate::read_objects(dir)?;
+    let mut cluster = Cluster::default();
+    for o in &objects {
+        if let Object::Namespace(ns) = o {
+            cluster.namespaces.insert(ns.name.clone(), ns.clone());
+        }
+    }
+    for o in objects {
+        match o {
+            Object::Namespace(_) => {}
+            Object::HostNetworkPod(_) => {}
+            Object::Pod(p) => {
+                ensure_namespace(&mut cluster, &p.key.namespace);
+                cluster.pods.insert(p.key.clone(), p);
+            }
+            Object::NetworkPolicy(np) => {
+                ensure_namespace(&mut cluster, &np.key.namespace);
+                cluster.policies.insert(np.key.clone(), np);
+            }
+        }
+    }
+    // Two pods claiming one address: both are reported, the later dropped.
+    let mut owner: BTreeMap<std::net::IpAddr, PodKey> = BTreeMap::new();
+    let mut dropped = Vec::new();
+    for p in cluster.pods.values() {
+        for ip in &p.ips {
+            if let Some(o) = owner.get(ip) {
+                notes.push(format!(
+                    "rejected: Pod {}: status.podIPs: {ip} is already used by Pod {o}",
+                    p.key
+                ));
+                dropped.push(p.key.clone());
+            } else {
+                owner.insert(*ip, p.key.clone());
+            }
+        }
+    }
+    for k in dropped {
+        cluster.pods.remove(&k);
+    }
+    Ok(Desired { cluster, notes })
+}
+
+/// A namespace that has pods or policies but no Namespace object exists
+/// with its automatic label only, as the API server would create it.
+pub fn ensure_namespace(cluster: &mut Cluster, ns: &str) {
+    if !cluster.namespaces.contains_key(ns) {
+        cluster
+            .namespaces
+            .insert(ns.to_string(), Namespace::new(ns, Default::default()));
+    }
+}
+
+/// A pod attached on this node: its labels and ports from the manifests when
+/// they describe it, its addresses from IPAM.
+pub fn local_pod(desired: &Cluster, key: &PodKey, ips: Vec<std::net::IpAddr>) -> Pod {
+    match desired.pods.get(key) {
+        Some(p) => Pod {
+            ips,
+            ..p.clone()
+        },
+        None => Pod {
+            key: key.clone(),
+            labels: Default::default(),
+            ips,
+            ports: Vec::new(),
+        },
+    }
+}
+
+/// A fingerprint of the folder: every file's path, size and mtime.
+pub fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            // metadata() follows symlinks (ConfigMap mounts swap them)
+            let Ok(m) = std::fs::metadata(&p) else {
+                continue;
+            };
+            if m.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p, m.len(), m.modified().ok()));
+            }
+        }
+    }
+    out.sort();
+    out
+}

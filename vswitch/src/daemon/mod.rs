@@ -1,0 +1,686 @@
+//! vswitchd: the daemon that turns the switch into a network plugin.
+//!
+//! Design. One control thread owns all state: the policy [`Engine`], the
+//! attachments (pods wired in by the CNI plugin), the desired cluster from
+//! the manifest folder, and the on-disk [`state::Store`]. It serves the
+//! control socket one request at a time (requests are short; sequential
+//! handling needs no locks) and re-reads the manifests when they change.
+//! The switch runs on a thread of its own ([`switch::Switch`]) and gets
+//! policy through a [`PolicyHandle`] (lock-free) and ports through a command
+//! queue.
+//!
+//! Attaching a pod (CNI ADD): create a persistent TAP in the host namespace,
+//! move it into the pod's namespace, rename it, set MAC, MTU, addresses and
+//! routes and bring it up (netlink), save the attachment, add the pod to the
+//! policy model and publish that generation, and only then attach the port
+//! with that generation as its `ready_generation`: the datapath drops the
+//! pod's frames until the policy that knows the pod is installed (fail
+//! closed). The node's route to the pod goes through the node TAP.
+//!
+//! Restart: TAP devices are persistent and the attachments are on disk, so
+//! a new vswitchd re-attaches to each pod's interface (inside the pod's
+//! namespace) and traffic resumes; TCP connections survive a short outage.
+
+pub mod control;
+pub mod install;
+pub mod manifests;
+pub mod netlink;
+pub mod netns;
+pub mod state;
+pub mod switch;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use policy::{Change, Cluster, Engine, PodKey};
+use vswitch_cni::proto::{
+    AddRequest, Attachment, AttachmentKey, ErrorReply, IpConfig, Reply, Request, RouteConfig, code,
+};
+
+use crate::datapath::tap::TapPort;
+use crate::datapath::worker::PolicyHandle;
+use crate::datapath::{Config, EstablishedPolicy, PortId, PortKind};
+use switch::{Command, Switch};
+
+/// The node port's id; pods get 1 and up.
+const NODE_PORT: PortId = 0;
+/// The node TAP's MAC (locally administered).
+const NODE_MAC: [u8; 6] = [0x02, 0x76, 0x73, 0x77, 0x00, 0x02];
+
+/// The daemon's settings (from the command line).
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub manifests: Option<PathBuf>,
+    /// The node's TAP in the host namespace; `None`: no node port.
+    pub node_tap: Option<String>,
+    pub mtu: u32,
+    pub established: EstablishedPolicy,
+}
+
+/// An error for a client: the CNI code and a message.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u32,
+    pub msg: String,
+    pub details: String,
+}
+
+impl Failure {
+    fn new(code: u32, msg: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            msg: msg.into(),
+            details: String::new(),
+        }
+    }
+
+    fn io(msg: &str, e: impl std::fmt::Display) -> Failure {
+        Failure {
+            code: code::ATTACH_FAILED,
+            msg: msg.to_string(),
+            details: e.to_string(),
+        }
+    }
+}
+
+pub struct Daemon {
+    opts: Options,
+    store: state::Store,
+    engine: Engine,
+    handle: PolicyHandle,
+    switch: Switch,
+    /// The cluster as the manifests describe it.
+    desired: Cluster,
+    attachments: BTreeMap<AttachmentKey, Attachment>,
+    gateway_v4: Ipv4Addr,
+    gateway_v6: Ipv6Addr,
+}
+
+/// The MAC of a pod port: locally administered, from the port number.
+fn pod_mac(port: PortId) -> [u8; 6] {
+    [0x02, 0x76, 0x73, 0x70, (port >> 8) as u8, port as u8]
+}
+
+fn mac_text(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let v: Vec<u8> = s
+        .split(':')
+        .map(|x| u8::from_str_radix(x, 16))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    v.try_into().ok()
+}
+
+/// The pod an attachment belongs to.
+fn pod_key(req: &AddRequest) -> PodKey {
+    match (&req.pod_namespace, &req.pod_name) {
+        (Some(ns), Some(name)) if !ns.is_empty() && !name.is_empty() => PodKey::new(ns, name),
+        _ => PodKey::new("default", req.key.container_id.clone()),
+    }
+}
+
+fn host_route(ip: IpAddr) -> IpNet {
+    IpNet::from(ip)
+}
+
+impl Daemon {
+    /// Everything that can fail at startup fails here, with one clear
+    /// message: the caller prints it and exits non-zero.
+    pub fn start(opts: Options) -> Result<(Daemon, control::Server), String> {
+        // Permission for TAP devices first: nothing works without it.
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun")
+            .map_err(|e| format!("cannot open /dev/net/tun: {e} (vswitchd needs CAP_NET_ADMIN and access to /dev/net/tun)"))?;
+        let desired = match &opts.manifests {
+            Some(dir) => {
+                if !dir.is_dir() {
+                    return Err(format!("--manifests {}: not a folder", dir.display()));
+                }
+                let d = manifests::load(dir)?;
+                for n in &d.notes {
+                    tracing::warn!("{n}");
+                }
+                d.cluster
+            }
+            None => Cluster::default(),
+        };
+        let store = state::Store::open(&opts.state_dir)
+            .map_err(|e| format!("state folder {}: {e}", opts.state_dir.display()))?;
+        let server = control::Server::bind(&opts.socket)?;
+        let cfg = Config {
+            established: opts.established,
+            ..Config::default()
+        };
+        let (gateway_v4, gateway_v6) = (cfg.gateway_v4, cfg.gateway_v6);
+        let handle = PolicyHandle::default();
+        let switch = Switch::start(cfg, handle.clone()).map_err(|e| format!("switch: {e}"))?;
+        let mut d = Daemon {
+            opts,
+            store,
+            engine: Engine::new(),
+            handle,
+            switch,
+            desired,
+            attachments: BTreeMap::new(),
+            gateway_v4,
+            gateway_v6,
+        };
+        d.sync_model();
+        d.start_node_port()?;
+        d.reattach();
+        Ok((d, server))
+    }
+
+    /// The node TAP: created (or re-attached) in the host namespace with the
+    /// gateway addresses; routes to local pods go through it.
+    fn start_node_port(&mut self) -> Result<(), String> {
+        let Some(name) = self.opts.node_tap.clone() else {
+            return Ok(());
+        };
+        let tap = TapPort::attach(&name)
+            .or_else(|_| TapPort::create_persistent(&name))
+            .map_err(|e| format!("node TAP {name}: {e}"))?;
+        let cfg = netlink::LinkConfig {
+            name: name.clone(),
+            mac: NODE_MAC,
+            mtu: self.opts.mtu,
+            addrs: vec![
+                IpNet::from(IpAddr::V4(self.gateway_v4)),
+                IpNet::new(IpAddr::V6(self.gateway_v6), 64).expect("valid prefix"),
+            ],
+            routes: vec![],
+        };
+        netlink::configure(&name, &cfg).map_err(|e| format!("node TAP {name}: {e}"))?;
+        let node_ips = netlink::all_addresses().map_err(|e| format!("node addresses: {e}"))?;
+        tracing::info!("node port {name}: node addresses {node_ips:?}");
+        self.switch.send(Command::Attach {
+            id: NODE_PORT,
+            name,
+            mac: NODE_MAC,
+            kind: PortKind::Node { ips: node_ips },
+            port: Box::new(tap),
+        });
+        Ok(())
+    }
+
+    /// Re-attaches to the pods of the previous run: each stored attachment
+    /// whose namespace and interface still exist.
+    fn reattach(&mut self) {
+        let (stored, problems) = match self.store.load() {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!("reading the state folder: {e}");
+                return;
+            }
+        };
+        for p in problems {
+            tracing::warn!("state: {p}");
+        }
+        let mut ports = Vec::new();
+        for a in stored {
+            let path = PathBuf::from(&a.netns);
+            let ifname = a.key.ifname.clone();
+            let opened = netns::in_netns(&path, move || TapPort::attach(&ifname));
+            match opened {
+                Ok(Ok(tap)) => {
+                    tracing::info!(
+                        "re-attached {} ({}) in {}",
+                        a.key.ifname,
+                        a.pod,
+                        a.netns
+                    );
+                    self.attachments.insert(a.key.clone(), a.clone());
+                    ports.push((a, tap));
+                }
+                Ok(Err(e)) | Err(e) => {
+                    tracing::warn!(
+                        "pod {} ({}, {}) is gone ({e}); forgetting it",
+                        a.pod,
+                        a.key.container_id,
+                        a.netns
+                    );
+                    let _ = self.store.remove(&a.key);
+                }
+            }
+        }
+        let generation = self.sync_model();
+        for (a, tap) in ports {
+            self.attach_port(&a, tap, generation);
+        }
+    }
+
+    fn attach_port(&mut self, a: &Attachment, tap: TapPort, generation: u64) {
+        let ips: Vec<IpAddr> = a.ips.iter().map(|c| c.address.addr()).collect();
+        if let Some(node) = &self.opts.node_tap {
+            let routes: Vec<IpNet> = ips.iter().map(|ip| host_route(*ip)).collect();
+            if let Err(e) = netlink::add_routes(node, &routes) {
+                tracing::error!("routes to {} via {node}: {e}", a.pod);
+            }
+        }
+        self.switch.send(Command::Attach {
+            id: a.port,
+            name: format!("{}/{}", a.pod, a.key.ifname),
+            mac: parse_mac(&a.mac).unwrap_or(pod_mac(a.port)),
+            kind: PortKind::Pod {
+                ips,
+                ready_generation: generation,
+            },
+            port: Box::new(tap),
+        });
+    }
+
+    /// Brings the engine to the desired cluster plus the local pods, one
+    /// change at a time, and publishes the new generation.
+    fn sync_model(&mut self) -> u64 {
+        let mut target = self.desired.clone();
+        let mut local: BTreeMap<PodKey, Vec<IpAddr>> = BTreeMap::new();
+        for a in self.attachments.values() {
+            let key = PodKey::parse(&a.pod).unwrap_or_else(|| PodKey::new("default", &a.pod));
+            local
+                .entry(key)
+                .or_default()
+                .extend(a.ips.iter().map(|c| c.address.addr()));
+        }
+        for (key, ips) in local {
+            // A manifest pod elsewhere with one of these addresses loses it:
+            // the attachment on this node is the truth.
+            for p in target.pods.values_mut() {
+                if p.key != key {
+                    p.ips.retain(|ip| !ips.contains(ip));
+                }
+            }
+            manifests::ensure_namespace(&mut target, &key.namespace);
+            let pod = manifests::local_pod(&self.desired, &key, ips);
+            target.pods.insert(key, pod);
+        }
+        for change in diff(self.engine.cluster(), &target) {
+            if let Err(e) = self.engine.apply(change) {
+                tracing::warn!("policy model: {e}");
+            }
+        }
+        self.handle.publish(self.engine.snapshot());
+        self.engine.generation()
+    }
+
+    /// Re-reads the manifests; a folder that cannot be read keeps the last
+    /// state (fail closed: nothing opens because a read failed).
+    pub fn reload_manifests(&mut self) {
+        let Some(dir) = self.opts.manifests.clone() else {
+            return;
+        };
+        match manifests::load(&dir) {
+            Ok(d) => {
+                for n in &d.notes {
+                    tracing::warn!("{n}");
+                }
+                self.desired = d.cluster;
+                let g = self.sync_model();
+                tracing::info!("manifests reloaded: policy generation {g}");
+            }
+            Err(e) => tracing::error!("manifests: {e}; keeping the last state"),
+        }
+    }
+
+    pub fn manifests_dir(&self) -> Option<&Path> {
+        self.opts.manifests.as_deref()
+    }
+
+    pub fn handle(&mut self, req: Request) -> Reply {
+        let r = match req {
+            Request::Add(a) => self.add(a).map(Reply::Attachment),
+            Request::Del(k) => self.del(&k).map(|_| Reply::Done),
+            Request::Check(k) => self.check(&k).map(Reply::Attachment),
+            Request::Status => Ok(Reply::Status {
+                ready: true,
+                message: format!(
+                    "ready: {} attachments, policy generation {}",
+                    self.attachments.len(),
+                    self.engine.generation()
+                ),
+            }),
+            Request::List => Ok(Reply::Attachments(
+                self.attachments.values().cloned().collect(),
+            )),
+            Request::Gc { valid } => self.gc(&valid).map(Reply::Attachments),
+        };
+        r.unwrap_or_else(|f| {
+            Reply::Error(ErrorReply {
+                code: f.code,
+                msg: f.msg,
+                details: f.details,
+            })
+        })
+    }
+
+    fn add(&mut self, req: AddRequest) -> Result<Attachment, Failure> {
+        let bad = |m: String| Failure::new(code::INVALID_CONFIG, m);
+        if req.key.container_id.is_empty() {
+            return Err(bad("container_id is empty".into()));
+        }
+        if req.key.ifname.is_empty()
+            || req.key.ifname.len() > 15
+            || req.key.ifname.contains(['/', ' ', ':'])
+        {
+            return Err(bad(format!(
+                "ifname {:?}: not a valid interface name",
+                req.key.ifname
+            )));
+        }
+        if req.ips.is_empty() {
+            return Err(bad("no addresses: IPAM gave none".into()));
+        }
+        let pod = pod_key(&req).to_string();
+        if let Some(old) = self.attachments.get(&req.key) {
+            if old.netns == req.netns && old.ips == req.ips && old.pod == pod {
+                return Ok(old.clone());
+            }
+            return Err(bad(format!(
+                "container {} interface {} is already attached with other settings",
+                req.key.container_id, req.key.ifname
+            )));
+        }
+        for a in self.attachments.values() {
+            for ip in &req.ips {
+                if a.ips.iter().any(|c| c.address.addr() == ip.address.addr()) {
+                    return Err(bad(format!(
+                        "address {} is already used by {} ({})",
+                        ip.address.addr(),
+                        a.pod,
+                        a.key.container_id
+                    )));
+                }
+            }
+        }
+        let netns = File::open(&req.netns)
+            .map_err(|e| bad(format!("netns {}: {e}", req.netns)))?;
+        let port = (1..=PortId::MAX)
+            .find(|p| !self.attachments.values().any(|a| a.port == *p))
+            .ok_or_else(|| Failure::new(code::TRY_AGAIN_LATER, "every switch port is in use"))?;
+        let mac = pod_mac(port);
+        let mtu = req.mtu.unwrap_or(self.opts.mtu);
+        let routes = self.pod_routes(&req.ips, &req.routes);
+        let cfg = netlink::LinkConfig {
+            name: req.key.ifname.clone(),
+            mac,
+            mtu,
+            addrs: req.ips.iter().map(|c| c.address).collect(),
+            routes: self
+                .gateway_link_routes(&routes)
+                .into_iter()
+                .chain(routes.iter().map(|r| (r.dst, r.gw)))
+                .collect(),
+        };
+        // Create in the host namespace under a temporary name (a leftover
+        // of a crashed add goes first), then move and configure.
+        let tmp = format!("vswt{port}");
+        let _ = netlink::delete_link(&tmp);
+        let tap = TapPort::create_persistent(&tmp).map_err(|e| Failure::io("creating the TAP", e))?;
+        let wired = netlink::move_to_netns(&tmp, &netns).and_then(|()| {
+            netns::in_netns(Path::new(&req.netns), || netlink::configure(&tmp, &cfg))?
+        });
+        if let Err(e) = wired {
+            drop(tap);
+            let _ = netlink::delete_link(&tmp);
+            let ifname = req.key.ifname.clone();
+            let t = tmp.clone();
+            let _ = netns::in_netns(Path::new(&req.netns), move || {
+                let _ = netlink::delete_link(&t);
+                let _ = netlink::delete_link(&ifname);
+            });
+            return Err(Failure::io("configuring the pod's interface", e));
+        }
+        let a = Attachment {
+            key: req.key.clone(),
+            netns: req.netns.clone(),
+            pod,
+            mac: mac_text(mac),
+            mtu,
+            ips: req.ips.clone(),
+            routes,
+            port,
+        };
+        if let Err(e) = self.store.save(&a) {
+            drop(tap);
+            let _ = self.remove_interface(&a);
+            return Err(Failure::io("saving the port state", e));
+        }
+        self.attachments.insert(a.key.clone(), a.clone());
+        let generation = self.sync_model();
+        self.attach_port(&a, tap, generation);
+        tracing::info!(
+            "attached {} ({}) on port {port}, policy generation {generation}",
+            a.pod,
+            a.key.container_id
+        );
+        Ok(a)
+    }
+
+    /// The pod's routes: IPAM's, with a missing gateway filled in; without
+    /// any, a default route per family through the family's gateway.
+    fn pod_routes(&self, ips: &[IpConfig], routes: &[RouteConfig]) -> Vec<RouteConfig> {
+        let gw_for = |v4: bool| -> IpAddr {
+            ips.iter()
+                .filter(|c| c.address.addr().is_ipv4() == v4)
+                .find_map(|c| c.gateway)
+                .unwrap_or(if v4 {
+                    IpAddr::V4(self.gateway_v4)
+                } else {
+                    IpAddr::V6(self.gateway_v6)
+                })
+        };
+        let mut out: Vec<RouteConfig> = routes
+            .iter()
+            .map(|r| RouteConfig {
+                dst: r.dst,
+                gw: Some(r.gw.unwrap_or_else(|| gw_for(r.dst.addr().is_ipv4()))),
+            })
+            .collect();
+        for v4 in [true, false] {
+            let has_family = ips.iter().any(|c| c.address.addr().is_ipv4() == v4);
+            let routed = out.iter().any(|r| r.dst.addr().is_ipv4() == v4);
+            if has_family && !routed {
+                let dst = if v4 {
+                    IpNet::new(Ipv4Addr::UNSPECIFIED.into(), 0)
+                } else {
+                    IpNet::new(Ipv6Addr::UNSPECIFIED.into(), 0)
+                }
+                .expect("valid prefix");
+                out.push(RouteConfig {
+                    dst,
+                    gw: Some(gw_for(v4)),
+                });
+            }
+        }
+        out
+    }
+
+    /// An IPv4 gateway outside every address's subnet (169.254.1.1 next to
+    /// a /32) needs a link route first.
+    fn gateway_link_routes(&self, routes: &[RouteConfig]) -> Vec<(IpNet, Option<IpAddr>)> {
+        let mut out: Vec<(IpNet, Option<IpAddr>)> = Vec::new();
+        for r in routes {
+            if let Some(IpAddr::V4(gw)) = r.gw
+                && gw.is_link_local()
+                && !out.iter().any(|(d, _)| d.addr() == IpAddr::V4(gw))
+            {
+                out.insert(0, (IpNet::from(IpAddr::V4(gw)), None));
+            }
+        }
+        out
+    }
+
+    /// Deletes the pod's interface inside its namespace (gone is fine).
+    fn remove_interface(&self, a: &Attachment) -> std::io::Result<()> {
+        let path = PathBuf::from(&a.netns);
+        if !netns::exists(&path) {
+            return Ok(());
+        }
+        let ifname = a.key.ifname.clone();
+        netns::in_netns(&path, move || netlink::delete_link(&ifname))?
+    }
+
+    fn del(&mut self, key: &AttachmentKey) -> Result<(), Failure> {
+        let Some(a) = self.attachments.get(key).cloned() else {
+            return Ok(()); // already gone: DEL is idempotent
+        };
+        self.switch.detach(a.port);
+        if let Err(e) = self.remove_interface(&a) {
+            tracing::warn!("deleting {}'s interface: {e}", a.pod);
+        }
+        if let Some(node) = &self.opts.node_tap {
+            let routes: Vec<IpNet> = a.ips.iter().map(|c| host_route(c.address.addr())).collect();
+            let _ = netlink::del_routes(node, &routes);
+        }
+        self.store
+            .remove(key)
+            .map_err(|e| Failure::io("removing the port state", e))?;
+        self.attachments.remove(key);
+        let g = self.sync_model();
+        tracing::info!(
+            "detached {} ({}), policy generation {g}",
+            a.pod,
+            key.container_id
+        );
+        Ok(())
+    }
+
+    fn check(&self, key: &AttachmentKey) -> Result<Attachment, Failure> {
+        let a = self.attachments.get(key).ok_or_else(|| {
+            Failure::new(
+                code::UNKNOWN_CONTAINER,
+                format!(
+                    "container {} interface {} is not attached",
+                    key.container_id, key.ifname
+                ),
+            )
+        })?;
+        let path = PathBuf::from(&a.netns);
+        let ifname = a.key.ifname.clone();
+        let state = netns::in_netns(&path, move || netlink::link_state(&ifname))
+            .and_then(|r| r)
+            .map_err(|e| Failure::io("reading the pod's interface", e))?
+            .ok_or_else(|| {
+                Failure::new(
+                    code::ATTACH_FAILED,
+                    format!("interface {} is missing in {}", a.key.ifname, a.netns),
+                )
+            })?;
+        if state.mac != parse_mac(&a.mac) {
+            return Err(Failure::new(
+                code::ATTACH_FAILED,
+                format!(
+                    "interface {}: MAC is {:?}, expected {}",
+                    a.key.ifname,
+                    state.mac.map(mac_text),
+                    a.mac
+                ),
+            ));
+        }
+        for ip in &a.ips {
+            if !state.addrs.contains(&ip.address) {
+                return Err(Failure::new(
+                    code::ATTACH_FAILED,
+                    format!("interface {}: address {} is missing", a.key.ifname, ip.address),
+                ));
+            }
+        }
+        Ok(a.clone())
+    }
+
+    fn gc(&mut self, valid: &[AttachmentKey]) -> Result<Vec<Attachment>, Failure> {
+        let stale: Vec<Attachment> = self
+            .attachments
+            .values()
+            .filter(|a| !valid.contains(&a.key))
+            .cloned()
+            .collect();
+        for a in &stale {
+            self.del(&a.key)?;
+        }
+        Ok(stale)
+    }
+
+    pub fn stats(&self) -> switch::Stats {
+        self.switch.stats()
+    }
+}
+
+/// The changes that turn `from` into `to`: namespaces first, then pods and
+/// policies, deletions of namespaces last.
+pub fn diff(from: &Cluster, to: &Cluster) -> Vec<Change> {
+    let mut out = Vec::new();
+    for (name, ns) in &to.namespaces {
+        if from.namespaces.get(name) != Some(ns) {
+            out.push(Change::UpsertNamespace(ns.clone()));
+        }
+    }
+    // Deleting pods before upserting frees addresses a moved pod reuses.
+    for key in from.pods.keys() {
+        if !to.pods.contains_key(key) {
+            out.push(Change::DeletePod(key.clone()));
+        }
+    }
+    for (key, pod) in &to.pods {
+        if from.pods.get(key) != Some(pod) {
+            out.push(Change::UpsertPod(pod.clone()));
+        }
+    }
+    for key in from.policies.keys() {
+        if !to.policies.contains_key(key) {
+            out.push(Change::DeletePolicy(key.clone()));
+        }
+    }
+    for (key, p) in &to.policies {
+        if from.policies.get(key) != Some(p) {
+            out.push(Change::UpsertPolicy(p.clone()));
+        }
+    }
+    for name in from.namespaces.keys() {
+        if !to.namespaces.contains_key(name) {
+            out.push(Change::DeleteNamespace(name.clone()));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use policy::synth::{Rng, random_change, random_cluster};
+
+    /// Applying the diff of two clusters to an engine holding the first
+    /// gives the engine a full compile of the second gives.
+    #[test]
+    fn diff_turns_one_cluster_into_another() {
+        let mut rng = Rng::new(7);
+        for _ in 0..60 {
+            let a = random_cluster(&mut rng);
+            let mut b = a.clone();
+            for _ in 0..8 {
+                b.apply(&random_change(&mut rng, &b));
+            }
+            if Engine::from_cluster(b.clone()).is_err() {
+                continue;
+            }
+            let mut e = Engine::from_cluster(a.clone()).expect("valid");
+            for c in diff(&a, &b) {
+                e.apply(c).expect("diff applies");
+            }
+            let full = Engine::from_cluster(b).expect("valid");
+            assert_eq!(e.canonical(), full.canonical());
+        }
+    }
+}

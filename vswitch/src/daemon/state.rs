@@ -1,0 +1,117 @@
+//! The daemon's port state on disk: one JSON file per attachment under
+//! `STATE_DIR/attachments/`, written atomically (temporary file, fsync,
+//! rename), so that a restarted vswitchd finds every pod it had attached
+//! and re-attaches to their (persistent) TAP devices.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use vswitch_cni::proto::{Attachment, AttachmentKey};
+
+pub struct Store {
+    dir: PathBuf,
+}
+
+/// A file name for a key: container ids and interface names are safe
+/// characters in practice, but anything else is hex-escaped.
+fn file_name(key: &AttachmentKey) -> String {
+    let clean = |s: &str| -> String {
+        s.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.' {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02x}")
+                }
+            })
+            .collect()
+    };
+    format!("{}@{}.json", clean(&key.container_id), clean(&key.ifname))
+}
+
+impl Store {
+    pub fn open(state_dir: &Path) -> io::Result<Store> {
+        let dir = state_dir.join("attachments");
+        fs::create_dir_all(&dir)?;
+        Ok(Store { dir })
+    }
+
+    pub fn save(&self, a: &Attachment) -> io::Result<()> {
+        let path = self.dir.join(file_name(&a.key));
+        let tmp = path.with_extension("tmp");
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(serde_json::to_string_pretty(a)?.as_bytes())?;
+        f.sync_all()?;
+        fs::rename(&tmp, &path)?;
+        fs::File::open(&self.dir)?.sync_all()
+    }
+
+    pub fn remove(&self, key: &AttachmentKey) -> io::Result<()> {
+        match fs::remove_file(self.dir.join(file_name(key))) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every stored attachment; unreadable files are reported, not fatal.
+    pub fn load(&self) -> io::Result<(Vec<Attachment>, Vec<String>)> {
+        let mut out = Vec::new();
+        let mut problems = Vec::new();
+        let mut entries: Vec<PathBuf> = fs::read_dir(&self.dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        entries.sort();
+        for p in entries {
+            match fs::read_to_string(&p)
+                .map_err(|e| e.to_string())
+                .and_then(|t| serde_json::from_str::<Attachment>(&t).map_err(|e| e.to_string()))
+            {
+                Ok(a) => out.push(a),
+                Err(e) => problems.push(format!("{}: {e}", p.display())),
+            }
+        }
+        Ok((out, problems))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saves_loads_and_removes_atomically() {
+        let dir = std::env::temp_dir().join(format!("vsw-state-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let store = Store::open(&dir).unwrap();
+        let a = Attachment {
+            key: AttachmentKey {
+                container_id: "abc/../x".into(),
+                ifname: "eth0".into(),
+            },
+            netns: "/var/run/netns/p".into(),
+            pod: "default/p".into(),
+            mac: "02:00:00:00:00:01".into(),
+            mtu: 1500,
+            ips: vec![],
+            routes: vec![],
+            port: 3,
+        };
+        store.save(&a).unwrap();
+        fs::write(dir.join("attachments/broken.json"), "{").unwrap();
+        let (loaded, problems) = store.load().unwrap();
+        assert_eq!(loaded, vec![a.clone()]);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        // the key cannot escape the folder
+        assert!(
+            fs::read_dir(dir.join("attachments"))
+                .unwrap()
+                .all(|e| !e.unwrap().file_name().to_string_lossy().contains('/'))
+        );
+        store.remove(&a.key).unwrap();
+        store.remove(&a.key).unwrap();
+        assert!(store.load().unwrap().0.is_empty());
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
