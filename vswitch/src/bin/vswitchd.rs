@@ -11,7 +11,11 @@ use vswitch::daemon::{Daemon, Options, control, install, manifests};
 use vswitch::datapath::EstablishedPolicy;
 
 #[derive(Parser)]
-#[command(name = "vswitchd", version, about = "The vswitch daemon: a userspace switch for Kubernetes pods")]
+#[command(
+    name = "vswitchd",
+    version,
+    about = "The vswitch daemon: a userspace switch for Kubernetes pods"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -70,8 +74,7 @@ enum Cmd {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -101,7 +101,10 @@ pub fn serve_one(stream: UnixStream, handle: impl FnOnce(Request) -> Reply) {
         }),
     };
     let mut text = serde_json::to_string(&reply).unwrap_or_else(|e| {
-        format!(r#"{{"error":{{"code":{},"msg":"encoding the reply: {e}"}}}}"#, code::IO_FAILURE)
+        format!(
+            r#"{{"error":{{"code":{},"msg":"encoding the reply: {e}"}}}}"#,
+            code::IO_FAILURE
+        )
     });
     text.push('\n');
     let mut w = &stream;

@@ -81,10 +81,7 @@ pub fn ensure_namespace(cluster: &mut Cluster, ns: &str) {
 /// they describe it, its addresses from IPAM.
 pub fn local_pod(desired: &Cluster, key: &PodKey, ips: Vec<std::net::IpAddr>) -> Pod {
     match desired.pods.get(key) {
-        Some(p) => Pod {
-            ips,
-            ..p.clone()
-        },
+        Some(p) => Pod { ips, ..p.clone() },
         None => Pod {
             key: key.clone(),
             labels: Default::default(),

@@ -236,12 +236,7 @@ impl Daemon {
             let opened = netns::in_netns(&path, move || TapPort::attach(&ifname));
             match opened {
                 Ok(Ok(tap)) => {
-                    tracing::info!(
-                        "re-attached {} ({}) in {}",
-                        a.key.ifname,
-                        a.pod,
-                        a.netns
-                    );
+                    tracing::info!("re-attached {} ({}) in {}", a.key.ifname, a.pod, a.netns);
                     self.attachments.insert(a.key.clone(), a.clone());
                     ports.push((a, tap));
                 }
@@ -404,8 +399,7 @@ impl Daemon {
                 }
             }
         }
-        let netns = File::open(&req.netns)
-            .map_err(|e| bad(format!("netns {}: {e}", req.netns)))?;
+        let netns = File::open(&req.netns).map_err(|e| bad(format!("netns {}: {e}", req.netns)))?;
         let port = (1..=PortId::MAX)
             .find(|p| !self.attachments.values().any(|a| a.port == *p))
             .ok_or_else(|| Failure::new(code::TRY_AGAIN_LATER, "every switch port is in use"))?;
@@ -427,7 +421,8 @@ impl Daemon {
         // of a crashed add goes first), then move and configure.
         let tmp = format!("vswt{port}");
         let _ = netlink::delete_link(&tmp);
-        let tap = TapPort::create_persistent(&tmp).map_err(|e| Failure::io("creating the TAP", e))?;
+        let tap =
+            TapPort::create_persistent(&tmp).map_err(|e| Failure::io("creating the TAP", e))?;
         let wired = netlink::move_to_netns(&tmp, &netns).and_then(|()| {
             netns::in_netns(Path::new(&req.netns), || netlink::configure(&tmp, &cfg))?
         });
@@ -593,7 +588,10 @@ impl Daemon {
             if !state.addrs.contains(&ip.address) {
                 return Err(Failure::new(
                     code::ATTACH_FAILED,
-                    format!("interface {}: address {} is missing", a.key.ifname, ip.address),
+                    format!(
+                        "interface {}: address {} is missing",
+                        a.key.ifname, ip.address
+                    ),
                 ));
             }
         }

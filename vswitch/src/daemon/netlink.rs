@@ -52,11 +52,14 @@ async fn index_of(h: &Handle, name: &str) -> io::Result<Option<LinkMessage>> {
     match links.try_next().await {
         Ok(l) => Ok(l),
         // ENODEV: no such link
-        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -(nix::errno::Errno::ENODEV as i32) => Ok(None),
+        Err(rtnetlink::Error::NetlinkError(e))
+            if e.raw_code() == -(nix::errno::Errno::ENODEV as i32) =>
+        {
+            Ok(None)
+        }
         Err(e) => Err(err(&format!("looking up {name}"), e)),
     }
 }
-
 
 /// Moves the link `name` of the current namespace into the namespace open
 /// as `netns`.
@@ -213,9 +216,7 @@ pub fn link_state(name: &str) -> io::Result<Option<LinkState>> {
             return Ok(None);
         };
         let mac = link.attributes.iter().find_map(|a| match a {
-            LinkAttribute::Address(m) if m.len() == 6 => {
-                Some([m[0], m[1], m[2], m[3], m[4], m[5]])
-            }
+            LinkAttribute::Address(m) if m.len() == 6 => Some([m[0], m[1], m[2], m[3], m[4], m[5]]),
             _ => None,
         });
         let mut addrs = Vec::new();

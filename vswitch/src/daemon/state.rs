@@ -105,9 +105,11 @@ mod tests {
         assert_eq!(problems.len(), 1, "{problems:?}");
         // the key cannot escape the folder
         assert!(
-            fs::read_dir(dir.join("attachments"))
+            fs::read_dir(dir.join("attachments")).unwrap().all(|e| !e
                 .unwrap()
-                .all(|e| !e.unwrap().file_name().to_string_lossy().contains('/'))
+                .file_name()
+                .to_string_lossy()
+                .contains('/'))
         );
         store.remove(&a.key).unwrap();
         store.remove(&a.key).unwrap();

@@ -1,0 +1,748 @@
+//! End to end, as a container runtime drives vswitch: a network namespace
+//! plays the node and runs `vswitchd`; every pod is a network namespace
+//! wired in by the real `vswitch-cni` binary, called exactly as a runtime
+//! calls it (CNI_* environment, network configuration on stdin), with IPAM
+//! delegated to Debian's `host-local`. Traffic is kernel TCP and UDP.
+//!
+//! Needs root (or a user namespace) and /usr/lib/cni/host-local. Without
+//! them a test prints `SKIPPED: reason`; with `CI=true` a skip is a failure.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+const CNI_DIR: &str = "/usr/lib/cni";
+
+fn skip(why: &str) -> bool {
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "SKIPPED under CI=true: {why}"
+    );
+    println!("SKIPPED: {why}");
+    true
+}
+
+fn skip_unless_able() -> bool {
+    let uid = Command::new("id").arg("-u").output().expect("id");
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        return skip("needs root (or a user namespace) for network namespaces and TAP devices");
+    }
+    if !Path::new(CNI_DIR).join("host-local").exists() {
+        return skip(
+            "/usr/lib/cni/host-local is missing (apt-get install containernetworking-plugins)",
+        );
+    }
+    false
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn ip(args: &[&str]) -> String {
+    run(Command::new("ip").args(args))
+}
+
+/// The plugin binary, next to vswitchd in the target folder (built by
+/// `cargo test --workspace`; built here when this test runs alone).
+fn plugin() -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_vswitchd")).with_file_name("vswitch-cni");
+    if !p.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        run(Command::new(cargo).args(["build", "-p", "vswitch-cni", "--bin", "vswitch-cni"]));
+    }
+    assert!(p.exists(), "{} is missing", p.display());
+    p
+}
+
+/// A kernel-socket agent inside a namespace: TCP and UDP echo servers, one
+/// shot connects, and a held TCP connection driven by stdin.
+const AGENT: &str = r#"
+import socket, sys, threading, time
+mode = sys.argv[1]
+def fam(a): return socket.AF_INET6 if ":" in a else socket.AF_INET
+if mode == "serve":
+    port = int(sys.argv[2])
+    def tcp(f, addr):
+        s = socket.socket(f); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if f == socket.AF_INET6: s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s.bind((addr, port)); s.listen(64)
+        def conn(c):
+            while True:
+                d = c.recv(65536)
+                if not d: break
+                c.sendall(d)
+            c.close()
+        while True:
+            c, _ = s.accept(); threading.Thread(target=conn, args=(c,), daemon=True).start()
+    def udp(f, addr):
+        s = socket.socket(f, socket.SOCK_DGRAM)
+        if f == socket.AF_INET6: s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s.bind((addr, port))
+        while True:
+            d, a = s.recvfrom(2048); s.sendto(d, a)
+    for f, a in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+        threading.Thread(target=tcp, args=(f, a), daemon=True).start()
+        threading.Thread(target=udp, args=(f, a), daemon=True).start()
+    print("ready", flush=True)
+    time.sleep(3600)
+elif mode == "tcp":
+    s = socket.socket(fam(sys.argv[2])); s.settimeout(float(sys.argv[4]))
+    try:
+        s.connect((sys.argv[2], int(sys.argv[3]))); s.sendall(b"ping")
+        print("ok" if s.recv(16) == b"ping" else "fail: bad echo")
+    except OSError as e: print("fail:", e)
+elif mode == "udp":
+    s = socket.socket(fam(sys.argv[2]), socket.SOCK_DGRAM); s.settimeout(float(sys.argv[4]))
+    try:
+        s.sendto(b"ping", (sys.argv[2], int(sys.argv[3])))
+        print("ok" if s.recvfrom(16)[0] == b"ping" else "fail: bad echo")
+    except OSError as e: print("fail:", e)
+elif mode == "hold":
+    s = socket.socket(fam(sys.argv[2])); s.settimeout(20)
+    s.connect((sys.argv[2], int(sys.argv[3])))
+    for line in sys.stdin:
+        try:
+            s.sendall(line.encode()); got = s.recv(4096).decode()
+            print("ok" if got == line else "fail: bad echo", flush=True)
+        except OSError as e: print("fail:", e, flush=True)
+"#;
+
+static RUN: AtomicU32 = AtomicU32::new(0);
+
+/// One test's world: the node namespace with vswitchd, pods, folders.
+struct World {
+    tag: String,
+    node: String,
+    dir: PathBuf,
+    daemon: Option<Child>,
+    namespaces: Vec<String>,
+    servers: Vec<Child>,
+    subnet: String,
+}
+
+struct Pod {
+    ns: String,
+    container: String,
+    v4: String,
+    v6: String,
+    /// The plugin's ADD result, as printed.
+    result: String,
+}
+
+impl World {
+    fn new() -> World {
+        let n = RUN.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("e{}x{n}", std::process::id() % 100_000);
+        let dir = std::env::temp_dir().join(format!("vswitch-{tag}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("manifests")).unwrap();
+        let node = format!("{tag}-node");
+        ip(&["netns", "add", &node]);
+        ip(&["-n", &node, "link", "set", "lo", "up"]);
+        let mut w = World {
+            tag,
+            node: node.clone(),
+            dir,
+            daemon: None,
+            namespaces: vec![node],
+            servers: Vec::new(),
+            subnet: format!("10.{}.{}", 100 + n / 250, n % 250),
+        };
+        w.write_manifest(
+            "00-namespace.yaml",
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: default\n",
+        );
+        w.start_daemon();
+        w
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("run/vswitchd.sock")
+    }
+
+    fn start_daemon(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("vswitchd.log"))
+            .unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.node])
+            .arg(env!("CARGO_BIN_EXE_vswitchd"))
+            .arg("run")
+            .arg("--socket")
+            .arg(self.socket())
+            .arg("--state-dir")
+            .arg(self.dir.join("state"))
+            .arg("--manifests")
+            .arg(self.dir.join("manifests"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start vswitchd");
+        self.daemon = Some(child);
+        let t0 = Instant::now();
+        while !self.socket().exists() || !self.log().contains("ready") {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "vswitchd did not start: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops vswitchd as an orchestrator would (SIGTERM).
+    fn stop_daemon(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            // `ip netns exec` execs vswitchd: the child is the daemon.
+            let _ = Command::new("kill").arg(c.id().to_string()).status();
+            let _ = c.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("vswitchd.log")).unwrap_or_default()
+    }
+
+    fn write_manifest(&self, name: &str, text: &str) {
+        let p = self.dir.join("manifests").join(name);
+        let tmp = p.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &p).unwrap();
+    }
+
+    /// The generation the daemon logs after a reload; waits for the next.
+    fn reloads(&self) -> usize {
+        self.log().matches("manifests reloaded").count()
+    }
+
+    fn wait_reload(&self, before: usize) {
+        let t0 = Instant::now();
+        while self.reloads() <= before {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "no reload: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn conf(&self) -> String {
+        format!(
+            r#"{{"cniVersion":"1.0.0","name":"vswitch","type":"vswitch-cni","socket":"{}","mtu":1500,
+               "ipam":{{"type":"host-local","dataDir":"{}","ranges":[[{{"subnet":"{}.0/24"}}],[{{"subnet":"fd00:{}::/64"}}]]}}}}"#,
+            self.socket().display(),
+            self.dir.join("ipam").display(),
+            self.subnet,
+            self.subnet.replace('.', ":"),
+        )
+    }
+
+    /// Calls the plugin as a runtime does; returns exit status and stdout.
+    fn cni(
+        &self,
+        command: &str,
+        container: &str,
+        ns: &str,
+        args: &str,
+        stdin: &str,
+    ) -> (i32, String) {
+        let mut child = Command::new(plugin())
+            .env_clear()
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", container)
+            .env("CNI_NETNS", format!("/var/run/netns/{ns}"))
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_ARGS", args)
+            .env("CNI_PATH", CNI_DIR)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run the plugin");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    /// A pod named `name` in namespace default: its netns, CNI ADD.
+    fn add_pod(&mut self, name: &str) -> Pod {
+        let ns = format!("{}-{name}", self.tag);
+        ip(&["netns", "add", &ns]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        self.namespaces.push(ns.clone());
+        let container = format!(
+            "{}-{name}-{}",
+            self.tag,
+            RUN.fetch_add(1, Ordering::Relaxed)
+        );
+        self.cni_add(&ns, &container, name)
+    }
+
+    fn cni_add(&mut self, ns: &str, container: &str, name: &str) -> Pod {
+        let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}");
+        let (code, out) = self.cni("ADD", container, ns, &args, &self.conf());
+        assert_eq!(code, 0, "ADD {name}: {out}\n{}", self.log());
+        let result: serde_json::Value = serde_json::from_str(&out).expect("result JSON");
+        let ips: Vec<String> = result["ips"]
+            .as_array()
+            .expect("ips")
+            .iter()
+            .map(|i| {
+                i["address"]
+                    .as_str()
+                    .unwrap()
+                    .split('/')
+                    .next()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(
+            result["interfaces"][0]["sandbox"],
+            format!("/var/run/netns/{ns}")
+        );
+        Pod {
+            ns: ns.to_string(),
+            container: container.to_string(),
+            v4: ips.iter().find(|i| !i.contains(':')).expect("v4").clone(),
+            v6: ips.iter().find(|i| i.contains(':')).expect("v6").clone(),
+            result: out,
+        }
+    }
+
+    fn serve(&mut self, ns: &str, port: u16) {
+        let mut c = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "python3",
+                "-u",
+                "-c",
+                AGENT,
+                "serve",
+                &port.to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(c.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready");
+        self.servers.push(c);
+    }
+
+    /// One TCP (or UDP) exchange from `ns` to `dst`: "ok" or why not.
+    fn probe(&self, ns: &str, proto: &str, dst: &str, port: u16) -> String {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "python3",
+                "-c",
+                AGENT,
+                proto,
+                dst,
+                &port.to_string(),
+                "1.5",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn lease_exists(&self, ip: &str) -> bool {
+        // host-local keeps one file per leased address, under its network name
+        self.dir.join("ipam/vswitch").join(ip).exists()
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        for s in &mut self.servers {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        self.stop_daemon();
+        for ns in self.namespaces.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn pod_manifest(name: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: default\n  labels:\n    app: {name}\nspec:\n  containers: [{{name: c, image: x}}]\n"
+    )
+}
+
+const DENY_B: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: deny-b\n  namespace: default\nspec:\n  podSelector:\n    matchLabels: {app: b}\n  policyTypes: [Ingress]\n";
+
+const ALLOW_A_TO_B: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: allow-a\n  namespace: default\nspec:\n  podSelector:\n    matchLabels: {app: b}\n  ingress:\n  - from:\n    - podSelector:\n        matchLabels: {app: a}\n    ports:\n    - {protocol: TCP, port: 8080}\n";
+
+#[test]
+fn pods_talk_policy_denies_then_allows_and_the_node_always_passes() {
+    if skip_unless_able() {
+        return;
+    }
+    let mut w = World::new();
+    w.write_manifest("a.yaml", &pod_manifest("a"));
+    w.write_manifest("b.yaml", &pod_manifest("b"));
+    let a = w.add_pod("a");
+    let b = w.add_pod("b");
+    w.serve(&b.ns, 8080);
+    w.serve(&a.ns, 8080);
+    for dst in [&b.v4, &b.v6] {
+        assert_eq!(w.probe(&a.ns, "tcp", dst, 8080), "ok", "TCP a -> b {dst}");
+        assert_eq!(w.probe(&a.ns, "udp", dst, 8080), "ok", "UDP a -> b {dst}");
+    }
+    // deny-all ingress for b
+    let before = w.reloads();
+    w.write_manifest("deny-b.yaml", DENY_B);
+    w.wait_reload(before);
+    for dst in [&b.v4, &b.v6] {
+        assert_ne!(
+            w.probe(&a.ns, "tcp", dst, 8080),
+            "ok",
+            "TCP a -> b {dst} denied"
+        );
+        assert_ne!(
+            w.probe(&a.ns, "udp", dst, 8080),
+            "ok",
+            "UDP a -> b {dst} denied"
+        );
+    }
+    // b's own connections get their replies through its deny-all ingress
+    assert_eq!(
+        w.probe(&b.ns, "tcp", &a.v4, 8080),
+        "ok",
+        "b -> a, replies come back"
+    );
+    assert_eq!(
+        w.probe(&b.ns, "udp", &a.v6, 8080),
+        "ok",
+        "b -> a UDP, replies come back"
+    );
+    // the node reaches b whatever the policies say (kubelet probes)
+    assert_eq!(w.probe(&w.node, "tcp", &b.v4, 8080), "ok", "node -> b");
+    // allow a -> b on 8080/TCP only
+    let before = w.reloads();
+    w.write_manifest("allow-a.yaml", ALLOW_A_TO_B);
+    w.wait_reload(before);
+    assert_eq!(w.probe(&a.ns, "tcp", &b.v4, 8080), "ok", "allowed again");
+    assert_ne!(w.probe(&a.ns, "udp", &b.v4, 8080), "ok", "UDP still denied");
+    // a bad policy is rejected by name and field; the rest keeps working
+    let before = w.reloads();
+    w.write_manifest(
+        "bad.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: broken\n  namespace: default\nspec:\n  podSelector: {}\n  ingress:\n  - ports:\n    - {protocol: TCP, port: 99999}\n",
+    );
+    w.wait_reload(before);
+    assert!(
+        w.log().contains("broken"),
+        "the bad policy is named: {}",
+        w.log()
+    );
+    assert_eq!(w.probe(&a.ns, "tcp", &b.v4, 8080), "ok", "still allowed");
+    assert_ne!(w.probe(&a.ns, "udp", &b.v4, 8080), "ok", "still denied");
+}
+
+#[test]
+fn a_pod_reaches_an_outside_host_through_the_node() {
+    if skip_unless_able() {
+        return;
+    }
+    let mut w = World::new();
+    let a = w.add_pod("a");
+    // the outside: a namespace joined to the node by a veth pair
+    let out = format!("{}-out", w.tag);
+    ip(&["netns", "add", &out]);
+    w.namespaces.push(out.clone());
+    let (n_end, o_end) = (format!("{}n", w.tag), format!("{}o", w.tag));
+    ip(&[
+        "link", "add", &n_end, "netns", &w.node, "type", "veth", "peer", "name", &o_end, "netns",
+        &out,
+    ]);
+    ip(&["-n", &w.node, "addr", "add", "192.0.2.1/24", "dev", &n_end]);
+    ip(&["-n", &w.node, "link", "set", &n_end, "up"]);
+    ip(&["-n", &out, "addr", "add", "192.0.2.2/24", "dev", &o_end]);
+    ip(&["-n", &out, "link", "set", &o_end, "up"]);
+    ip(&["-n", &out, "link", "set", "lo", "up"]);
+    ip(&[
+        "-n",
+        &out,
+        "route",
+        "add",
+        &format!("{}.0/24", w.subnet),
+        "via",
+        "192.0.2.1",
+    ]);
+    run(Command::new("ip").args([
+        "netns",
+        "exec",
+        &w.node,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ]));
+    w.serve(&out, 9000);
+    assert_eq!(
+        w.probe(&a.ns, "tcp", "192.0.2.2", 9000),
+        "ok",
+        "pod -> outside"
+    );
+    assert_eq!(
+        w.probe(&a.ns, "udp", "192.0.2.2", 9000),
+        "ok",
+        "pod -> outside UDP"
+    );
+}
+
+#[test]
+fn delete_is_idempotent_and_frees_the_address_then_the_pod_comes_back() {
+    if skip_unless_able() {
+        return;
+    }
+    let mut w = World::new();
+    let a = w.add_pod("a");
+    let b = w.add_pod("b");
+    w.serve(&b.ns, 8080);
+    assert_eq!(w.probe(&a.ns, "tcp", &b.v4, 8080), "ok");
+    assert!(w.lease_exists(&a.v4), "host-local leased {}", a.v4);
+    for _ in 0..2 {
+        let (code, out) = w.cni("DEL", &a.container, &a.ns, "", &w.conf());
+        assert_eq!(code, 0, "DEL: {out}");
+    }
+    assert!(!w.lease_exists(&a.v4), "the lease of {} is freed", a.v4);
+    let links = ip(&["-n", &a.ns, "link"]);
+    assert!(!links.contains("eth0"), "eth0 is gone: {links}");
+    // the same pod again, in the same namespace, under a new container
+    let again = w.cni_add(&a.ns, &format!("{}-again", a.container), "a");
+    assert_eq!(
+        w.probe(&again.ns, "tcp", &b.v4, 8080),
+        "ok",
+        "re-added pod talks"
+    );
+    // CHECK agrees with what ADD returned
+    let mut conf: serde_json::Value = serde_json::from_str(&w.conf()).unwrap();
+    conf["prevResult"] = serde_json::from_str(&again.result).unwrap();
+    let (code, out) = w.cni(
+        "CHECK",
+        &format!("{}-again", a.container),
+        &a.ns,
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=a",
+        &conf.to_string(),
+    );
+    assert_eq!(code, 0, "CHECK: {out}");
+}
+
+#[test]
+fn a_tcp_connection_survives_a_daemon_restart() {
+    if skip_unless_able() {
+        return;
+    }
+    let mut w = World::new();
+    let a = w.add_pod("a");
+    let b = w.add_pod("b");
+    w.serve(&b.ns, 8080);
+    let mut hold = Command::new("ip")
+        .args([
+            "netns", "exec", &a.ns, "python3", "-u", "-c", AGENT, "hold", &b.v4, "8080",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input: ChildStdin = hold.stdin.take().unwrap();
+    let mut output: BufReader<ChildStdout> = BufReader::new(hold.stdout.take().unwrap());
+    let mut exchange = |text: &str| -> String {
+        writeln!(input, "{text}").unwrap();
+        let mut line = String::new();
+        output.read_line(&mut line).unwrap();
+        line.trim().to_string()
+    };
+    assert_eq!(exchange("before"), "ok");
+    w.stop_daemon();
+    assert!(!w.socket().exists(), "the socket goes with the daemon");
+    // the pods keep their interfaces while vswitchd is away
+    assert!(ip(&["-n", &a.ns, "link"]).contains("eth0"));
+    w.start_daemon();
+    assert!(w.log().contains("re-attached"), "{}", w.log());
+    assert_eq!(
+        exchange("after the restart"),
+        "ok",
+        "the open connection survives"
+    );
+    assert_eq!(
+        w.probe(&a.ns, "tcp", &b.v4, 8080),
+        "ok",
+        "new connections too"
+    );
+    drop(input);
+    let _ = hold.wait();
+}
+
+#[test]
+fn gc_removes_attachments_that_are_no_longer_valid() {
+    if skip_unless_able() {
+        return;
+    }
+    let mut w = World::new();
+    let a = w.add_pod("a");
+    let b = w.add_pod("b");
+    let mut conf: serde_json::Value = serde_json::from_str(&w.conf()).unwrap();
+    conf["cniVersion"] = "1.1.0".into();
+    conf["cni.dev/valid-attachments"] =
+        serde_json::json!([{ "containerID": a.container, "ifname": "eth0" }]);
+    let mut gc = Command::new(plugin())
+        .env_clear()
+        .env("CNI_COMMAND", "GC")
+        .env("CNI_PATH", CNI_DIR)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    gc.stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
+    let out = gc.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "GC: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        !ip(&["-n", &b.ns, "link"]).contains("eth0"),
+        "b's interface is gone"
+    );
+    assert!(!w.lease_exists(&b.v4), "b's lease is freed");
+    assert!(w.lease_exists(&a.v4), "a keeps its lease");
+    assert!(
+        ip(&["-n", &a.ns, "link"]).contains("eth0"),
+        "a keeps its interface"
+    );
+}
+
+#[test]
+fn chained_with_the_reference_tuning_plugin() {
+    if skip_unless_able() {
+        return;
+    }
+    let mut w = World::new();
+    let a = w.add_pod("a");
+    // what a runtime does for the second plugin of a conflist: the same
+    // network, the plugin's own config, the previous result
+    let first = &a.result;
+    let tuning = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "vswitch",
+        "type": "tuning",
+        "sysctl": { "net.ipv4.conf.eth0.accept_local": "1" },
+        "prevResult": serde_json::from_str::<serde_json::Value>(first).unwrap(),
+    });
+    let out = Command::new(Path::new(CNI_DIR).join("tuning"))
+        .env_clear()
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", &a.container)
+        .env("CNI_NETNS", format!("/var/run/netns/{}", a.ns))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", CNI_DIR)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(tuning.to_string().as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tuning: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let chained: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(chained["interfaces"][0]["name"], "eth0", "{chained}");
+    let v = run(Command::new("ip").args([
+        "netns",
+        "exec",
+        &a.ns,
+        "cat",
+        "/proc/sys/net/ipv4/conf/eth0/accept_local",
+    ]));
+    assert_eq!(v.trim(), "1", "tuning applied its sysctl in the pod");
+}
+
+#[test]
+fn startup_errors_end_with_one_line_and_a_failure() {
+    if skip_unless_able() {
+        return;
+    }
+    let w = World::new();
+    // a second daemon on the same socket
+    let out = Command::new("ip")
+        .args(["netns", "exec", &w.node])
+        .arg(env!("CARGO_BIN_EXE_vswitchd"))
+        .args(["run", "--no-node-port", "--socket"])
+        .arg(w.socket())
+        .arg("--state-dir")
+        .arg(w.dir.join("state2"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("vswitchd: control socket") && last.contains("in use"),
+        "{err}"
+    );
+    // a manifests folder that does not exist
+    let out = Command::new(env!("CARGO_BIN_EXE_vswitchd"))
+        .args([
+            "run",
+            "--no-node-port",
+            "--manifests",
+            "/nonexistent/vswitch",
+            "--socket",
+        ])
+        .arg(w.dir.join("other.sock"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.lines()
+            .last()
+            .unwrap_or_default()
+            .contains("not a folder"),
+        "{err}"
+    );
+}
