@@ -1,4 +1,19 @@
-//! vswitch-cni: the CNI plugin that connects new pods to vswitchd.
+//! vswitch-cni: the CNI plugin that connects new pods to vswitchd, and the
+//! control protocol both speak.
 //!
-//! Not built yet: it arrives with the TAP ports and the daemon (issue 4).
-//! The crate exists so that the workspace has its final shape.
+//! `skel::dispatch` is the plugin (the binary only hands it the process's
+//! environment, stdin and stdout); `plugin` holds the verbs, `client` and
+//! `proto` the conversation with vswitchd, `ipam` and `exec` the delegation
+//! to the IPAM plugin, `config`, `result`, `version` and `error` the CNI
+//! spec's data.
+
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod exec;
+pub mod ipam;
+pub mod plugin;
+pub mod proto;
+pub mod result;
+pub mod skel;
+pub mod version;

@@ -122,12 +122,15 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
     v.try_into().ok()
 }
 
-/// The pod an attachment belongs to.
+/// The pod an attachment belongs to: K8S_POD_NAMESPACE and K8S_POD_NAME
+/// (podman passes only the name), else namespace "default", and the
+/// container id for a name.
 fn pod_key(req: &AddRequest) -> PodKey {
-    match (&req.pod_namespace, &req.pod_name) {
-        (Some(ns), Some(name)) if !ns.is_empty() && !name.is_empty() => PodKey::new(ns, name),
-        _ => PodKey::new("default", req.key.container_id.clone()),
-    }
+    let given = |x: &Option<String>| x.clone().filter(|s| !s.is_empty());
+    PodKey::new(
+        given(&req.pod_namespace).unwrap_or_else(|| "default".into()),
+        given(&req.pod_name).unwrap_or_else(|| req.key.container_id.clone()),
+    )
 }
 
 fn host_route(ip: IpAddr) -> IpNet {
@@ -190,9 +193,9 @@ impl Daemon {
         let Some(name) = self.opts.node_tap.clone() else {
             return Ok(());
         };
-        let tap = TapPort::attach(&name)
-            .or_else(|_| TapPort::create_persistent(&name))
-            .map_err(|e| format!("node TAP {name}: {e}"))?;
+        // Persistent, like the pods' TAPs: a restart keeps the device (a
+        // new process attaches to it) and the routes through it.
+        let tap = TapPort::create_persistent(&name).map_err(|e| format!("node TAP {name}: {e}"))?;
         let cfg = netlink::LinkConfig {
             name: name.clone(),
             mac: NODE_MAC,
@@ -233,7 +236,14 @@ impl Daemon {
         for a in stored {
             let path = PathBuf::from(&a.netns);
             let ifname = a.key.ifname.clone();
-            let opened = netns::in_netns(&path, move || TapPort::attach(&ifname));
+            let mac = parse_mac(&a.mac);
+            // Attaching by name would create a blank device if the pod's
+            // were gone: look first.
+            let opened = netns::in_netns(&path, move || match netlink::link_state(&ifname)? {
+                Some(st) if st.mac == mac => TapPort::attach(&ifname),
+                Some(_) => Err(std::io::Error::other(format!("{ifname} has another MAC"))),
+                None => Err(std::io::Error::other(format!("{ifname} does not exist"))),
+            });
             match opened {
                 Ok(Ok(tap)) => {
                     tracing::info!("re-attached {} ({}) in {}", a.key.ifname, a.pod, a.netns);

@@ -49,7 +49,9 @@ impl TapPort {
     }
 
     /// Attaches to the existing (persistent) TAP device `name` in the current
-    /// network namespace, leaving its configuration and state alone.
+    /// network namespace, leaving its configuration and state alone. (Where
+    /// no such device exists, the kernel creates a blank one: callers check
+    /// first.)
     pub fn attach(name: &str) -> io::Result<TapPort> {
         let dev = DeviceBuilder::new()
             .name(name)

@@ -1,0 +1,138 @@
+//! The control protocol between vswitch-cni (and vswitchctl) and vswitchd.
+//!
+//! One request per connection on vswitchd's Unix socket: the client writes
+//! one JSON object and a newline, the daemon answers with one JSON object
+//! and a newline, then closes. Both sides reject unknown fields, so a
+//! plugin and a daemon of different versions fail loudly, not silently.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// The default path of vswitchd's control socket.
+pub const DEFAULT_SOCKET: &str = "/run/vswitch/vswitchd.sock";
+
+/// One attachment: a container's interface, as CNI names it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachmentKey {
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// An address for the pod's interface, from IPAM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpConfig {
+    /// The address with the prefix IPAM gave (10.244.1.5/24, or a /32).
+    pub address: IpNet,
+    /// The gateway IPAM gave, if any; otherwise the switch's link-local
+    /// gateway (169.254.1.1 or fe80::1) is the pod's default route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<IpAddr>,
+}
+
+/// A route for the pod's interface, from IPAM (`gw` absent: the gateway of
+/// the destination's family).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub dst: IpNet,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gw: Option<IpAddr>,
+}
+
+/// What CNI ADD asks of the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddRequest {
+    #[serde(flatten)]
+    pub key: AttachmentKey,
+    /// The path of the pod's network namespace (CNI_NETNS).
+    pub netns: String,
+    /// The pod, from CNI_ARGS (K8S_POD_NAMESPACE, K8S_POD_NAME); a missing
+    /// namespace is "default", a missing name the container id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    pub ips: Vec<IpConfig>,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// The interface MTU; absent: the daemon's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    /// Creates the pod's TAP in its namespace and attaches it to the switch.
+    /// The reply is the attachment. Adding an attachment that exists with
+    /// the same settings answers it again; with other settings it is an
+    /// error.
+    Add(AddRequest),
+    /// Detaches and deletes the interface. Succeeds when it is already gone.
+    Del(AttachmentKey),
+    /// The attachment as the daemon has it, after checking that the
+    /// interface still exists in the pod's namespace with its addresses.
+    Check(AttachmentKey),
+    /// Whether the daemon is ready to add pods.
+    Status,
+    /// Every attachment.
+    List,
+    /// Removes every attachment not in `valid`; the reply lists what went.
+    Gc { valid: Vec<AttachmentKey> },
+}
+
+/// An attachment as the daemon holds it (also what it keeps on disk).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attachment {
+    #[serde(flatten)]
+    pub key: AttachmentKey,
+    pub netns: String,
+    /// "namespace/name"
+    pub pod: String,
+    pub mac: String,
+    pub mtu: u32,
+    pub ips: Vec<IpConfig>,
+    pub routes: Vec<RouteConfig>,
+    /// The switch port number.
+    pub port: u16,
+}
+
+/// Error codes, as the CNI spec numbers them (the daemon uses the same).
+pub mod code {
+    pub const INCOMPATIBLE_VERSION: u32 = 1;
+    pub const UNSUPPORTED_FIELD: u32 = 2;
+    pub const UNKNOWN_CONTAINER: u32 = 3;
+    pub const INVALID_ENV: u32 = 4;
+    pub const IO_FAILURE: u32 = 5;
+    pub const DECODING_FAILURE: u32 = 6;
+    pub const INVALID_CONFIG: u32 = 7;
+    pub const TRY_AGAIN_LATER: u32 = 11;
+    pub const NOT_READY: u32 = 50;
+    /// Plugin-specific (100 and up): the daemon refused the attachment.
+    pub const ATTACH_FAILED: u32 = 100;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorReply {
+    pub code: u32,
+    pub msg: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub details: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Reply {
+    Attachment(Attachment),
+    Attachments(Vec<Attachment>),
+    Done,
+    Status { ready: bool, message: String },
+    Error(ErrorReply),
+}
