@@ -1,9 +1,11 @@
 //! Delegation to the IPAM plugin named in `ipam.type` (spec section 4).
 //!
-//! Every call first asks the plugin which spec versions it speaks (VERSION)
-//! and picks one: the runtime's version when the plugin speaks it, else the
-//! highest version both speak (host-local of containernetworking-plugins
-//! 1.1.1 stops at 1.0.0, so a 1.1.0 configuration reaches it as 1.0.0). The
+//! A call goes out in the runtime's version first. Only when the plugin
+//! refuses it (code 1, incompatible version) is it asked which versions it
+//! speaks (VERSION), and the call repeated in the highest version both
+//! speak (host-local of containernetworking-plugins 1.1.1 stops at 1.0.0, so
+//! a 1.1.0 configuration reaches it as 1.0.0). Asking first would cost one
+//! more process per attach, the largest part of the plugin's own time. The
 //! plugin is given the network configuration with that cniVersion (and
 //! `prevResult` rewritten in that version), the caller's environment with
 //! CNI_COMMAND set, and its result is read back whatever its version.
@@ -30,12 +32,12 @@ pub struct Delegate<'a> {
     conf: &'a NetConf,
     /// The version this plugin was invoked with.
     ours: &'a str,
-    /// What the IPAM plugin answered to VERSION.
-    theirs: Vec<String>,
+    /// What the IPAM plugin answered to VERSION, once it was asked.
+    theirs: std::cell::OnceCell<Vec<String>>,
 }
 
 impl<'a> Delegate<'a> {
-    /// Asks `plugin` for its versions. `env` is this invocation's.
+    /// The IPAM plugin `plugin`; `env` is this invocation's.
     pub fn probe(
         exec: &'a dyn Exec,
         plugin: &'a str,
@@ -49,16 +51,24 @@ impl<'a> Delegate<'a> {
                 format!("CNI_PATH is required to run the IPAM plugin {plugin:?}"),
             ));
         }
-        let mut delegate = Delegate {
+        Ok(Delegate {
             exec,
             plugin,
             env,
             conf,
             ours,
-            theirs: Vec::new(),
-        };
-        let stdin = serde_json::to_vec(&json!({ "cniVersion": ours })).unwrap_or_default();
-        let out = delegate.run("VERSION", &[], &stdin)?;
+            theirs: std::cell::OnceCell::new(),
+        })
+    }
+
+    /// Asks the plugin for its versions (once).
+    fn theirs(&self) -> Result<&[String], CniError> {
+        if let Some(v) = self.theirs.get() {
+            return Ok(v);
+        }
+        let plugin = self.plugin;
+        let stdin = serde_json::to_vec(&json!({ "cniVersion": self.ours })).unwrap_or_default();
+        let out = self.run("VERSION", &[], &stdin)?;
         let answer: Value = serde_json::from_slice(&out).map_err(|e| {
             CniError::new(
                 code::DECODING_FAILURE,
@@ -76,20 +86,24 @@ impl<'a> Delegate<'a> {
                     ),
                 )
             })?;
-        delegate.theirs = versions
+        let list = versions
             .iter()
             .filter_map(Value::as_str)
             .map(str::to_owned)
             .collect();
-        Ok(delegate)
+        Ok(self.theirs.get_or_init(|| list))
     }
 
-    /// The version the IPAM plugin is spoken to in.
-    pub fn version(&self) -> Result<&str, CniError> {
-        if self.theirs.iter().any(|v| v == self.ours) {
+    /// The version the IPAM plugin is spoken to in: ours until it refused
+    /// it, then the highest both speak.
+    fn version(&self) -> Result<&str, CniError> {
+        let Some(theirs) = self.theirs.get() else {
+            return Ok(self.ours);
+        };
+        if theirs.iter().any(|v| v == self.ours) {
             return Ok(self.ours);
         }
-        version::highest_common(&self.theirs).ok_or_else(|| {
+        version::highest_common(theirs).ok_or_else(|| {
             CniError::new(
                 code::INCOMPATIBLE_VERSION,
                 format!(
@@ -99,7 +113,7 @@ impl<'a> Delegate<'a> {
             )
             .with_details(format!(
                 "IPAM plugin supports {:?}, vswitch-cni supports {:?}",
-                self.theirs,
+                theirs,
                 version::SUPPORTED
             ))
         })
@@ -107,7 +121,7 @@ impl<'a> Delegate<'a> {
 
     /// Whether the plugin knows the 1.1.0 verbs (GC, STATUS).
     pub fn speaks_1_1(&self) -> bool {
-        self.version().is_ok_and(|v| version::at_least(v, "1.1.0"))
+        self.theirs().is_ok() && self.version().is_ok_and(|v| version::at_least(v, "1.1.0"))
     }
 
     /// IPAM ADD: the addresses, routes and DNS for the new interface.
@@ -165,8 +179,20 @@ impl<'a> Delegate<'a> {
         self.call("STATUS", &[]).map(drop)
     }
 
-    /// Runs `command` with the configuration rewritten for the plugin.
+    /// Runs `command` in our version, and again in a version the plugin
+    /// speaks if it refused ours.
     fn call(&self, command: &str, overrides: &[(&str, &str)]) -> Result<Vec<u8>, CniError> {
+        match self.call_in(command, overrides) {
+            Err(e) if e.code == code::INCOMPATIBLE_VERSION && self.theirs.get().is_none() => {
+                self.theirs()?;
+                self.call_in(command, overrides)
+            }
+            r => r,
+        }
+    }
+
+    /// Runs `command` with the configuration rewritten for the plugin.
+    fn call_in(&self, command: &str, overrides: &[(&str, &str)]) -> Result<Vec<u8>, CniError> {
         let ipam_version = self.version()?;
         let mut conf = self.conf.raw.clone();
         conf.insert("cniVersion".into(), json!(ipam_version));

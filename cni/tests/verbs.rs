@@ -81,19 +81,19 @@ fn add_answers_a_1_1_0_result() {
         }]
     );
 
-    // The IPAM plugin was asked its versions, then spoken to in 1.0.0 (its
-    // highest), with the rest of the configuration as given.
+    // The IPAM plugin refused 1.1.0, was asked its versions, then spoken
+    // to in 1.0.0 (its highest), with the rest of the configuration as given.
     let calls = ipam.calls();
     assert_eq!(
         calls.iter().map(|c| c.command.as_str()).collect::<Vec<_>>(),
-        ["VERSION", "ADD"]
+        ["ADD", "VERSION", "ADD"]
     );
-    assert_eq!(calls[1].stdin["cniVersion"], "1.0.0");
-    assert_eq!(calls[1].stdin["ipam"]["subnet"], "10.22.0.0/24");
-    assert_eq!(calls[1].stdin["name"], "pods");
-    assert_eq!(calls[1].env["CNI_CONTAINERID"], "c1");
+    assert_eq!(calls[2].stdin["cniVersion"], "1.0.0");
+    assert_eq!(calls[2].stdin["ipam"]["subnet"], "10.22.0.0/24");
+    assert_eq!(calls[2].stdin["name"], "pods");
+    assert_eq!(calls[2].env["CNI_CONTAINERID"], "c1");
     assert_eq!(
-        calls[1].env["CNI_ARGS"],
+        calls[2].env["CNI_ARGS"],
         "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=cart-1"
     );
     assert_eq!(ipam.leases(), [lease("c1")]);
@@ -131,7 +131,10 @@ fn add_with_cni_versions_only_picks_the_highest_known() {
     c["cniVersions"] = json!(["0.4.0", "1.1.0", "7.0.0"]);
     let out = dispatch_json(&verb_env("ADD", "c1"), &c, &ipam);
     assert_eq!(out.json()["cniVersion"], "1.1.0");
-    let sent = &ipam.verbs()[0].stdin;
+    // refused in 1.1.0, then spoken to in its own highest version
+    let verbs = ipam.verbs();
+    assert_eq!(verbs[0].stdin["cniVersion"], "1.1.0");
+    let sent = &verbs.last().unwrap().stdin;
     assert_eq!(sent["cniVersion"], "1.0.0");
     assert!(sent.get("cniVersions").is_none(), "{sent}");
 }
@@ -262,8 +265,9 @@ fn daemon_unreachable_is_11_on_add_and_50_on_status() {
     let e = dispatch_json(&verb_env("ADD", "c1"), &conf("1.1.0", &socket), &ipam).error(11);
     assert!(e["msg"].as_str().unwrap().contains("not reachable"), "{e}");
     // The address was given back.
+    // (the first ADD is refused in 1.1.0; the second, in 1.0.0, leases)
     let verbs: Vec<String> = ipam.verbs().into_iter().map(|c| c.command).collect();
-    assert_eq!(verbs, ["ADD", "DEL"]);
+    assert_eq!(verbs, ["ADD", "ADD", "DEL"]);
     assert!(ipam.leases().is_empty());
 
     let status = env(&[("CNI_COMMAND", "STATUS")]);
@@ -297,7 +301,7 @@ fn refused_add_releases_the_address() {
     let verbs = ipam.verbs();
     assert_eq!(
         verbs.iter().map(|c| c.command.as_str()).collect::<Vec<_>>(),
-        ["ADD", "DEL"]
+        ["ADD", "ADD", "DEL"]
     );
     assert_eq!(verbs[1].env["CNI_CONTAINERID"], "c1");
     assert_eq!(verbs[1].env["CNI_IFNAME"], "eth0");

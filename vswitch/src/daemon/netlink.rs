@@ -6,10 +6,8 @@
 //! namespace and runs to completion. Pod-side operations run inside the
 //! pod's namespace through [`super::netns::in_netns`].
 
-use std::fs::File;
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
 
 use futures_util::TryStreamExt;
 use ipnet::IpNet;
@@ -59,25 +57,6 @@ async fn index_of(h: &Handle, name: &str) -> io::Result<Option<LinkMessage>> {
         }
         Err(e) => Err(err(&format!("looking up {name}"), e)),
     }
-}
-
-/// Moves the link `name` of the current namespace into the namespace open
-/// as `netns`.
-pub fn move_to_netns(name: &str, netns: &File) -> io::Result<()> {
-    run(async |h| {
-        let link = index_of(&h, name)
-            .await?
-            .ok_or_else(|| err(name, "no such link"))?;
-        h.link()
-            .set(
-                LinkUnspec::new_with_index(link.header.index)
-                    .setns_by_fd(netns.as_raw_fd())
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(|e| err(&format!("moving {name} to the pod's namespace"), e))
-    })
 }
 
 /// Renames `current` to `cfg.name` (when they differ) and configures it:
