@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Throughput between two pods, side by side in one run:
+#   vswitch  - vswitchd in a node namespace, pods wired by vswitch-cni
+#              (host-local IPAM), TAP devices with virtio-net headers;
+#   bridge   - a Linux bridge in a node namespace, pods on veth pairs.
+# iperf3: TCP with one stream, TCP with four, and UDP with 64-byte
+# payloads sent as fast as possible (packets per second received).
+# Needs root, iperf3 and /usr/lib/cni/host-local. Usage:
+#   benches/throughput.sh [SECONDS]   (default 5 per measurement)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-5}
+for tool in iperf3 python3 ip; do
+  command -v $tool >/dev/null || { echo "SKIPPED: $tool is missing"; exit 0; }
+done
+[ "$(id -u)" = 0 ] || { echo "SKIPPED: needs root"; exit 0; }
+[ -x /usr/lib/cni/host-local ] || { echo "SKIPPED: /usr/lib/cni/host-local is missing"; exit 0; }
+
+cargo build --release -q -p vswitch -p vswitch-cni --bins
+bin=${CARGO_TARGET_DIR:-$PWD/target}/release
+work=$(mktemp -d)
+tag=tp$$
+cleanup() {
+  [ -n "${daemon:-}" ] && kill "$daemon" 2>/dev/null && wait "$daemon" 2>/dev/null
+  for ns in $(ip netns list | awk '{print $1}' | grep "^$tag" || true); do
+    ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null || true
+    ip netns del "$ns"
+  done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# one iperf3 run from $1 to address $2 with more flags; prints the figure
+measure() {
+  local ns=$1 dst=$2; shift 2
+  ip netns exec "$ns" iperf3 -c "$dst" -t "$secs" -J "$@" > "$work/out.json"
+  python3 - "$work/out.json" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+if "error" in r:
+    print("error: " + r["error"]); sys.exit(0)
+e = r["end"]
+if r["start"]["test_start"]["protocol"] == "UDP":
+    s = e["sum"]  # packets sent; lost as the receiver counted them
+    got = s["packets"] - s["lost_packets"]
+    print("%.0f kpps (%.0f%% lost)" % (got / s["seconds"] / 1e3, s["lost_percent"]))
+else:
+    print("%.2f Gbit/s" % (e["sum_received"]["bits_per_second"] / 1e9))
+EOF
+}
+
+run_suite() {
+  local label=$1 client=$2 server=$3 dst=$4
+  ip netns exec "$server" iperf3 -s -D >/dev/null
+  sleep 0.3
+  local one four udp
+  one=$(measure "$client" "$dst")
+  four=$(measure "$client" "$dst" -P 4)
+  udp=$(measure "$client" "$dst" -u -l 64 -b 0)
+  printf "%-34s %16s %16s %22s\n" "$label" "$one" "$four" "$udp"
+}
+
+printf "%-34s %16s %16s %22s\n" "path" "TCP 1 stream" "TCP 4 streams" "UDP 64 B"
+
+# --- vswitch
+ip netns add $tag-node
+ip -n $tag-node link set lo up
+ip netns exec $tag-node "$bin/vswitchd" run --socket "$work/sock" --state-dir "$work/state" \
+  2>"$work/vswitchd.log" &
+daemon=$!
+for _ in $(seq 100); do [ -S "$work/sock" ] && break; sleep 0.05; done
+conf="{\"cniVersion\":\"1.0.0\",\"name\":\"tp\",\"type\":\"vswitch-cni\",\"socket\":\"$work/sock\",
+  \"ipam\":{\"type\":\"host-local\",\"dataDir\":\"$work/ipam\",\"ranges\":[[{\"subnet\":\"10.203.0.0/24\"}]]}}"
+addrs=()
+for p in a b; do
+  ip netns add $tag-$p
+  ip -n $tag-$p link set lo up
+  out=$(echo "$conf" | CNI_COMMAND=ADD CNI_CONTAINERID=$tag-$p CNI_NETNS=/var/run/netns/$tag-$p \
+    CNI_IFNAME=eth0 CNI_PATH=/usr/lib/cni CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAME=$p" "$bin/vswitch-cni")
+  addrs+=("$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ips"][0]["address"].split("/")[0])')")
+done
+run_suite "vswitch (TAP + userspace switch)" $tag-a $tag-b "${addrs[1]}"
+
+# --- Linux bridge and veth pairs
+ip netns add $tag-bnode
+ip -n $tag-bnode link add br0 type bridge
+ip -n $tag-bnode link set br0 up
+i=1
+for p in ba bb; do
+  i=$((i + 1))
+  ip netns add $tag-$p
+  ip -n $tag-$p link set lo up
+  ip -n $tag-bnode link add $p type veth peer name eth0 netns $tag-$p
+  ip -n $tag-bnode link set $p master br0 up
+  ip -n $tag-$p addr add 10.204.0.$i/24 dev eth0
+  ip -n $tag-$p link set eth0 up
+done
+run_suite "Linux bridge + veth" $tag-ba $tag-bb 10.204.0.3
+echo "($secs s per figure; $(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))"
