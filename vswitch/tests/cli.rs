@@ -128,3 +128,72 @@ fn policy_simulate_names_a_missing_folder() {
     assert_ne!(code, 0);
     assert!(err.contains("/nonexistent-folder"), "{err}");
 }
+
+#[test]
+fn install_cni_puts_the_plugin_and_a_conflist_in_place() {
+    let dir = std::env::temp_dir().join(format!("vswitchd-install-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let plugin = temp_file("fake-plugin", "#!/bin/sh\necho plugin\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_vswitchd"))
+        .arg("install-cni")
+        .arg("--plugin")
+        .arg(&plugin)
+        .arg("--bin-dir")
+        .arg(dir.join("bin"))
+        .arg("--conf-dir")
+        .arg(dir.join("net.d"))
+        .args([
+            "--subnet",
+            "10.244.3.0/24",
+            "--subnet",
+            "fd00:10:244:3::/64",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let bin = dir.join("bin/vswitch-cni");
+    assert_eq!(
+        std::fs::read(&bin).unwrap(),
+        std::fs::read(&plugin).unwrap()
+    );
+    assert_eq!(
+        std::fs::metadata(&bin).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
+    let conf: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("net.d/10-vswitch.conflist")).unwrap())
+            .unwrap();
+    assert_eq!(conf["plugins"][0]["type"], "vswitch-cni");
+    assert_eq!(conf["plugins"][0]["ipam"]["type"], "host-local");
+    assert_eq!(
+        conf["plugins"][0]["ipam"]["ranges"],
+        serde_json::json!([[{"subnet": "10.244.3.0/24"}], [{"subnet": "fd00:10:244:3::/64"}]])
+    );
+    // written by rename: nothing half-written is left behind
+    for d in ["bin", "net.d"] {
+        let names: Vec<String> = std::fs::read_dir(dir.join(d))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+    }
+    // without a subnet: one clear line, a failure
+    let out = Command::new(env!("CARGO_BIN_EXE_vswitchd"))
+        .args([
+            "install-cni",
+            "--bin-dir",
+            "/nonexistent",
+            "--conf-dir",
+            "/nonexistent",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--subnet"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

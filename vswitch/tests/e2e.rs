@@ -410,6 +410,13 @@ fn pods_talk_policy_denies_then_allows_and_the_node_always_passes() {
         return;
     }
     let mut w = World::new();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(w.socket()).unwrap().permissions().mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "the control socket is the owner's only"
+    );
     w.write_manifest("a.yaml", &pod_manifest("a"));
     w.write_manifest("b.yaml", &pod_manifest("b"));
     let a = w.add_pod("a");
@@ -745,4 +752,29 @@ fn startup_errors_end_with_one_line_and_a_failure() {
             .contains("not a folder"),
         "{err}"
     );
+    // no privilege for TAP devices (as an ordinary user; only where this
+    // test runs as the real root, which can switch to one)
+    let uid_map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
+    if uid_map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"] {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_vswitchd"))
+            .args([
+                "run",
+                "--socket",
+                "/tmp/vswitch-nobody.sock",
+                "--state-dir",
+                "/tmp/vswitch-nobody",
+            ])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().last().unwrap_or_default();
+        assert!(
+            last.contains("/dev/net/tun") || last.contains("CAP_NET_ADMIN"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all("/tmp/vswitch-nobody");
+    }
 }

@@ -195,7 +195,13 @@ impl Daemon {
         };
         // Persistent, like the pods' TAPs: a restart keeps the device (a
         // new process attaches to it) and the routes through it.
-        let tap = TapPort::create_persistent(&name).map_err(|e| format!("node TAP {name}: {e}"))?;
+        let tap = TapPort::create_persistent(&name).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                format!("node TAP {name}: {e} (creating TAP devices needs CAP_NET_ADMIN)")
+            } else {
+                format!("node TAP {name}: {e}")
+            }
+        })?;
         let cfg = netlink::LinkConfig {
             name: name.clone(),
             mac: NODE_MAC,
