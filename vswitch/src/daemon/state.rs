@@ -1,7 +1,12 @@
 //! The daemon's port state on disk: one JSON file per attachment under
-//! `STATE_DIR/attachments/`, written atomically (temporary file, fsync,
-//! rename), so that a restarted vswitchd finds every pod it had attached
-//! and re-attaches to their (persistent) TAP devices.
+//! `STATE_DIR/attachments/`, written atomically (temporary file, rename),
+//! so that a restarted vswitchd finds every pod it had attached and
+//! re-attaches to their (persistent) TAP devices.
+//!
+//! No fsync: the state has to outlive the process, not the machine. After
+//! a reboot the pods' network namespaces and devices are gone too, and a
+//! stale file is forgotten at start (its namespace no longer exists).
+//! Syncing cost 0.7 ms per attach, a tenth of it.
 
 use std::fs;
 use std::io::{self, Write};
@@ -42,9 +47,7 @@ impl Store {
         let tmp = path.with_extension("tmp");
         let mut f = fs::File::create(&tmp)?;
         f.write_all(serde_json::to_string_pretty(a)?.as_bytes())?;
-        f.sync_all()?;
-        fs::rename(&tmp, &path)?;
-        fs::File::open(&self.dir)?.sync_all()
+        fs::rename(&tmp, &path)
     }
 
     pub fn remove(&self, key: &AttachmentKey) -> io::Result<()> {
