@@ -637,6 +637,23 @@ fn a_new_pod_gets_no_traffic_before_its_policy_generation() {
     );
 }
 
+/// A daemon whose policy source has not delivered its first cluster marks
+/// ports never ready; the first cluster makes them ready.
+#[test]
+fn a_port_waiting_for_the_source_is_closed_until_marked_ready() {
+    let mut s = switch(Config::default());
+    s.dp.set_ready(1, u64::MAX);
+    assert_eq!(
+        s.send(1, &mut udp4(A, GW, A4, B4, 1, 53)),
+        Action::Drop(Outcome::NotReady)
+    );
+    s.dp.set_ready(1, s.engine.generation());
+    assert_eq!(
+        s.send(1, &mut udp4(A, GW, A4, B4, 1, 53)),
+        Action::Forward(2)
+    );
+}
+
 #[test]
 fn the_node_reaches_isolated_pods_and_pods_reach_outside_through_it() {
     let mut s = switch(Config::default());

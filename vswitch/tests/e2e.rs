@@ -223,7 +223,7 @@ impl World {
 
     /// The generation the daemon logs after a reload; waits for the next.
     fn reloads(&self) -> usize {
-        self.log().matches("manifests reloaded").count()
+        self.log().matches("desired cluster updated").count()
     }
 
     fn wait_reload(&self, before: usize) {

@@ -267,7 +267,7 @@ fn podman_containers_talk_until_a_policy_blocks_them_and_removal_frees_the_port(
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: deny-web\n  namespace: default\nspec:\n  podSelector:\n    matchLabels: {app: web}\n  policyTypes: [Ingress]\n",
     )
     .unwrap();
-    s.wait_log("manifests reloaded", 1);
+    s.wait_log("desired cluster updated", 1);
     let out = s.fetch(&format!("client2-{tag}"), &ip);
     assert_ne!(
         String::from_utf8_lossy(&out.stdout).trim(),
@@ -276,7 +276,7 @@ fn podman_containers_talk_until_a_policy_blocks_them_and_removal_frees_the_port(
     );
     // without the policy it answers again: the denial was the policy's
     std::fs::remove_file(dir.join("manifests/deny.yaml")).unwrap();
-    s.wait_log("manifests reloaded", 2);
+    s.wait_log("desired cluster updated", 2);
     let out = s.fetch(&format!("client3-{tag}"), &ip);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello");
     // removing the container frees its port and its address

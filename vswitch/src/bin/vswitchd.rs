@@ -4,10 +4,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use vswitch::daemon::{Daemon, Options, control, install, manifests};
+use vswitch::daemon::{Daemon, Event, Options, control, install};
 use vswitch::datapath::EstablishedPolicy;
 
 #[derive(Parser)]
@@ -92,6 +93,7 @@ fn main() -> ExitCode {
             socket,
             state_dir,
             manifests,
+            wait_for_source: false,
             node_tap: (!no_node_port).then_some(node_tap),
             mtu,
             established,
@@ -144,27 +146,24 @@ fn run(opts: Options) -> Result<(), String> {
         signal_hook::flag::register(sig, stop.clone()).map_err(|e| format!("signals: {e}"))?;
     }
     let (mut daemon, server) = Daemon::start(opts)?;
-    let conns = server
-        .spawn_acceptor()
+    let (tx, rx) = mpsc::channel::<Event>();
+    server
+        .spawn_acceptor(tx.clone())
         .map_err(|e| format!("control socket: {e}"))?;
-    let mut seen = daemon.manifests_dir().map(manifests::fingerprint);
-    let mut next_check = Instant::now();
+    if let Some(source) = daemon.source() {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("source".into())
+            .spawn(move || source.run(&|u| tx.send(Event::Update(u)).is_ok(), &stop))
+            .map_err(|e| format!("source: {e}"))?;
+    }
     tracing::info!("ready");
     while !stop.load(Ordering::Relaxed) {
-        match conns.recv_timeout(Duration::from_millis(200)) {
-            Ok(stream) => control::serve_one(stream, |req| daemon.handle(req)),
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(Event::Connection(stream)) => control::serve_one(stream, |req| daemon.handle(req)),
+            Ok(Event::Update(u)) => daemon.update(u),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(e) => return Err(format!("control socket: {e}")),
-        }
-        if Instant::now() >= next_check {
-            next_check = Instant::now() + Duration::from_millis(500);
-            if let Some(dir) = daemon.manifests_dir() {
-                let now = manifests::fingerprint(dir);
-                if seen.as_ref() != Some(&now) {
-                    seen = Some(now);
-                    daemon.reload_manifests();
-                }
-            }
         }
     }
     tracing::info!("stopping; pods keep their interfaces until vswitchd returns");

@@ -51,16 +51,15 @@ impl Server {
     }
 
     /// Accepts connections on a thread of its own and hands them over.
-    pub fn spawn_acceptor(&self) -> std::io::Result<std::sync::mpsc::Receiver<UnixStream>> {
+    pub fn spawn_acceptor(&self, tx: std::sync::mpsc::Sender<super::Event>) -> std::io::Result<()> {
         let listener = self.listener.try_clone()?;
-        let (tx, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("control-accept".into())
             .spawn(move || {
                 for s in listener.incoming() {
                     match s {
                         Ok(s) => {
-                            if tx.send(s).is_err() {
+                            if tx.send(super::Event::Connection(s)).is_err() {
                                 break;
                             }
                         }
@@ -68,7 +67,7 @@ impl Server {
                     }
                 }
             })?;
-        Ok(rx)
+        Ok(())
     }
 }
 

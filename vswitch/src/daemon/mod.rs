@@ -27,6 +27,7 @@ pub mod install;
 pub mod manifests;
 pub mod netlink;
 pub mod netns;
+pub mod source;
 pub mod state;
 pub mod switch;
 
@@ -56,10 +57,19 @@ pub struct Options {
     pub socket: PathBuf,
     pub state_dir: PathBuf,
     pub manifests: Option<PathBuf>,
+    /// Policy comes from a source that starts empty (the API server): pods
+    /// pass no traffic until its first complete cluster arrives.
+    pub wait_for_source: bool,
     /// The node's TAP in the host namespace; `None`: no node port.
     pub node_tap: Option<String>,
     pub mtu: u32,
     pub established: EstablishedPolicy,
+}
+
+/// What the daemon's loop waits for.
+pub enum Event {
+    Connection(std::os::unix::net::UnixStream),
+    Update(source::Update),
 }
 
 /// An error for a client: the CNI code and a message.
@@ -99,6 +109,11 @@ pub struct Daemon {
     attachments: BTreeMap<AttachmentKey, Attachment>,
     gateway_v4: Ipv4Addr,
     gateway_v6: Ipv6Addr,
+    /// Whether the source has delivered a complete cluster yet; until then
+    /// pods are attached but not ready (fail closed).
+    synced: bool,
+    /// Whether the source is in sync with its origin now.
+    pub in_sync: bool,
 }
 
 /// The MAC of a pod port: locally administered, from the port number.
@@ -170,6 +185,7 @@ impl Daemon {
         let (gateway_v4, gateway_v6) = (cfg.gateway_v4, cfg.gateway_v6);
         let handle = PolicyHandle::default();
         let switch = Switch::start(cfg, handle.clone()).map_err(|e| format!("switch: {e}"))?;
+        let opts_wait = opts.wait_for_source;
         let mut d = Daemon {
             opts,
             store,
@@ -180,6 +196,8 @@ impl Daemon {
             attachments: BTreeMap::new(),
             gateway_v4,
             gateway_v6,
+            synced: !opts_wait,
+            in_sync: !opts_wait,
         };
         d.sync_model();
         d.start_node_port()?;
@@ -287,7 +305,8 @@ impl Daemon {
             mac: parse_mac(&a.mac).unwrap_or(pod_mac(a.port)),
             kind: PortKind::Pod {
                 ips,
-                ready_generation: generation,
+                // before the source's first cluster, never: fail closed
+                ready_generation: if self.synced { generation } else { u64::MAX },
             },
             port: Box::new(tap),
         });
@@ -326,27 +345,44 @@ impl Daemon {
         self.engine.generation()
     }
 
-    /// Re-reads the manifests; a folder that cannot be read keeps the last
-    /// state (fail closed: nothing opens because a read failed).
-    pub fn reload_manifests(&mut self) {
-        let Some(dir) = self.opts.manifests.clone() else {
-            return;
-        };
-        match manifests::load(&dir) {
-            Ok(d) => {
-                for n in &d.notes {
+    /// Takes an update from the source: a new desired cluster replaces the
+    /// old one in one step; losing the origin keeps the last cluster.
+    pub fn update(&mut self, u: source::Update) {
+        match u {
+            source::Update::Cluster { cluster, notes } => {
+                for n in &notes {
                     tracing::warn!("{n}");
                 }
-                self.desired = d.cluster;
+                self.desired = cluster;
                 let g = self.sync_model();
-                tracing::info!("manifests reloaded: policy generation {g}");
+                tracing::info!("desired cluster updated: policy generation {g}");
+                if !self.synced {
+                    self.synced = true;
+                    self.in_sync = true;
+                    for a in self.attachments.values() {
+                        self.switch.send(Command::Ready(a.port, g));
+                    }
+                    tracing::info!("first complete cluster from the source: pods are ready");
+                }
             }
-            Err(e) => tracing::error!("manifests: {e}; keeping the last state"),
+            source::Update::Sync { in_sync, message } => {
+                self.in_sync = in_sync;
+                if in_sync {
+                    tracing::info!("source in sync: {message}");
+                } else {
+                    tracing::warn!("source out of sync, keeping the last policy: {message}");
+                }
+            }
         }
     }
 
-    pub fn manifests_dir(&self) -> Option<&Path> {
-        self.opts.manifests.as_deref()
+    /// The source of the desired cluster, to run on a thread of its own.
+    pub fn source(&self) -> Option<Box<dyn source::Source>> {
+        let dir = self.opts.manifests.clone()?;
+        Some(Box::new(source::ManifestDir {
+            dir,
+            interval: std::time::Duration::from_millis(500),
+        }))
     }
 
     pub fn handle(&mut self, req: Request) -> Reply {

@@ -23,6 +23,8 @@ pub enum Command {
         kind: PortKind,
         port: Box<dyn Port>,
     },
+    /// Marks a pod's port ready from this policy generation on.
+    Ready(PortId, u64),
     /// Detaches a port; the reply comes once its descriptor is closed.
     Detach(PortId, mpsc::Sender<()>),
     /// Counters: the datapath's and every port's.
@@ -118,6 +120,7 @@ fn handle(el: &mut EventLoop, c: Command) {
                 tracing::error!("port {name}: cannot poll it: {e}");
             }
         }
+        Command::Ready(id, generation) => el.worker.datapath.set_ready(id, generation),
         Command::Detach(id, done) => {
             let _ = el.deregister(id);
             drop(el.worker.detach(id));

@@ -223,6 +223,20 @@ impl Datapath {
         Some(p)
     }
 
+    /// Sets the first policy generation a pod's port may pass traffic under.
+    pub fn set_ready(&mut self, id: PortId, generation: u64) {
+        if let Some(Some(PortState {
+            kind: PortKind::Pod {
+                ready_generation, ..
+            },
+            ..
+        })) = self.ports.get_mut(id as usize)
+        {
+            *ready_generation = generation;
+            self.epoch += 1;
+        }
+    }
+
     pub fn port(&self, id: PortId) -> Option<&PortState> {
         self.ports.get(id as usize)?.as_ref()
     }
