@@ -106,8 +106,7 @@ pub fn add(inv: &Invocation) -> Result<Value, CniError> {
                 Err(ClientError::Timeout { .. }
                     | ClientError::Io { .. }
                     | ClientError::Protocol { .. })
-                    | Ok(Reply::Attachments(_) | Reply::Done | Reply::Status { .. })
-            );
+            ) || matches!(&outcome, Ok(r) if !matches!(r, Reply::Error(_)));
             let mut err = reply_error(outcome, "add");
             if maybe_attached && let Err(e) = call(inv, &Request::Del(key.clone())) {
                 eprintln!("vswitch-cni: undoing the attachment after a failed ADD: {e}");

@@ -84,6 +84,73 @@ pub enum Request {
     List,
     /// Removes every attachment not in `valid`; the reply lists what went.
     Gc { valid: Vec<AttachmentKey> },
+    /// (vswitchctl) The switch's ports with their counters.
+    Ports,
+    /// (vswitchctl) Flow-cache entries, at most `limit`.
+    Flows { limit: usize },
+    /// (vswitchctl) Tracked connections, at most `limit`.
+    Conntrack { limit: usize },
+    /// (vswitchctl) Which policies and rules allow or deny a connection from
+    /// `src` to `dst` (pod "namespace/name" or address) on `port`/`protocol`,
+    /// in the live state.
+    Explain {
+        src: String,
+        dst: String,
+        port: u16,
+        protocol: String,
+    },
+}
+
+/// A switch port as vswitchctl shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortInfo {
+    pub id: u16,
+    /// "namespace/pod/ifname", or the node TAP's name.
+    pub name: String,
+    pub mac: String,
+    /// "pod" or "node".
+    pub kind: String,
+    pub ips: Vec<IpAddr>,
+    /// Whether the policy that knows the pod is installed (fail closed).
+    pub ready: bool,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Packets by outcome (fast_forward, policy_deny, ...), non-zero only.
+    pub outcomes: std::collections::BTreeMap<String, u64>,
+}
+
+/// One flow-cache entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowInfo {
+    pub in_port: u16,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub protocol: u8,
+    pub sport: u16,
+    pub dport: u16,
+    pub out_port: u16,
+    pub routed: bool,
+    /// Computed under the current policy generation and ports (a stale
+    /// entry is a miss and is replaced at its next packet).
+    pub current: bool,
+}
+
+/// One tracked connection, as its originator opened it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnInfo {
+    pub protocol: u8,
+    pub src: IpAddr,
+    pub sport: u16,
+    pub dst: IpAddr,
+    pub dport: u16,
+    /// new, established, closing or closed
+    pub state: String,
+    pub idle_ms: u64,
 }
 
 /// An attachment as the daemon holds it (also what it keeps on disk).
@@ -133,6 +200,23 @@ pub enum Reply {
     Attachment(Attachment),
     Attachments(Vec<Attachment>),
     Done,
-    Status { ready: bool, message: String },
+    Status {
+        ready: bool,
+        message: String,
+    },
+    Ports(Vec<PortInfo>),
+    /// Entries shown and the total.
+    Flows {
+        flows: Vec<FlowInfo>,
+        total: usize,
+    },
+    Conntrack {
+        connections: Vec<ConnInfo>,
+        total: usize,
+    },
+    Explanation {
+        allowed: bool,
+        text: String,
+    },
     Error(ErrorReply),
 }

@@ -7,10 +7,12 @@
 //! - [`scenario`]: NetworkPolicy scenario files and the runners that prove
 //!   each layer against them;
 //! - [`daemon`]: vswitchd (control socket, TAP ports, manifests);
+//! - [`live`]: questions to a running vswitchd (ports, flows, conntrack, explain);
 //! - [`simulate`]: reachability matrices from a folder of manifests.
 
 pub mod daemon;
 pub mod datapath;
+pub mod live;
 pub mod scenario;
 pub mod simulate;
 pub mod testnet;

@@ -185,6 +185,8 @@ impl World {
             .arg(self.dir.join("state"))
             .arg("--manifests")
             .arg(self.dir.join("manifests"))
+            // the node namespace's own loopback: no clash between tests
+            .args(["--metrics-addr", "127.0.0.1:9099"])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -374,6 +376,14 @@ impl World {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// vswitchctl against this world's daemon.
+    fn ctl(&self, args: &[&str]) -> String {
+        let mut c =
+            Command::new(Path::new(env!("CARGO_BIN_EXE_vswitchd")).with_file_name("vswitchctl"));
+        c.args(args).arg("--socket").arg(self.socket());
+        run(&mut c)
+    }
+
     fn lease_exists(&self, ip: &str) -> bool {
         // host-local keeps one file per leased address, under its network name
         self.dir.join("ipam/vswitch").join(ip).exists()
@@ -476,6 +486,48 @@ fn pods_talk_policy_denies_then_allows_and_the_node_always_passes() {
     );
     assert_eq!(w.probe(&a.ns, "tcp", &b.v4, 8080), "ok", "still allowed");
     assert_ne!(w.probe(&a.ns, "udp", &b.v4, 8080), "ok", "still denied");
+
+    // what vswitchctl sees of the live state
+    let ports = w.ctl(&["ports"]);
+    for name in ["default/a/eth0", "default/b/eth0", "vsw0"] {
+        assert!(ports.contains(name), "{ports}");
+    }
+    assert!(!ports.contains(" no "), "every port is ready: {ports}");
+    let tcp = w.ctl(&["explain", "default/a", "default/b", "8080/TCP"]);
+    assert!(tcp.contains("allowed") && tcp.contains("allow-a"), "{tcp}");
+    let udp = w.ctl(&["explain", "default/a", "default/b", "8080/UDP"]);
+    assert!(udp.contains("denied"), "{udp}");
+    let ct = w.ctl(&["conntrack"]);
+    assert!(ct.contains(&format!("{}:8080", b.v4)), "{ct}");
+    let flows = w.ctl(&["flows"]);
+    assert!(flows.contains("flow-cache entries"), "{flows}");
+    let json: serde_json::Value = serde_json::from_str(&w.ctl(&["ports", "--json"])).unwrap();
+    assert!(
+        json["ports"].as_array().is_some_and(|p| p.len() == 3),
+        "{json}"
+    );
+    // and the metrics endpoint
+    let metrics = run(Command::new("ip").args([
+        "netns",
+        "exec",
+        &w.node,
+        "python3",
+        "-c",
+        "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9099/metrics').read().decode())",
+    ]));
+    let value = |line_start: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {line_start} in {metrics}"))
+    };
+    assert!(value("vswitch_packets_total{outcome=\"policy_deny\"}") > 0);
+    assert!(value("vswitch_port_rx_packets_total{port=\"1\",name=\"default/a/eth0\"}") > 0);
+    assert_eq!(value("vswitch_attachments"), 2);
+    assert_eq!(value("vswitch_source_in_sync"), 1);
+    assert!(value("vswitch_policy_generation") > 1);
 }
 
 #[test]

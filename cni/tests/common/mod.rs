@@ -202,6 +202,15 @@ fn handle(s: &mut DaemonState, req: Request) -> Reply {
                     .collect(),
             )
         }
+        // vswitchctl's questions: the plugin never asks them
+        Request::Ports
+        | Request::Flows { .. }
+        | Request::Conntrack { .. }
+        | Request::Explain { .. } => Reply::Error(ErrorReply {
+            code: 100,
+            msg: "the fake daemon does not answer vswitchctl".into(),
+            details: String::new(),
+        }),
     }
 }
 

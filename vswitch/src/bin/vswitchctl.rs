@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use policy::Protocol;
 use vswitch::scenario::{self, Mode};
 use vswitch::simulate::{self, PortArg};
+use vswitch_cni::proto::Request;
 
 #[derive(Parser)]
 #[command(name = "vswitchctl", version, about = "Control and test vswitch")]
@@ -28,6 +29,48 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// The running vswitchd's ports: pods, addresses, readiness, counters.
+    Ports {
+        #[command(flatten)]
+        daemon: Daemon,
+    },
+    /// Flow-cache entries of the running vswitchd.
+    Flows {
+        #[command(flatten)]
+        daemon: Daemon,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Connections tracked by the running vswitchd.
+    Conntrack {
+        #[command(flatten)]
+        daemon: Daemon,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Which policies and rules allow or deny a connection, from the live
+    /// state: `explain default/frontend default/db 6379/TCP`.
+    Explain {
+        #[command(flatten)]
+        daemon: Daemon,
+        /// A pod (namespace/name) or an address.
+        src: String,
+        /// A pod (namespace/name) or an address.
+        dst: String,
+        /// PORT/PROTOCOL, for example 80/TCP.
+        port: String,
+    },
+}
+
+/// How to reach vswitchd.
+#[derive(clap::Args)]
+struct Daemon {
+    /// vswitchd's control socket.
+    #[arg(long, default_value = vswitch_cni::proto::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Print the daemon's answer as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -92,6 +135,50 @@ fn main() -> ExitCode {
                     color,
                 },
         } => policy_simulate(&manifests, port, &protocol, color),
+        Command::Ports { daemon } => live(&daemon, Request::Ports),
+        Command::Flows { daemon, limit } => live(&daemon, Request::Flows { limit }),
+        Command::Conntrack { daemon, limit } => live(&daemon, Request::Conntrack { limit }),
+        Command::Explain {
+            daemon,
+            src,
+            dst,
+            port,
+        } => {
+            let (num, proto) = port.split_once('/').unwrap_or((port.as_str(), "TCP"));
+            let Ok(num) = num.parse::<u16>() else {
+                eprintln!("vswitchctl: {port:?}: expected PORT/PROTOCOL, for example 80/TCP");
+                return ExitCode::from(2);
+            };
+            live(
+                &daemon,
+                Request::Explain {
+                    src,
+                    dst,
+                    port: num,
+                    protocol: proto.to_string(),
+                },
+            )
+        }
+    }
+}
+
+fn live(daemon: &Daemon, req: Request) -> ExitCode {
+    match vswitch::live::ask(&daemon.socket, &req) {
+        Ok(reply) => {
+            if daemon.json {
+                out!(
+                    "{}\n",
+                    serde_json::to_string_pretty(&reply).unwrap_or_default()
+                );
+            } else {
+                out!("{}", vswitch::live::render(&reply));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vswitchctl: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

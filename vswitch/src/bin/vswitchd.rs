@@ -48,6 +48,9 @@ enum Cmd {
         /// What a new policy does to established connections it denies.
         #[arg(long, value_enum, default_value_t = EstablishedPolicy::Recheck)]
         established: EstablishedPolicy,
+        /// Serve Prometheus metrics at http://ADDR/metrics (off by default).
+        #[arg(long)]
+        metrics_addr: Option<std::net::SocketAddr>,
     },
     /// Installs the CNI plugin and writes its network configuration list.
     InstallCni {
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
             no_node_port,
             mtu,
             established,
+            metrics_addr,
         } => run(Options {
             socket,
             state_dir,
@@ -97,6 +101,7 @@ fn main() -> ExitCode {
             node_tap: (!no_node_port).then_some(node_tap),
             mtu,
             established,
+            metrics_addr,
         }),
         Cmd::InstallCni {
             plugin,

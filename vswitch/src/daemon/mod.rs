@@ -25,6 +25,7 @@
 pub mod control;
 pub mod install;
 pub mod manifests;
+pub mod metrics;
 pub mod netlink;
 pub mod netns;
 pub mod source;
@@ -64,6 +65,8 @@ pub struct Options {
     pub node_tap: Option<String>,
     pub mtu: u32,
     pub established: EstablishedPolicy,
+    /// Where Prometheus metrics are served (off when `None`).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// What the daemon's loop waits for.
@@ -114,6 +117,8 @@ pub struct Daemon {
     synced: bool,
     /// Whether the source is in sync with its origin now.
     pub in_sync: bool,
+    /// What the metrics endpoint reads.
+    pub gauges: std::sync::Arc<metrics::Gauges>,
 }
 
 /// The MAC of a pod port: locally administered, from the port number.
@@ -198,8 +203,12 @@ impl Daemon {
             gateway_v6,
             synced: !opts_wait,
             in_sync: !opts_wait,
+            gauges: Default::default(),
         };
         d.sync_model();
+        if let Some(addr) = d.opts.metrics_addr {
+            metrics::serve(addr, d.switch.handle().clone(), d.gauges.clone())?;
+        }
         d.start_node_port()?;
         d.reattach();
         Ok((d, server))
@@ -336,13 +345,26 @@ impl Daemon {
             let pod = manifests::local_pod(&self.desired, &key, ips);
             target.pods.insert(key, pod);
         }
+        let started = std::time::Instant::now();
         for change in diff(self.engine.cluster(), &target) {
             if let Err(e) = self.engine.apply(change) {
                 tracing::warn!("policy model: {e}");
             }
         }
         self.handle.publish(self.engine.snapshot());
-        self.engine.generation()
+        let g = self.engine.generation();
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        self.gauges
+            .compile_micros
+            .store(started.elapsed().as_micros() as u64, relaxed);
+        self.gauges.policy_generation.store(g, relaxed);
+        self.gauges
+            .attachments
+            .store(self.attachments.len() as u64, relaxed);
+        self.gauges
+            .source_in_sync
+            .store(self.in_sync as u64, relaxed);
+        g
     }
 
     /// Takes an update from the source: a new desired cluster replaces the
@@ -350,6 +372,9 @@ impl Daemon {
     pub fn update(&mut self, u: source::Update) {
         match u {
             source::Update::Cluster { cluster, notes } => {
+                self.gauges
+                    .source_updates
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 for n in &notes {
                     tracing::warn!("{n}");
                 }
@@ -367,6 +392,9 @@ impl Daemon {
             }
             source::Update::Sync { in_sync, message } => {
                 self.in_sync = in_sync;
+                self.gauges
+                    .source_in_sync
+                    .store(in_sync as u64, std::sync::atomic::Ordering::Relaxed);
                 if in_sync {
                     tracing::info!("source in sync: {message}");
                 } else {
@@ -402,6 +430,15 @@ impl Daemon {
                 self.attachments.values().cloned().collect(),
             )),
             Request::Gc { valid } => self.gc(&valid).map(Reply::Attachments),
+            Request::Ports => self.query(switch::Query::Ports),
+            Request::Flows { limit } => self.query(switch::Query::Flows(limit)),
+            Request::Conntrack { limit } => self.query(switch::Query::Conntrack(limit)),
+            Request::Explain {
+                src,
+                dst,
+                port,
+                protocol,
+            } => self.explain(&src, &dst, port, &protocol),
         };
         r.unwrap_or_else(|f| {
             Reply::Error(ErrorReply {
@@ -669,8 +706,76 @@ impl Daemon {
         Ok(stale)
     }
 
-    pub fn stats(&self) -> switch::Stats {
-        self.switch.stats()
+    /// The switch thread's handle (metrics read counters through it).
+    pub fn switch(&self) -> &switch::SwitchHandle {
+        self.switch.handle()
+    }
+
+    fn query(&self, q: switch::Query) -> Result<Reply, Failure> {
+        let a = self
+            .switch
+            .handle()
+            .query(q)
+            .ok_or_else(|| Failure::new(code::TRY_AGAIN_LATER, "the switch did not answer"))?;
+        Ok(match a {
+            switch::Answer::Ports(p) => Reply::Ports(p),
+            switch::Answer::Flows(flows, total) => Reply::Flows { flows, total },
+            switch::Answer::Conntrack(connections, total) => {
+                Reply::Conntrack { connections, total }
+            }
+        })
+    }
+
+    /// An endpoint for `explain`: a pod "namespace/name" (its first address
+    /// of the family asked, else its first) or an address.
+    fn endpoint(&self, s: &str) -> Result<IpAddr, Failure> {
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            return Ok(ip);
+        }
+        let key = PodKey::parse(s).ok_or_else(|| {
+            Failure::new(
+                code::INVALID_CONFIG,
+                format!("{s:?}: neither an address nor namespace/name"),
+            )
+        })?;
+        let pod = self.engine.cluster().pods.get(&key).ok_or_else(|| {
+            Failure::new(code::UNKNOWN_CONTAINER, format!("no pod {key} is known"))
+        })?;
+        pod.ips
+            .first()
+            .copied()
+            .ok_or_else(|| Failure::new(code::INVALID_CONFIG, format!("pod {key} has no address")))
+    }
+
+    fn explain(&self, src: &str, dst: &str, port: u16, protocol: &str) -> Result<Reply, Failure> {
+        let src = self.endpoint(src)?;
+        let mut dst_ip = self.endpoint(dst)?;
+        if src.is_ipv4() != dst_ip.is_ipv4()
+            && let Some(p) = PodKey::parse(dst).and_then(|k| self.engine.cluster().pods.get(&k))
+            && let Some(same) = p.ips.iter().find(|ip| ip.is_ipv4() == src.is_ipv4())
+        {
+            dst_ip = *same;
+        }
+        let protocol = policy::Protocol::parse(&protocol.to_uppercase()).ok_or_else(|| {
+            Failure::new(
+                code::INVALID_CONFIG,
+                format!("{protocol}: not TCP, UDP or SCTP"),
+            )
+        })?;
+        let e = self.engine.explain(&policy::Flow {
+            src,
+            dst: dst_ip,
+            protocol,
+            dst_port: port,
+        });
+        Ok(Reply::Explanation {
+            allowed: e.allowed(),
+            text: format!(
+                "{src} -> {dst_ip} {port}/{protocol:?}: {} (policy generation {})\n  {e}",
+                if e.allowed() { "allowed" } else { "denied" },
+                self.engine.generation()
+            ),
+        })
     }
 }
 

@@ -9,6 +9,10 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use std::net::IpAddr;
+
+use vswitch_cni::proto::{ConnInfo, FlowInfo, PortInfo};
+
 use crate::datapath::counters::Counters;
 use crate::datapath::event_loop::EventLoop;
 use crate::datapath::port::Port;
@@ -29,6 +33,20 @@ pub enum Command {
     Detach(PortId, mpsc::Sender<()>),
     /// Counters: the datapath's and every port's.
     Stats(mpsc::Sender<Stats>),
+    /// What vswitchctl shows.
+    Query(Query, mpsc::Sender<Answer>),
+}
+
+pub enum Query {
+    Ports,
+    Flows(usize),
+    Conntrack(usize),
+}
+
+pub enum Answer {
+    Ports(Vec<PortInfo>),
+    Flows(Vec<FlowInfo>, usize),
+    Conntrack(Vec<ConnInfo>, usize),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -41,10 +59,37 @@ pub struct Stats {
 }
 
 pub struct Switch {
-    tx: mpsc::Sender<Command>,
-    waker: Arc<mio::Waker>,
+    handle: SwitchHandle,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// What other threads hold to talk to the switch thread.
+#[derive(Clone)]
+pub struct SwitchHandle {
+    tx: mpsc::Sender<Command>,
+    waker: Arc<mio::Waker>,
+}
+
+impl SwitchHandle {
+    pub fn send(&self, c: Command) {
+        if self.tx.send(c).is_ok() {
+            let _ = self.waker.wake();
+        }
+    }
+
+    /// Counters (empty if the switch does not answer within 5 s).
+    pub fn stats(&self) -> Stats {
+        let (tx, rx) = mpsc::channel();
+        self.send(Command::Stats(tx));
+        rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default()
+    }
+
+    pub fn query(&self, q: Query) -> Option<Answer> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Command::Query(q, tx));
+        rx.recv_timeout(Duration::from_secs(5)).ok()
+    }
 }
 
 impl Switch {
@@ -69,17 +114,18 @@ impl Switch {
                 }
             })?;
         Ok(Switch {
-            tx,
-            waker,
+            handle: SwitchHandle { tx, waker },
             stop,
             thread: Some(thread),
         })
     }
 
+    pub fn handle(&self) -> &SwitchHandle {
+        &self.handle
+    }
+
     pub fn send(&self, c: Command) {
-        if self.tx.send(c).is_ok() {
-            let _ = self.waker.wake();
-        }
+        self.handle.send(c);
     }
 
     pub fn detach(&self, id: PortId) {
@@ -87,18 +133,12 @@ impl Switch {
         self.send(Command::Detach(id, tx));
         let _ = rx.recv_timeout(Duration::from_secs(5));
     }
-
-    pub fn stats(&self) -> Stats {
-        let (tx, rx) = mpsc::channel();
-        self.send(Command::Stats(tx));
-        rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default()
-    }
 }
 
 impl Drop for Switch {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        let _ = self.waker.wake();
+        let _ = self.handle.waker.wake();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -127,6 +167,9 @@ fn handle(el: &mut EventLoop, c: Command) {
             el.worker.datapath.remove_port(id);
             let _ = done.send(());
         }
+        Command::Query(q, reply) => {
+            let _ = reply.send(answer(&el.worker.datapath, q));
+        }
         Command::Stats(reply) => {
             let dp = &el.worker.datapath;
             let _ = reply.send(Stats {
@@ -139,6 +182,102 @@ fn handle(el: &mut EventLoop, c: Command) {
                 conntrack: dp.conntrack().len(),
                 flow_cache: dp.flow_cache().len(),
             });
+        }
+    }
+}
+
+fn ip_of(v: u128, v6: bool) -> IpAddr {
+    if v6 {
+        IpAddr::V6(v.into())
+    } else {
+        IpAddr::V4((v as u32).into())
+    }
+}
+
+fn mac_text(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn answer(dp: &Datapath, q: Query) -> Answer {
+    match q {
+        Query::Ports => Answer::Ports(
+            dp.ports()
+                .map(|(id, p)| {
+                    let (kind, ips, ready) = match &p.kind {
+                        PortKind::Pod {
+                            ips,
+                            ready_generation,
+                        } => (
+                            "pod",
+                            ips.clone(),
+                            dp.policy_generation() >= *ready_generation,
+                        ),
+                        PortKind::Node { ips } => ("node", ips.clone(), true),
+                    };
+                    PortInfo {
+                        id,
+                        name: p.name.clone(),
+                        mac: mac_text(p.mac),
+                        kind: kind.into(),
+                        ips,
+                        ready,
+                        rx_packets: p.counters.rx_packets,
+                        rx_bytes: p.counters.rx_bytes,
+                        tx_packets: p.counters.tx_packets,
+                        tx_bytes: p.counters.tx_bytes,
+                        outcomes: p
+                            .counters
+                            .nonzero()
+                            .into_iter()
+                            .map(|(o, n)| (o.name().to_string(), n))
+                            .collect(),
+                    }
+                })
+                .collect(),
+        ),
+        Query::Flows(limit) => {
+            let epoch = dp.epoch();
+            let cache = dp.flow_cache();
+            let flows = cache
+                .entries()
+                .take(limit)
+                .map(|(k, e)| FlowInfo {
+                    in_port: k.in_port,
+                    src: ip_of(k.src, k.v6),
+                    dst: ip_of(k.dst, k.v6),
+                    protocol: k.proto,
+                    sport: k.sport,
+                    dport: k.dport,
+                    out_port: e.fwd.port,
+                    routed: e.fwd.routed,
+                    current: e.epoch == epoch,
+                })
+                .collect();
+            Answer::Flows(flows, cache.len())
+        }
+        Query::Conntrack(limit) => {
+            let ct = dp.conntrack();
+            let now = dp.clock_ms(Instant::now());
+            let connections = ct
+                .entries()
+                .take(limit)
+                .filter_map(|(r, e)| {
+                    let t = ct.orig_tuple(r)?;
+                    Some(ConnInfo {
+                        protocol: t.proto,
+                        src: t.src,
+                        sport: t.sport,
+                        dst: t.dst,
+                        dport: t.dport,
+                        state: format!("{:?}", e.state).to_lowercase(),
+                        idle_ms: now.saturating_sub(e.last_seen),
+                    })
+                })
+                .collect();
+            Answer::Conntrack(connections, ct.len())
         }
     }
 }

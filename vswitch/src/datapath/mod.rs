@@ -260,6 +260,17 @@ impl Datapath {
         self.policy.generation()
     }
 
+    /// The epoch flow-cache entries must carry to be hits.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The datapath's clock (milliseconds since it started), the unit of
+    /// conntrack's `last_seen`.
+    pub fn clock_ms(&self, now: Instant) -> u64 {
+        self.ms(now)
+    }
+
     pub fn conntrack(&self) -> &Conntrack {
         &self.ct
     }

@@ -1,0 +1,212 @@
+//! Prometheus metrics over HTTP (`--metrics-addr`, off by default).
+//!
+//! A thread of its own accepts a connection, reads the request line, and
+//! answers `GET /metrics` with the text exposition format: counters read
+//! from the switch thread (through its command queue, so the packet path
+//! takes no lock) and gauges the control thread keeps in atomics.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::switch::SwitchHandle;
+use crate::datapath::counters::{Counters, Outcome};
+
+/// What the control thread publishes for the metrics thread.
+#[derive(Default)]
+pub struct Gauges {
+    pub policy_generation: AtomicU64,
+    /// The last model sync (compile) in microseconds.
+    pub compile_micros: AtomicU64,
+    pub attachments: AtomicU64,
+    /// 1 while the policy source is in sync with its origin.
+    pub source_in_sync: AtomicU64,
+    pub source_updates: AtomicU64,
+}
+
+pub fn serve(addr: SocketAddr, switch: SwitchHandle, gauges: Arc<Gauges>) -> Result<(), String> {
+    let listener = TcpListener::bind(addr).map_err(|e| format!("--metrics-addr {addr}: {e}"))?;
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let _ = answer(conn, &switch, &gauges);
+            }
+        })
+        .map_err(|e| format!("metrics: {e}"))?;
+    Ok(())
+}
+
+fn answer(conn: TcpStream, switch: &SwitchHandle, gauges: &Gauges) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(&conn);
+    let mut request = String::new();
+    reader.read_line(&mut request)?;
+    // the headers, up to the empty line
+    let mut line = String::new();
+    while reader.read_line(&mut line)? > 2 {
+        line.clear();
+    }
+    let path = request.split_whitespace().nth(1).unwrap_or("");
+    let (status, body) = if request.starts_with("GET ") && (path == "/metrics" || path == "/") {
+        ("200 OK", render(switch, gauges))
+    } else {
+        (
+            "404 Not Found",
+            "not found; metrics are at /metrics\n".to_string(),
+        )
+    };
+    let mut w = &conn;
+    write!(
+        w,
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str) {
+    out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+}
+
+/// The exposition text.
+pub fn render(switch: &SwitchHandle, g: &Gauges) -> String {
+    let stats = switch.stats();
+    let mut s = String::new();
+    type Field = fn(&Counters) -> u64;
+    let per_port: [(&str, &str, Field); 4] = [
+        (
+            "vswitch_port_rx_packets_total",
+            "Frames received from the port.",
+            |c| c.rx_packets,
+        ),
+        (
+            "vswitch_port_rx_bytes_total",
+            "Bytes received from the port.",
+            |c| c.rx_bytes,
+        ),
+        (
+            "vswitch_port_tx_packets_total",
+            "Frames sent to the port.",
+            |c| c.tx_packets,
+        ),
+        (
+            "vswitch_port_tx_bytes_total",
+            "Bytes sent to the port.",
+            |c| c.tx_bytes,
+        ),
+    ];
+    for (name, help, get) in per_port {
+        metric(&mut s, name, "counter", help);
+        for (id, port, c) in &stats.ports {
+            s.push_str(&format!(
+                "{name}{{port=\"{id}\",name=\"{}\"}} {}\n",
+                escape(port),
+                get(c)
+            ));
+        }
+    }
+    metric(
+        &mut s,
+        "vswitch_port_packets_total",
+        "counter",
+        "Frames received from the port, by what happened to them.",
+    );
+    for (id, port, c) in &stats.ports {
+        for (o, n) in c.nonzero() {
+            s.push_str(&format!(
+                "vswitch_port_packets_total{{port=\"{id}\",name=\"{}\",outcome=\"{o}\"}} {n}\n",
+                escape(port)
+            ));
+        }
+    }
+    metric(
+        &mut s,
+        "vswitch_packets_total",
+        "counter",
+        "Frames received by the datapath, by outcome (each frame counts once).",
+    );
+    for o in Outcome::ALL {
+        s.push_str(&format!(
+            "vswitch_packets_total{{outcome=\"{o}\"}} {}\n",
+            stats.datapath.get(o)
+        ));
+    }
+    let hits = stats.datapath.get(Outcome::FastForward);
+    let gauges: [(&str, &str, &str, u64); 9] = [
+        (
+            "vswitch_flow_cache_hits_total",
+            "counter",
+            "Frames forwarded by a flow-cache hit.",
+            hits,
+        ),
+        (
+            "vswitch_flow_cache_misses_total",
+            "counter",
+            "Frames that took the slow path.",
+            stats.datapath.outcome_total() - hits,
+        ),
+        (
+            "vswitch_flow_cache_entries",
+            "gauge",
+            "Flow-cache entries.",
+            stats.flow_cache as u64,
+        ),
+        (
+            "vswitch_conntrack_entries",
+            "gauge",
+            "Tracked connections.",
+            stats.conntrack as u64,
+        ),
+        (
+            "vswitch_policy_generation",
+            "gauge",
+            "The policy generation the control plane published.",
+            g.policy_generation.load(Ordering::Relaxed),
+        ),
+        (
+            "vswitch_datapath_policy_generation",
+            "gauge",
+            "The policy generation the switch has installed.",
+            stats.policy_generation,
+        ),
+        (
+            "vswitch_attachments",
+            "gauge",
+            "Pods attached on this node.",
+            g.attachments.load(Ordering::Relaxed),
+        ),
+        (
+            "vswitch_source_in_sync",
+            "gauge",
+            "1 while the policy source (API server or manifest folder) is in sync; 0 while the last policy is kept.",
+            g.source_in_sync.load(Ordering::Relaxed),
+        ),
+        (
+            "vswitch_source_updates_total",
+            "counter",
+            "Complete clusters received from the policy source.",
+            g.source_updates.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, kind, help, v) in gauges {
+        metric(&mut s, name, kind, help);
+        s.push_str(&format!("{name} {v}\n"));
+    }
+    metric(
+        &mut s,
+        "vswitch_policy_compile_seconds",
+        "gauge",
+        "How long the last policy update took to compile.",
+    );
+    s.push_str(&format!(
+        "vswitch_policy_compile_seconds {}\n",
+        g.compile_micros.load(Ordering::Relaxed) as f64 / 1e6
+    ));
+    s
+}

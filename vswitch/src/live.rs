@@ -1,0 +1,117 @@
+//! `vswitchctl ports | flows | conntrack | explain`: questions to a running
+//! vswitchd over its control socket, and their answers as tables (or JSON
+//! with `--json`).
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use vswitch_cni::client;
+use vswitch_cni::proto::{Reply, Request};
+
+/// Asks vswitchd; a refusal or an unreachable daemon is an error line.
+pub fn ask(socket: &Path, req: &Request) -> Result<Reply, String> {
+    match client::call(socket, req, Duration::from_secs(10)) {
+        Ok(Reply::Error(e)) => Err(if e.details.is_empty() {
+            e.msg
+        } else {
+            format!("{}: {}", e.msg, e.details)
+        }),
+        Ok(r) => Ok(r),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn proto_name(p: u8) -> String {
+    match p {
+        1 => "ICMP".into(),
+        6 => "TCP".into(),
+        17 => "UDP".into(),
+        58 => "ICMPv6".into(),
+        132 => "SCTP".into(),
+        n => n.to_string(),
+    }
+}
+
+/// The answer as text: a table per kind.
+pub fn render(reply: &Reply) -> String {
+    let mut s = String::new();
+    match reply {
+        Reply::Ports(ports) => {
+            let _ = writeln!(
+                s,
+                "{:>4}  {:<32} {:<5} {:<17} {:<6} {:>10} {:>10}  {:<28} outcomes",
+                "port", "name", "kind", "mac", "ready", "rx pkts", "tx pkts", "addresses"
+            );
+            for p in ports {
+                let ips: Vec<String> = p.ips.iter().map(|i| i.to_string()).collect();
+                let outcomes: Vec<String> =
+                    p.outcomes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let _ = writeln!(
+                    s,
+                    "{:>4}  {:<32} {:<5} {:<17} {:<6} {:>10} {:>10}  {:<28} {}",
+                    p.id,
+                    p.name,
+                    p.kind,
+                    p.mac,
+                    if p.ready { "yes" } else { "no" },
+                    p.rx_packets,
+                    p.tx_packets,
+                    ips.join(","),
+                    outcomes.join(" ")
+                );
+            }
+        }
+        Reply::Flows { flows, total } => {
+            let _ = writeln!(
+                s,
+                "{:>4}  {:<6} {:<40} {:<40} {:>5}  {:<7} current",
+                "in", "proto", "source", "destination", "out", "routed"
+            );
+            for f in flows {
+                let _ = writeln!(
+                    s,
+                    "{:>4}  {:<6} {:<40} {:<40} {:>5}  {:<7} {}",
+                    f.in_port,
+                    proto_name(f.protocol),
+                    format!("{}:{}", f.src, f.sport),
+                    format!("{}:{}", f.dst, f.dport),
+                    f.out_port,
+                    f.routed,
+                    f.current
+                );
+            }
+            let _ = writeln!(s, "{} of {total} flow-cache entries", flows.len());
+        }
+        Reply::Conntrack { connections, total } => {
+            let _ = writeln!(
+                s,
+                "{:<6} {:<40} {:<40} {:<12} {:>8}",
+                "proto", "originator", "responder", "state", "idle ms"
+            );
+            for c in connections {
+                let _ = writeln!(
+                    s,
+                    "{:<6} {:<40} {:<40} {:<12} {:>8}",
+                    proto_name(c.protocol),
+                    format!("{}:{}", c.src, c.sport),
+                    format!("{}:{}", c.dst, c.dport),
+                    c.state,
+                    c.idle_ms
+                );
+            }
+            let _ = writeln!(s, "{} of {total} connections", connections.len());
+        }
+        Reply::Explanation { text, .. } => {
+            let _ = writeln!(s, "{text}");
+        }
+        other => {
+            let _ = writeln!(
+                s,
+                "{}",
+                serde_json::to_string_pretty(other).unwrap_or_default()
+            );
+        }
+    }
+    s
+}
