@@ -7,11 +7,13 @@
 //! - [`scenario`]: NetworkPolicy scenario files and the runners that prove
 //!   each layer against them;
 //! - [`daemon`]: vswitchd (control socket, TAP ports, manifests);
+//! - [`demo`]: `vswitchd demo`, the built-in example cluster before and after its policy;
 //! - [`live`]: questions to a running vswitchd (ports, flows, conntrack, explain);
 //! - [`simulate`]: reachability matrices from a folder of manifests.
 
 pub mod daemon;
 pub mod datapath;
+pub mod demo;
 pub mod live;
 pub mod scenario;
 pub mod simulate;

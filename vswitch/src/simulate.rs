@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 use policy::manifest::{self, Object};
-use policy::{Cluster, Engine, Flow, Namespace, PodKey, Protocol};
+use policy::{Cluster, Engine, Flow, Namespace, Protocol};
 
 /// What loading a folder produced.
 pub struct Loaded {
@@ -153,7 +153,8 @@ pub fn default_ports(engine: &Engine) -> Vec<(PortArg, Protocol)> {
 /// diagonal.
 pub struct Matrix {
     pub title: String,
-    pub pods: Vec<PodKey>,
+    /// Row and column labels: `namespace/name` for pods.
+    pub pods: Vec<String>,
     pub cells: Vec<Vec<Option<bool>>>,
 }
 
@@ -196,7 +197,7 @@ pub fn matrix(engine: &Engine, port: &PortArg, protocol: Protocol) -> Matrix {
         .collect();
     Matrix {
         title: format!("{port}/{protocol}"),
-        pods: pods.iter().map(|p| p.key.clone()).collect(),
+        pods: pods.iter().map(|p| p.key.to_string()).collect(),
         cells,
     }
 }
@@ -210,12 +211,7 @@ impl Matrix {
         } else {
             ("", "", "")
         };
-        let width = self
-            .pods
-            .iter()
-            .map(|p| p.to_string().len())
-            .max()
-            .unwrap_or(0);
+        let width = self.pods.iter().map(|p| p.len()).max().unwrap_or(0);
         let num = self.pods.len().to_string().len().max(2);
         let mut out = format!(
             "Reachability {} (rows: from, columns: to; . allowed, X denied)\n",
@@ -227,7 +223,7 @@ impl Matrix {
         }
         out.push('\n');
         for (i, (pod, row)) in self.pods.iter().zip(&self.cells).enumerate() {
-            out.push_str(&format!("{:>num$} {:<width$}  ", i + 1, pod.to_string()));
+            out.push_str(&format!("{:>num$} {:<width$}  ", i + 1, pod));
             for cell in row {
                 let s = match cell {
                     None => format!("{:>num$} ", "-"),

@@ -148,6 +148,8 @@ fn install_cni_puts_the_plugin_and_a_conflist_in_place() {
             "--subnet",
             "fd00:10:244:3::/64",
         ])
+        .arg("--extra-plugin")
+        .arg(temp_file("host-local", "#!/bin/sh\necho ipam\n"))
         .output()
         .unwrap();
     assert!(
@@ -163,6 +165,15 @@ fn install_cni_puts_the_plugin_and_a_conflist_in_place() {
     );
     assert_eq!(
         std::fs::metadata(&bin).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
+    let ipam = dir.join("bin/host-local");
+    assert_eq!(
+        std::fs::read_to_string(&ipam).unwrap(),
+        "#!/bin/sh\necho ipam\n"
+    );
+    assert_eq!(
+        std::fs::metadata(&ipam).unwrap().permissions().mode() & 0o777,
         0o755
     );
     let conf: serde_json::Value =
@@ -196,4 +207,101 @@ fn install_cni_puts_the_plugin_and_a_conflist_in_place() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--subnet"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The demo's matrix after the policy, pod rows and columns: it must agree
+/// with what `policy simulate` computes for the same folder and port.
+fn demo_agrees_with_the_engine(pods: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_vswitchd"))
+        .args(["demo", "--pods", pods, "--color", "never"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, simulated, _) = vswitchctl(&[
+        "policy",
+        "simulate",
+        "--manifests",
+        "deploy/examples/seed-db",
+        "--port",
+        "6379",
+        "--color",
+        "never",
+    ]);
+    // the rows of a matrix: label and cells, pods only (5 of them)
+    let rows = |block: &str| -> Vec<String> {
+        block
+            .lines()
+            .filter(|l| l.trim_start().starts_with(char::is_numeric) && l.contains('/'))
+            .map(|l| {
+                let cells: Vec<&str> = l.split_whitespace().collect();
+                format!("{} {}", cells[1], cells[2..7].join(" "))
+            })
+            .collect()
+    };
+    let after = text
+        .split("with test-network-policy")
+        .nth(1)
+        .expect("the matrix after the policy");
+    let expected = rows(&simulated);
+    assert_eq!(expected.len(), 5, "{simulated}");
+    assert_eq!(rows(after)[..5], expected[..], "{text}");
+    // before the policy everything passes
+    let before = text.split("no policy").nth(1).unwrap();
+    assert!(
+        !rows(before.split("Applying").next().unwrap())
+            .iter()
+            .any(|r| r.contains('X')),
+        "{text}"
+    );
+    let denied: u64 = text
+        .lines()
+        .find(|l| l.contains("denied by NetworkPolicy"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("the policy_deny counter");
+    assert!(denied > 0, "{text}");
+}
+
+#[test]
+fn demo_in_process_shows_the_policy_at_work() {
+    demo_agrees_with_the_engine("in-process");
+}
+
+#[test]
+fn demo_with_network_namespaces_shows_the_policy_at_work_and_cleans_up() {
+    let uid = Command::new("id").arg("-u").output().unwrap();
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "SKIPPED under CI=true: the netns demo needs root"
+        );
+        println!("SKIPPED: the netns demo needs root");
+        return;
+    }
+    let before = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap()
+        .stdout;
+    demo_agrees_with_the_engine("netns");
+    let after = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap()
+        .stdout;
+    let count = |b: &[u8]| {
+        String::from_utf8_lossy(b)
+            .lines()
+            .filter(|l| l.starts_with("vs"))
+            .count()
+    };
+    assert!(
+        count(&after) <= count(&before),
+        "the demo removed its namespaces"
+    );
 }

@@ -7,73 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use vswitch::daemon::cli::{Cli, Cmd, Color};
 use vswitch::daemon::{Daemon, Event, Options, control, install};
-use vswitch::datapath::EstablishedPolicy;
-
-#[derive(Parser)]
-#[command(
-    name = "vswitchd",
-    version,
-    about = "The vswitch daemon: a userspace switch for Kubernetes pods"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Cmd,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Runs the switch and serves the control socket.
-    Run {
-        /// The control socket (mode 0600).
-        #[arg(long, default_value = vswitch_cni::proto::DEFAULT_SOCKET)]
-        socket: PathBuf,
-        /// Where port state is kept across restarts.
-        #[arg(long, default_value = "/var/lib/vswitch")]
-        state_dir: PathBuf,
-        /// A folder of Namespace, Pod and NetworkPolicy manifests, re-read
-        /// when its files change.
-        #[arg(long)]
-        manifests: Option<PathBuf>,
-        /// The node's TAP device in the host namespace.
-        #[arg(long, default_value = "vsw0")]
-        node_tap: String,
-        /// Run without a node port (pods reach only each other).
-        #[arg(long)]
-        no_node_port: bool,
-        /// The pods' MTU when the CNI configuration gives none.
-        #[arg(long, default_value_t = 1500)]
-        mtu: u32,
-        /// What a new policy does to established connections it denies.
-        #[arg(long, value_enum, default_value_t = EstablishedPolicy::Recheck)]
-        established: EstablishedPolicy,
-        /// Serve Prometheus metrics at http://ADDR/metrics (off by default).
-        #[arg(long)]
-        metrics_addr: Option<std::net::SocketAddr>,
-    },
-    /// Installs the CNI plugin and writes its network configuration list.
-    InstallCni {
-        /// The plugin binary to install (default: vswitch-cni next to vswitchd).
-        #[arg(long)]
-        plugin: Option<PathBuf>,
-        #[arg(long, default_value = "/opt/cni/bin")]
-        bin_dir: PathBuf,
-        #[arg(long, default_value = "/etc/cni/net.d")]
-        conf_dir: PathBuf,
-        #[arg(long, default_value = "10-vswitch.conflist")]
-        conf_name: String,
-        #[arg(long, default_value = "vswitch")]
-        network: String,
-        #[arg(long, default_value = vswitch_cni::proto::DEFAULT_SOCKET)]
-        socket: PathBuf,
-        #[arg(long, default_value_t = 1500)]
-        mtu: u32,
-        /// The node's pod subnet(s) for host-local IPAM (repeat for dual stack).
-        #[arg(long = "subnet", required = true)]
-        subnets: Vec<ipnet::IpNet>,
-    },
-}
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -84,10 +20,13 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let r = match cli.command {
+        Cmd::Demo { pods, color } => demo(pods, color),
         Cmd::Run {
             socket,
             state_dir,
             manifests,
+            kube,
+            kubeconfig,
             node_tap,
             no_node_port,
             mtu,
@@ -97,7 +36,8 @@ fn main() -> ExitCode {
             socket,
             state_dir,
             manifests,
-            wait_for_source: false,
+            kube: kube.then_some(kubeconfig),
+            wait_for_source: kube,
             node_tap: (!no_node_port).then_some(node_tap),
             mtu,
             established,
@@ -112,6 +52,9 @@ fn main() -> ExitCode {
             socket,
             mtu,
             subnets,
+            node,
+            kubeconfig,
+            extra_plugins,
         } => {
             let plugin = plugin.unwrap_or_else(|| {
                 std::env::current_exe()
@@ -119,6 +62,21 @@ fn main() -> ExitCode {
                     .and_then(|p| p.parent().map(|d| d.join("vswitch-cni")))
                     .unwrap_or_else(|| PathBuf::from("vswitch-cni"))
             });
+            let subnets = match node {
+                Some(node) => {
+                    match vswitch::daemon::kube::node_pod_cidrs_blocking(
+                        kubeconfig.as_deref(),
+                        &node,
+                    ) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            eprintln!("vswitchd: Node {node}: {e}");
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                }
+                None => subnets,
+            };
             install::install(&install::InstallOptions {
                 plugin,
                 bin_dir,
@@ -128,6 +86,7 @@ fn main() -> ExitCode {
                 mtu,
                 subnets,
                 conf_name,
+                extra_plugins,
             })
             .map(|written| {
                 for p in written {
@@ -143,6 +102,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn demo(pods: vswitch::demo::Pods, color: Color) -> Result<(), String> {
+    use std::io::IsTerminal;
+    let color = match color {
+        Color::Always => true,
+        Color::Never => false,
+        Color::Auto => std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    };
+    // Ctrl-C ends the demo between steps, so that it cleans up after itself
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone()).map_err(|e| format!("signals: {e}"))?;
+    }
+    vswitch::demo::run(pods, color, &stop)
 }
 
 fn run(opts: Options) -> Result<(), String> {

@@ -19,6 +19,8 @@ pub struct InstallOptions {
     /// The pod subnet(s) for host-local IPAM (the node's pod CIDRs).
     pub subnets: Vec<ipnet::IpNet>,
     pub conf_name: String,
+    /// Other plugins to copy beside vswitch-cni (IPAM, chained plugins).
+    pub extra_plugins: Vec<PathBuf>,
 }
 
 fn atomic_write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
@@ -77,8 +79,19 @@ pub fn install(o: &InstallOptions) -> Result<Vec<PathBuf>, String> {
     fs::create_dir_all(&o.conf_dir).map_err(|e| format!("{}: {e}", o.conf_dir.display()))?;
     let bin_path = o.bin_dir.join("vswitch-cni");
     atomic_write(&bin_path, &bin, 0o755)?;
+    let mut written = vec![bin_path];
+    for extra in &o.extra_plugins {
+        let name = extra
+            .file_name()
+            .ok_or_else(|| format!("--extra-plugin {}: not a file", extra.display()))?;
+        let bytes = fs::read(extra).map_err(|e| format!("{}: {e}", extra.display()))?;
+        let to = o.bin_dir.join(name);
+        atomic_write(&to, &bytes, 0o755)?;
+        written.push(to);
+    }
     let conf_path = o.conf_dir.join(&o.conf_name);
     let text = serde_json::to_string_pretty(&conflist(o)).expect("json");
     atomic_write(&conf_path, text.as_bytes(), 0o644)?;
-    Ok(vec![bin_path, conf_path])
+    written.push(conf_path);
+    Ok(written)
 }

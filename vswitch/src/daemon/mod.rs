@@ -22,8 +22,10 @@
 //! a new vswitchd re-attaches to each pod's interface (inside the pod's
 //! namespace) and traffic resumes; TCP connections survive a short outage.
 
+pub mod cli;
 pub mod control;
 pub mod install;
+pub mod kube;
 pub mod manifests;
 pub mod metrics;
 pub mod netlink;
@@ -58,6 +60,9 @@ pub struct Options {
     pub socket: PathBuf,
     pub state_dir: PathBuf,
     pub manifests: Option<PathBuf>,
+    /// Watch the API server (with this kubeconfig, or in-cluster when
+    /// `Some(None)`).
+    pub kube: Option<Option<PathBuf>>,
     /// Policy comes from a source that starts empty (the API server): pods
     /// pass no traffic until its first complete cluster arrives.
     pub wait_for_source: bool,
@@ -406,6 +411,9 @@ impl Daemon {
 
     /// The source of the desired cluster, to run on a thread of its own.
     pub fn source(&self) -> Option<Box<dyn source::Source>> {
+        if let Some(kubeconfig) = &self.opts.kube {
+            return Some(Box::new(kube::KubeSource::new(kubeconfig.clone())));
+        }
         let dir = self.opts.manifests.clone()?;
         Some(Box::new(source::ManifestDir {
             dir,
@@ -771,7 +779,8 @@ impl Daemon {
         Ok(Reply::Explanation {
             allowed: e.allowed(),
             text: format!(
-                "{src} -> {dst_ip} {port}/{protocol:?}: {} (policy generation {})\n  {e}",
+                "{src} -> {dst_ip} {port}/{}: {} (policy generation {})\n  {e}",
+                format!("{protocol:?}").to_uppercase(),
                 if e.allowed() { "allowed" } else { "denied" },
                 self.engine.generation()
             ),

@@ -64,6 +64,10 @@ impl DataplaneProber {
 }
 
 impl Prober for DataplaneProber {
+    fn counters(&mut self) -> Option<crate::datapath::counters::Counters> {
+        Some(self.net.dp.counters.clone())
+    }
+
     fn start(&mut self, cluster: &Cluster, externals: &[External]) -> Result<(), String> {
         self.engine = Engine::from_cluster(cluster.clone()).map_err(|e| e.to_string())?;
         self.publish();

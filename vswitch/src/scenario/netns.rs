@@ -243,6 +243,7 @@ fn tap_into(ns: &str, tap: &str, mac: [u8; 6], addrs: &[IpAddr]) -> Result<TapPo
 enum Control {
     Attach(PortId, String, [u8; 6], PortKind, TapPort),
     Detach(PortId),
+    Counters(mpsc::Sender<crate::datapath::counters::Counters>),
 }
 
 static RUN: AtomicU32 = AtomicU32::new(0);
@@ -399,6 +400,9 @@ impl NetnsProber {
                             el.worker.attach(id, Box::new(dev));
                             let _ = el.register(id);
                         }
+                        Control::Counters(reply) => {
+                            let _ = reply.send(el.worker.datapath.counters.clone());
+                        }
                         Control::Detach(id) => {
                             let _ = el.deregister(id);
                             el.worker.detach(id);
@@ -431,6 +435,12 @@ fn proto_name(p: Protocol) -> &'static str {
 }
 
 impl Prober for NetnsProber {
+    fn counters(&mut self) -> Option<crate::datapath::counters::Counters> {
+        let (tx, rx) = mpsc::channel();
+        self.control.as_ref()?.send(Control::Counters(tx)).ok()?;
+        rx.recv_timeout(Duration::from_secs(5)).ok()
+    }
+
     fn start(&mut self, cluster: &Cluster, externals: &[External]) -> Result<(), String> {
         let uid = Command::new("id")
             .arg("-u")

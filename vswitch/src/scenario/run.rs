@@ -66,6 +66,10 @@ pub trait Prober {
     fn change(&mut self, change: &Change) -> Result<(), String>;
     /// Makes the attempts (possibly concurrently) and reports each, in order.
     fn probe(&mut self, attempts: &[Attempt<'_>]) -> Vec<Observed>;
+    /// The datapath's counters, for probers that run one.
+    fn counters(&mut self) -> Option<crate::datapath::counters::Counters> {
+        None
+    }
 }
 
 /// What a change of the cluster means for the pods a prober has attached

@@ -1,0 +1,107 @@
+//! vswitchd's command line (in the library, so that tests can check that
+//! the commands in deploy/ parse).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::datapath::EstablishedPolicy;
+
+#[derive(Parser)]
+#[command(
+    name = "vswitchd",
+    version,
+    about = "The vswitch daemon: a userspace switch for Kubernetes pods"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+/// Whether to colour output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Color {
+    /// When stdout is a terminal and NO_COLOR is not set.
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Shows what vswitch does on a small built-in cluster: who reaches whom
+    /// before and after a NetworkPolicy, from real connection attempts.
+    Demo {
+        /// How pods are made: network namespaces where permitted, else in-process.
+        #[arg(long, value_enum, default_value = "auto")]
+        pods: crate::demo::Pods,
+        #[arg(long, value_enum, default_value = "auto")]
+        color: Color,
+    },
+    /// Runs the switch and serves the control socket.
+    Run {
+        /// The control socket (mode 0600).
+        #[arg(long, default_value = vswitch_cni::proto::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Where port state is kept across restarts.
+        #[arg(long, default_value = "/var/lib/vswitch")]
+        state_dir: PathBuf,
+        /// A folder of Namespace, Pod and NetworkPolicy manifests, re-read
+        /// when its files change.
+        #[arg(long, conflicts_with = "kube")]
+        manifests: Option<PathBuf>,
+        /// Watch the Kubernetes API server for Pods, Namespaces,
+        /// NetworkPolicies and Nodes (in-cluster, or --kubeconfig).
+        #[arg(long)]
+        kube: bool,
+        /// A kubeconfig file for --kube (default: the in-cluster service account).
+        #[arg(long, requires = "kube")]
+        kubeconfig: Option<PathBuf>,
+        /// The node's TAP device in the host namespace.
+        #[arg(long, default_value = "vsw0")]
+        node_tap: String,
+        /// Run without a node port (pods reach only each other).
+        #[arg(long)]
+        no_node_port: bool,
+        /// The pods' MTU when the CNI configuration gives none.
+        #[arg(long, default_value_t = 1500)]
+        mtu: u32,
+        /// What a new policy does to established connections it denies.
+        #[arg(long, value_enum, default_value_t = EstablishedPolicy::Recheck)]
+        established: EstablishedPolicy,
+        /// Serve Prometheus metrics at http://ADDR/metrics (off by default).
+        #[arg(long)]
+        metrics_addr: Option<std::net::SocketAddr>,
+    },
+    /// Installs the CNI plugin and writes its network configuration list.
+    InstallCni {
+        /// The plugin binary to install (default: vswitch-cni next to vswitchd).
+        #[arg(long)]
+        plugin: Option<PathBuf>,
+        #[arg(long, default_value = "/opt/cni/bin")]
+        bin_dir: PathBuf,
+        #[arg(long, default_value = "/etc/cni/net.d")]
+        conf_dir: PathBuf,
+        #[arg(long, default_value = "10-vswitch.conflist")]
+        conf_name: String,
+        #[arg(long, default_value = "vswitch")]
+        network: String,
+        #[arg(long, default_value = vswitch_cni::proto::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[arg(long, default_value_t = 1500)]
+        mtu: u32,
+        /// The node's pod subnet(s) for host-local IPAM (repeat for dual stack).
+        #[arg(long = "subnet", required_unless_present = "node")]
+        subnets: Vec<ipnet::IpNet>,
+        /// Read the pod subnets from this Node's spec.podCIDRs instead.
+        #[arg(long, conflicts_with = "subnets")]
+        node: Option<String>,
+        /// A kubeconfig file for --node (default: the in-cluster service account).
+        #[arg(long, requires = "node")]
+        kubeconfig: Option<PathBuf>,
+        /// More plugins to install beside vswitch-cni (the IPAM and chained
+        /// plugins the conflist names, e.g. /usr/lib/cni/host-local).
+        #[arg(long = "extra-plugin")]
+        extra_plugins: Vec<PathBuf>,
+    },
+}

@@ -1,0 +1,151 @@
+//! The desired cluster from the stored API objects: the conversions of
+//! `policy::k8s`, one note per object left out, and the per-node pod CIDRs.
+//!
+//! The result is the same whatever order the stores list their objects in:
+//! objects are taken in key order, and when two pods claim one address the
+//! one that keeps it is decided by the pods themselves (see [`build`]).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use policy::k8s::{PodConversion, namespace_from_k8s, pod_from_k8s, policy_from_k8s};
+use policy::{Cluster, PodKey};
+
+use crate::daemon::manifests::{Desired, ensure_namespace};
+
+/// The Cluster the objects describe, and a note for each object left out
+/// (a NetworkPolicy the API server would have refused, a pod claiming an
+/// address another pod has).
+///
+/// Host-network pods are not part of the model (they have the node's
+/// addresses), nor are pods that have finished (phase Succeeded or Failed:
+/// their addresses are free for new pods while the objects remain). When
+/// two pods claim one address, a pod being deleted gives way to one that
+/// is not, then the older pod keeps it; the other is left out with a note.
+pub fn build(
+    namespaces: &[Arc<Namespace>],
+    pods: &[Arc<Pod>],
+    policies: &[Arc<NetworkPolicy>],
+) -> Desired {
+    let mut cluster = Cluster::default();
+    let mut notes = Vec::new();
+
+    for ns in namespaces {
+        match namespace_from_k8s(ns) {
+            Ok(n) => {
+                cluster.namespaces.insert(n.name.clone(), n);
+            }
+            Err(e) => notes.push(format!("rejected: {e}")),
+        }
+    }
+
+    // (being deleted, created, key): the order in which pods claim addresses.
+    let mut running = Vec::new();
+    for p in pods {
+        if finished(p) {
+            continue;
+        }
+        match pod_from_k8s(p) {
+            Ok(PodConversion::Pod(pod)) => {
+                let m = &p.metadata;
+                let rank = (
+                    m.deletion_timestamp.is_some(),
+                    m.creation_timestamp.clone(),
+                    pod.key.clone(),
+                );
+                running.push((rank, pod));
+            }
+            Ok(PodConversion::HostNetwork(_)) => {}
+            Err(e) => notes.push(format!("rejected: {e}")),
+        }
+    }
+    running.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut owner: BTreeMap<IpAddr, PodKey> = BTreeMap::new();
+    for (_, pod) in running {
+        if let Some((ip, o)) = pod.ips.iter().find_map(|ip| Some((ip, owner.get(ip)?))) {
+            notes.push(format!(
+                "rejected: Pod {}: status.podIPs: {ip} is already used by Pod {o}",
+                pod.key
+            ));
+            continue;
+        }
+        for ip in &pod.ips {
+            owner.insert(*ip, pod.key.clone());
+        }
+        ensure_namespace(&mut cluster, &pod.key.namespace);
+        cluster.pods.insert(pod.key.clone(), pod);
+    }
+
+    for np in policies {
+        match policy_from_k8s(np) {
+            Ok(p) => {
+                ensure_namespace(&mut cluster, &p.key.namespace);
+                cluster.policies.insert(p.key.clone(), p);
+            }
+            Err(e) => notes.push(format!("rejected: {e}")),
+        }
+    }
+    notes.sort();
+    Desired { cluster, notes }
+}
+
+/// Whether two results are the same (the Cluster has no `PartialEq`).
+pub fn same(a: &Desired, b: &Desired) -> bool {
+    a.cluster.namespaces == b.cluster.namespaces
+        && a.cluster.pods == b.cluster.pods
+        && a.cluster.policies == b.cluster.policies
+        && a.notes == b.notes
+}
+
+/// A pod whose containers have all ended for good: it holds no address.
+fn finished(p: &Pod) -> bool {
+    let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+    matches!(phase, Some("Succeeded" | "Failed"))
+}
+
+/// A node's pod CIDRs: `spec.podCIDRs`, else `spec.podCIDR`; empty when
+/// none is allocated yet.
+pub fn node_pod_cidrs(node: &Node) -> Result<Vec<IpNet>, String> {
+    let name = node.metadata.name.as_deref().unwrap_or("(unnamed)");
+    let spec = node.spec.as_ref();
+    let listed: Vec<(String, &String)> = match spec.and_then(|s| s.pod_cidrs.as_ref()) {
+        Some(list) if !list.is_empty() => list
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (format!("spec.podCIDRs[{i}]"), c))
+            .collect(),
+        _ => spec
+            .and_then(|s| s.pod_cidr.as_ref())
+            .map(|c| ("spec.podCIDR".to_string(), c))
+            .into_iter()
+            .collect(),
+    };
+    listed
+        .into_iter()
+        .map(|(field, c)| {
+            c.parse::<IpNet>()
+                .map_err(|_| format!("Node {name}: {field}: invalid CIDR {c:?}"))
+        })
+        .collect()
+}
+
+/// Every node's pod CIDRs (nodes whose CIDRs do not parse are left out).
+pub fn pod_cidrs_by_node(nodes: &[Arc<Node>]) -> BTreeMap<String, Vec<IpNet>> {
+    let mut out = BTreeMap::new();
+    for n in nodes {
+        let Some(name) = n.metadata.name.clone() else {
+            continue;
+        };
+        match node_pod_cidrs(n) {
+            Ok(cidrs) => {
+                out.insert(name, cidrs);
+            }
+            Err(e) => tracing::warn!("{e}"),
+        }
+    }
+    out
+}
