@@ -127,6 +127,8 @@ struct World {
     namespaces: Vec<String>,
     servers: Vec<Child>,
     subnet: String,
+    /// Where policy comes from: the manifest folder, or these arguments.
+    source: Vec<String>,
 }
 
 struct Pod {
@@ -140,6 +142,12 @@ struct Pod {
 
 impl World {
     fn new() -> World {
+        World::with_source(vec![])
+    }
+
+    /// A world whose vswitchd takes policy from `source` (arguments; empty:
+    /// the manifest folder).
+    fn with_source(source: Vec<String>) -> World {
         let n = RUN.fetch_add(1, Ordering::Relaxed);
         let tag = format!("e{}x{n}", std::process::id() % 100_000);
         let dir = std::env::temp_dir().join(format!("vswitch-{tag}"));
@@ -156,6 +164,7 @@ impl World {
             namespaces: vec![node],
             servers: Vec::new(),
             subnet: format!("10.{}.{}", 100 + n / 250, n % 250),
+            source,
         };
         w.write_manifest(
             "00-namespace.yaml",
@@ -183,8 +192,14 @@ impl World {
             .arg(self.socket())
             .arg("--state-dir")
             .arg(self.dir.join("state"))
-            .arg("--manifests")
-            .arg(self.dir.join("manifests"))
+            .args(if self.source.is_empty() {
+                vec![
+                    "--manifests".to_string(),
+                    self.dir.join("manifests").display().to_string(),
+                ]
+            } else {
+                self.source.clone()
+            })
             // the node namespace's own loopback: no clash between tests
             .args(["--metrics-addr", "127.0.0.1:9099"])
             .stdout(Stdio::null())
@@ -829,4 +844,58 @@ fn startup_errors_end_with_one_line_and_a_failure() {
         );
         let _ = std::fs::remove_dir_all("/tmp/vswitch-nobody");
     }
+}
+
+/// With the API server as its source, vswitchd attaches pods but passes
+/// none of their traffic until the first complete cluster arrives: here
+/// the API server never answers, so the pods stay closed, vswitchctl says
+/// they are not ready, and the metrics say the source is out of sync.
+#[test]
+fn before_the_api_server_answers_pods_get_no_traffic() {
+    if skip_unless_able() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("vswitch-kubeconfig-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("config");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {server: \"https://127.0.0.1:1\", insecure-skip-tls-verify: true}\nusers:\n- name: u\n  user: {token: x}\ncontexts:\n- name: x\n  context: {cluster: c, user: u}\ncurrent-context: x\n",
+    )
+    .unwrap();
+    let mut w = World::with_source(vec![
+        "--kube".into(),
+        "--kubeconfig".into(),
+        kubeconfig.display().to_string(),
+    ]);
+    let a = w.add_pod("a");
+    let b = w.add_pod("b");
+    w.serve(&b.ns, 8080);
+    assert_ne!(
+        w.probe(&a.ns, "tcp", &b.v4, 8080),
+        "ok",
+        "closed before the first cluster"
+    );
+    let ports = w.ctl(&["ports"]);
+    let pod_lines: Vec<&str> = ports.lines().filter(|l| l.contains("default/")).collect();
+    assert_eq!(pod_lines.len(), 2, "{ports}");
+    assert!(
+        pod_lines.iter().all(|l| l.contains(" no ")),
+        "not ready: {ports}"
+    );
+    assert!(
+        ports.contains("not_ready="),
+        "frames were dropped as not ready: {ports}"
+    );
+    let metrics = run(Command::new("ip").args([
+        "netns",
+        "exec",
+        &w.node,
+        "python3",
+        "-c",
+        "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9099/metrics').read().decode())",
+    ]));
+    assert!(metrics.contains("vswitch_source_in_sync 0"), "{metrics}");
+    assert!(w.log().contains("out of sync"), "{}", w.log());
+    let _ = std::fs::remove_dir_all(&dir);
 }
