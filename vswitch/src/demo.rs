@@ -11,7 +11,7 @@
 //! in-memory port. It says which. Namespaces are removed at the end, also
 //! after Ctrl-C.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use policy::manifest::{self, Object};
@@ -21,7 +21,7 @@ use crate::datapath::counters::Outcome;
 use crate::scenario::dataplane::DataplaneProber;
 use crate::scenario::format::External;
 use crate::scenario::netns::NetnsProber;
-use crate::scenario::run::{Attempt, Endpoint, Observed, Prober};
+use crate::scenario::run::{Attempt, Endpoint, Observed, Prober, endpoints};
 use crate::simulate::Matrix;
 
 const CLUSTER: &str = include_str!("../../deploy/examples/seed-db/cluster.yaml");
@@ -153,22 +153,7 @@ pub fn run(pods: Pods, color: bool, stop: &AtomicBool) -> Result<(), String> {
         cluster.pods.len()
     );
     prober.start(&cluster, &externals)?;
-    let mut endpoints: Vec<Endpoint> = cluster
-        .pods
-        .values()
-        .map(|p| Endpoint {
-            name: p.key.to_string(),
-            pod: Some(p.key.clone()),
-            ips: p.ips.clone(),
-            ports: p.ports.clone(),
-        })
-        .collect();
-    endpoints.extend(externals.iter().map(|e| Endpoint {
-        name: e.name.clone(),
-        pod: None,
-        ips: e.ipv4.map(IpAddr::V4).into_iter().collect(),
-        ports: vec![],
-    }));
+    let endpoints = endpoints(&cluster, &externals);
     if stop.load(Ordering::Relaxed) {
         return Ok(());
     }

@@ -391,6 +391,18 @@ impl World {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// The daemon's Prometheus metrics (served on the node's loopback).
+    fn metrics(&self) -> String {
+        run(Command::new("ip").args([
+            "netns",
+            "exec",
+            &self.node,
+            "python3",
+            "-c",
+            "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9099/metrics').read().decode())",
+        ]))
+    }
+
     /// vswitchctl against this world's daemon.
     fn ctl(&self, args: &[&str]) -> String {
         let mut c =
@@ -522,14 +534,7 @@ fn pods_talk_policy_denies_then_allows_and_the_node_always_passes() {
         "{json}"
     );
     // and the metrics endpoint
-    let metrics = run(Command::new("ip").args([
-        "netns",
-        "exec",
-        &w.node,
-        "python3",
-        "-c",
-        "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9099/metrics').read().decode())",
-    ]));
+    let metrics = w.metrics();
     let value = |line_start: &str| -> u64 {
         metrics
             .lines()
@@ -887,14 +892,7 @@ fn before_the_api_server_answers_pods_get_no_traffic() {
         ports.contains("not_ready="),
         "frames were dropped as not ready: {ports}"
     );
-    let metrics = run(Command::new("ip").args([
-        "netns",
-        "exec",
-        &w.node,
-        "python3",
-        "-c",
-        "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9099/metrics').read().decode())",
-    ]));
+    let metrics = w.metrics();
     assert!(metrics.contains("vswitch_source_in_sync 0"), "{metrics}");
     assert!(w.log().contains("out of sync"), "{}", w.log());
     let _ = std::fs::remove_dir_all(&dir);

@@ -44,6 +44,7 @@ use vswitch_cni::proto::{
     AddRequest, Attachment, AttachmentKey, ErrorReply, IpConfig, Reply, Request, RouteConfig, code,
 };
 
+use crate::datapath::parse::mac_text;
 use crate::datapath::tap::TapPort;
 use crate::datapath::worker::PolicyHandle;
 use crate::datapath::{Config, EstablishedPolicy, PortId, PortKind};
@@ -129,13 +130,6 @@ pub struct Daemon {
 /// The MAC of a pod port: locally administered, from the port number.
 fn pod_mac(port: PortId) -> [u8; 6] {
     [0x02, 0x76, 0x73, 0x70, (port >> 8) as u8, port as u8]
-}
-
-fn mac_text(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 fn parse_mac(s: &str) -> Option<[u8; 6]> {

@@ -15,6 +15,7 @@ use vswitch_cni::proto::{ConnInfo, FlowInfo, PortInfo};
 
 use crate::datapath::counters::Counters;
 use crate::datapath::event_loop::EventLoop;
+use crate::datapath::parse::mac_text;
 use crate::datapath::port::Port;
 use crate::datapath::worker::{PolicyHandle, Worker};
 use crate::datapath::{Config, Datapath, PortId, PortKind};
@@ -192,13 +193,6 @@ fn ip_of(v: u128, v6: bool) -> IpAddr {
     } else {
         IpAddr::V4((v as u32).into())
     }
-}
-
-fn mac_text(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 fn answer(dp: &Datapath, q: Query) -> Answer {

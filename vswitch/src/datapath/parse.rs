@@ -18,6 +18,14 @@ use etherparse::{
 
 pub type Mac = [u8; 6];
 
+/// A MAC as text: `02:76:73:77:00:01`.
+pub fn mac_text(m: Mac) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 pub const ETH_HLEN: usize = 14;
 pub const BROADCAST: Mac = [0xff; 6];
 

@@ -23,6 +23,7 @@ use policy::{Change, Cluster, Engine, Pod, PodKey, Protocol};
 use super::format::External;
 use super::run::{Attempt, Observed, Prober};
 use crate::datapath::event_loop::EventLoop;
+use crate::datapath::parse::mac_text;
 use crate::datapath::tap::TapPort;
 use crate::datapath::worker::{PolicyHandle, Worker};
 use crate::datapath::{Config, Datapath, PortId, PortKind};
@@ -300,13 +301,6 @@ impl Drop for NetnsProber {
 
 fn mac_of(port: PortId) -> [u8; 6] {
     [0x02, 0x5e, 0, 0, (port >> 8) as u8, port as u8]
-}
-
-fn mac_text(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 impl NetnsProber {

@@ -38,6 +38,34 @@ impl Endpoint {
     }
 }
 
+/// Every pod and external host of a cluster, as probes address them.
+pub fn endpoints(cluster: &Cluster, externals: &[External]) -> Vec<Endpoint> {
+    let mut v: Vec<Endpoint> = cluster
+        .pods
+        .values()
+        .map(|p| Endpoint {
+            name: p.key.to_string(),
+            pod: Some(p.key.clone()),
+            ips: p.ips.clone(),
+            ports: p.ports.clone(),
+        })
+        .collect();
+    v.extend(externals.iter().map(|e| {
+        Endpoint {
+            name: e.name.clone(),
+            pod: None,
+            ips: e
+                .ipv4
+                .map(IpAddr::V4)
+                .into_iter()
+                .chain(e.ipv6.map(IpAddr::V6))
+                .collect(),
+            ports: e.ports.clone(),
+        }
+    }));
+    v
+}
+
 /// One connection attempt to make.
 #[derive(Debug, Clone)]
 pub struct Attempt<'a> {
@@ -114,31 +142,7 @@ struct World {
 
 impl World {
     fn endpoints(&self) -> Vec<Endpoint> {
-        let mut v: Vec<Endpoint> = self
-            .cluster
-            .pods
-            .values()
-            .map(|p| Endpoint {
-                name: p.key.to_string(),
-                pod: Some(p.key.clone()),
-                ips: p.ips.clone(),
-                ports: p.ports.clone(),
-            })
-            .collect();
-        v.extend(self.externals.iter().map(|e| {
-            Endpoint {
-                name: e.name.clone(),
-                pod: None,
-                ips: e
-                    .ipv4
-                    .map(IpAddr::V4)
-                    .into_iter()
-                    .chain(e.ipv6.map(IpAddr::V6))
-                    .collect(),
-                ports: e.ports.clone(),
-            }
-        }));
-        v
+        endpoints(&self.cluster, &self.externals)
     }
 
     /// Turns an action into the change it makes, checking it against the
