@@ -454,6 +454,15 @@ fn pods_talk_policy_denies_then_allows_and_the_node_always_passes() {
         0o600,
         "the control socket is the owner's only"
     );
+    // a client that connects and says nothing holds up nobody (requests are
+    // read on threads of their own; the daemon would wait 5 s for it)
+    let _silent = std::os::unix::net::UnixStream::connect(w.socket()).unwrap();
+    let t0 = Instant::now();
+    w.ctl(&["ports"]);
+    assert!(
+        t0.elapsed() < Duration::from_secs(4),
+        "answered while a silent client is connected"
+    );
     w.write_manifest("a.yaml", &pod_manifest("a"));
     w.write_manifest("b.yaml", &pod_manifest("b"));
     let a = w.add_pod("a");

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use vswitch::daemon::cli::{Cli, Cmd, Color};
-use vswitch::daemon::{Daemon, Event, Options, control, install};
+use vswitch::daemon::{Daemon, Event, Options, install};
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -139,7 +139,7 @@ fn run(opts: Options) -> Result<(), String> {
     tracing::info!("ready");
     while !stop.load(Ordering::Relaxed) {
         match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(Event::Connection(stream)) => control::serve_one(stream, |req| daemon.handle(req)),
+            Ok(Event::Request(pending)) => pending.answer(|req| daemon.handle(req)),
             Ok(Event::Update(u)) => daemon.update(u),
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(e) => return Err(format!("control socket: {e}")),

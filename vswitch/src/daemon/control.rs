@@ -59,9 +59,15 @@ impl Server {
                 for s in listener.incoming() {
                     match s {
                         Ok(s) => {
-                            if tx.send(super::Event::Connection(s)).is_err() {
-                                break;
-                            }
+                            let tx = tx.clone();
+                            // each connection is read on its own thread
+                            let _ = std::thread::Builder::new()
+                                .name("control-read".into())
+                                .spawn(move || {
+                                    if let Some(p) = read_request(s) {
+                                        let _ = tx.send(super::Event::Request(p));
+                                    }
+                                });
                         }
                         Err(e) => tracing::warn!("control socket: {e}"),
                     }
@@ -77,35 +83,49 @@ impl Drop for Server {
     }
 }
 
-/// Reads one request, lets `handle` answer it, writes the reply.
-pub fn serve_one(stream: UnixStream, handle: impl FnOnce(Request) -> Reply) {
+/// A request read off a connection, waiting for the daemon's answer.
+pub struct Pending {
+    stream: UnixStream,
+    request: Result<Request, ErrorReply>,
+}
+
+/// Reads one request (5 s at most). Runs on a thread of its own per
+/// connection, so that a slow or silent client holds up nobody.
+fn read_request(stream: UnixStream) -> Option<Pending> {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
     let mut line = String::new();
-    let mut reader = BufReader::new(&stream);
-    let reply = match reader.read_line(&mut line) {
-        Ok(0) => return,
-        Ok(_) => match serde_json::from_str::<Request>(&line) {
-            Ok(req) => handle(req),
-            Err(e) => Reply::Error(ErrorReply {
-                code: code::DECODING_FAILURE,
-                msg: "vswitchd could not decode the request".into(),
-                details: e.to_string(),
-            }),
-        },
-        Err(e) => Reply::Error(ErrorReply {
+    let request = match BufReader::new(&stream).read_line(&mut line) {
+        Ok(0) => return None,
+        Ok(_) => serde_json::from_str::<Request>(&line).map_err(|e| ErrorReply {
+            code: code::DECODING_FAILURE,
+            msg: "vswitchd could not decode the request".into(),
+            details: e.to_string(),
+        }),
+        Err(e) => Err(ErrorReply {
             code: code::IO_FAILURE,
             msg: "vswitchd could not read the request".into(),
             details: e.to_string(),
         }),
     };
-    let mut text = serde_json::to_string(&reply).unwrap_or_else(|e| {
-        format!(
-            r#"{{"error":{{"code":{},"msg":"encoding the reply: {e}"}}}}"#,
-            code::IO_FAILURE
-        )
-    });
-    text.push('\n');
-    let mut w = &stream;
-    let _ = w.write_all(text.as_bytes());
+    Some(Pending { stream, request })
+}
+
+impl Pending {
+    /// Lets `handle` answer the request and writes the reply.
+    pub fn answer(self, handle: impl FnOnce(Request) -> Reply) {
+        let reply = match self.request {
+            Ok(req) => handle(req),
+            Err(e) => Reply::Error(e),
+        };
+        let mut text = serde_json::to_string(&reply).unwrap_or_else(|e| {
+            format!(
+                r#"{{"error":{{"code":{},"msg":"encoding the reply: {e}"}}}}"#,
+                code::IO_FAILURE
+            )
+        });
+        text.push('\n');
+        let mut w = &self.stream;
+        let _ = w.write_all(text.as_bytes());
+    }
 }

@@ -77,7 +77,8 @@ pub struct Options {
 
 /// What the daemon's loop waits for.
 pub enum Event {
-    Connection(std::os::unix::net::UnixStream),
+    /// A request from the control socket, read and waiting for its answer.
+    Request(control::Pending),
     Update(source::Update),
 }
 
