@@ -20,7 +20,7 @@ use policy::{Change, Cluster, Protocol};
 use crate::datapath::counters::Outcome;
 use crate::scenario::dataplane::DataplaneProber;
 use crate::scenario::format::External;
-use crate::scenario::netns::NetnsProber;
+use crate::scenario::netns::{NetnsProber, can_make_namespaces};
 use crate::scenario::run::{Attempt, Endpoint, Observed, Prober, endpoints};
 use crate::simulate::Matrix;
 
@@ -37,26 +37,6 @@ pub enum Pods {
     Netns,
     /// In-process TCP/IP stacks (no privilege needed).
     InProcess,
-}
-
-fn can_make_namespaces() -> Result<(), String> {
-    let uid = std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .map_err(|e| e.to_string())?;
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        return Err("not root (nor in a user namespace)".into());
-    }
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/net/tun")
-        .map_err(|e| format!("/dev/net/tun: {e}"))?;
-    std::process::Command::new("ip")
-        .arg("-V")
-        .output()
-        .map_err(|e| format!("ip: {e}"))?;
-    Ok(())
 }
 
 fn built_in() -> Result<(Cluster, Change), String> {

@@ -4,6 +4,9 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+mod common;
+use common::{is_root, skip};
+
 fn vswitchctl(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_vswitchctl"))
         .args(args)
@@ -274,13 +277,8 @@ fn demo_in_process_shows_the_policy_at_work() {
 
 #[test]
 fn demo_with_network_namespaces_shows_the_policy_at_work_and_cleans_up() {
-    let uid = Command::new("id").arg("-u").output().unwrap();
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "SKIPPED under CI=true: the netns demo needs root"
-        );
-        println!("SKIPPED: the netns demo needs root");
+    if !is_root() {
+        skip("the netns demo needs root");
         return;
     }
     let before = Command::new("ip")

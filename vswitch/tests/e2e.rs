@@ -15,18 +15,11 @@ use std::time::{Duration, Instant};
 
 const CNI_DIR: &str = "/usr/lib/cni";
 
-fn skip(why: &str) -> bool {
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "SKIPPED under CI=true: {why}"
-    );
-    println!("SKIPPED: {why}");
-    true
-}
+mod common;
+use common::{is_root, skip};
 
 fn skip_unless_able() -> bool {
-    let uid = Command::new("id").arg("-u").output().expect("id");
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+    if !is_root() {
         return skip("needs root (or a user namespace) for network namespaces and TAP devices");
     }
     if !Path::new(CNI_DIR).join("host-local").exists() {

@@ -11,18 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn skip(why: &str) -> bool {
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "SKIPPED under CI=true: {why}"
-    );
-    println!("SKIPPED: {why}");
-    true
-}
+mod common;
+use common::{is_root, skip};
 
 fn missing_prerequisite() -> Option<String> {
-    let uid = Command::new("id").arg("-u").output().ok()?;
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+    if !is_root() {
         return Some("podman with CNI networks needs root".into());
     }
     for p in [

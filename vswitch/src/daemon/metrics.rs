@@ -11,8 +11,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::switch::SwitchHandle;
-use crate::datapath::counters::{Counters, Outcome};
+use vswitch_cni::proto::PortInfo;
+
+use super::switch::{Answer, Query, SwitchHandle, Totals};
+use crate::datapath::counters::Outcome;
 
 /// What the control thread publishes for the metrics thread.
 #[derive(Default)]
@@ -76,9 +78,16 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str) {
 
 /// The exposition text.
 pub fn render(switch: &SwitchHandle, g: &Gauges) -> String {
-    let stats = switch.stats();
+    let stats = match switch.query(Query::Totals) {
+        Some(Answer::Totals(t)) => t,
+        _ => Totals::default(),
+    };
+    let ports = match switch.query(Query::Ports) {
+        Some(Answer::Ports(p)) => p,
+        _ => Vec::new(),
+    };
     let mut s = String::new();
-    type Field = fn(&Counters) -> u64;
+    type Field = fn(&PortInfo) -> u64;
     let per_port: [(&str, &str, Field); 4] = [
         (
             "vswitch_port_rx_packets_total",
@@ -103,11 +112,12 @@ pub fn render(switch: &SwitchHandle, g: &Gauges) -> String {
     ];
     for (name, help, get) in per_port {
         metric(&mut s, name, "counter", help);
-        for (id, port, c) in &stats.ports {
+        for p in &ports {
             s.push_str(&format!(
-                "{name}{{port=\"{id}\",name=\"{}\"}} {}\n",
-                escape(port),
-                get(c)
+                "{name}{{port=\"{}\",name=\"{}\"}} {}\n",
+                p.id,
+                escape(&p.name),
+                get(p)
             ));
         }
     }
@@ -117,11 +127,12 @@ pub fn render(switch: &SwitchHandle, g: &Gauges) -> String {
         "counter",
         "Frames received from the port, by what happened to them.",
     );
-    for (id, port, c) in &stats.ports {
-        for (o, n) in c.nonzero() {
+    for p in &ports {
+        for (o, n) in &p.outcomes {
             s.push_str(&format!(
-                "vswitch_port_packets_total{{port=\"{id}\",name=\"{}\",outcome=\"{o}\"}} {n}\n",
-                escape(port)
+                "vswitch_port_packets_total{{port=\"{}\",name=\"{}\",outcome=\"{o}\"}} {n}\n",
+                p.id,
+                escape(&p.name)
             ));
         }
     }

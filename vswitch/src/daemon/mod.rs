@@ -122,9 +122,8 @@ pub struct Daemon {
     /// Whether the source has delivered a complete cluster yet; until then
     /// pods are attached but not ready (fail closed).
     synced: bool,
-    /// Whether the source is in sync with its origin now.
-    pub in_sync: bool,
-    /// What the metrics endpoint reads.
+    /// What the metrics endpoint reads (the source's sync state lives
+    /// only there).
     pub gauges: std::sync::Arc<metrics::Gauges>,
 }
 
@@ -202,9 +201,9 @@ impl Daemon {
             gateway_v4,
             gateway_v6,
             synced: !opts_wait,
-            in_sync: !opts_wait,
             gauges: Default::default(),
         };
+        d.set_in_sync(!opts_wait);
         d.sync_model();
         if let Some(addr) = d.opts.metrics_addr {
             metrics::serve(addr, d.switch.handle().clone(), d.gauges.clone())?;
@@ -361,10 +360,13 @@ impl Daemon {
         self.gauges
             .attachments
             .store(self.attachments.len() as u64, relaxed);
+        g
+    }
+
+    fn set_in_sync(&self, in_sync: bool) {
         self.gauges
             .source_in_sync
-            .store(self.in_sync as u64, relaxed);
-        g
+            .store(in_sync as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Takes an update from the source: a new desired cluster replaces the
@@ -383,7 +385,7 @@ impl Daemon {
                 tracing::info!("desired cluster updated: policy generation {g}");
                 if !self.synced {
                     self.synced = true;
-                    self.in_sync = true;
+                    self.set_in_sync(true);
                     for a in self.attachments.values() {
                         self.switch.send(Command::Ready(a.port, g));
                     }
@@ -391,10 +393,7 @@ impl Daemon {
                 }
             }
             source::Update::Sync { in_sync, message } => {
-                self.in_sync = in_sync;
-                self.gauges
-                    .source_in_sync
-                    .store(in_sync as u64, std::sync::atomic::Ordering::Relaxed);
+                self.set_in_sync(in_sync);
                 if in_sync {
                     tracing::info!("source in sync: {message}");
                 } else {
@@ -709,11 +708,6 @@ impl Daemon {
         Ok(stale)
     }
 
-    /// The switch thread's handle (metrics read counters through it).
-    pub fn switch(&self) -> &switch::SwitchHandle {
-        self.switch.handle()
-    }
-
     fn query(&self, q: switch::Query) -> Result<Reply, Failure> {
         let a = self
             .switch
@@ -722,6 +716,12 @@ impl Daemon {
             .ok_or_else(|| Failure::new(code::TRY_AGAIN_LATER, "the switch did not answer"))?;
         Ok(match a {
             switch::Answer::Ports(p) => Reply::Ports(p),
+            switch::Answer::Totals(_) => {
+                return Err(Failure::new(
+                    code::IO_FAILURE,
+                    "unexpected answer from the switch",
+                ));
+            }
             switch::Answer::Flows(flows, total) => Reply::Flows { flows, total },
             switch::Answer::Conntrack(connections, total) => {
                 Reply::Conntrack { connections, total }

@@ -32,28 +32,29 @@ pub enum Command {
     Ready(PortId, u64),
     /// Detaches a port; the reply comes once its descriptor is closed.
     Detach(PortId, mpsc::Sender<()>),
-    /// Counters: the datapath's and every port's.
-    Stats(mpsc::Sender<Stats>),
-    /// What vswitchctl shows.
+    /// What vswitchctl and the metrics endpoint show.
     Query(Query, mpsc::Sender<Answer>),
 }
 
 pub enum Query {
+    /// The datapath's counters and table sizes.
+    Totals,
+    /// Every port with its counters.
     Ports,
     Flows(usize),
     Conntrack(usize),
 }
 
 pub enum Answer {
+    Totals(Totals),
     Ports(Vec<PortInfo>),
     Flows(Vec<FlowInfo>, usize),
     Conntrack(Vec<ConnInfo>, usize),
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct Stats {
+pub struct Totals {
     pub datapath: Counters,
-    pub ports: Vec<(PortId, String, Counters)>,
     pub policy_generation: u64,
     pub conntrack: usize,
     pub flow_cache: usize,
@@ -77,13 +78,6 @@ impl SwitchHandle {
         if self.tx.send(c).is_ok() {
             let _ = self.waker.wake();
         }
-    }
-
-    /// Counters (empty if the switch does not answer within 5 s).
-    pub fn stats(&self) -> Stats {
-        let (tx, rx) = mpsc::channel();
-        self.send(Command::Stats(tx));
-        rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default()
     }
 
     pub fn query(&self, q: Query) -> Option<Answer> {
@@ -171,19 +165,6 @@ fn handle(el: &mut EventLoop, c: Command) {
         Command::Query(q, reply) => {
             let _ = reply.send(answer(&el.worker.datapath, q));
         }
-        Command::Stats(reply) => {
-            let dp = &el.worker.datapath;
-            let _ = reply.send(Stats {
-                datapath: dp.counters.clone(),
-                ports: dp
-                    .ports()
-                    .map(|(id, p)| (id, p.name.clone(), p.counters.clone()))
-                    .collect(),
-                policy_generation: dp.policy_generation(),
-                conntrack: dp.conntrack().len(),
-                flow_cache: dp.flow_cache().len(),
-            });
-        }
     }
 }
 
@@ -197,6 +178,12 @@ fn ip_of(v: u128, v6: bool) -> IpAddr {
 
 fn answer(dp: &Datapath, q: Query) -> Answer {
     match q {
+        Query::Totals => Answer::Totals(Totals {
+            datapath: dp.counters.clone(),
+            policy_generation: dp.policy_generation(),
+            conntrack: dp.conntrack().len(),
+            flow_cache: dp.flow_cache().len(),
+        }),
         Query::Ports => Answer::Ports(
             dp.ports()
                 .map(|(id, p)| {

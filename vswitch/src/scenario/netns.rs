@@ -1,32 +1,30 @@
 //! `--mode netns`: every pod is a network namespace whose eth0 is a TAP
-//! device served by the switch (event loop, worker, datapath on a thread of
-//! its own), configured as the CNI plugin configures pods (/32 and /128,
+//! device served by the switch (vswitchd's switch thread: event loop,
+//! worker, datapath), configured as the CNI plugin configures pods (/32 and /128,
 //! gateways 169.254.1.1 and fe80::1). Externals share one more namespace
 //! behind the switch's node port. Probes are real kernel sockets: a small
 //! agent runs in each namespace, serves TCP and UDP, and makes the attempts,
 //! all of a probe at once. SCTP attempts are reported as skipped where the
 //! kernel has no SCTP. Needs root (namespaces, /dev/net/tun).
 //!
-//! Plumbing uses `ip` here; the daemon will use netlink.
+//! Plumbing uses `ip` here; the daemon uses netlink.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::IpAddr;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use policy::{Change, Cluster, Engine, Pod, PodKey, Protocol};
 
 use super::format::External;
 use super::run::{Attempt, Observed, Prober};
-use crate::datapath::event_loop::EventLoop;
+use crate::daemon::switch::{Answer, Command as SwitchCommand, Query, Switch};
 use crate::datapath::parse::mac_text;
 use crate::datapath::tap::TapPort;
-use crate::datapath::worker::{PolicyHandle, Worker};
-use crate::datapath::{Config, Datapath, PortId, PortKind};
+use crate::datapath::worker::PolicyHandle;
+use crate::datapath::{Config, PortId, PortKind};
 
 /// How long a denied attempt is given.
 const TIMEOUT_S: &str = "1.0";
@@ -240,13 +238,6 @@ fn tap_into(ns: &str, tap: &str, mac: [u8; 6], addrs: &[IpAddr]) -> Result<TapPo
     Ok(dev)
 }
 
-/// Commands for the switch's thread.
-enum Control {
-    Attach(PortId, String, [u8; 6], PortKind, TapPort),
-    Detach(PortId),
-    Counters(mpsc::Sender<crate::datapath::counters::Counters>),
-}
-
 static RUN: AtomicU32 = AtomicU32::new(0);
 
 /// The agent of the namespace that holds every external.
@@ -258,9 +249,8 @@ pub struct NetnsProber {
     tap_prefix: String,
     engine: Engine,
     handle: PolicyHandle,
-    control: Option<mpsc::Sender<Control>>,
-    stop: Arc<AtomicBool>,
-    switch: Option<std::thread::JoinHandle<()>>,
+    /// The switch's thread, as vswitchd runs it.
+    switch: Option<Switch>,
     namespaces: Vec<String>,
     agents: BTreeMap<String, Agent>,
     ports: BTreeMap<PodKey, (PortId, String, Vec<IpAddr>)>,
@@ -275,8 +265,6 @@ impl Default for NetnsProber {
             tap_prefix: format!("v{}x{}", std::process::id() % 100_000, run % 1000),
             engine: Engine::new(),
             handle: PolicyHandle::default(),
-            control: None,
-            stop: Arc::new(AtomicBool::new(false)),
             switch: None,
             namespaces: Vec::new(),
             agents: BTreeMap::new(),
@@ -289,10 +277,7 @@ impl Default for NetnsProber {
 impl Drop for NetnsProber {
     fn drop(&mut self) {
         self.agents.clear();
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.switch.take() {
-            let _ = t.join();
-        }
+        drop(self.switch.take());
         for ns in &self.namespaces {
             let _ = ip(&["netns", "del", ns]);
         }
@@ -324,11 +309,7 @@ impl NetnsProber {
             ips: pod.ips.clone(),
             ready_generation: self.engine.generation(),
         };
-        self.control
-            .as_ref()
-            .expect("started")
-            .send(Control::Attach(port, pod.key.to_string(), mac, kind, dev))
-            .map_err(|e| e.to_string())?;
+        self.attach(port, pod.key.to_string(), mac, kind, dev);
         self.agents.insert(pod.key.to_string(), Agent::start(&ns)?);
         self.ports
             .insert(pod.key.clone(), (port, ns, pod.ips.clone()));
@@ -338,8 +319,8 @@ impl NetnsProber {
     fn remove_pod(&mut self, key: &PodKey) {
         if let Some((port, ns, _)) = self.ports.remove(key) {
             self.agents.remove(&key.to_string());
-            if let Some(c) = &self.control {
-                let _ = c.send(Control::Detach(port));
+            if let Some(s) = &self.switch {
+                s.detach(port);
             }
             let _ = ip(&["netns", "del", &ns]);
             self.namespaces.retain(|n| *n != ns);
@@ -362,52 +343,29 @@ impl NetnsProber {
             })
             .collect();
         let dev = tap_into(&ns, &tap, mac, &addrs)?;
-        self.control
-            .as_ref()
-            .expect("started")
-            .send(Control::Attach(
-                0,
-                "node".into(),
-                mac,
-                PortKind::Node { ips: vec![] },
-                dev,
-            ))
-            .map_err(|e| e.to_string())?;
+        self.attach(0, "node".into(), mac, PortKind::Node { ips: vec![] }, dev);
         self.agents.insert(OUTSIDE.into(), Agent::start(&ns)?);
         Ok(())
     }
 
-    fn start_switch(&mut self) {
-        let (tx, rx) = mpsc::channel::<Control>();
-        let worker = Worker::new(
-            Datapath::new(Config::default(), Instant::now()),
-            self.handle.clone(),
-        );
-        let stop = self.stop.clone();
-        self.switch = Some(std::thread::spawn(move || {
-            let mut el = EventLoop::new(worker).expect("event loop");
-            while !stop.load(Ordering::Relaxed) {
-                while let Ok(c) = rx.try_recv() {
-                    match c {
-                        Control::Attach(id, name, mac, kind, dev) => {
-                            el.worker.datapath.add_port(id, &name, mac, kind);
-                            el.worker.attach(id, Box::new(dev));
-                            let _ = el.register(id);
-                        }
-                        Control::Counters(reply) => {
-                            let _ = reply.send(el.worker.datapath.counters.clone());
-                        }
-                        Control::Detach(id) => {
-                            let _ = el.deregister(id);
-                            el.worker.detach(id);
-                            el.worker.datapath.remove_port(id);
-                        }
-                    }
-                }
-                let _ = el.run_once(Duration::from_millis(20));
-            }
-        }));
-        self.control = Some(tx);
+    fn start_switch(&mut self) -> Result<(), String> {
+        let switch = Switch::start(Config::default(), self.handle.clone())
+            .map_err(|e| format!("switch: {e}"))?;
+        self.switch = Some(switch);
+        Ok(())
+    }
+
+    fn attach(&self, id: PortId, name: String, mac: [u8; 6], kind: PortKind, dev: TapPort) {
+        self.switch
+            .as_ref()
+            .expect("started")
+            .send(SwitchCommand::Attach {
+                id,
+                name,
+                mac,
+                kind,
+                port: Box::new(dev),
+            });
     }
 
     /// The agent that speaks for an endpoint: its pod's, or the outside's.
@@ -420,6 +378,28 @@ impl NetnsProber {
     }
 }
 
+/// Whether this process may make pods of network namespaces and TAP
+/// devices (root, or root in a user namespace), and if not, why.
+pub fn can_make_namespaces() -> Result<(), String> {
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .map_err(|e| e.to_string())?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        return Err("not root (nor in a user namespace)".into());
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .map_err(|e| format!("/dev/net/tun: {e}"))?;
+    Command::new("ip")
+        .arg("-V")
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    Ok(())
+}
+
 fn proto_name(p: Protocol) -> &'static str {
     match p {
         Protocol::Tcp => "TCP",
@@ -430,22 +410,19 @@ fn proto_name(p: Protocol) -> &'static str {
 
 impl Prober for NetnsProber {
     fn counters(&mut self) -> Option<crate::datapath::counters::Counters> {
-        let (tx, rx) = mpsc::channel();
-        self.control.as_ref()?.send(Control::Counters(tx)).ok()?;
-        rx.recv_timeout(Duration::from_secs(5)).ok()
+        match self.switch.as_ref()?.handle().query(Query::Totals)? {
+            Answer::Totals(t) => Some(t.datapath),
+            _ => None,
+        }
     }
 
     fn start(&mut self, cluster: &Cluster, externals: &[External]) -> Result<(), String> {
-        let uid = Command::new("id")
-            .arg("-u")
-            .output()
-            .map_err(|e| e.to_string())?;
-        if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-            return Err("netns mode needs root (network namespaces, /dev/net/tun)".into());
-        }
+        can_make_namespaces().map_err(|why| {
+            format!("netns mode needs root (network namespaces, /dev/net/tun): {why}")
+        })?;
         self.engine = Engine::from_cluster(cluster.clone()).map_err(|e| e.to_string())?;
         self.handle.publish(self.engine.snapshot());
-        self.start_switch();
+        self.start_switch()?;
         self.add_outside(externals)?;
         for pod in cluster.pods.values() {
             self.add_pod(pod)?;
