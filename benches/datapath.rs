@@ -200,7 +200,7 @@ fn cache_hit(c: &mut Criterion) {
                     *r = buf.as_mut_slice();
                 }
                 actions.clear();
-                dp.process_batch(1, &mut refs, now, &mut actions);
+                dp.process_batch(1, &mut refs, &[], now, &mut actions);
                 black_box(&actions);
             })
         });

@@ -109,7 +109,9 @@ pub struct PortInfo {
     /// "namespace/pod/ifname", or the node TAP's name.
     pub name: String,
     pub mac: String,
-    /// "pod" or "node".
+    /// "pod", "node", "remote" (another node, through the overlay; `ips`
+    /// are its overlay address and pod CIDRs' network addresses) or
+    /// "overlay" (the overlay's socket).
     pub kind: String,
     pub ips: Vec<IpAddr>,
     /// Whether the policy that knows the pod is installed (fail closed).

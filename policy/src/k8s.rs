@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::labels::{Labels, Selector};
-use crate::model::{ContainerPort, Namespace, Pod, PodKey, Protocol};
+use crate::model::{ContainerPort, Namespace, Node, Pod, PodKey, Protocol};
 use crate::netpol::{IpBlock, NamespaceScope, Peer, Policy, PolicyKey, PortMatch, PortRule, Rule};
 
 /// An object the API server would reject, with the field at fault.
@@ -363,6 +363,57 @@ fn check_labels(ctx: &Ctx, labels: &Labels) -> Result<(), ValidationError> {
             .map_err(|m| ctx.err(format!("metadata.labels[{k}]"), m))?;
     }
     Ok(())
+}
+
+/// Converts a Node: its InternalIP addresses (`status.addresses`) and its
+/// pod CIDRs (`spec.podCIDRs`, else `spec.podCIDR`). Either may be empty:
+/// a node that has none yet is known but not reachable for pods.
+pub fn node_from_k8s(node: &core::Node) -> Result<Node, ValidationError> {
+    let name = name_of("Node", &node.metadata)?;
+    let ctx = Ctx {
+        object: format!("Node {name}"),
+    };
+    let mut addresses = Vec::new();
+    let listed = node.status.as_ref().and_then(|s| s.addresses.as_ref());
+    for (i, a) in listed.into_iter().flatten().enumerate() {
+        if a.type_ != "InternalIP" {
+            continue;
+        }
+        let ip: IpAddr = a.address.parse().map_err(|_| {
+            ctx.err(
+                format!("status.addresses[{i}].address"),
+                format!("invalid IP address {:?}", a.address),
+            )
+        })?;
+        if !addresses.contains(&ip) {
+            addresses.push(ip);
+        }
+    }
+    let spec = node.spec.as_ref();
+    let cidrs: Vec<(String, String)> = match spec.and_then(|s| s.pod_cidrs.as_ref()) {
+        Some(list) if !list.is_empty() => list
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (format!("spec.podCIDRs[{i}]"), c.clone()))
+            .collect(),
+        _ => spec
+            .and_then(|s| s.pod_cidr.clone())
+            .map(|c| ("spec.podCIDR".to_string(), c))
+            .into_iter()
+            .collect(),
+    };
+    let mut pod_cidrs = Vec::new();
+    for (field, c) in cidrs {
+        let net: ipnet::IpNet = c
+            .parse()
+            .map_err(|_| ctx.err(field, format!("invalid CIDR {c:?}")))?;
+        pod_cidrs.push(net.trunc());
+    }
+    Ok(Node {
+        name,
+        addresses,
+        pod_cidrs,
+    })
 }
 
 /// What a Pod manifest turned into.

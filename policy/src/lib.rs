@@ -28,6 +28,8 @@ pub mod verdict;
 
 pub use compile::{Engine, Snapshot};
 pub use labels::{Labels, Selector};
-pub use model::{Change, Cluster, ContainerPort, ModelError, Namespace, Pod, PodKey, Protocol};
+pub use model::{
+    Change, Cluster, ContainerPort, ModelError, Namespace, Node, Pod, PodKey, Protocol,
+};
 pub use netpol::{Direction, Policy, PolicyKey};
 pub use verdict::{Decision, Explanation, Flow, Reason, Verdict};

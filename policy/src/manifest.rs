@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde_norway::Value;
 
 use crate::k8s::{self, PodConversion, ValidationError};
-use crate::model::{Namespace, Pod, PodKey};
+use crate::model::{Namespace, Node, Pod, PodKey};
 use crate::netpol::Policy;
 
 /// One object read from a manifest.
@@ -25,6 +25,8 @@ pub enum Object {
     /// A host-network pod, which NetworkPolicy does not cover.
     HostNetworkPod(PodKey),
     NetworkPolicy(Policy),
+    /// A Node: where its pods live and how other nodes reach it.
+    Node(Node),
 }
 
 /// Why one document could not be used; the other documents are unaffected.
@@ -32,7 +34,7 @@ pub enum Object {
 pub enum ManifestError {
     #[error("document {doc}: not valid YAML: {message}")]
     Yaml { doc: usize, message: String },
-    #[error("document {doc}: {kind} is not supported (supported: Namespace, Pod, NetworkPolicy)")]
+    #[error("document {doc}: {kind} is not supported (supported: Namespace, Pod, NetworkPolicy, Node)")]
     Unsupported { doc: usize, kind: String },
     #[error("document {doc}: {object}: {field}: {message}")]
     Decode {
@@ -104,6 +106,9 @@ pub fn parse_value(doc: usize, value: Value, out: &mut Vec<Result<Object, Manife
                 PodConversion::HostNetwork(k) => Ok(Object::HostNetworkPod(k)),
             }
         }),
+        ("v1", "Node") => strict::<core::Node>(doc, &kind, &value)
+            .and_then(|n| k8s::node_from_k8s(&n).map_err(|e| ManifestError::Invalid(e, doc)))
+            .map(Object::Node),
         ("networking.k8s.io/v1", "NetworkPolicy") => {
             strict::<net::NetworkPolicy>(doc, &kind, &value)
                 .and_then(|np| {
@@ -275,6 +280,57 @@ status: {podIP: 10.1.0.1}
             Err(ManifestError::Unsupported { doc: 4, .. })
         ));
         assert!(matches!(&r[4], Ok(Object::Pod(p)) if p.ips.len() == 1));
+    }
+
+    #[test]
+    fn nodes_give_internal_addresses_and_pod_cidrs() {
+        let r = parse(
+            "apiVersion: v1
+kind: Node
+metadata: {name: n1}
+spec: {podCIDR: 10.244.1.0/24, podCIDRs: [10.244.1.0/24, 'fd00:1::/64']}
+status:
+  addresses:
+  - {type: Hostname, address: n1}
+  - {type: ExternalIP, address: 203.0.113.9}
+  - {type: InternalIP, address: 192.168.7.11}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n2}
+spec: {podCIDR: 10.244.2.7/24}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: bad}
+spec: {podCIDRs: [10.244.3.0/33]}
+",
+        );
+        match &r[0] {
+            Ok(Object::Node(n)) => {
+                assert_eq!(n.name, "n1");
+                assert_eq!(n.addresses, vec!["192.168.7.11".parse::<std::net::IpAddr>().unwrap()]);
+                let want: Vec<ipnet::IpNet> =
+                    vec!["10.244.1.0/24".parse().unwrap(), "fd00:1::/64".parse().unwrap()];
+                assert_eq!(n.pod_cidrs, want);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        match &r[1] {
+            // podCIDR alone, host bits cleared; no InternalIP yet
+            Ok(Object::Node(n)) => {
+                assert!(n.addresses.is_empty());
+                assert_eq!(n.pod_cidrs, vec!["10.244.2.0/24".parse::<ipnet::IpNet>().unwrap()]);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        match &r[2] {
+            Err(ManifestError::Invalid(e, 3)) => {
+                assert_eq!(e.object, "Node bad");
+                assert_eq!(e.field, "spec.podCIDRs[0]");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]

@@ -65,6 +65,18 @@ impl fmt::Display for Protocol {
     }
 }
 
+/// A node of the cluster, as far as pod networking cares: where its pods
+/// live (`spec.podCIDRs`) and the address other nodes reach it at (its
+/// first InternalIP). Not part of NetworkPolicy semantics; carried here so
+/// that every source (manifests, the API server) describes nodes one way.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Node {
+    pub name: String,
+    /// InternalIP addresses, in the order the Node lists them.
+    pub addresses: Vec<IpAddr>,
+    pub pod_cidrs: Vec<ipnet::IpNet>,
+}
+
 /// A named container port of a pod (what named ports in policies resolve to).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ContainerPort {

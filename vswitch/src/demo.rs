@@ -54,7 +54,7 @@ fn built_in() -> Result<(Cluster, Change), String> {
                 cluster.pods.insert(p.key.clone(), p);
             }
             Object::NetworkPolicy(p) => policy = Some(Change::UpsertPolicy(p)),
-            Object::HostNetworkPod(_) => {}
+            Object::HostNetworkPod(_) | Object::Node(_) => {}
         }
     }
     Ok((cluster, policy.ok_or("the built-in policy is missing")?))

@@ -851,6 +851,7 @@ fn batches_act_exactly_like_single_frames() {
         many.dp.process_batch(
             port,
             &mut refs,
+            &[],
             many.t0 + Duration::from_millis(t),
             &mut batched,
         );

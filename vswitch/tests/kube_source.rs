@@ -502,7 +502,7 @@ fn client(fake: &Fake) -> kube::Client {
 
 fn describe(u: &Update) -> String {
     match u {
-        Update::Cluster { cluster, notes } => format!(
+        Update::Cluster { cluster, notes, .. } => format!(
             "Cluster({} namespaces, pods {:?}, policies {:?}, notes {notes:?})",
             cluster.namespaces.len(),
             cluster
@@ -562,7 +562,7 @@ impl Running {
 
     async fn cluster(&mut self) -> (Cluster, Vec<String>) {
         match self.next().await {
-            Update::Cluster { cluster, notes } => (cluster, notes),
+            Update::Cluster { cluster, notes, .. } => (cluster, notes),
             u => panic!("expected a cluster, got {}", describe(&u)),
         }
     }

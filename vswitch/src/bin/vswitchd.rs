@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use vswitch::daemon::cli::{Cli, Cmd, Color};
+use vswitch::daemon::nodes::OverlayOptions;
 use vswitch::daemon::{Daemon, Event, Options, install};
+use vswitch::datapath::overlay;
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -30,19 +32,35 @@ fn main() -> ExitCode {
             node_tap,
             no_node_port,
             mtu,
+            node_name,
+            overlay_addr,
+            overlay_port,
+            vni,
+            cluster_cidrs,
             established,
             metrics_addr,
-        } => run(Options {
-            socket,
-            state_dir,
-            manifests,
-            kube: kube.then_some(kubeconfig),
-            wait_for_source: kube,
-            node_tap: (!no_node_port).then_some(node_tap),
-            mtu,
-            established,
-            metrics_addr,
-        }),
+        } => {
+            let overlay = overlay_addr.map(|addr| OverlayOptions {
+                node_name: node_name.clone().unwrap_or_else(host_name),
+                addr,
+                port: overlay_port,
+                vni,
+            });
+            let overhead = overlay_addr.map_or(0, |a| overlay::overhead(a.is_ipv6()));
+            run(Options {
+                socket,
+                state_dir,
+                manifests,
+                kube: kube.then_some(kubeconfig),
+                wait_for_source: kube,
+                node_tap: (!no_node_port).then_some(node_tap),
+                mtu: mtu.unwrap_or(1500 - overhead),
+                established,
+                metrics_addr,
+                overlay,
+                cluster_cidrs,
+            })
+        }
         Cmd::InstallCni {
             plugin,
             bin_dir,
@@ -102,6 +120,13 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The host's name (the Node's name when --node-name is not given).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 fn demo(pods: vswitch::demo::Pods, color: Color) -> Result<(), String> {

@@ -63,9 +63,30 @@ pub enum Cmd {
         /// Run without a node port (pods reach only each other).
         #[arg(long)]
         no_node_port: bool,
-        /// The pods' MTU when the CNI configuration gives none.
-        #[arg(long, default_value_t = 1500)]
-        mtu: u32,
+        /// The pods' MTU when the CNI configuration gives none (default
+        /// 1500, or 1500 less the overlay's 50 or 70 bytes with
+        /// --overlay-addr). With the overlay, also the largest packet it
+        /// carries whole.
+        #[arg(long)]
+        mtu: Option<u32>,
+        /// This node's name in the Node objects (default: $NODE_NAME, else
+        /// the host name).
+        #[arg(long, env = "NODE_NAME")]
+        node_name: Option<String>,
+        /// This node's address between nodes: turns on the overlay (VXLAN
+        /// over UDP) to the other nodes' pods.
+        #[arg(long)]
+        overlay_addr: Option<std::net::IpAddr>,
+        /// The overlay's UDP port, the same on every node.
+        #[arg(long, default_value_t = crate::datapath::overlay::VXLAN_PORT)]
+        overlay_port: u16,
+        /// The overlay's VXLAN network identifier, the same on every node.
+        #[arg(long, default_value_t = crate::datapath::overlay::DEFAULT_VNI)]
+        vni: u32,
+        /// The cluster's pod range (repeat for dual stack): an address there
+        /// that is on no known node is dropped, not sent out of the node.
+        #[arg(long = "cluster-cidr")]
+        cluster_cidrs: Vec<ipnet::IpNet>,
         /// What a new policy does to established connections it denies.
         #[arg(long, value_enum, default_value_t = EstablishedPolicy::Recheck)]
         established: EstablishedPolicy,

@@ -1,4 +1,4 @@
-//! The manifest-directory source: Namespaces, Pods and NetworkPolicies read
+//! The manifest-directory source: Namespaces, Pods, NetworkPolicies and Nodes read
 //! from a folder (recursively), re-read when a file changes.
 //!
 //! Changes are found by polling (every file's path, size and modification
@@ -12,12 +12,14 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use policy::manifest::Object;
-use policy::{Cluster, Namespace, Pod, PodKey};
+use policy::{Cluster, Namespace, Node, Pod, PodKey};
 
 /// What the folder holds, as the cluster model wants it.
 #[derive(Debug, Clone, Default)]
 pub struct Desired {
     pub cluster: Cluster,
+    /// Every node, sorted by name.
+    pub nodes: Vec<Node>,
     pub notes: Vec<String>,
 }
 
@@ -26,6 +28,7 @@ pub struct Desired {
 pub fn load(dir: &Path) -> Result<Desired, String> {
     let (objects, mut notes) = crate::simulate::read_objects(dir)?;
     let mut cluster = Cluster::default();
+    let mut nodes: Vec<Node> = Vec::new();
     for o in &objects {
         if let Object::Namespace(ns) = o {
             cluster.namespaces.insert(ns.name.clone(), ns.clone());
@@ -35,6 +38,13 @@ pub fn load(dir: &Path) -> Result<Desired, String> {
         match o {
             Object::Namespace(_) => {}
             Object::HostNetworkPod(_) => {}
+            Object::Node(n) => {
+                if nodes.iter().any(|m| m.name == n.name) {
+                    notes.push(format!("rejected: Node {}: defined twice", n.name));
+                } else {
+                    nodes.push(n);
+                }
+            }
             Object::Pod(p) => {
                 ensure_namespace(&mut cluster, &p.key.namespace);
                 cluster.pods.insert(p.key.clone(), p);
@@ -64,7 +74,12 @@ pub fn load(dir: &Path) -> Result<Desired, String> {
     for k in dropped {
         cluster.pods.remove(&k);
     }
-    Ok(Desired { cluster, notes })
+    nodes.sort();
+    Ok(Desired {
+        cluster,
+        nodes,
+        notes,
+    })
 }
 
 /// A namespace that has pods or policies but no Namespace object exists

@@ -23,6 +23,8 @@ pub struct Gauges {
     /// The last model sync (compile) in microseconds.
     pub compile_micros: AtomicU64,
     pub attachments: AtomicU64,
+    /// Other nodes reachable through the overlay.
+    pub remote_nodes: AtomicU64,
     /// 1 while the policy source is in sync with its origin.
     pub source_in_sync: AtomicU64,
     pub source_updates: AtomicU64,
@@ -149,7 +151,7 @@ pub fn render(switch: &SwitchHandle, g: &Gauges) -> String {
         ));
     }
     let hits = stats.datapath.get(Outcome::FastForward);
-    let gauges: [(&str, &str, &str, u64); 9] = [
+    let gauges: [(&str, &str, &str, u64); 10] = [
         (
             "vswitch_flow_cache_hits_total",
             "counter",
@@ -191,6 +193,12 @@ pub fn render(switch: &SwitchHandle, g: &Gauges) -> String {
             "gauge",
             "Pods attached on this node.",
             g.attachments.load(Ordering::Relaxed),
+        ),
+        (
+            "vswitch_remote_nodes",
+            "gauge",
+            "Other nodes attached through the overlay.",
+            g.remote_nodes.load(Ordering::Relaxed),
         ),
         (
             "vswitch_source_in_sync",

@@ -30,6 +30,7 @@ pub mod manifests;
 pub mod metrics;
 pub mod netlink;
 pub mod netns;
+pub mod nodes;
 pub mod source;
 pub mod state;
 pub mod switch;
@@ -73,6 +74,11 @@ pub struct Options {
     pub established: EstablishedPolicy,
     /// Where Prometheus metrics are served (off when `None`).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Pods on other nodes, through the overlay (off when `None`: one node).
+    pub overlay: Option<nodes::OverlayOptions>,
+    /// The cluster's pod ranges (addresses there on no known node are
+    /// dropped rather than sent to the node).
+    pub cluster_cidrs: Vec<IpNet>,
 }
 
 /// What the daemon's loop waits for.
@@ -116,6 +122,9 @@ pub struct Daemon {
     switch: Switch,
     /// The cluster as the manifests describe it.
     desired: Cluster,
+    /// Every node, as the source describes them.
+    nodes: Vec<policy::Node>,
+    overlay: Option<nodes::Overlay>,
     attachments: BTreeMap<AttachmentKey, Attachment>,
     gateway_v4: Ipv4Addr,
     gateway_v6: Ipv6Addr,
@@ -166,7 +175,7 @@ impl Daemon {
             .write(true)
             .open("/dev/net/tun")
             .map_err(|e| format!("cannot open /dev/net/tun: {e} (vswitchd needs CAP_NET_ADMIN and access to /dev/net/tun)"))?;
-        let desired = match &opts.manifests {
+        let (desired, nodes) = match &opts.manifests {
             Some(dir) => {
                 if !dir.is_dir() {
                     return Err(format!("--manifests {}: not a folder", dir.display()));
@@ -175,15 +184,18 @@ impl Daemon {
                 for n in &d.notes {
                     tracing::warn!("{n}");
                 }
-                d.cluster
+                (d.cluster, d.nodes)
             }
-            None => Cluster::default(),
+            None => (Cluster::default(), Vec::new()),
         };
         let store = state::Store::open(&opts.state_dir)
             .map_err(|e| format!("state folder {}: {e}", opts.state_dir.display()))?;
         let server = control::Server::bind(&opts.socket)?;
         let cfg = Config {
             established: opts.established,
+            cluster_cidrs: opts.cluster_cidrs.clone(),
+            vni: opts.overlay.as_ref().map_or(1, |o| o.vni),
+            overlay_mtu: opts.mtu.min(u16::MAX as u32) as u16,
             ..Config::default()
         };
         let (gateway_v4, gateway_v6) = (cfg.gateway_v4, cfg.gateway_v6);
@@ -197,6 +209,8 @@ impl Daemon {
             handle,
             switch,
             desired,
+            nodes,
+            overlay: None,
             attachments: BTreeMap::new(),
             gateway_v4,
             gateway_v6,
@@ -210,7 +224,33 @@ impl Daemon {
         }
         d.start_node_port()?;
         d.reattach();
+        if let Some(o) = d.opts.overlay.clone() {
+            let id = d.free_port(&|_| false).ok_or("no switch port for the overlay")?;
+            d.overlay = Some(nodes::Overlay::start(o, d.opts.mtu, id, d.switch.handle())?);
+            d.sync_nodes();
+        }
         Ok((d, server))
+    }
+
+    /// The first port id no pod, overlay port or `taken` id uses.
+    fn free_port(&self, taken: &dyn Fn(PortId) -> bool) -> Option<PortId> {
+        free_port(&self.attachments, self.overlay.as_ref(), taken)
+    }
+
+    /// Attaches, re-attaches and detaches other nodes' ports to match the
+    /// source's nodes.
+    fn sync_nodes(&mut self) {
+        let Some(ov) = self.overlay.as_mut() else {
+            return;
+        };
+        let attachments = &self.attachments;
+        let socket_port = ov.socket_port();
+        let names = ov.sync(&self.nodes, self.switch.handle(), |taken| {
+            free_port(attachments, None, &|p| p == socket_port || taken(p))
+        });
+        self.gauges
+            .remote_nodes
+            .store(names.len() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The node TAP: created (or re-attached) in the host namespace with the
@@ -373,7 +413,11 @@ impl Daemon {
     /// old one in one step; losing the origin keeps the last cluster.
     pub fn update(&mut self, u: source::Update) {
         match u {
-            source::Update::Cluster { cluster, notes } => {
+            source::Update::Cluster {
+                cluster,
+                nodes,
+                notes,
+            } => {
                 self.gauges
                     .source_updates
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -381,6 +425,8 @@ impl Daemon {
                     tracing::warn!("{n}");
                 }
                 self.desired = cluster;
+                self.nodes = nodes;
+                self.sync_nodes();
                 let g = self.sync_model();
                 tracing::info!("desired cluster updated: policy generation {g}");
                 if !self.synced {
@@ -497,8 +543,8 @@ impl Daemon {
                 req.netns
             )));
         }
-        let port = (1..=PortId::MAX)
-            .find(|p| !self.attachments.values().any(|a| a.port == *p))
+        let port = self
+            .free_port(&|_| false)
             .ok_or_else(|| Failure::new(code::TRY_AGAIN_LATER, "every switch port is in use"))?;
         let mac = pod_mac(port);
         let mtu = req.mtu.unwrap_or(self.opts.mtu);
@@ -781,6 +827,20 @@ impl Daemon {
             ),
         })
     }
+}
+
+/// The first port id (from 1) that no attachment, overlay port or `taken`
+/// id uses.
+fn free_port(
+    attachments: &BTreeMap<AttachmentKey, Attachment>,
+    overlay: Option<&nodes::Overlay>,
+    taken: &dyn Fn(PortId) -> bool,
+) -> Option<PortId> {
+    (1..=PortId::MAX).find(|p| {
+        !attachments.values().any(|a| a.port == *p)
+            && !overlay.is_some_and(|o| o.uses(*p))
+            && !taken(*p)
+    })
 }
 
 /// The changes that turn `from` into `to`: namespaces first, then pods and

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use policy::Cluster;
+use policy::{Cluster, Node};
 
 use super::manifests;
 
@@ -25,6 +25,9 @@ pub enum Update {
     /// names the object and the field at fault).
     Cluster {
         cluster: Cluster,
+        /// Every node (this one too): where pods live, how nodes reach
+        /// each other.
+        nodes: Vec<Node>,
         notes: Vec<String>,
     },
     /// The source lost or regained its origin.
@@ -67,6 +70,7 @@ impl Source for ManifestDir {
                     }
                     Update::Cluster {
                         cluster: d.cluster,
+                        nodes: d.nodes,
                         notes: d.notes,
                     }
                 }

@@ -85,6 +85,13 @@ impl SwitchHandle {
         self.send(Command::Query(q, tx));
         rx.recv_timeout(Duration::from_secs(5)).ok()
     }
+
+    /// Detaches a port and waits until its descriptor is closed.
+    pub fn detach(&self, id: PortId) {
+        let (tx, rx) = mpsc::channel();
+        self.send(Command::Detach(id, tx));
+        let _ = rx.recv_timeout(Duration::from_secs(5));
+    }
 }
 
 impl Switch {
@@ -124,9 +131,7 @@ impl Switch {
     }
 
     pub fn detach(&self, id: PortId) {
-        let (tx, rx) = mpsc::channel();
-        self.send(Command::Detach(id, tx));
-        let _ = rx.recv_timeout(Duration::from_secs(5));
+        self.handle.detach(id);
     }
 }
 
@@ -197,6 +202,14 @@ fn answer(dp: &Datapath, q: Query) -> Answer {
                             dp.policy_generation() >= *ready_generation,
                         ),
                         PortKind::Node { ips } => ("node", ips.clone(), true),
+                        PortKind::Remote { addr, cidrs, .. } => (
+                            "remote",
+                            std::iter::once(*addr)
+                                .chain(cidrs.iter().map(|c| c.network()))
+                                .collect(),
+                            true,
+                        ),
+                        PortKind::Overlay => ("overlay", Vec::new(), true),
                     };
                     PortInfo {
                         id,

@@ -35,10 +35,19 @@ pub enum Outcome {
     /// Dropped: traffic the switch does not carry (other ethertypes,
     /// multicast and broadcast that it does not answer, DAD probes).
     Unsupported,
+    /// Dropped: an overlay packet from an address that is no known node,
+    /// or whose source is not the sending node's (pod CIDR or address).
+    Forged,
+    /// Dropped: the destination is in the cluster's pod range but on no
+    /// known node (a node that left).
+    NoNode,
+    /// Dropped: too big for the overlay and not to be fragmented (an ICMP
+    /// "fragmentation needed" / "packet too big" went back).
+    TooBig,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 13] = [
+    pub const ALL: [Outcome; 16] = [
         Outcome::FastForward,
         Outcome::SlowForward,
         Outcome::Replied,
@@ -52,6 +61,9 @@ impl Outcome {
         Outcome::Untracked,
         Outcome::NotReady,
         Outcome::Unsupported,
+        Outcome::Forged,
+        Outcome::NoNode,
+        Outcome::TooBig,
     ];
 
     pub fn name(self) -> &'static str {
@@ -69,6 +81,9 @@ impl Outcome {
             Outcome::Untracked => "untracked",
             Outcome::NotReady => "not_ready",
             Outcome::Unsupported => "unsupported",
+            Outcome::Forged => "forged",
+            Outcome::NoNode => "no_node",
+            Outcome::TooBig => "too_big",
         }
     }
 

@@ -41,6 +41,9 @@ pub struct Forward {
     pub routed: bool,
     pub src_mac: Mac,
     pub dst_mac: Mac,
+    /// The largest IP packet the output takes unsegmented (the overlay's);
+    /// 0: no limit.
+    pub mtu: u16,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -254,6 +257,7 @@ mod tests {
                 routed: false,
                 src_mac: [0; 6],
                 dst_mac: [0; 6],
+                mtu: 0,
             },
             ct: CtRef::default(),
             epoch: 1,

@@ -11,8 +11,9 @@
 //! a gateway (by default 169.254.1.1 and fe80::1 at [`Config::gateway_mac`]):
 //! the switch answers ARP and neighbour solicitations itself (never floods),
 //! forwards frames addressed to a pod's MAC at L2 and routes frames addressed
-//! to the gateway by destination IP. Destinations that are not local pods
-//! leave through the node port. Traffic between the node's own addresses and
+//! to the gateway by destination IP. Destinations in another node's pod
+//! CIDRs go to that node's port, which is the [`overlay`] (VXLAN); other
+//! destinations that are not local pods leave through the node port. Traffic between the node's own addresses and
 //! local pods always passes (kubelet probes); everything else between pods,
 //! and between pods and the outside through the node, is subject to
 //! NetworkPolicy, statefully ([`conntrack`]), with the [`flow_cache`] in
@@ -23,16 +24,20 @@ pub mod counters;
 pub mod event_loop;
 pub mod flow_cache;
 pub mod frag;
+pub mod overlay;
 pub mod parse;
 pub mod port;
 pub mod reply;
+pub mod segment;
 pub mod tap;
+pub mod udp;
 pub mod worker;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Instant;
 
+use ipnet::IpNet;
 use policy::{Flow, Protocol, Snapshot};
 use rustc_hash::FxHashMap;
 
@@ -77,6 +82,13 @@ pub struct Config {
     pub frag_max: usize,
     pub frag_ttl_ms: u64,
     pub timeouts: Timeouts,
+    /// The cluster's pod address ranges: a destination in them that is on
+    /// no known node is dropped (counted), not sent out of the node port.
+    pub cluster_cidrs: Vec<IpNet>,
+    /// The overlay's VXLAN network identifier.
+    pub vni: u32,
+    /// The largest inner IP packet the overlay carries unsegmented.
+    pub overlay_mtu: u16,
 }
 
 impl Default for Config {
@@ -92,6 +104,9 @@ impl Default for Config {
             frag_max: 4096,
             frag_ttl_ms: 2_000,
             timeouts: Timeouts::default(),
+            cluster_cidrs: Vec::new(),
+            vni: overlay::DEFAULT_VNI,
+            overlay_mtu: 1450,
         }
     }
 }
@@ -108,6 +123,17 @@ pub enum PortKind {
     /// The node: its own `ips` always reach local pods; other sources behind
     /// it are outside the cluster.
     Node { ips: Vec<IpAddr> },
+    /// Another node, reached through the overlay at `addr`: it owns its pod
+    /// CIDRs and its own addresses (sources its frames may carry).
+    Remote {
+        addr: IpAddr,
+        addrs: Vec<IpAddr>,
+        cidrs: Vec<IpNet>,
+    },
+    /// The overlay's socket: what arrives on it is a VXLAN datagram, taken
+    /// by [`Datapath::process_overlay`] and handed on as a frame of the
+    /// sending node's port.
+    Overlay,
 }
 
 #[derive(Debug, Clone)]
@@ -122,6 +148,10 @@ impl PortState {
     fn owns(&self, ip: IpAddr) -> bool {
         match &self.kind {
             PortKind::Pod { ips, .. } | PortKind::Node { ips } => ips.contains(&ip),
+            PortKind::Remote { addrs, cidrs, .. } => {
+                addrs.contains(&ip) || cidrs.iter().any(|c| c.contains(&ip))
+            }
+            PortKind::Overlay => false,
         }
     }
 }
@@ -133,6 +163,10 @@ pub struct Datapath {
     /// Local pod addresses.
     by_ip: FxHashMap<IpAddr, PortId>,
     node_port: Option<PortId>,
+    /// Other nodes' pod CIDRs, to their ports.
+    remote: overlay::Routes,
+    /// Other nodes' overlay addresses, to their ports.
+    by_underlay: FxHashMap<IpAddr, PortId>,
     policy: Arc<Snapshot>,
     /// Changes with every policy generation and port change; flow-cache
     /// entries of another epoch are misses.
@@ -159,6 +193,8 @@ impl Datapath {
             by_mac: FxHashMap::default(),
             by_ip: FxHashMap::default(),
             node_port: None,
+            remote: overlay::Routes::default(),
+            by_underlay: FxHashMap::default(),
             policy: Arc::new(Snapshot::default()),
             epoch: 1,
             counters: Counters::default(),
@@ -189,10 +225,19 @@ impl Datapath {
         if matches!(kind, PortKind::Node { .. }) {
             self.node_port = Some(id);
         }
-        if let PortKind::Pod { ips, .. } = &kind {
-            for ip in ips {
-                self.by_ip.insert(*ip, id);
+        match &kind {
+            PortKind::Pod { ips, .. } => {
+                for ip in ips {
+                    self.by_ip.insert(*ip, id);
+                }
             }
+            PortKind::Remote { addr, cidrs, .. } => {
+                for c in cidrs {
+                    self.remote.insert(*c, id);
+                }
+                self.by_underlay.insert(*addr, id);
+            }
+            PortKind::Node { .. } | PortKind::Overlay => {}
         }
         self.by_mac.insert(mac, id);
         self.ports[i] = Some(PortState {
@@ -207,6 +252,10 @@ impl Datapath {
     fn unindex(&mut self, id: PortId, p: &PortState) {
         self.by_mac.retain(|_, v| *v != id);
         self.by_ip.retain(|_, v| *v != id);
+        if matches!(p.kind, PortKind::Remote { .. }) {
+            self.remote.remove_port(id);
+            self.by_underlay.retain(|_, v| *v != id);
+        }
         if self.node_port == Some(id) && !matches!(p.kind, PortKind::Node { .. }) {
             self.node_port = None;
         }
@@ -295,6 +344,20 @@ impl Datapath {
     /// rewritten in place when it is forwarded. Every call bumps exactly one
     /// outcome counter, on the port and on the datapath.
     pub fn process(&mut self, in_port: PortId, frame: &mut [u8], now: Instant) -> Action {
+        self.process_frame(in_port, frame, false, now)
+    }
+
+    /// [`Datapath::process`] for a frame that may be a segmentation-offload
+    /// frame (`gso`: its port's virtio-net header says so; it stands for
+    /// several packets, which the output segments). Such frames are not
+    /// held to the overlay's MTU here: the overlay cuts them to size.
+    pub fn process_frame(
+        &mut self,
+        in_port: PortId,
+        frame: &mut [u8],
+        gso: bool,
+        now: Instant,
+    ) -> Action {
         let ms = self.clock(now);
         let Some(mac) = self.port(in_port).map(|p| p.mac) else {
             return Action::Drop(Outcome::NoRoute); // not ours to count: no such port
@@ -305,12 +368,47 @@ impl Datapath {
             && frame[6..12] == mac
             && let Some(key) = parse::fast_key(frame, in_port)
             && let Some(idx) = self.cache.find(FlowCache::hash(&key), &key)
-            && let Some(action) = self.hit(in_port, frame, *self.cache.entry(idx), ms)
+            && let Some(action) = self.hit(in_port, frame, *self.cache.entry(idx), ms, gso)
         {
             return action;
         }
 
-        let len = frame.len() as u64;
+        let (action, outcome) = self.slow_path(in_port, frame, gso, ms);
+        self.account(in_port, frame.len(), outcome, action)
+    }
+
+    /// A datagram from the overlay socket (`in_port`, a [`PortKind::Overlay`]
+    /// port) sent by `peer`: accepted only from a known node and with our
+    /// VNI, its inner frame then goes the way of every frame, as a frame of
+    /// that node's port (whose sources are checked like a pod's). The inner
+    /// frame starts at [`overlay::HLEN`]; its MACs are rewritten to the
+    /// virtual link between the node's port and the gateway.
+    pub fn process_overlay(
+        &mut self,
+        in_port: PortId,
+        peer: Option<IpAddr>,
+        datagram: &mut [u8],
+        now: Instant,
+    ) -> Action {
+        let Some(&via) = peer.and_then(|p| self.by_underlay.get(&p)) else {
+            let drop = Action::Drop(Outcome::Forged);
+            return self.account(in_port, datagram.len(), Outcome::Forged, drop);
+        };
+        if !overlay::check(datagram, self.cfg.vni) {
+            let drop = Action::Drop(Outcome::Malformed);
+            return self.account(via, datagram.len(), Outcome::Malformed, drop);
+        }
+        let mac = self.ports[via as usize].as_ref().expect("indexed").mac;
+        let inner = &mut datagram[overlay::HLEN..];
+        inner[0..6].copy_from_slice(&self.cfg.gateway_mac);
+        inner[6..12].copy_from_slice(&mac);
+        self.process(via, inner, now)
+    }
+
+    /// Counts a frame that took the slow path: received on `in_port`, its
+    /// one outcome, and what was sent.
+    fn account(&mut self, in_port: PortId, len: usize, outcome: Outcome, action: Action) -> Action {
+        let len = len as u64;
         if let Some(p) = self
             .ports
             .get_mut(in_port as usize)
@@ -318,17 +416,10 @@ impl Datapath {
         {
             p.counters.rx_packets += 1;
             p.counters.rx_bytes += len;
+            p.counters.count(outcome);
         }
         self.counters.rx_packets += 1;
         self.counters.rx_bytes += len;
-        let (action, outcome) = self.slow_path(in_port, frame, ms);
-        if let Some(p) = self
-            .ports
-            .get_mut(in_port as usize)
-            .and_then(Option::as_mut)
-        {
-            p.counters.count(outcome);
-        }
         self.counters.count(outcome);
         let sent = match &action {
             Action::Forward(out) => Some((*out, len)),
@@ -353,15 +444,21 @@ impl Datapath {
     /// every bucket line, then every entry and its connection, so that their
     /// memory fetches overlap instead of following each other. `actions`
     /// receives one action per frame, in order.
+    ///
+    /// `gso` marks the frames that are segmentation-offload frames (see
+    /// [`Datapath::process_frame`]); frames beyond its length are not.
     pub fn process_batch(
         &mut self,
         in_port: PortId,
         frames: &mut [&mut [u8]],
+        gso: &[bool],
         now: Instant,
         actions: &mut Vec<Action>,
     ) {
-        for chunk in frames.chunks_mut(Self::BATCH) {
-            self.batch(in_port, chunk, now, actions);
+        for (i, chunk) in frames.chunks_mut(Self::BATCH).enumerate() {
+            let from = (i * Self::BATCH).min(gso.len());
+            let to = (from + Self::BATCH).min(gso.len());
+            self.batch(in_port, chunk, &gso[from..to], now, actions);
         }
     }
 
@@ -369,6 +466,7 @@ impl Datapath {
         &mut self,
         in_port: PortId,
         frames: &mut [&mut [u8]],
+        gso: &[bool],
         now: Instant,
         actions: &mut Vec<Action>,
     ) {
@@ -403,22 +501,34 @@ impl Datapath {
         std::hint::black_box(warm);
         for (i, f) in frames.iter_mut().enumerate() {
             // (an earlier frame of the batch may have reused the slot)
+            let seg = gso.get(i).copied().unwrap_or(false);
             let action = match found[i] {
                 NONE => None,
                 j => match self.cache.entry_for(j, &keys[i]) {
-                    Some(e) => self.hit(in_port, f, *e, ms),
+                    Some(e) => self.hit(in_port, f, *e, ms, seg),
                     None => None,
                 },
             };
-            actions.push(action.unwrap_or_else(|| self.process(in_port, f, now)));
+            actions.push(action.unwrap_or_else(|| self.process_frame(in_port, f, seg, now)));
         }
     }
 
     /// The fast path for a frame whose cache entry is known; `None` when the
     /// entry is stale (the caller takes the whole path).
     #[inline(always)]
-    fn hit(&mut self, in_port: PortId, frame: &mut [u8], e: CacheEntry, ms: u64) -> Option<Action> {
-        if e.epoch != self.epoch || !self.ct.touch(e.ct, ms) || !rewrite(frame, &e.fwd) {
+    fn hit(
+        &mut self,
+        in_port: PortId,
+        frame: &mut [u8],
+        e: CacheEntry,
+        ms: u64,
+        gso: bool,
+    ) -> Option<Action> {
+        if e.epoch != self.epoch
+            || (e.fwd.mtu != 0 && !gso && too_big(frame, e.fwd.mtu))
+            || !self.ct.touch(e.ct, ms)
+            || !rewrite(frame, &e.fwd)
+        {
             return None;
         }
         let len = frame.len() as u64;
@@ -451,7 +561,13 @@ impl Datapath {
     }
 
     /// Everything the flow cache did not answer.
-    fn slow_path(&mut self, in_port: PortId, frame: &mut [u8], ms: u64) -> (Action, Outcome) {
+    fn slow_path(
+        &mut self,
+        in_port: PortId,
+        frame: &mut [u8],
+        gso: bool,
+        ms: u64,
+    ) -> (Action, Outcome) {
         let drop = |o: Outcome| (Action::Drop(o), o);
         if frame.len() < ETH_HLEN {
             return drop(Outcome::Malformed);
@@ -470,7 +586,7 @@ impl Datapath {
         };
         match parsed.payload {
             Payload::Arp(arp) => self.arp(in_port, &arp),
-            Payload::Ip(ip) => match self.ip(in_port, parsed.dst_mac, &ip, frame, ms) {
+            Payload::Ip(ip) => match self.ip(in_port, parsed.dst_mac, &ip, frame, gso, ms) {
                 Ok(fwd) => {
                     if rewrite(frame, &fwd) {
                         (Action::Forward(fwd.port), Outcome::SlowForward)
@@ -481,6 +597,19 @@ impl Datapath {
                 Err(Ok(reply)) => reply,
                 Err(Err(o)) => drop(o),
             },
+        }
+    }
+
+    fn too_big_reply(&self, in_port: PortId, frame: &[u8], mtu: u16) -> (Action, Outcome) {
+        match reply::too_big(
+            frame,
+            self.cfg.gateway_mac,
+            self.cfg.gateway_v4,
+            self.cfg.gateway_v6,
+            mtu,
+        ) {
+            Some(r) => (Action::Reply(in_port, r), Outcome::TooBig),
+            None => (Action::Drop(Outcome::Malformed), Outcome::Malformed),
         }
     }
 
@@ -516,6 +645,10 @@ impl Datapath {
         let legit = match &port.kind {
             PortKind::Pod { .. } => port.owns(sender) || arp.sender_ip.is_link_local(),
             PortKind::Node { .. } => !self.by_ip.contains_key(&sender),
+            // nothing to resolve across the overlay
+            PortKind::Remote { .. } | PortKind::Overlay => {
+                return drop(Outcome::Unsupported);
+            }
         };
         if !legit {
             return drop(Outcome::Spoofed);
@@ -544,30 +677,41 @@ impl Datapath {
     }
 
     /// The IP packet path. `Ok`: forward; `Err(Ok)`: a reply; `Err(Err)`: drop.
+    #[allow(clippy::too_many_arguments)]
     fn ip(
         &mut self,
         in_port: PortId,
         dst_mac: Mac,
         ip: &IpPacket,
         frame: &[u8],
+        gso: bool,
         ms: u64,
     ) -> Result<Forward, Result<(Action, Outcome), Outcome>> {
         let port = self.ports[in_port as usize].as_ref().expect("port");
         let from_node = matches!(port.kind, PortKind::Node { .. });
+        let from_remote = matches!(port.kind, PortKind::Remote { .. });
 
         // Neighbour discovery is answered here, before anything is routed.
         if let L4::Ndp { ty } = ip.l4 {
+            if from_remote {
+                return Err(Err(Outcome::Unsupported)); // not across the overlay
+            }
             return Err(self.ndp(in_port, ty, ip, frame));
         }
-        // Anti-spoofing: a pod sends from its own addresses only; the node
-        // may not impersonate a local pod.
+        // Anti-spoofing: a pod sends from its own addresses only, another
+        // node from its pods' and its own; the node may not impersonate a
+        // local pod.
         let legit = if from_node {
             !self.by_ip.contains_key(&ip.src)
         } else {
             port.owns(ip.src)
         };
         if !legit {
-            return Err(Err(Outcome::Spoofed));
+            return Err(Err(if from_remote {
+                Outcome::Forged
+            } else {
+                Outcome::Spoofed
+            }));
         }
         if let PortKind::Pod {
             ready_generation, ..
@@ -642,6 +786,12 @@ impl Datapath {
             }
         };
 
+        // Allowed, but too big for the overlay: answered as a router would
+        // (IPv4 without DF is fragmented by the overlay instead).
+        if fwd.mtu != 0 && !gso && too_big(frame, fwd.mtu) {
+            return Err(Ok(self.too_big_reply(in_port, frame, fwd.mtu)));
+        }
+
         if let Some(f) = ip.frag {
             let key = FragKey {
                 src: ip.src,
@@ -707,31 +857,56 @@ impl Datapath {
     /// Where a packet goes. A frame to the gateway's MAC is routed by
     /// destination address; a frame to a local pod's MAC is delivered at L2
     /// if that pod owns the destination address. Nothing is flooded.
+    ///
+    /// By destination address: a local pod; else another node's pod CIDR
+    /// (not for what came from another node: no transit); else, from a
+    /// pod, out of the node port, unless the address is in the cluster's
+    /// pod range (a pod of a node that is gone: dropped).
     fn route(&self, in_port: PortId, dst_mac: Mac, dst: IpAddr) -> Route {
         let fwd = |port: PortId, routed: bool| -> Route {
             if port == in_port {
                 return Err(Outcome::NoRoute); // no hairpin
             }
-            let mac = self.ports[port as usize]
-                .as_ref()
-                .ok_or(Outcome::NoRoute)?
-                .mac;
+            let out = self.ports[port as usize].as_ref().ok_or(Outcome::NoRoute)?;
+            let mtu = match out.kind {
+                PortKind::Remote { .. } => self.cfg.overlay_mtu,
+                _ => 0,
+            };
             Ok(Forward {
                 port,
                 routed,
                 src_mac: self.cfg.gateway_mac,
-                dst_mac: mac,
+                dst_mac: out.mac,
+                mtu,
             })
         };
         if dst_mac == self.cfg.gateway_mac {
-            match self.by_ip.get(&dst) {
-                Some(&p) => fwd(p, true),
-                None if self.node_port == Some(in_port) => Err(Outcome::NoRoute),
-                None => fwd(self.node_port.ok_or(Outcome::NoRoute)?, true),
+            if let Some(&p) = self.by_ip.get(&dst) {
+                return fwd(p, true);
             }
+            let from = &self.ports[in_port as usize].as_ref().expect("port").kind;
+            if matches!(from, PortKind::Remote { .. }) {
+                return Err(Outcome::NoRoute);
+            }
+            if let Some(p) = self.remote.lookup(dst) {
+                return fwd(p, true);
+            }
+            if matches!(from, PortKind::Node { .. }) {
+                return Err(Outcome::NoRoute);
+            }
+            if self.cfg.cluster_cidrs.iter().any(|c| c.contains(&dst)) {
+                return Err(Outcome::NoNode);
+            }
+            fwd(self.node_port.ok_or(Outcome::NoRoute)?, true)
         } else {
+            // At L2 only on this node's link, to the owner of the address.
             match self.by_mac.get(&dst_mac) {
-                Some(&p) if self.ports[p as usize].as_ref().is_some_and(|s| s.owns(dst)) => {
+                Some(&p)
+                    if self.ports[p as usize].as_ref().is_some_and(|s| {
+                        matches!(s.kind, PortKind::Pod { .. } | PortKind::Node { .. })
+                            && s.owns(dst)
+                    }) =>
+                {
                     let mut f = fwd(p, false)?;
                     f.src_mac = self.ports[in_port as usize].as_ref().expect("port").mac;
                     Ok(f)
@@ -764,6 +939,7 @@ impl Datapath {
         let legit = match &port.kind {
             PortKind::Pod { .. } => link_local || port.owns(ip.src),
             PortKind::Node { .. } => !self.by_ip.contains_key(&ip.src),
+            PortKind::Remote { .. } | PortKind::Overlay => return Err(Outcome::Unsupported),
         };
         if !legit {
             return Err(Outcome::Spoofed);
@@ -789,6 +965,19 @@ impl Datapath {
         let r = reply::neighbor_advert(answer, target, router, src_mac, src);
         Ok((Action::Reply(in_port, r), Outcome::Replied))
     }
+}
+
+/// Whether a frame's IP packet is larger than `mtu` and may not be
+/// fragmented on the way (IPv6, or IPv4 with DF set).
+#[inline(always)]
+fn too_big(frame: &[u8], mtu: u16) -> bool {
+    let len = frame.len().saturating_sub(ETH_HLEN);
+    len > mtu as usize
+        && match frame[12..14] {
+            [0x08, 0x00] => frame.get(ETH_HLEN + 6).is_some_and(|f| f & 0x40 != 0),
+            [0x86, 0xdd] => true,
+            _ => false,
+        }
 }
 
 /// Rewrites a frame for its output: MACs, and TTL or hop limit when routed

@@ -50,6 +50,16 @@ impl VnetHdr {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RxMeta {
     pub vnet: VnetHdr,
+    /// Who sent it, for ports whose frames come from many senders (the
+    /// overlay's socket: the sending node's address).
+    pub peer: Option<std::net::IpAddr>,
+}
+
+impl RxMeta {
+    /// A segmentation-offload frame: it stands for several packets.
+    pub fn is_gso(&self) -> bool {
+        self.vnet.gso_type != 0
+    }
 }
 
 pub trait Port: Send {

@@ -1,12 +1,13 @@
 //! Frames the switch originates: ARP replies, IPv6 neighbour advertisements
-//! and ICMP time-exceeded errors, built with smoltcp's wire module.
+//! and ICMP errors (time exceeded, fragmentation needed / packet too big),
+//! built with smoltcp's wire module.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
-    EthernetRepr, Icmpv4Packet, Icmpv4Repr, Icmpv4TimeExceeded, Icmpv6Packet, Icmpv6Repr,
+    EthernetRepr, Icmpv4DstUnreachable, Icmpv4Packet, Icmpv4Repr, Icmpv4TimeExceeded, Icmpv6Packet, Icmpv6Repr,
     Icmpv6TimeExceeded, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, NdiscNeighborFlags,
     NdiscRepr, RawHardwareAddress,
 };
@@ -91,6 +92,30 @@ pub fn time_exceeded(
     gw_v4: Ipv4Addr,
     gw_v6: Ipv6Addr,
 ) -> Option<Vec<u8>> {
+    icmp_error(frame, gw_mac, gw_v4, gw_v6, None)
+}
+
+/// ICMP "fragmentation needed and DF set" (RFC 1191, with the next hop's
+/// `mtu`) or ICMPv6 "packet too big" for `frame`, from the gateway back to
+/// the sender.
+pub fn too_big(
+    frame: &[u8],
+    gw_mac: Mac,
+    gw_v4: Ipv4Addr,
+    gw_v6: Ipv6Addr,
+    mtu: u16,
+) -> Option<Vec<u8>> {
+    icmp_error(frame, gw_mac, gw_v4, gw_v6, Some(mtu))
+}
+
+/// An ICMP error quoting `frame`: time exceeded, or too big for `mtu`.
+fn icmp_error(
+    frame: &[u8],
+    gw_mac: Mac,
+    gw_v4: Ipv4Addr,
+    gw_v6: Ipv6Addr,
+    too_big: Option<u16>,
+) -> Option<Vec<u8>> {
     let src_mac: Mac = frame.get(6..12)?.try_into().ok()?;
     let l3 = frame.get(ETH_HLEN..)?;
     let caps = ChecksumCapabilities::ignored();
@@ -99,10 +124,17 @@ pub fn time_exceeded(
             let p = Ipv4Packet::new_checked(l3).ok()?;
             let header = Ipv4Repr::parse(&p, &caps).ok()?;
             let data = &p.payload()[..p.payload().len().min(QUOTE_V4)];
-            let icmp = Icmpv4Repr::TimeExceeded {
-                reason: Icmpv4TimeExceeded::TtlExpired,
-                header,
-                data,
+            let icmp = match too_big {
+                None => Icmpv4Repr::TimeExceeded {
+                    reason: Icmpv4TimeExceeded::TtlExpired,
+                    header,
+                    data,
+                },
+                Some(_) => Icmpv4Repr::DstUnreachable {
+                    reason: Icmpv4DstUnreachable::FragRequired,
+                    header,
+                    data,
+                },
             };
             let ip = Ipv4Repr {
                 src_addr: gw_v4,
@@ -122,20 +154,33 @@ pub fn time_exceeded(
                 &mut Ipv4Packet::new_unchecked(&mut *out),
                 &ChecksumCapabilities::default(),
             );
+            let icmp_buf = &mut out[ip.buffer_len()..];
             icmp.emit(
-                &mut Icmpv4Packet::new_unchecked(&mut out[ip.buffer_len()..]),
+                &mut Icmpv4Packet::new_unchecked(&mut *icmp_buf),
                 &ChecksumCapabilities::default(),
             );
+            if let Some(mtu) = too_big {
+                // the next-hop MTU (RFC 1191), which smoltcp does not write
+                icmp_buf[6..8].copy_from_slice(&mtu.to_be_bytes());
+                Icmpv4Packet::new_unchecked(&mut *icmp_buf).fill_checksum();
+            }
             Some(buf)
         }
         6 => {
             let p = Ipv6Packet::new_checked(l3).ok()?;
             let header = Ipv6Repr::parse(&p).ok()?;
             let data = &p.payload()[..p.payload().len().min(QUOTE_V6)];
-            let icmp = Icmpv6Repr::TimeExceeded {
-                reason: Icmpv6TimeExceeded::HopLimitExceeded,
-                header,
-                data,
+            let icmp = match too_big {
+                None => Icmpv6Repr::TimeExceeded {
+                    reason: Icmpv6TimeExceeded::HopLimitExceeded,
+                    header,
+                    data,
+                },
+                Some(mtu) => Icmpv6Repr::PktTooBig {
+                    mtu: mtu as u32,
+                    header,
+                    data,
+                },
             };
             let ip = Ipv6Repr {
                 src_addr: gw_v6,

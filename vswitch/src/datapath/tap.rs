@@ -103,7 +103,13 @@ impl Port for TapPort {
             .ok_or_else(|| io::Error::other("short virtio-net header"))?;
         let len = (n - VnetHdr::LEN).min(buf.len());
         buf[..len].copy_from_slice(&self.scratch[VnetHdr::LEN..VnetHdr::LEN + len]);
-        Ok(Some((len, RxMeta { vnet })))
+        Ok(Some((
+            len,
+            RxMeta {
+                vnet,
+                ..RxMeta::default()
+            },
+        )))
     }
 
     fn send(&mut self, frame: &[u8], meta: &RxMeta) -> io::Result<bool> {

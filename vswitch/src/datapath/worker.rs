@@ -14,7 +14,7 @@ use arc_swap::ArcSwap;
 use policy::Snapshot;
 
 use super::port::{Port, RxMeta};
-use super::{Action, Datapath, PortId};
+use super::{Action, Datapath, PortId, PortKind, overlay};
 
 /// Where the control plane publishes policy generations for workers.
 #[derive(Clone, Default)]
@@ -123,24 +123,54 @@ impl Worker {
                 continue;
             }
             received += self.lens.len();
-            // The batch's frames as slices, on the stack: no allocation per poll.
-            let mut frames: [&mut [u8]; Datapath::BATCH] = std::array::from_fn(|_| &mut [][..]);
             let count = self.lens.len();
-            for ((slot, buf), (n, _)) in frames.iter_mut().zip(self.bufs.iter_mut()).zip(&self.lens)
-            {
-                *slot = &mut buf[..*n];
-            }
             self.actions.clear();
-            self.datapath
-                .process_batch(id as PortId, &mut frames[..count], now, &mut self.actions);
+            // The overlay's datagrams carry a frame after their VXLAN header,
+            // with complete checksums.
+            let overlay = self
+                .datapath
+                .port(id as PortId)
+                .is_some_and(|p| p.kind == PortKind::Overlay);
+            if overlay {
+                for (buf, (n, meta)) in self.bufs.iter_mut().zip(&self.lens) {
+                    let a = self
+                        .datapath
+                        .process_overlay(id as PortId, meta.peer, &mut buf[..*n], now);
+                    self.actions.push(a);
+                }
+            } else {
+                // The batch's frames as slices, on the stack: no allocation
+                // per poll.
+                let mut frames: [&mut [u8]; Datapath::BATCH] =
+                    std::array::from_fn(|_| &mut [][..]);
+                let mut gso = [false; Datapath::BATCH];
+                for (((slot, g), buf), (n, meta)) in frames
+                    .iter_mut()
+                    .zip(gso.iter_mut())
+                    .zip(self.bufs.iter_mut())
+                    .zip(&self.lens)
+                {
+                    *slot = &mut buf[..*n];
+                    *g = meta.is_gso();
+                }
+                self.datapath.process_batch(
+                    id as PortId,
+                    &mut frames[..count],
+                    &gso[..count],
+                    now,
+                    &mut self.actions,
+                );
+            }
+            let start = if overlay { overlay::HLEN } else { 0 };
             for (k, action) in self.actions.drain(..).enumerate() {
                 let (n, meta) = self.lens[k];
+                let meta = if overlay { RxMeta::default() } else { meta };
                 match action {
                     Action::Forward(out) => Self::send(
                         &mut self.ports,
                         &mut self.pending,
                         out as usize,
-                        &self.bufs[k][..n],
+                        &self.bufs[k][start..n],
                         meta,
                     ),
                     Action::Reply(out, reply) => Self::send(

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use policy::k8s::{PodConversion, namespace_from_k8s, pod_from_k8s, policy_from_k8s};
+use policy::k8s::{
+    PodConversion, namespace_from_k8s, node_from_k8s, pod_from_k8s, policy_from_k8s,
+};
 use policy::{Cluster, PodKey};
 
 use crate::daemon::manifests::{Desired, ensure_namespace};
@@ -30,6 +32,7 @@ pub fn build(
     namespaces: &[Arc<Namespace>],
     pods: &[Arc<Pod>],
     policies: &[Arc<NetworkPolicy>],
+    nodes: &[Arc<Node>],
 ) -> Desired {
     let mut cluster = Cluster::default();
     let mut notes = Vec::new();
@@ -89,8 +92,20 @@ pub fn build(
             Err(e) => notes.push(format!("rejected: {e}")),
         }
     }
+    let mut out_nodes = Vec::new();
+    for n in nodes {
+        match node_from_k8s(n) {
+            Ok(n) => out_nodes.push(n),
+            Err(e) => notes.push(format!("rejected: {e}")),
+        }
+    }
+    out_nodes.sort();
     notes.sort();
-    Desired { cluster, notes }
+    Desired {
+        cluster,
+        nodes: out_nodes,
+        notes,
+    }
 }
 
 /// Whether two results are the same (the Cluster has no `PartialEq`).
@@ -98,6 +113,7 @@ pub fn same(a: &Desired, b: &Desired) -> bool {
     a.cluster.namespaces == b.cluster.namespaces
         && a.cluster.pods == b.cluster.pods
         && a.cluster.policies == b.cluster.policies
+        && a.nodes == b.nodes
         && a.notes == b.notes
 }
 
@@ -110,27 +126,9 @@ fn finished(p: &Pod) -> bool {
 /// A node's pod CIDRs: `spec.podCIDRs`, else `spec.podCIDR`; empty when
 /// none is allocated yet.
 pub fn node_pod_cidrs(node: &Node) -> Result<Vec<IpNet>, String> {
-    let name = node.metadata.name.as_deref().unwrap_or("(unnamed)");
-    let spec = node.spec.as_ref();
-    let listed: Vec<(String, &String)> = match spec.and_then(|s| s.pod_cidrs.as_ref()) {
-        Some(list) if !list.is_empty() => list
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (format!("spec.podCIDRs[{i}]"), c))
-            .collect(),
-        _ => spec
-            .and_then(|s| s.pod_cidr.as_ref())
-            .map(|c| ("spec.podCIDR".to_string(), c))
-            .into_iter()
-            .collect(),
-    };
-    listed
-        .into_iter()
-        .map(|(field, c)| {
-            c.parse::<IpNet>()
-                .map_err(|_| format!("Node {name}: {field}: invalid CIDR {c:?}"))
-        })
-        .collect()
+    node_from_k8s(node)
+        .map(|n| n.pod_cidrs)
+        .map_err(|e| e.to_string())
 }
 
 /// Every node's pod CIDRs (nodes whose CIDRs do not parse are left out).

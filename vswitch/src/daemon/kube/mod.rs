@@ -345,11 +345,13 @@ impl Progress {
             &stores.namespaces.state(),
             &stores.pods.state(),
             &stores.policies.state(),
+            &stores.nodes.state(),
         );
         let changed = !self.last.as_ref().is_some_and(|l| cluster::same(l, &now));
         if changed || recovered {
             let update = Update::Cluster {
                 cluster: now.cluster.clone(),
+                nodes: now.nodes.clone(),
                 notes: now.notes.clone(),
             };
             self.last = Some(now);

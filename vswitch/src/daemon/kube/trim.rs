@@ -5,7 +5,9 @@
 //! the object) first, would only take memory: a node agent holds every pod
 //! of the cluster.
 
-use k8s_openapi::api::core::v1::{Container, Namespace, Node, NodeSpec, Pod, PodSpec, PodStatus};
+use k8s_openapi::api::core::v1::{
+    Container, Namespace, Node, NodeSpec, NodeStatus, Pod, PodSpec, PodStatus,
+};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -82,16 +84,25 @@ impl Trim for NetworkPolicy {
 
 impl Trim for Node {
     fn trim(&mut self) {
-        // A node's status (images, conditions, addresses) is most of it.
+        // A node's status (images, conditions) is most of it; the overlay
+        // needs only its InternalIP addresses.
         let spec = self.spec.take().map(|s| NodeSpec {
             pod_cidr: s.pod_cidr,
             pod_cidrs: s.pod_cidrs,
             ..NodeSpec::default()
         });
+        let status = self.status.take().map(|s| NodeStatus {
+            addresses: s.addresses.map(|a| {
+                a.into_iter()
+                    .filter(|a| a.type_ == "InternalIP")
+                    .collect()
+            }),
+            ..NodeStatus::default()
+        });
         *self = Node {
             metadata: meta(&mut self.metadata),
             spec,
-            status: None,
+            status,
         };
     }
 }
