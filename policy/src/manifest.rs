@@ -34,7 +34,9 @@ pub enum Object {
 pub enum ManifestError {
     #[error("document {doc}: not valid YAML: {message}")]
     Yaml { doc: usize, message: String },
-    #[error("document {doc}: {kind} is not supported (supported: Namespace, Pod, NetworkPolicy, Node)")]
+    #[error(
+        "document {doc}: {kind} is not supported (supported: Namespace, Pod, NetworkPolicy, Node)"
+    )]
     Unsupported { doc: usize, kind: String },
     #[error("document {doc}: {object}: {field}: {message}")]
     Decode {
@@ -309,9 +311,14 @@ spec: {podCIDRs: [10.244.3.0/33]}
         match &r[0] {
             Ok(Object::Node(n)) => {
                 assert_eq!(n.name, "n1");
-                assert_eq!(n.addresses, vec!["192.168.7.11".parse::<std::net::IpAddr>().unwrap()]);
-                let want: Vec<ipnet::IpNet> =
-                    vec!["10.244.1.0/24".parse().unwrap(), "fd00:1::/64".parse().unwrap()];
+                assert_eq!(
+                    n.addresses,
+                    vec!["192.168.7.11".parse::<std::net::IpAddr>().unwrap()]
+                );
+                let want: Vec<ipnet::IpNet> = vec![
+                    "10.244.1.0/24".parse().unwrap(),
+                    "fd00:1::/64".parse().unwrap(),
+                ];
                 assert_eq!(n.pod_cidrs, want);
             }
             other => panic!("unexpected {other:?}"),
@@ -320,7 +327,10 @@ spec: {podCIDRs: [10.244.3.0/33]}
             // podCIDR alone, host bits cleared; no InternalIP yet
             Ok(Object::Node(n)) => {
                 assert!(n.addresses.is_empty());
-                assert_eq!(n.pod_cidrs, vec!["10.244.2.0/24".parse::<ipnet::IpNet>().unwrap()]);
+                assert_eq!(
+                    n.pod_cidrs,
+                    vec!["10.244.2.0/24".parse::<ipnet::IpNet>().unwrap()]
+                );
             }
             other => panic!("unexpected {other:?}"),
         }

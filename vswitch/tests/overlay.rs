@@ -166,7 +166,11 @@ fn tcp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: &str) -> Vec<
 /// returns what `to` did with it (and the frame as delivered).
 fn across(from: &mut Node, from_addr: [u8; 4], to: &mut Node, frame: &[u8]) -> (Action, Vec<u8>) {
     let mut f = frame.to_vec();
-    assert_eq!(from.from_pod(&mut f), Action::Forward(REMOTE), "into the overlay");
+    assert_eq!(
+        from.from_pod(&mut f),
+        Action::Forward(REMOTE),
+        "into the overlay"
+    );
     let mut d = vxlan(&f);
     let a = to.from_overlay(from_addr, &mut d);
     (a, d[HLEN..].to_vec())
@@ -330,18 +334,33 @@ fn too_big_for_the_overlay_gets_the_icmp_a_router_sends() {
         panic!("not ICMPv6")
     };
     assert_eq!(icmp.type_u8(), 2);
-    assert_eq!(u32::from_be_bytes(r[14 + 40 + 4..14 + 40 + 8].try_into().unwrap()), 1450);
+    assert_eq!(
+        u32::from_be_bytes(r[14 + 40 + 4..14 + 40 + 8].try_into().unwrap()),
+        1450
+    );
     assert_eq!(n1.count(Outcome::TooBig), 2);
     // IPv4 without DF goes on (the overlay fragments it); so does what
     // fits, and a segmentation-offload frame (the overlay cuts it).
-    assert_eq!(n1.from_pod(&mut big(false, false, 1500)), Action::Forward(REMOTE));
-    assert_eq!(n1.from_pod(&mut big(true, false, 1400)), Action::Forward(REMOTE));
-    let now = n1.now();
-    let mut gso = big(true, false, 1500);
     assert_eq!(
-        n1.dp.process_frame(POD, &mut gso, true, now),
+        n1.from_pod(&mut big(false, false, 1500)),
         Action::Forward(REMOTE)
     );
+    assert_eq!(
+        n1.from_pod(&mut big(true, false, 1400)),
+        Action::Forward(REMOTE)
+    );
+    // An offload frame goes on when its segments fit (the overlay cuts
+    // it), and gets the ICMP when they do not.
+    let now = n1.now();
+    let mut gso = big(true, false, 4000);
+    assert_eq!(
+        n1.dp.process_frame(POD, &mut gso, 1400 - 48, now),
+        Action::Forward(REMOTE)
+    );
+    let now = n1.now();
+    let mut gso = big(true, false, 4000);
+    let a = n1.dp.process_frame(POD, &mut gso, 1450 - 48 + 1, now);
+    assert!(matches!(a, Action::Reply(POD, _)), "{a:?}");
 }
 
 /// The overlay's UDP ports over loopback (no privilege needed): a

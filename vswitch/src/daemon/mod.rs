@@ -225,7 +225,9 @@ impl Daemon {
         d.start_node_port()?;
         d.reattach();
         if let Some(o) = d.opts.overlay.clone() {
-            let id = d.free_port(&|_| false).ok_or("no switch port for the overlay")?;
+            let id = d
+                .free_port(&|_| false)
+                .ok_or("no switch port for the overlay")?;
             d.overlay = Some(nodes::Overlay::start(o, d.opts.mtu, id, d.switch.handle())?);
             d.sync_nodes();
         }

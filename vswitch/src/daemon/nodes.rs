@@ -149,18 +149,14 @@ impl Overlay {
                 continue;
             };
             let peer = SocketAddr::new(addr, self.opts.port);
-            let tunnel = match TunnelPort::connect(
-                self.opts.addr,
-                peer,
-                self.opts.vni,
-                self.mtu as usize,
-            ) {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::error!("overlay: node {name} at {peer}: {e}");
-                    continue;
-                }
-            };
+            let tunnel =
+                match TunnelPort::connect(self.opts.addr, peer, self.opts.vni, self.mtu as usize) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::error!("overlay: node {name} at {peer}: {e}");
+                        continue;
+                    }
+                };
             switch.send(Command::Attach {
                 id,
                 name: format!("node/{name}"),

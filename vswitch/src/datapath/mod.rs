@@ -344,18 +344,19 @@ impl Datapath {
     /// rewritten in place when it is forwarded. Every call bumps exactly one
     /// outcome counter, on the port and on the datapath.
     pub fn process(&mut self, in_port: PortId, frame: &mut [u8], now: Instant) -> Action {
-        self.process_frame(in_port, frame, false, now)
+        self.process_frame(in_port, frame, 0, now)
     }
 
     /// [`Datapath::process`] for a frame that may be a segmentation-offload
-    /// frame (`gso`: its port's virtio-net header says so; it stands for
-    /// several packets, which the output segments). Such frames are not
-    /// held to the overlay's MTU here: the overlay cuts them to size.
+    /// frame: `gso` is its segment size (its port's virtio-net header says
+    /// so; 0: a plain frame). Such a frame stands for several packets, which
+    /// the output cuts to size; it is held to the overlay's MTU by the size
+    /// of those packets.
     pub fn process_frame(
         &mut self,
         in_port: PortId,
         frame: &mut [u8],
-        gso: bool,
+        gso: u16,
         now: Instant,
     ) -> Action {
         let ms = self.clock(now);
@@ -445,13 +446,13 @@ impl Datapath {
     /// memory fetches overlap instead of following each other. `actions`
     /// receives one action per frame, in order.
     ///
-    /// `gso` marks the frames that are segmentation-offload frames (see
-    /// [`Datapath::process_frame`]); frames beyond its length are not.
+    /// `gso` gives the frames' segment sizes (see
+    /// [`Datapath::process_frame`]); frames beyond its length are plain.
     pub fn process_batch(
         &mut self,
         in_port: PortId,
         frames: &mut [&mut [u8]],
-        gso: &[bool],
+        gso: &[u16],
         now: Instant,
         actions: &mut Vec<Action>,
     ) {
@@ -466,7 +467,7 @@ impl Datapath {
         &mut self,
         in_port: PortId,
         frames: &mut [&mut [u8]],
-        gso: &[bool],
+        gso: &[u16],
         now: Instant,
         actions: &mut Vec<Action>,
     ) {
@@ -501,7 +502,7 @@ impl Datapath {
         std::hint::black_box(warm);
         for (i, f) in frames.iter_mut().enumerate() {
             // (an earlier frame of the batch may have reused the slot)
-            let seg = gso.get(i).copied().unwrap_or(false);
+            let seg = gso.get(i).copied().unwrap_or(0);
             let action = match found[i] {
                 NONE => None,
                 j => match self.cache.entry_for(j, &keys[i]) {
@@ -522,10 +523,10 @@ impl Datapath {
         frame: &mut [u8],
         e: CacheEntry,
         ms: u64,
-        gso: bool,
+        gso: u16,
     ) -> Option<Action> {
         if e.epoch != self.epoch
-            || (e.fwd.mtu != 0 && !gso && too_big(frame, e.fwd.mtu))
+            || (e.fwd.mtu != 0 && too_big(frame, e.fwd.mtu, gso))
             || !self.ct.touch(e.ct, ms)
             || !rewrite(frame, &e.fwd)
         {
@@ -565,7 +566,7 @@ impl Datapath {
         &mut self,
         in_port: PortId,
         frame: &mut [u8],
-        gso: bool,
+        gso: u16,
         ms: u64,
     ) -> (Action, Outcome) {
         let drop = |o: Outcome| (Action::Drop(o), o);
@@ -684,7 +685,7 @@ impl Datapath {
         dst_mac: Mac,
         ip: &IpPacket,
         frame: &[u8],
-        gso: bool,
+        gso: u16,
         ms: u64,
     ) -> Result<Forward, Result<(Action, Outcome), Outcome>> {
         let port = self.ports[in_port as usize].as_ref().expect("port");
@@ -788,7 +789,7 @@ impl Datapath {
 
         // Allowed, but too big for the overlay: answered as a router would
         // (IPv4 without DF is fragmented by the overlay instead).
-        if fwd.mtu != 0 && !gso && too_big(frame, fwd.mtu) {
+        if fwd.mtu != 0 && too_big(frame, fwd.mtu, gso) {
             return Err(Ok(self.too_big_reply(in_port, frame, fwd.mtu)));
         }
 
@@ -967,10 +968,15 @@ impl Datapath {
     }
 }
 
-/// Whether a frame's IP packet is larger than `mtu` and may not be
-/// fragmented on the way (IPv6, or IPv4 with DF set).
+/// Whether a frame's IP packets are larger than `mtu` and may not be
+/// fragmented on the way: IPv6, IPv4 with DF set, and the segments of an
+/// offload frame (`gso`: its segment size), which are cut, never
+/// fragmented.
 #[inline(always)]
-fn too_big(frame: &[u8], mtu: u16) -> bool {
+fn too_big(frame: &[u8], mtu: u16, gso: u16) -> bool {
+    if gso != 0 {
+        return segment_len(frame, gso).is_some_and(|n| n > mtu as usize);
+    }
     let len = frame.len().saturating_sub(ETH_HLEN);
     len > mtu as usize
         && match frame[12..14] {
@@ -978,6 +984,22 @@ fn too_big(frame: &[u8], mtu: u16) -> bool {
             [0x86, 0xdd] => true,
             _ => false,
         }
+}
+
+/// The IP packet length of an offload frame's segments: its IP and TCP or
+/// UDP headers plus `gso` bytes (`None` if the headers are not there).
+fn segment_len(frame: &[u8], gso: u16) -> Option<usize> {
+    let l3 = frame.get(ETH_HLEN..)?;
+    let (ip_len, proto) = match frame.get(12..14)? {
+        [0x08, 0x00] => ((*l3.first()? as usize & 0x0f) * 4, *l3.get(9)?),
+        [0x86, 0xdd] => (40, *l3.get(6)?),
+        _ => return None,
+    };
+    let l4_len = match proto {
+        parse::PROTO_TCP => (*l3.get(ip_len + 12)? as usize >> 4) * 4,
+        _ => 8,
+    };
+    Some(ip_len + l4_len + gso as usize)
 }
 
 /// Rewrites a frame for its output: MACs, and TTL or hop limit when routed

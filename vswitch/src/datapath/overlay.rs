@@ -160,7 +160,10 @@ mod tests {
         let mut no_i = d.clone();
         no_i[0] = 0;
         assert!(!check(&no_i, 0x12_3456), "I flag clear");
-        assert!(!check(&d[..HLEN + 13], 0x12_3456), "no room for an inner frame");
+        assert!(
+            !check(&d[..HLEN + 13], 0x12_3456),
+            "no room for an inner frame"
+        );
     }
 
     #[test]

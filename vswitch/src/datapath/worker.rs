@@ -133,17 +133,16 @@ impl Worker {
                 .is_some_and(|p| p.kind == PortKind::Overlay);
             if overlay {
                 for (buf, (n, meta)) in self.bufs.iter_mut().zip(&self.lens) {
-                    let a = self
-                        .datapath
-                        .process_overlay(id as PortId, meta.peer, &mut buf[..*n], now);
+                    let a =
+                        self.datapath
+                            .process_overlay(id as PortId, meta.peer, &mut buf[..*n], now);
                     self.actions.push(a);
                 }
             } else {
                 // The batch's frames as slices, on the stack: no allocation
                 // per poll.
-                let mut frames: [&mut [u8]; Datapath::BATCH] =
-                    std::array::from_fn(|_| &mut [][..]);
-                let mut gso = [false; Datapath::BATCH];
+                let mut frames: [&mut [u8]; Datapath::BATCH] = std::array::from_fn(|_| &mut [][..]);
+                let mut gso = [0u16; Datapath::BATCH];
                 for (((slot, g), buf), (n, meta)) in frames
                     .iter_mut()
                     .zip(gso.iter_mut())
@@ -151,7 +150,7 @@ impl Worker {
                     .zip(&self.lens)
                 {
                     *slot = &mut buf[..*n];
-                    *g = meta.is_gso();
+                    *g = if meta.is_gso() { meta.vnet.gso_size } else { 0 };
                 }
                 self.datapath.process_batch(
                     id as PortId,

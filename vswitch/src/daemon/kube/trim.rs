@@ -92,11 +92,9 @@ impl Trim for Node {
             ..NodeSpec::default()
         });
         let status = self.status.take().map(|s| NodeStatus {
-            addresses: s.addresses.map(|a| {
-                a.into_iter()
-                    .filter(|a| a.type_ == "InternalIP")
-                    .collect()
-            }),
+            addresses: s
+                .addresses
+                .map(|a| a.into_iter().filter(|a| a.type_ == "InternalIP").collect()),
             ..NodeStatus::default()
         });
         *self = Node {
