@@ -14,7 +14,7 @@ fn run_all(dir: &Path, mode: Mode) -> usize {
     let files = scenario::expand_paths(&[dir.to_path_buf()]);
     let mut failures = String::new();
     for f in &files {
-        let report = scenario::run_file(f, mode);
+        let report = scenario::run_file(f, mode, 1);
         if !report.passed() {
             failures.push_str(&report.render(&f.display().to_string()));
         }
@@ -66,7 +66,7 @@ fn shared_examples_pass_in_dataplane_mode() {
 
 /// Runs files on `threads` threads at once (netns mode waits on timeouts
 /// far more than it computes; each file has its own namespaces and switch).
-fn run_parallel(files: Vec<PathBuf>, mode: Mode, threads: usize) -> String {
+fn run_parallel(files: Vec<PathBuf>, mode: Mode, nodes: usize, threads: usize) -> String {
     let files = std::sync::Mutex::new(files);
     let failures = std::sync::Mutex::new(String::new());
     std::thread::scope(|s| {
@@ -76,7 +76,7 @@ fn run_parallel(files: Vec<PathBuf>, mode: Mode, threads: usize) -> String {
                     let Some(f) = files.lock().unwrap().pop() else {
                         break;
                     };
-                    let report = scenario::run_file(&f, mode);
+                    let report = scenario::run_file(&f, mode, nodes);
                     if !report.passed() {
                         failures
                             .lock()
@@ -91,9 +91,9 @@ fn run_parallel(files: Vec<PathBuf>, mode: Mode, threads: usize) -> String {
 }
 
 /// Every file with pods as network namespaces behind TAP ports and kernel
-/// sockets (root only; SCTP pairs are skipped where the kernel has no SCTP).
-#[test]
-fn corpus_and_shared_examples_pass_in_netns_mode() {
+/// sockets (root only; SCTP pairs are skipped where the kernel has no SCTP),
+/// the pods on `nodes` simulated nodes.
+fn netns_mode(nodes: usize) {
     let uid = std::process::Command::new("id")
         .arg("-u")
         .output()
@@ -113,10 +113,22 @@ fn corpus_and_shared_examples_pass_in_netns_mode() {
         files.extend(scenario::expand_paths(&[shared]));
     }
     let n = files.len();
-    let failures = run_parallel(files, Mode::Netns, 6);
+    let failures = run_parallel(files, Mode::Netns, nodes, 6);
     assert!(
         failures.is_empty(),
-        "scenarios failed in netns mode:\n{failures}"
+        "scenarios failed in netns mode on {nodes} node(s):\n{failures}"
     );
     assert!(n >= 40);
+}
+
+#[test]
+fn corpus_and_shared_examples_pass_in_netns_mode() {
+    netns_mode(1);
+}
+
+/// The same with the pods spread round-robin over three simulated nodes
+/// joined by the overlay (`--mode netns --nodes 3`).
+#[test]
+fn corpus_and_shared_examples_pass_in_netns_mode_on_three_nodes() {
+    netns_mode(3);
 }

@@ -83,6 +83,10 @@ enum ScenarioCommand {
         /// Scenario files, or folders whose *.yaml files are run.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// netns mode: spread the pods round-robin over this many simulated
+        /// nodes, each with its own switch, joined by the overlay.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+        nodes: u16,
     },
 }
 
@@ -124,8 +128,8 @@ macro_rules! out {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Scenario {
-            command: ScenarioCommand::Run { mode, files },
-        } => scenario_run(mode, &files),
+            command: ScenarioCommand::Run { mode, files, nodes },
+        } => scenario_run(mode, &files, nodes as usize),
         Command::Policy {
             command:
                 PolicyCommand::Simulate {
@@ -182,11 +186,11 @@ fn live(daemon: &Daemon, req: Request) -> ExitCode {
     }
 }
 
-fn scenario_run(mode: Mode, args: &[PathBuf]) -> ExitCode {
+fn scenario_run(mode: Mode, args: &[PathBuf], nodes: usize) -> ExitCode {
     let files = scenario::expand_paths(args);
     let (mut passed, mut failed) = (0, 0);
     for f in &files {
-        let report = scenario::run_file(f, mode);
+        let report = scenario::run_file(f, mode, nodes);
         out!("{}", report.render(&f.display().to_string()));
         if report.passed() {
             passed += 1;

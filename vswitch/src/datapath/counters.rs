@@ -109,6 +109,17 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// Adds another set of counters to these (totals over datapaths).
+    pub fn add(&mut self, o: &Counters) {
+        self.rx_packets += o.rx_packets;
+        self.rx_bytes += o.rx_bytes;
+        self.tx_packets += o.tx_packets;
+        self.tx_bytes += o.tx_bytes;
+        for (a, b) in self.outcomes.iter_mut().zip(&o.outcomes) {
+            *a += b;
+        }
+    }
+
     #[inline]
     pub fn count(&mut self, o: Outcome) {
         self.outcomes[o as usize] += 1;

@@ -25,7 +25,8 @@ pub enum Mode {
 }
 
 /// Reads, parses and runs one file; any error becomes a failed report.
-pub fn run_file(path: &Path, mode: Mode) -> FileReport {
+/// `nodes`: how many simulated nodes netns mode spreads the pods over.
+pub fn run_file(path: &Path, mode: Mode, nodes: usize) -> FileReport {
     let failed = |name: String, error: String| FileReport {
         name,
         error: Some(error),
@@ -42,7 +43,7 @@ pub fn run_file(path: &Path, mode: Mode) -> FileReport {
     let mut prober: Box<dyn Prober> = match mode {
         Mode::Engine => Box::new(engine::EngineProber::default()),
         Mode::Dataplane => Box::new(dataplane::DataplaneProber::default()),
-        Mode::Netns => Box::new(netns::NetnsProber::default()),
+        Mode::Netns => Box::new(netns::NetnsProber::with_nodes(nodes)),
     };
     run::run(&scenario, prober.as_mut())
 }

@@ -7,6 +7,16 @@
 //! all of a probe at once. SCTP attempts are reported as skipped where the
 //! kernel has no SCTP. Needs root (namespaces, /dev/net/tun).
 //!
+//! With `nodes` > 1 ([`NetnsProber::with_nodes`]) the pods are spread
+//! round-robin over that many simulated nodes: each node is a network
+//! namespace with an address on an underlay bridge (one more namespace) and
+//! its own switch thread, whose overlay socket lives in the node's
+//! namespace; the other nodes are its remote ports (VXLAN), owning their
+//! pods' addresses. Each node has its own outside namespace (every
+//! external's addresses) behind its node port: an external reaches a pod
+//! through the pod's node, as a client outside the cluster reaches the node
+//! that hosts its destination.
+//!
 //! Plumbing uses `ip` here; the daemon uses netlink.
 
 use std::collections::BTreeMap;
@@ -21,8 +31,11 @@ use policy::{Change, Cluster, Engine, Pod, PodKey, Protocol};
 use super::format::External;
 use super::run::{Attempt, Observed, Prober};
 use crate::daemon::switch::{Answer, Command as SwitchCommand, Query, Switch};
+use crate::datapath::counters::Counters;
+use crate::datapath::overlay;
 use crate::datapath::parse::mac_text;
 use crate::datapath::tap::TapPort;
+use crate::datapath::udp::{OverlaySocket, TunnelPort};
 use crate::datapath::worker::PolicyHandle;
 use crate::datapath::{Config, PortId, PortKind};
 
@@ -240,8 +253,22 @@ fn tap_into(ns: &str, tap: &str, mac: [u8; 6], addrs: &[IpAddr]) -> Result<TapPo
 
 static RUN: AtomicU32 = AtomicU32::new(0);
 
-/// The agent of the namespace that holds every external.
-const OUTSIDE: &str = "(outside)";
+/// The agent of the namespace that holds every external behind `node`.
+fn outside(node: usize) -> String {
+    format!("(outside {node})")
+}
+
+/// The inner MTU of the simulated nodes' overlay.
+const OVERLAY_MTU: u16 = 1450;
+
+/// A simulated node of a multi-node run.
+struct SimNode {
+    /// Its namespace (where its overlay sockets live) and underlay address.
+    ns: String,
+    addr: IpAddr,
+    /// Its overlay socket's port, and its remote ports: other node -> port.
+    remote: BTreeMap<usize, PortId>,
+}
 
 pub struct NetnsProber {
     prefix: String,
@@ -249,27 +276,43 @@ pub struct NetnsProber {
     tap_prefix: String,
     engine: Engine,
     handle: PolicyHandle,
-    /// The switch's thread, as vswitchd runs it.
-    switch: Option<Switch>,
+    /// One switch thread per node, as vswitchd runs it.
+    switches: Vec<Switch>,
+    /// How many nodes the pods are spread over.
+    nodes: usize,
+    sim: Vec<SimNode>,
     namespaces: Vec<String>,
     agents: BTreeMap<String, Agent>,
-    ports: BTreeMap<PodKey, (PortId, String, Vec<IpAddr>)>,
+    /// Every pod: its port, namespace, addresses and node.
+    ports: BTreeMap<PodKey, (PortId, String, Vec<IpAddr>, usize)>,
     next_port: PortId,
+    /// Pods placed so far (round-robin over the nodes).
+    placed: usize,
 }
 
 impl Default for NetnsProber {
     fn default() -> Self {
+        NetnsProber::with_nodes(1)
+    }
+}
+
+impl NetnsProber {
+    /// Pods spread round-robin over `nodes` simulated nodes (at least 1).
+    pub fn with_nodes(nodes: usize) -> NetnsProber {
         let run = RUN.fetch_add(1, Ordering::Relaxed);
         NetnsProber {
             prefix: format!("vs{}-{run}", std::process::id() % 100_000),
             tap_prefix: format!("v{}x{}", std::process::id() % 100_000, run % 1000),
             engine: Engine::new(),
             handle: PolicyHandle::default(),
-            switch: None,
+            switches: Vec::new(),
+            nodes: nodes.max(1),
+            sim: Vec::new(),
             namespaces: Vec::new(),
             agents: BTreeMap::new(),
             ports: BTreeMap::new(),
             next_port: 1,
+            placed: 0,
         }
     }
 }
@@ -277,7 +320,7 @@ impl Default for NetnsProber {
 impl Drop for NetnsProber {
     fn drop(&mut self) {
         self.agents.clear();
-        drop(self.switch.take());
+        self.switches.clear();
         for ns in &self.namespaces {
             let _ = ip(&["netns", "del", ns]);
         }
@@ -297,10 +340,17 @@ impl NetnsProber {
         Ok(ns)
     }
 
-    /// A pod: its namespace, its TAP as eth0, its port on the switch.
-    fn add_pod(&mut self, pod: &Pod) -> Result<(), String> {
-        let port = self.next_port;
+    fn next_port(&mut self) -> PortId {
+        let p = self.next_port;
         self.next_port += 1;
+        p
+    }
+
+    /// A pod: its namespace, its TAP as eth0, its port on its node's switch.
+    fn add_pod(&mut self, pod: &Pod) -> Result<(), String> {
+        let port = self.next_port();
+        let node = self.placed % self.nodes;
+        self.placed += 1;
         let ns = self.new_ns(&format!("p{port}"))?;
         let tap = format!("{}p{port}", self.tap_prefix);
         let mac = mac_of(port);
@@ -309,29 +359,118 @@ impl NetnsProber {
             ips: pod.ips.clone(),
             ready_generation: self.engine.generation(),
         };
-        self.attach(port, pod.key.to_string(), mac, kind, dev);
+        self.attach(node, port, pod.key.to_string(), mac, kind, Box::new(dev));
         self.agents.insert(pod.key.to_string(), Agent::start(&ns)?);
         self.ports
-            .insert(pod.key.clone(), (port, ns, pod.ips.clone()));
+            .insert(pod.key.clone(), (port, ns, pod.ips.clone(), node));
+        self.refresh_remotes(node)
+    }
+
+    fn remove_pod(&mut self, key: &PodKey) -> Result<(), String> {
+        if let Some((port, ns, _, node)) = self.ports.remove(key) {
+            self.agents.remove(&key.to_string());
+            self.switches[node].detach(port);
+            let _ = ip(&["netns", "del", &ns]);
+            self.namespaces.retain(|n| *n != ns);
+            self.refresh_remotes(node)?;
+        }
         Ok(())
     }
 
-    fn remove_pod(&mut self, key: &PodKey) {
-        if let Some((port, ns, _)) = self.ports.remove(key) {
-            self.agents.remove(&key.to_string());
-            if let Some(s) = &self.switch {
-                s.detach(port);
-            }
-            let _ = ip(&["netns", "del", &ns]);
-            self.namespaces.retain(|n| *n != ns);
+    /// The simulated nodes: an underlay bridge, each node a namespace on it
+    /// with its overlay socket attached to its switch.
+    fn add_nodes(&mut self) -> Result<(), String> {
+        let underlay = self.new_ns("u")?;
+        in_ns(&underlay, &["ip", "link", "add", "br0", "type", "bridge"])?;
+        in_ns(&underlay, &["ip", "link", "set", "br0", "up"])?;
+        for i in 0..self.nodes {
+            let ns = self.new_ns(&format!("n{i}"))?;
+            let (a, b) = (
+                format!("{}n{i}", self.tap_prefix),
+                format!("{}u{i}", self.tap_prefix),
+            );
+            ip(&[
+                "link", "add", &a, "netns", &ns, "type", "veth", "peer", "name", &b, "netns",
+                &underlay,
+            ])?;
+            in_ns(&underlay, &["ip", "link", "set", &b, "master", "br0", "up"])?;
+            let addr: IpAddr = format!("192.168.77.{}", i + 1).parse().expect("valid");
+            in_ns(
+                &ns,
+                &["ip", "addr", "add", &format!("{addr}/24"), "dev", &a],
+            )?;
+            in_ns(&ns, &["ip", "link", "set", &a, "up"])?;
+            let path = std::path::PathBuf::from(format!("/var/run/netns/{ns}"));
+            let sock = crate::daemon::netns::in_netns(&path, move || {
+                OverlaySocket::bind(addr, overlay::VXLAN_PORT)
+            })
+            .and_then(|r| r)
+            .map_err(|e| format!("overlay socket of node {i}: {e}"))?;
+            let id = self.next_port();
+            self.attach(
+                i,
+                id,
+                "overlay".into(),
+                [0x02, 0x5e, 1, 0, 0, i as u8],
+                PortKind::Overlay,
+                Box::new(sock),
+            );
+            self.sim.push(SimNode {
+                ns,
+                addr,
+                remote: BTreeMap::new(),
+            });
         }
+        Ok(())
     }
 
-    /// The outside: one namespace behind the node port with every external's
-    /// addresses, and routes to the pods through the switch.
-    fn add_outside(&mut self, externals: &[External]) -> Result<(), String> {
-        let ns = self.new_ns("out")?;
-        let tap = format!("{}o", self.tap_prefix);
+    /// Re-attaches `node`'s port on every other node, with the addresses of
+    /// the pods it holds now (the simulated nodes' "pod CIDRs").
+    fn refresh_remotes(&mut self, node: usize) -> Result<(), String> {
+        if self.nodes < 2 {
+            return Ok(());
+        }
+        let cidrs: Vec<ipnet::IpNet> = self
+            .ports
+            .values()
+            .filter(|p| p.3 == node)
+            .flat_map(|p| p.2.iter().map(|ip| ipnet::IpNet::from(*ip)))
+            .collect();
+        let addr = self.sim[node].addr;
+        for other in 0..self.nodes {
+            if other == node {
+                continue;
+            }
+            if let Some(old) = self.sim[other].remote.remove(&node) {
+                self.switches[other].detach(old);
+            }
+            let local = self.sim[other].addr;
+            let path = std::path::PathBuf::from(format!("/var/run/netns/{}", self.sim[other].ns));
+            let peer = std::net::SocketAddr::new(addr, overlay::VXLAN_PORT);
+            let tunnel = crate::daemon::netns::in_netns(&path, move || {
+                TunnelPort::connect(local, peer, overlay::DEFAULT_VNI, OVERLAY_MTU as usize)
+            })
+            .and_then(|r| r)
+            .map_err(|e| format!("tunnel from node {other} to node {node}: {e}"))?;
+            let id = self.next_port();
+            let kind = PortKind::Remote {
+                addr,
+                addrs: vec![addr],
+                cidrs: cidrs.clone(),
+            };
+            let name = format!("node/{node}");
+            let mac = overlay::node_mac(addr);
+            self.attach(other, id, name, mac, kind, Box::new(tunnel));
+            self.sim[other].remote.insert(node, id);
+        }
+        Ok(())
+    }
+
+    /// The outside of `node`: one namespace behind its node port with every
+    /// external's addresses, and routes to the pods through the switch.
+    fn add_outside(&mut self, node: usize, externals: &[External]) -> Result<(), String> {
+        let ns = self.new_ns(&format!("out{node}"))?;
+        let tap = format!("{}o{node}", self.tap_prefix);
         let mac = mac_of(0);
         let addrs: Vec<IpAddr> = externals
             .iter()
@@ -343,37 +482,70 @@ impl NetnsProber {
             })
             .collect();
         let dev = tap_into(&ns, &tap, mac, &addrs)?;
-        self.attach(0, "node".into(), mac, PortKind::Node { ips: vec![] }, dev);
-        self.agents.insert(OUTSIDE.into(), Agent::start(&ns)?);
+        let kind = PortKind::Node { ips: vec![] };
+        self.attach(node, 0, "node".into(), mac, kind, Box::new(dev));
+        self.agents.insert(outside(node), Agent::start(&ns)?);
         Ok(())
     }
 
-    fn start_switch(&mut self) -> Result<(), String> {
-        let switch = Switch::start(Config::default(), self.handle.clone())
-            .map_err(|e| format!("switch: {e}"))?;
-        self.switch = Some(switch);
+    fn start_switches(&mut self) -> Result<(), String> {
+        for _ in 0..self.nodes {
+            let cfg = Config {
+                overlay_mtu: OVERLAY_MTU,
+                ..Config::default()
+            };
+            let switch =
+                Switch::start(cfg, self.handle.clone()).map_err(|e| format!("switch: {e}"))?;
+            self.switches.push(switch);
+        }
         Ok(())
     }
 
-    fn attach(&self, id: PortId, name: String, mac: [u8; 6], kind: PortKind, dev: TapPort) {
-        self.switch
-            .as_ref()
-            .expect("started")
-            .send(SwitchCommand::Attach {
-                id,
-                name,
-                mac,
-                kind,
-                port: Box::new(dev),
-            });
+    fn attach(
+        &self,
+        node: usize,
+        id: PortId,
+        name: String,
+        mac: [u8; 6],
+        kind: PortKind,
+        port: Box<dyn crate::datapath::port::Port>,
+    ) {
+        self.switches[node].send(SwitchCommand::Attach {
+            id,
+            name,
+            mac,
+            kind,
+            port,
+        });
     }
 
-    /// The agent that speaks for an endpoint: its pod's, or the outside's.
-    fn agent_name(&self, endpoint: &str) -> String {
-        if self.agents.contains_key(endpoint) {
-            endpoint.to_string()
+    /// The node an endpoint lives on: its pod's, else node 0.
+    fn node_of(&self, endpoint: &str) -> usize {
+        self.ports
+            .iter()
+            .find(|(k, _)| k.to_string() == endpoint)
+            .map_or(0, |(_, p)| p.3)
+    }
+
+    /// The agent that makes an attempt from `from` to `to`: the source pod's,
+    /// or, for an external, the outside of the destination's node.
+    fn source_agent(&self, from: &str, to: &str) -> String {
+        if self.agents.contains_key(from) {
+            from.to_string()
         } else {
-            OUTSIDE.to_string()
+            outside(self.node_of(to))
+        }
+    }
+
+    /// The agents that serve for `target`: its pod's, or every outside.
+    fn target_agents(&self, target: &str) -> Vec<String> {
+        if self.agents.contains_key(target) {
+            vec![target.to_string()]
+        } else {
+            (0..self.nodes)
+                .map(outside)
+                .filter(|a| self.agents.contains_key(a))
+                .collect()
         }
     }
 }
@@ -409,11 +581,15 @@ fn proto_name(p: Protocol) -> &'static str {
 }
 
 impl Prober for NetnsProber {
-    fn counters(&mut self) -> Option<crate::datapath::counters::Counters> {
-        match self.switch.as_ref()?.handle().query(Query::Totals)? {
-            Answer::Totals(t) => Some(t.datapath),
-            _ => None,
+    fn counters(&mut self) -> Option<Counters> {
+        let mut sum = Counters::default();
+        for s in &self.switches {
+            let Answer::Totals(t) = s.handle().query(Query::Totals)? else {
+                return None;
+            };
+            sum.add(&t.datapath);
         }
+        Some(sum)
     }
 
     fn start(&mut self, cluster: &Cluster, externals: &[External]) -> Result<(), String> {
@@ -422,8 +598,13 @@ impl Prober for NetnsProber {
         })?;
         self.engine = Engine::from_cluster(cluster.clone()).map_err(|e| e.to_string())?;
         self.handle.publish(self.engine.snapshot());
-        self.start_switch()?;
-        self.add_outside(externals)?;
+        self.start_switches()?;
+        if self.nodes > 1 {
+            self.add_nodes()?;
+        }
+        for node in 0..self.nodes {
+            self.add_outside(node, externals)?;
+        }
         for pod in cluster.pods.values() {
             self.add_pod(pod)?;
         }
@@ -435,9 +616,9 @@ impl Prober for NetnsProber {
             .apply(change.clone())
             .map_err(|e| e.to_string())?;
         self.handle.publish(self.engine.snapshot());
-        let (detach, attach) = super::run::port_changes(change, &self.ports, |(_, _, ips)| ips);
+        let (detach, attach) = super::run::port_changes(change, &self.ports, |p| &p.2);
         for k in detach {
-            self.remove_pod(&k);
+            self.remove_pod(&k)?;
         }
         if let Some(p) = attach {
             self.add_pod(p)?;
@@ -465,14 +646,16 @@ impl Prober for NetnsProber {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
-            if let Some(agent) = self.agents.get_mut(&self.agent_name(target)) {
-                let _ = agent.send(&req).and_then(|_| agent.reply());
+            for name in self.target_agents(target) {
+                if let Some(agent) = self.agents.get_mut(&name) {
+                    let _ = agent.send(&req).and_then(|_| agent.reply());
+                }
             }
         }
         // then every attempt of each source at once, all sources in parallel
         let mut by_source: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for (i, a) in attempts.iter().enumerate() {
-            let key = self.agent_name(&a.from.name);
+            let key = self.source_agent(&a.from.name, &a.to.name);
             by_source.entry(key).or_default().push(i);
         }
         let mut results: Vec<Observed> = vec![Observed::Skipped("not run".into()); attempts.len()];
