@@ -115,7 +115,12 @@ fn command(c: &Container, config: &BTreeMap<String, String>) -> Vec<String> {
                         .unwrap_or_else(|| panic!("ConfigMap key {} is missing", r.key))
                         .clone()
                 } else {
-                    "node-1".into() // fieldRef spec.nodeName
+                    let field = from.field_ref.as_ref().map(|f| f.field_path.as_str());
+                    match field {
+                        Some("spec.nodeName") => "node-1".into(),
+                        Some("status.hostIP") => "192.0.2.10".into(),
+                        other => panic!("unexpected fieldRef {other:?}"),
+                    }
                 }
             }
             _ => String::new(),
@@ -193,9 +198,21 @@ fn the_daemonset_runs_vswitchd_with_what_it_needs_and_no_more() {
             kube,
             metrics_addr,
             socket,
+            node_name,
+            overlay_addr,
+            cluster_cidrs,
+            mtu,
             ..
         } => {
             assert!(kube, "the DaemonSet watches the API server");
+            assert_eq!(node_name.as_deref(), Some("node-1"));
+            assert_eq!(
+                overlay_addr,
+                Some("192.0.2.10".parse().unwrap()),
+                "the overlay binds the node's address"
+            );
+            assert_eq!(cluster_cidrs.len(), 1);
+            assert_eq!(mtu, Some(1450), "room for VXLAN over IPv4");
             assert!(metrics_addr.is_some());
             assert_eq!(socket, PathBuf::from(vswitch_cni::proto::DEFAULT_SOCKET));
         }
