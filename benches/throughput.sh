@@ -2,6 +2,9 @@
 # Throughput between two pods, side by side in one run:
 #   vswitch  - vswitchd in a node namespace, pods wired by vswitch-cni
 #              (host-local IPAM), TAP devices with virtio-net headers;
+#   vswitch across nodes - two node namespaces joined by a veth pair (the
+#              underlay), a vswitchd on each, one pod on each: VXLAN over
+#              UDP, segmentation and checksums in software;
 #   bridge   - a Linux bridge in a node namespace, pods on veth pairs.
 # iperf3: TCP with one stream, TCP with four, and UDP with 64-byte
 # payloads sent as fast as possible (packets per second received).
@@ -21,7 +24,7 @@ bin=${CARGO_TARGET_DIR:-$PWD/target}/release
 work=$(mktemp -d)
 tag=tp$$
 cleanup() {
-  [ -n "${daemon:-}" ] && kill "$daemon" 2>/dev/null && wait "$daemon" 2>/dev/null
+  for d in ${daemon:-} ${daemons:-}; do kill "$d" 2>/dev/null && wait "$d" 2>/dev/null; done
   for ns in $(ip netns list | awk '{print $1}' | grep "^$tag" || true); do
     ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null || true
     ip netns del "$ns"
@@ -80,6 +83,37 @@ for p in a b; do
   addrs+=("$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ips"][0]["address"].split("/")[0])')")
 done
 run_suite "vswitch (TAP + userspace switch)" $tag-a $tag-b "${addrs[1]}"
+
+# --- vswitch, the two pods on two nodes
+ip netns add $tag-n1
+ip netns add $tag-n2
+ip -n $tag-n1 link add u1 type veth peer name u2 netns $tag-n2
+mkdir -p "$work/m"
+for i in 1 2; do
+  ip -n $tag-n$i link set lo up
+  ip -n $tag-n$i addr add 192.168.205.$i/24 dev u$i
+  ip -n $tag-n$i link set u$i up
+  printf -- '---\napiVersion: v1\nkind: Node\nmetadata: {name: n%s}\nspec: {podCIDRs: [10.205.%s.0/24]}\nstatus: {addresses: [{type: InternalIP, address: 192.168.205.%s}]}\n' \
+    $i $i $i >> "$work/m/nodes.yaml"
+done
+daemons=""
+for i in 1 2; do
+  ip netns exec $tag-n$i "$bin/vswitchd" run --socket "$work/s$i" --state-dir "$work/st$i" \
+    --manifests "$work/m" --node-name n$i --overlay-addr 192.168.205.$i 2>"$work/n$i.log" &
+  daemons="$daemons $!"
+  for _ in $(seq 100); do [ -S "$work/s$i" ] && break; sleep 0.05; done
+done
+xaddrs=()
+for i in 1 2; do
+  conf="{\"cniVersion\":\"1.1.0\",\"name\":\"tp\",\"type\":\"vswitch-cni\",\"socket\":\"$work/s$i\",
+    \"ipam\":{\"type\":\"host-local\",\"dataDir\":\"$work/ipam$i\",\"ranges\":[[{\"subnet\":\"10.205.$i.0/24\"}]]}}"
+  ip netns add $tag-x$i
+  ip -n $tag-x$i link set lo up
+  out=$(echo "$conf" | CNI_COMMAND=ADD CNI_CONTAINERID=$tag-x$i CNI_NETNS=/var/run/netns/$tag-x$i \
+    CNI_IFNAME=eth0 CNI_PATH=/usr/lib/cni CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAME=x$i" "$bin/vswitch-cni")
+  xaddrs+=("$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ips"][0]["address"].split("/")[0])')")
+done
+run_suite "vswitch across two nodes (VXLAN)" $tag-x1 $tag-x2 "${xaddrs[1]}"
 
 # --- Linux bridge and veth pairs
 ip netns add $tag-bnode
