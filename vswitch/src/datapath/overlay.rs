@@ -107,7 +107,7 @@ impl Routes {
             Some(i) => i,
             None => {
                 self.tables.push((v6, len, FxHashMap::default()));
-                self.tables.sort_by(|a, b| b.1.cmp(&a.1));
+                self.tables.sort_by_key(|t| std::cmp::Reverse(t.1));
                 self.tables
                     .iter()
                     .position(|t| t.0 == v6 && t.1 == len)
