@@ -702,7 +702,9 @@ fn node(name: &str, spec: Value) -> Value {
                      "labels": {"kubernetes.io/hostname": name}, "managedFields": managed_fields()},
         "spec": spec,
         "status": {
-            "addresses": [{"type": "InternalIP", "address": "192.168.1.10"}],
+            "addresses": [{"type": "Hostname", "address": name},
+                          {"type": "ExternalIP", "address": "203.0.113.7"},
+                          {"type": "InternalIP", "address": "192.168.1.10"}],
             "images": [{"names": ["docker.io/library/nginx:1.27"], "sizeBytes": 72000000}],
         },
     })
@@ -888,6 +890,34 @@ async fn initial_lists_give_one_complete_cluster() {
     assert_eq!(
         KINDS.map(|k| fake.count(|s| s.lists.get(&k).copied().unwrap_or(0))),
         [1; 4]
+    );
+    run.stop().await;
+}
+
+/// The overlay's view: every Node with its InternalIP and pod CIDRs, in
+/// the published cluster.
+#[tokio::test]
+async fn published_clusters_carry_the_nodes() {
+    let fake = Fake::new(objects());
+    let mut run = Running::on(&fake);
+    let Update::Cluster { nodes, .. } = run.next().await else {
+        panic!("expected a cluster")
+    };
+    let seen: Vec<(String, Vec<std::net::IpAddr>, Vec<ipnet::IpNet>)> = nodes
+        .into_iter()
+        .map(|n| (n.name, n.addresses, n.pod_cidrs))
+        .collect();
+    let ip: std::net::IpAddr = "192.168.1.10".parse().unwrap();
+    assert_eq!(
+        seen,
+        vec![
+            (
+                "node-a".to_string(),
+                vec![ip],
+                nets(&["10.1.0.0/24", "fd00:1::/64"])
+            ),
+            ("node-b".to_string(), vec![ip], nets(&["10.1.1.0/24"])),
+        ]
     );
     run.stop().await;
 }
@@ -1201,7 +1231,11 @@ async fn stored_objects_are_trimmed() {
         assert!(p.metadata.labels.is_some(), "labels are kept");
     }
     for n in run.stores.nodes.state() {
-        assert!(n.status.is_none(), "node status dropped");
+        let status = n.status.as_ref().expect("the addresses are kept");
+        assert!(status.images.is_none(), "the rest of the status is dropped");
+        let addresses = status.addresses.as_ref().expect("addresses");
+        assert_eq!(addresses.len(), 1, "InternalIP only: {addresses:?}");
+        assert_eq!(addresses[0].type_, "InternalIP");
         assert!(n.metadata.managed_fields.is_none());
     }
     for ns in run.stores.namespaces.state() {
