@@ -19,6 +19,7 @@
 //! NetworkPolicy, statefully ([`conntrack`]), with the [`flow_cache`] in
 //! front.
 
+pub mod coalesce;
 pub mod conntrack;
 pub mod counters;
 pub mod event_loop;

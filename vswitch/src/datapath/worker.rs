@@ -13,6 +13,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use policy::Snapshot;
 
+use super::coalesce::Coalescer;
 use super::port::{Port, RxMeta};
 use super::{Action, Datapath, PortId, PortKind, overlay};
 
@@ -52,6 +53,8 @@ pub struct Worker {
     bufs: Vec<Vec<u8>>,
     lens: Vec<(usize, RxMeta)>,
     actions: Vec<Action>,
+    /// Segments from the overlay being merged for a pod.
+    merge: Coalescer,
     /// Frames received per port per poll.
     pub batch: usize,
 }
@@ -66,6 +69,7 @@ impl Worker {
             bufs: (0..Datapath::BATCH).map(|_| vec![0; 65_536]).collect(),
             lens: Vec::with_capacity(Datapath::BATCH),
             actions: Vec::with_capacity(Datapath::BATCH),
+            merge: Coalescer::default(),
             batch: Datapath::BATCH,
         }
     }
@@ -164,6 +168,23 @@ impl Worker {
             for (k, action) in self.actions.drain(..).enumerate() {
                 let (n, meta) = self.lens[k];
                 let meta = if overlay { RxMeta::default() } else { meta };
+                if overlay {
+                    // Runs of TCP segments to one pod are merged (order to
+                    // every port kept: a run is flushed before anything
+                    // else is sent).
+                    let frame = &self.bufs[k][start..n];
+                    if let Action::Forward(out) = action
+                        && self.merge.push(out, frame)
+                    {
+                        continue;
+                    }
+                    Self::flush_merged(&mut self.merge, &mut self.ports, &mut self.pending);
+                    if let Action::Forward(out) = action
+                        && self.merge.push(out, frame)
+                    {
+                        continue;
+                    }
+                }
                 match action {
                     Action::Forward(out) => Self::send(
                         &mut self.ports,
@@ -182,8 +203,19 @@ impl Worker {
                     Action::Drop(_) => {}
                 }
             }
+            Self::flush_merged(&mut self.merge, &mut self.ports, &mut self.pending);
         }
         received
+    }
+
+    fn flush_merged(
+        merge: &mut Coalescer,
+        ports: &mut [Option<Box<dyn Port>>],
+        pending: &mut [Pending],
+    ) {
+        if let Some((out, frame, meta)) = merge.take() {
+            Self::send(ports, pending, out as usize, frame, meta);
+        }
     }
 
     /// Sends now, or copies the frame behind what already waits (order is
