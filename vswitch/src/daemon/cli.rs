@@ -109,8 +109,10 @@ pub enum Cmd {
         network: String,
         #[arg(long, default_value = vswitch_cni::proto::DEFAULT_SOCKET)]
         socket: PathBuf,
-        #[arg(long, default_value_t = 1500)]
-        mtu: u32,
+        /// The pods' MTU in the configuration (default: none, vswitchd's
+        /// `--mtu` applies).
+        #[arg(long)]
+        mtu: Option<u32>,
         /// The node's pod subnet(s) for host-local IPAM (repeat for dual stack).
         #[arg(long = "subnet", required_unless_present = "node")]
         subnets: Vec<ipnet::IpNet>,

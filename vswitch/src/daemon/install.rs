@@ -15,7 +15,9 @@ pub struct InstallOptions {
     pub conf_dir: PathBuf,
     pub network: String,
     pub socket: PathBuf,
-    pub mtu: u32,
+    /// The pods' MTU; `None`: left to vswitchd (its `--mtu`, which knows
+    /// the overlay's overhead).
+    pub mtu: Option<u32>,
     /// The pod subnet(s) for host-local IPAM (the node's pod CIDRs).
     pub subnets: Vec<ipnet::IpNet>,
     pub conf_name: String,
@@ -50,21 +52,24 @@ pub fn conflist(o: &InstallOptions) -> serde_json::Value {
         .iter()
         .map(|s| serde_json::json!([{ "subnet": s.trunc().to_string() }]))
         .collect();
+    let mut plugin = serde_json::json!({
+        "type": "vswitch-cni",
+        "socket": o.socket,
+        "ipam": {
+            "type": "host-local",
+            "ranges": ranges,
+            "dataDir": "/var/lib/cni/vswitch-ipam",
+        }
+    });
+    if let Some(mtu) = o.mtu {
+        plugin["mtu"] = mtu.into();
+    }
     serde_json::json!({
         "cniVersion": "1.0.0",
         "cniVersions": ["1.0.0", "1.1.0"],
         "name": o.network,
         "plugins": [
-            {
-                "type": "vswitch-cni",
-                "socket": o.socket,
-                "mtu": o.mtu,
-                "ipam": {
-                    "type": "host-local",
-                    "ranges": ranges,
-                    "dataDir": "/var/lib/cni/vswitch-ipam",
-                }
-            },
+            plugin,
             { "type": "portmap", "capabilities": { "portMappings": true } }
         ]
     })
