@@ -15,20 +15,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 mod pods;
-use common::{is_root, skip};
-use pods::{AGENT, CNI_DIR, ip, plugin, run};
-
-fn skip_unless_able() -> bool {
-    if !is_root() {
-        return skip("needs root (or a user namespace) for network namespaces and TAP devices");
-    }
-    if !Path::new(CNI_DIR).join("host-local").exists() {
-        return skip(
-            "/usr/lib/cni/host-local is missing (apt-get install containernetworking-plugins)",
-        );
-    }
-    false
-}
+use pods::{AGENT, CNI_DIR, ip, plugin, run, skip_unless_able};
 
 static RUN: AtomicU32 = AtomicU32::new(0);
 

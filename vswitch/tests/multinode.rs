@@ -18,20 +18,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 mod pods;
-use common::{is_root, skip};
-use pods::{AGENT, CNI_DIR, ip, run};
-
-fn skip_unless_able() -> bool {
-    if !is_root() {
-        return skip("needs root (or a user namespace) for network namespaces and TAP devices");
-    }
-    if !Path::new(CNI_DIR).join("host-local").exists() {
-        return skip(
-            "/usr/lib/cni/host-local is missing (apt-get install containernetworking-plugins)",
-        );
-    }
-    false
-}
+use pods::{AGENT, ip, run, skip_unless_able};
 
 static RUN: AtomicU32 = AtomicU32::new(0);
 
@@ -118,6 +105,15 @@ impl Cluster {
         c.write_nodes(&(0..n).collect::<Vec<_>>());
         for i in 0..n {
             c.start(i);
+        }
+        c
+    }
+
+    /// Three nodes with pods a, b and c on nodes 0, 1 and 2.
+    fn with_pods_abc() -> Cluster {
+        let mut c = Cluster::new(3);
+        for (i, p) in ["a", "b", "c"].iter().enumerate() {
+            c.add_pod(p, i);
         }
         c
     }
@@ -420,10 +416,7 @@ fn pods_on_three_nodes_talk_over_the_overlay_and_policy_holds_at_both_ends() {
     if skip_unless_able() {
         return;
     }
-    let mut c = Cluster::new(3);
-    c.add_pod("a", 0);
-    c.add_pod("b", 1);
-    c.add_pod("c", 2);
+    let mut c = Cluster::with_pods_abc();
     for p in ["a", "b", "c"] {
         c.serve(p, 8080);
     }
@@ -555,10 +548,7 @@ fn nodes_come_and_go_live_and_a_node_restart_leaves_the_others_running() {
     if skip_unless_able() {
         return;
     }
-    let mut c = Cluster::new(3);
-    c.add_pod("a", 0);
-    c.add_pod("b", 1);
-    c.add_pod("c", 2);
+    let mut c = Cluster::with_pods_abc();
     for p in ["b", "c"] {
         c.serve(p, 8080);
     }

@@ -766,50 +766,34 @@ mod tests {
         let frag = if df { IP_DF } else { 0 };
         let mut frame = eth(ETHERTYPE_IPV4);
         frame.extend(ipv4_hdr(IPPROTO_TCP, l4_len, 0xfffe, frag, ip_opts));
-        let csum_start = frame.len() as u16;
-        frame.extend(tcp_hdr(
-            0xffff_f000,
-            flags,
-            pseudo_partial(&SRC4, &DST4, 6, l4_len),
-        ));
-        let hdr_len = frame.len() as u16;
-        frame.extend_from_slice(&payload);
-        let gso_type = if gso_size > 0 {
-            VIRTIO_NET_HDR_GSO_TCPV4
-        } else {
-            0
-        };
-        let vnet = VnetHdr {
-            flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
-            gso_type,
-            hdr_len,
-            gso_size,
-            csum_start,
-            csum_offset: 16,
-        };
-        Built {
-            frame,
-            vnet,
-            payload,
-        }
+        let tcp = tcp_hdr(0xffff_f000, flags, pseudo_partial(&SRC4, &DST4, 6, l4_len));
+        tcp_built(frame, tcp, payload, gso_size, VIRTIO_NET_HDR_GSO_TCPV4)
     }
 
     fn tcp6_frame(payload: Vec<u8>, flags: u8, gso_size: u16) -> Built {
         let l4_len = 32 + payload.len();
         let mut frame = eth(ETHERTYPE_IPV6);
         frame.extend(ipv6_hdr(IPPROTO_TCP, l4_len));
+        let tcp = tcp_hdr(7, flags, pseudo_partial(&SRC6, &DST6, 6, l4_len));
+        tcp_built(frame, tcp, payload, gso_size, VIRTIO_NET_HDR_GSO_TCPV6)
+    }
+
+    /// Ethernet and IP headers, then `tcp` and `payload`, with the
+    /// virtio-net header a TAP gives such a frame (GSO when `gso_size` > 0).
+    fn tcp_built(
+        mut frame: Vec<u8>,
+        tcp: impl IntoIterator<Item = u8>,
+        payload: Vec<u8>,
+        gso_size: u16,
+        gso: u8,
+    ) -> Built {
         let csum_start = frame.len() as u16;
-        frame.extend(tcp_hdr(7, flags, pseudo_partial(&SRC6, &DST6, 6, l4_len)));
+        frame.extend(tcp);
         let hdr_len = frame.len() as u16;
         frame.extend_from_slice(&payload);
-        let gso_type = if gso_size > 0 {
-            VIRTIO_NET_HDR_GSO_TCPV6
-        } else {
-            0
-        };
         let vnet = VnetHdr {
             flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
-            gso_type,
+            gso_type: if gso_size > 0 { gso } else { 0 },
             hdr_len,
             gso_size,
             csum_start,

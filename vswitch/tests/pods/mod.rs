@@ -8,6 +8,21 @@ use std::process::{Child, Command, Stdio};
 
 pub const CNI_DIR: &str = "/usr/lib/cni";
 
+/// Prints `SKIPPED: why` and returns true without root (or a user
+/// namespace) or without host-local.
+pub fn skip_unless_able() -> bool {
+    use crate::common::{is_root, skip};
+    if !is_root() {
+        return skip("needs root (or a user namespace) for network namespaces and TAP devices");
+    }
+    if !Path::new(CNI_DIR).join("host-local").exists() {
+        return skip(
+            "/usr/lib/cni/host-local is missing (apt-get install containernetworking-plugins)",
+        );
+    }
+    false
+}
+
 pub fn run(cmd: &mut Command) -> String {
     let out = cmd.output().expect("run");
     assert!(
