@@ -455,6 +455,14 @@ fn pods_on_three_nodes_talk_over_the_overlay_and_policy_holds_at_both_ends() {
         ),
     ]));
     assert_eq!(seen.trim(), c.pod("a").v4);
+    // A node reaches pods on other nodes (through its own node TAP and the
+    // overlay, from its overlay address; the reply comes back the same way).
+    // (IPv4 only: these nodes have no IPv6 address of their own.)
+    assert_eq!(
+        pods::probe(&c.nodes[0].ns, "tcp", &c.pod("b").v4, 8080),
+        "ok",
+        "node0 -> b"
+    );
 
     // b admits only a, on 8080/TCP, by a's labels although a lives on
     // another node.
@@ -468,6 +476,11 @@ fn pods_on_three_nodes_talk_over_the_overlay_and_policy_holds_at_both_ends() {
         c.probe("a", "udp", "b", false, 8080),
         "ok",
         "UDP is not in the rule"
+    );
+    assert_ne!(
+        pods::probe(&c.nodes[0].ns, "tcp", &c.pod("b").v4, 8080),
+        "ok",
+        "another node's host is not b's node: policy applies to it"
     );
     // c's own node refuses what b's node would (every node knows every
     // policy) ...

@@ -228,7 +228,14 @@ impl Daemon {
             let id = d
                 .free_port(&|_| false)
                 .ok_or("no switch port for the overlay")?;
-            d.overlay = Some(nodes::Overlay::start(o, d.opts.mtu, id, d.switch.handle())?);
+            let tap = d.opts.node_tap.clone();
+            d.overlay = Some(nodes::Overlay::start(
+                o,
+                d.opts.mtu,
+                id,
+                tap,
+                d.switch.handle(),
+            )?);
             d.sync_nodes();
         }
         Ok((d, server))

@@ -128,15 +128,21 @@ pub fn configure(current: &str, cfg: &LinkConfig) -> io::Result<()> {
 
 /// Adds (or replaces) routes to `dsts` through the link `name`.
 pub fn add_routes(name: &str, dsts: &[IpNet]) -> io::Result<()> {
-    route_op(name, dsts, true)
+    route_op(name, dsts, true, None)
+}
+
+/// Adds (or replaces) routes to `dsts` through the link `name`, with `src`
+/// as the preferred source address for the destinations of its family.
+pub fn add_routes_from(name: &str, dsts: &[IpNet], src: IpAddr) -> io::Result<()> {
+    route_op(name, dsts, true, Some(src))
 }
 
 /// Removes routes to `dsts` through the link `name` (missing ones are fine).
 pub fn del_routes(name: &str, dsts: &[IpNet]) -> io::Result<()> {
-    route_op(name, dsts, false)
+    route_op(name, dsts, false, None)
 }
 
-fn route_op(name: &str, dsts: &[IpNet], add: bool) -> io::Result<()> {
+fn route_op(name: &str, dsts: &[IpNet], add: bool, src: Option<IpAddr>) -> io::Result<()> {
     run(async |h| {
         let Some(link) = index_of(&h, name).await? else {
             return if add {
@@ -146,12 +152,15 @@ fn route_op(name: &str, dsts: &[IpNet], add: bool) -> io::Result<()> {
             };
         };
         for dst in dsts {
-            let msg = RouteMessageBuilder::<IpAddr>::new()
+            let mut b = RouteMessageBuilder::<IpAddr>::new()
                 .destination_prefix(dst.addr(), dst.prefix_len())
                 .map_err(|e| err("route", e))?
                 .output_interface(link.header.index)
-                .scope(RouteScope::Link)
-                .build();
+                .scope(RouteScope::Link);
+            if let Some(src) = src.filter(|s| s.is_ipv4() == dst.addr().is_ipv4()) {
+                b = b.pref_source(src).map_err(|e| err("route", e))?;
+            }
+            let msg = b.build();
             let r = if add {
                 h.route().add(msg).replace().execute().await
             } else {

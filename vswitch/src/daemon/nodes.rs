@@ -8,6 +8,11 @@
 //! changes (address, CIDRs) or leaves is attached, re-attached or detached
 //! live; traffic to a node that left then finds no port (dropped, counted as
 //! `no_node` for addresses in `--cluster-cidr`).
+//!
+//! The node's own routing learns the other nodes' pod CIDRs too: a route to
+//! each through the node TAP, from this node's overlay address, so that the
+//! node itself (and what kube-proxy sends on from it) reaches pods on other
+//! nodes through the overlay; their replies come back the same way.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -42,6 +47,8 @@ pub struct Overlay {
     remote: BTreeMap<String, (PortId, Node)>,
     /// The overlay socket's port.
     socket: PortId,
+    /// The node TAP, through which the node routes to other nodes' pods.
+    node_tap: Option<String>,
 }
 
 /// A node's attachable form: its overlay address (the first of the
@@ -59,6 +66,7 @@ impl Overlay {
         opts: OverlayOptions,
         mtu: u32,
         id: PortId,
+        node_tap: Option<String>,
         switch: &SwitchHandle,
     ) -> Result<Overlay, String> {
         let sock = OverlaySocket::bind(opts.addr, opts.port).map_err(|e| {
@@ -84,6 +92,7 @@ impl Overlay {
             mtu,
             remote: BTreeMap::new(),
             socket: id,
+            node_tap,
         })
     }
 
@@ -134,8 +143,13 @@ impl Overlay {
             .map(|(name, _)| name.clone())
             .collect();
         for name in gone {
-            let (id, _) = self.remote.remove(&name).expect("listed");
+            let (id, n) = self.remote.remove(&name).expect("listed");
             switch.detach(id);
+            if let Some(tap) = &self.node_tap
+                && let Err(e) = super::netlink::del_routes(tap, &n.pod_cidrs)
+            {
+                tracing::warn!("overlay: routes to node {name}'s pods: {e}");
+            }
             tracing::info!("overlay: node {name} detached (port {id})");
         }
         for (name, n) in want {
@@ -168,6 +182,11 @@ impl Overlay {
                 },
                 port: Box::new(tunnel),
             });
+            if let Some(tap) = &self.node_tap
+                && let Err(e) = super::netlink::add_routes_from(tap, &n.pod_cidrs, self.opts.addr)
+            {
+                tracing::warn!("overlay: routes to node {name}'s pods via {tap}: {e}");
+            }
             tracing::info!(
                 "overlay: node {name} at {peer}, pods {:?} (port {id})",
                 n.pod_cidrs

@@ -232,9 +232,15 @@ impl Datapath {
                     self.by_ip.insert(*ip, id);
                 }
             }
-            PortKind::Remote { addr, cidrs, .. } => {
-                for c in cidrs {
-                    self.remote.insert(*c, id);
+            PortKind::Remote { addr, addrs, cidrs } => {
+                // its pods, and its own addresses (so that what this node's
+                // pods send its host comes back the way it went)
+                for c in cidrs
+                    .iter()
+                    .copied()
+                    .chain(addrs.iter().map(|a| IpNet::from(*a)))
+                {
+                    self.remote.insert(c, id);
                 }
                 self.by_underlay.insert(*addr, id);
             }
@@ -860,10 +866,11 @@ impl Datapath {
     /// destination address; a frame to a local pod's MAC is delivered at L2
     /// if that pod owns the destination address. Nothing is flooded.
     ///
-    /// By destination address: a local pod; else another node's pod CIDR
-    /// (not for what came from another node: no transit); else, from a
-    /// pod, out of the node port, unless the address is in the cluster's
-    /// pod range (a pod of a node that is gone: dropped).
+    /// By destination address: a local pod; else another node's pod CIDR or
+    /// address (not for what came from another node, which goes only to
+    /// local pods and this node's own addresses: no transit); else, from a
+    /// pod, out of the node port, unless the address is in the cluster's pod
+    /// range (a pod of a node that is gone: dropped).
     fn route(&self, in_port: PortId, dst_mac: Mac, dst: IpAddr) -> Route {
         let fwd = |port: PortId, routed: bool| -> Route {
             if port == in_port {
@@ -888,7 +895,11 @@ impl Datapath {
             }
             let from = &self.ports[in_port as usize].as_ref().expect("port").kind;
             if matches!(from, PortKind::Remote { .. }) {
-                return Err(Outcome::NoRoute);
+                // to this node's own host, else nowhere (no transit)
+                return match self.node_port {
+                    Some(p) if self.is_node_address(dst) => fwd(p, true),
+                    _ => Err(Outcome::NoRoute),
+                };
             }
             if let Some(p) = self.remote.lookup(dst) {
                 return fwd(p, true);
