@@ -115,13 +115,13 @@ impl Node {
         self.t0 + Duration::from_millis(self.ms)
     }
 
-    fn from_pod(&mut self, frame: &mut [u8]) -> Action {
+    fn pod_sends(&mut self, frame: &mut [u8]) -> Action {
         let now = self.now();
         self.dp.process(POD, frame, now)
     }
 
     /// A datagram from `peer` on the overlay socket.
-    fn from_overlay(&mut self, peer: [u8; 4], datagram: &mut [u8]) -> Action {
+    fn datagram_from(&mut self, peer: [u8; 4], datagram: &mut [u8]) -> Action {
         let now = self.now();
         self.dp
             .process_overlay(SOCKET, Some(IpAddr::from(peer)), datagram, now)
@@ -167,12 +167,12 @@ fn tcp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: &str) -> Vec<
 fn across(from: &mut Node, from_addr: [u8; 4], to: &mut Node, frame: &[u8]) -> (Action, Vec<u8>) {
     let mut f = frame.to_vec();
     assert_eq!(
-        from.from_pod(&mut f),
+        from.pod_sends(&mut f),
         Action::Forward(REMOTE),
         "into the overlay"
     );
     let mut d = vxlan(&f);
-    let a = to.from_overlay(from_addr, &mut d);
+    let a = to.datagram_from(from_addr, &mut d);
     (a, d[HLEN..].to_vec())
 }
 
@@ -181,11 +181,11 @@ fn a_connection_between_nodes_passes_both_ends_and_takes_the_fast_path() {
     let (mut n1, mut n2) = two_nodes();
     // SYN a -> b: routed at n1 (TTL 63) into the overlay, at n2 (TTL 62) to b.
     let mut syn = tcp4(A, B, 40000, 80, "S");
-    assert_eq!(n1.from_pod(&mut syn), Action::Forward(REMOTE));
+    assert_eq!(n1.pod_sends(&mut syn), Action::Forward(REMOTE));
     assert_eq!(&syn[0..6], &overlay::node_mac(IpAddr::from(N2)));
     assert_eq!(syn[14 + 8], 63);
     let mut d = vxlan(&syn);
-    assert_eq!(n2.from_overlay(N1, &mut d), Action::Forward(POD));
+    assert_eq!(n2.datagram_from(N1, &mut d), Action::Forward(POD));
     let delivered = &d[HLEN..];
     assert_eq!(&delivered[0..6], &POD_MAC, "to b's MAC");
     assert_eq!(&delivered[6..12], &GW, "from the gateway");
@@ -234,7 +234,7 @@ fn the_source_enforces_egress() {
     let (mut n1, _) = two_nodes();
     n1.apply(DENY_EGRESS_A);
     let mut syn = tcp4(A, B, 40003, 80, "S");
-    assert_eq!(n1.from_pod(&mut syn), Action::Drop(Outcome::PolicyDeny));
+    assert_eq!(n1.pod_sends(&mut syn), Action::Drop(Outcome::PolicyDeny));
 }
 
 #[test]
@@ -243,30 +243,30 @@ fn forged_overlay_packets_are_dropped_and_counted() {
     // From an address that is no node.
     let mut d = vxlan(&tcp4(A, B, 1, 80, "S"));
     assert_eq!(
-        n2.from_overlay([192, 168, 100, 66], &mut d),
+        n2.datagram_from([192, 168, 100, 66], &mut d),
         Action::Drop(Outcome::Forged)
     );
     assert_eq!(n2.dp.port(SOCKET).unwrap().counters.get(Outcome::Forged), 1);
     // From n1, but with a source in n2's own range (or outside n1's).
     for src in [[10, 244, 2, 9], [10, 244, 3, 9], [172, 16, 0, 1]] {
         let mut d = vxlan(&tcp4(src, B, 1, 80, "S"));
-        assert_eq!(n2.from_overlay(N1, &mut d), Action::Drop(Outcome::Forged));
+        assert_eq!(n2.datagram_from(N1, &mut d), Action::Drop(Outcome::Forged));
     }
     // Another VNI, or no VXLAN header at all.
     let mut d = vxlan(&tcp4(A, B, 2, 80, "S"));
     d[6] ^= 1;
     assert_eq!(
-        n2.from_overlay(N1, &mut d),
+        n2.datagram_from(N1, &mut d),
         Action::Drop(Outcome::Malformed)
     );
     let mut raw = tcp4(A, B, 3, 80, "S");
     assert_eq!(
-        n2.from_overlay(N1, &mut raw),
+        n2.datagram_from(N1, &mut raw),
         Action::Drop(Outcome::Malformed)
     );
     // No transit: a packet from n1 for an address that is not on n2.
     let mut d = vxlan(&tcp4(A, [8, 8, 8, 8], 4, 53, "S"));
-    assert_eq!(n2.from_overlay(N1, &mut d), Action::Drop(Outcome::NoRoute));
+    assert_eq!(n2.datagram_from(N1, &mut d), Action::Drop(Outcome::NoRoute));
     assert_eq!(n2.count(Outcome::Forged), 4);
     assert_eq!(n2.dp.counters.outcome_total(), n2.dp.counters.rx_packets);
     // The genuine article still passes.
@@ -279,7 +279,7 @@ fn traffic_to_a_node_that_left_is_dropped_and_counted() {
     let (mut n1, _) = two_nodes();
     n1.dp.remove_port(REMOTE);
     let mut syn = tcp4(A, B, 40004, 80, "S");
-    assert_eq!(n1.from_pod(&mut syn), Action::Drop(Outcome::NoNode));
+    assert_eq!(n1.pod_sends(&mut syn), Action::Drop(Outcome::NoNode));
     assert_eq!(n1.count(Outcome::NoNode), 1);
 }
 
@@ -308,7 +308,7 @@ fn big(v6: bool, df: bool, len: usize) -> Vec<u8> {
 fn too_big_for_the_overlay_gets_the_icmp_a_router_sends() {
     let (mut n1, _) = two_nodes();
     // IPv4 with DF: "fragmentation needed", next-hop MTU 1450, to the sender.
-    let Action::Reply(POD, r) = n1.from_pod(&mut big(false, true, 1500)) else {
+    let Action::Reply(POD, r) = n1.pod_sends(&mut big(false, true, 1500)) else {
         panic!("no ICMP")
     };
     assert_eq!(&r[0..6], &POD_MAC);
@@ -325,7 +325,7 @@ fn too_big_for_the_overlay_gets_the_icmp_a_router_sends() {
         "checksum valid after the MTU was written"
     );
     // IPv6: "packet too big" with the MTU.
-    let a = n1.from_pod(&mut big(true, false, 1500));
+    let a = n1.pod_sends(&mut big(true, false, 1500));
     let Action::Reply(POD, r) = a else {
         panic!("no ICMPv6: {a:?}")
     };
@@ -342,11 +342,11 @@ fn too_big_for_the_overlay_gets_the_icmp_a_router_sends() {
     // IPv4 without DF goes on (the overlay fragments it); so does what
     // fits, and a segmentation-offload frame (the overlay cuts it).
     assert_eq!(
-        n1.from_pod(&mut big(false, false, 1500)),
+        n1.pod_sends(&mut big(false, false, 1500)),
         Action::Forward(REMOTE)
     );
     assert_eq!(
-        n1.from_pod(&mut big(true, false, 1400)),
+        n1.pod_sends(&mut big(true, false, 1400)),
         Action::Forward(REMOTE)
     );
     // An offload frame goes on when its segments fit (the overlay cuts
