@@ -361,6 +361,69 @@ fn an_expired_ttl_gets_time_exceeded() {
     assert_eq!(s.count(Outcome::TtlExpired), 2);
 }
 
+/// A cached flow whose connection expired does not keep its hole open: the
+/// fast path checks the connection (at least once a second) before it
+/// trusts the cache.
+#[test]
+fn an_expired_connection_closes_its_fast_path() {
+    let mut s = switch(Config::default());
+    s.apply(DENY_INGRESS_A);
+    // a -> b over UDP, b answers: both directions established and cached
+    for _ in 0..3 {
+        assert_eq!(
+            s.send(1, &mut udp4(A, GW, A4, B4, 5000, 53)),
+            Action::Forward(2)
+        );
+        assert_eq!(
+            s.send(2, &mut udp4(B, GW, B4, A4, 53, 5000)),
+            Action::Forward(1)
+        );
+    }
+    let fast = s.count(Outcome::FastForward);
+    assert_eq!(
+        s.send(2, &mut udp4(B, GW, B4, A4, 53, 5000)),
+        Action::Forward(1)
+    );
+    assert_eq!(
+        s.count(Outcome::FastForward),
+        fast + 1,
+        "the reply takes the fast path"
+    );
+    // Idle past the UDP timeout (120 s): b's packet is a new flow into an
+    // isolated a, and the cache must not pass it.
+    s.ms += 130_000;
+    assert_eq!(
+        s.send(2, &mut udp4(B, GW, B4, A4, 53, 5000)),
+        Action::Drop(Outcome::PolicyDeny)
+    );
+    // Busy flows stay on the fast path across many refreshes.
+    assert_eq!(
+        s.send(1, &mut udp4(A, GW, A4, B4, 5001, 53)),
+        Action::Forward(2)
+    );
+    assert_eq!(
+        s.send(2, &mut udp4(B, GW, B4, A4, 53, 5001)),
+        Action::Forward(1)
+    );
+    assert_eq!(
+        s.send(1, &mut udp4(A, GW, A4, B4, 5001, 53)),
+        Action::Forward(2)
+    );
+    let fast = s.count(Outcome::FastForward);
+    for _ in 0..200 {
+        s.ms += 999;
+        assert_eq!(
+            s.send(2, &mut udp4(B, GW, B4, A4, 53, 5001)),
+            Action::Forward(1)
+        );
+    }
+    assert_eq!(
+        s.count(Outcome::FastForward),
+        fast + 200,
+        "200 s of hits, all fast"
+    );
+}
+
 #[test]
 fn replies_pass_a_deny_all_ingress_and_new_connections_do_not() {
     let mut s = switch(Config::default());

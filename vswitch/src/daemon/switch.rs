@@ -238,16 +238,19 @@ fn answer(dp: &Datapath, q: Query) -> Answer {
             let flows = cache
                 .entries()
                 .take(limit)
-                .map(|(k, e)| FlowInfo {
-                    in_port: k.in_port,
-                    src: ip_of(k.src, k.v6),
-                    dst: ip_of(k.dst, k.v6),
-                    protocol: k.proto,
-                    sport: k.sport,
-                    dport: k.dport,
-                    out_port: e.fwd.port,
-                    routed: e.fwd.routed,
-                    current: e.epoch == epoch,
+                .map(|s| {
+                    let k = s.key;
+                    FlowInfo {
+                        in_port: k.in_port,
+                        src: ip_of(k.src, k.v6),
+                        dst: ip_of(k.dst, k.v6),
+                        protocol: k.proto,
+                        sport: k.sport,
+                        dport: k.dport,
+                        out_port: s.port,
+                        routed: s.routed,
+                        current: s.epoch == epoch as u32,
+                    }
                 })
                 .collect();
             Answer::Flows(flows, cache.len())

@@ -5,15 +5,23 @@
 //! Key: the port a frame came in on, its addresses, protocol and ports
 //! ([`FlowKey`], read at fixed offsets by [`super::parse::fast_key`]).
 //! Value: what the slow path decided for that flow: the output port and the
-//! MAC/TTL rewrite, the conntrack handle, and the epoch it was computed
-//! under.
+//! MAC/TTL rewrite, the epoch it was computed under, and when the flow's
+//! connection was last refreshed. Key and value fill one cache line
+//! ([`Slot`]); the conntrack handle lives in a side array that hits seldom
+//! read.
 //!
 //! # How
-//! A hit needs the current epoch and a live, unexpired conntrack entry (the
-//! handle refreshes it without a hash lookup); then the frame is rewritten
-//! and sent without parsing beyond the key, without conntrack lookup and
-//! without policy. TCP packets with SYN, FIN or RST never take the fast path,
-//! since they change connection state.
+//! A hit needs the current epoch; then the frame is rewritten and sent
+//! without parsing beyond the key, without conntrack lookup and without
+//! policy. TCP packets with SYN, FIN or RST never take the fast path, since
+//! they change connection state. The connection is refreshed (and checked
+//! to be the same, live, unexpired one) through its handle at most once a
+//! second per flow ([`REFRESH_MS`]), not on every hit: a hit reads two cache
+//! lines (the bucket and the slot), where a refresh would read a third at
+//! a random place. Conntrack therefore sees a busy flow at most a second
+//! late, which its timeouts (ten seconds at the least) absorb: a
+//! connection cannot expire while its flow hits, and one that has not been
+//! refreshed for a second is checked before the next hit is taken.
 //!
 //! # Invalidation
 //! The datapath's epoch changes with every policy generation and every port
@@ -32,6 +40,9 @@
 
 use super::conntrack::CtRef;
 use super::parse::{FlowKey, Mac};
+
+/// How often a hit refreshes its connection in conntrack (milliseconds).
+pub const REFRESH_MS: u32 = 1000;
 
 /// What the slow path decided about a flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,10 +75,38 @@ struct Bucket {
     idx: [u32; WAYS],
 }
 
+/// One cached flow, in one cache line.
 #[derive(Clone, Copy)]
-struct Slot {
-    key: FlowKey,
-    entry: CacheEntry,
+#[repr(C, align(64))]
+pub struct Slot {
+    pub key: FlowKey,
+    /// When the connection was last refreshed (the datapath's milliseconds,
+    /// truncated).
+    pub refreshed: u32,
+    /// The epoch the decision was made under (truncated).
+    pub epoch: u32,
+    pub dst_mac: Mac,
+    pub port: u16,
+    pub mtu: u16,
+    /// Routed (the source MAC becomes the gateway's, TTL decremented), or
+    /// delivered at L2 (the source MAC stays the input port's).
+    pub routed: bool,
+}
+
+const _: () = assert!(std::mem::size_of::<Slot>() == 64);
+
+impl Slot {
+    /// The forwarding decision, with the source MAC it implies.
+    #[inline(always)]
+    pub fn forward(&self, gateway: Mac, port_mac: Mac) -> Forward {
+        Forward {
+            port: self.port,
+            routed: self.routed,
+            src_mac: if self.routed { gateway } else { port_mac },
+            dst_mac: self.dst_mac,
+            mtu: self.mtu,
+        }
+    }
 }
 
 /// A signature table: a bucket (one cache line) per hash, eight ways, and
@@ -79,6 +118,9 @@ struct Slot {
 pub struct FlowCache {
     buckets: Vec<Bucket>,
     slots: Vec<Slot>,
+    /// Each slot's connection, beside the slots (read once a second per
+    /// flow, and by sweeps).
+    cts: Vec<CtRef>,
     free: Vec<u32>,
     len: usize,
     max: usize,
@@ -91,6 +133,7 @@ impl FlowCache {
         FlowCache {
             buckets: vec![Bucket::default(); n],
             slots: Vec::with_capacity(max),
+            cts: Vec::with_capacity(max),
             free: Vec::new(),
             len: 0,
             max,
@@ -143,33 +186,55 @@ impl FlowCache {
     }
 
     #[inline(always)]
-    pub fn entry(&self, idx: u32) -> &CacheEntry {
-        &self.slots[idx as usize].entry
+    pub fn slot(&self, idx: u32) -> &Slot {
+        &self.slots[idx as usize]
     }
 
-    /// The entry at `idx` if it still holds `key` (an insert between a
-    /// `find` and its use may have reused the slot).
+    /// The slot at `idx` if it still holds `key` (an insert between a
+    /// `find` and its use may have reused it).
     #[inline(always)]
-    pub fn entry_for(&self, idx: u32, key: &FlowKey) -> Option<&CacheEntry> {
+    pub fn slot_for(&self, idx: u32, key: &FlowKey) -> Option<&Slot> {
         let s = self.slots.get(idx as usize)?;
-        (s.key == *key).then_some(&s.entry)
+        (s.key == *key).then_some(s)
+    }
+
+    /// The connection of the slot at `idx`.
+    #[inline(always)]
+    pub fn ct(&self, idx: u32) -> CtRef {
+        self.cts[idx as usize]
+    }
+
+    /// Records that the slot's connection was refreshed at `now`.
+    #[inline(always)]
+    pub fn refreshed(&mut self, idx: u32, now: u32) {
+        self.slots[idx as usize].refreshed = now;
     }
 
     #[inline(always)]
-    pub fn get(&self, key: &FlowKey) -> Option<&CacheEntry> {
-        self.find(Self::hash(key), key).map(|i| self.entry(i))
+    pub fn get(&self, key: &FlowKey) -> Option<&Slot> {
+        self.find(Self::hash(key), key).map(|i| self.slot(i))
     }
 
-    /// Inserts or overwrites; returns false when the cache is full.
-    pub fn insert(&mut self, key: FlowKey, entry: CacheEntry) -> bool {
+    /// Inserts or overwrites (the connection was refreshed at `now`);
+    /// returns false when the cache is full.
+    pub fn insert(&mut self, key: FlowKey, entry: CacheEntry, now: u32) -> bool {
         let h = Self::hash(&key);
+        let slot = Slot {
+            key,
+            refreshed: now,
+            epoch: entry.epoch as u32,
+            dst_mac: entry.fwd.dst_mac,
+            port: entry.fwd.port,
+            mtu: entry.fwd.mtu,
+            routed: entry.fwd.routed,
+        };
         if let Some(i) = self.find(h, &key) {
-            self.slots[i as usize].entry = entry;
+            self.slots[i as usize] = slot;
+            self.cts[i as usize] = entry.ct;
             return true;
         }
         let sig = Self::sig(h);
         let bi = (h & self.mask) as usize;
-        let slot = Slot { key, entry };
         match self.buckets[bi].sigs.iter().position(|s| *s == 0) {
             Some(w) => {
                 if self.len >= self.max {
@@ -178,10 +243,12 @@ impl FlowCache {
                 let i = match self.free.pop() {
                     Some(i) => {
                         self.slots[i as usize] = slot;
+                        self.cts[i as usize] = entry.ct;
                         i
                     }
                     None => {
                         self.slots.push(slot);
+                        self.cts.push(entry.ct);
                         self.slots.len() as u32 - 1
                     }
                 };
@@ -194,6 +261,7 @@ impl FlowCache {
                 let w = ((h >> 40) as usize) % WAYS;
                 let i = self.buckets[bi].idx[w];
                 self.slots[i as usize] = slot;
+                self.cts[i as usize] = entry.ct;
                 self.buckets[bi].sigs[w] = sig;
             }
         }
@@ -208,12 +276,14 @@ impl FlowCache {
         self.len == 0
     }
 
-    /// Removes entries for which `dead` holds.
-    pub fn sweep(&mut self, mut dead: impl FnMut(&CacheEntry) -> bool) -> usize {
+    /// Removes the slots for which `dead` holds (given each slot and its
+    /// connection).
+    pub fn sweep(&mut self, mut dead: impl FnMut(&Slot, CtRef) -> bool) -> usize {
         let mut removed = 0;
         for b in &mut self.buckets {
             for w in 0..WAYS {
-                if b.sigs[w] != 0 && dead(&self.slots[b.idx[w] as usize].entry) {
+                let i = b.idx[w] as usize;
+                if b.sigs[w] != 0 && dead(&self.slots[i], self.cts[i]) {
                     b.sigs[w] = 0;
                     self.free.push(b.idx[w]);
                     removed += 1;
@@ -224,12 +294,11 @@ impl FlowCache {
         removed
     }
 
-    pub fn entries(&self) -> impl Iterator<Item = (&FlowKey, &CacheEntry)> {
+    pub fn entries(&self) -> impl Iterator<Item = &Slot> {
         self.buckets.iter().flat_map(move |b| {
-            (0..WAYS).filter(move |&w| b.sigs[w] != 0).map(move |w| {
-                let s = &self.slots[b.idx[w] as usize];
-                (&s.key, &s.entry)
-            })
+            (0..WAYS)
+                .filter(move |&w| b.sigs[w] != 0)
+                .map(move |w| &self.slots[b.idx[w] as usize])
         })
     }
 }
@@ -268,21 +337,21 @@ mod tests {
     fn finds_what_it_holds_and_stays_bounded() {
         let mut c = FlowCache::new(1000);
         for i in 0..1000 {
-            assert!(c.insert(key(i), entry(i as u16)));
+            assert!(c.insert(key(i), entry(i as u16), 0));
         }
         assert!(c.len() >= 990, "{}", c.len());
         let found = (0..1000)
-            .filter(|&i| c.get(&key(i)).is_some_and(|e| e.fwd.port == i as u16))
+            .filter(|&i| c.get(&key(i)).is_some_and(|e| e.port == i as u16))
             .count();
         // a full bucket replaces a way, so a few may be gone, never wrong
         assert!(found >= 990, "{found}");
-        c.insert(key(5000), entry(1));
+        c.insert(key(5000), entry(1), 0);
         assert!(c.len() <= 1000, "never beyond its size");
         assert!(c.get(&key(99_999)).is_none());
         let before = c.len();
-        let removed = c.sweep(|e| e.fwd.port % 2 == 0);
+        let removed = c.sweep(|e, _| e.port % 2 == 0);
         assert_eq!(c.len(), before - removed);
-        assert!(c.entries().all(|(_, e)| e.fwd.port % 2 == 1));
+        assert!(c.entries().all(|e| e.port % 2 == 1));
         assert_eq!(c.entries().count(), c.len());
     }
 }

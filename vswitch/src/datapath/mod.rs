@@ -340,9 +340,9 @@ impl Datapath {
         let ms = self.ms(now);
         self.ct.sweep(ms, budget);
         self.frags.expire(ms);
-        let (epoch, ct) = (self.epoch, &self.ct);
+        let (epoch, ct) = (self.epoch as u32, &self.ct);
         self.cache
-            .sweep(|e| e.epoch != epoch || ct.get(e.ct).is_none());
+            .sweep(|s, r| s.epoch != epoch || ct.get(r).is_none());
     }
 
     // ----- the packet path -----------------------------------------------
@@ -376,7 +376,7 @@ impl Datapath {
             && frame[6..12] == mac
             && let Some(key) = parse::fast_key(frame, in_port)
             && let Some(idx) = self.cache.find(FlowCache::hash(&key), &key)
-            && let Some(action) = self.hit(in_port, frame, *self.cache.entry(idx), ms, gso)
+            && let Some(action) = self.hit(in_port, frame, idx, ms, gso)
         {
             return action;
         }
@@ -498,24 +498,21 @@ impl Datapath {
                 warm ^= self.cache.warm_bucket(hashes[i]);
             }
         }
+        std::hint::black_box(warm);
         for i in 0..frames.len() {
             if hashes[i] != 0
                 && let Some(j) = self.cache.find(hashes[i], &keys[i])
             {
                 found[i] = j;
-                warm ^= self.ct.warm(self.cache.entry(j).ct);
             }
         }
-        std::hint::black_box(warm);
         for (i, f) in frames.iter_mut().enumerate() {
             // (an earlier frame of the batch may have reused the slot)
             let seg = gso.get(i).copied().unwrap_or(0);
             let action = match found[i] {
                 NONE => None,
-                j => match self.cache.entry_for(j, &keys[i]) {
-                    Some(e) => self.hit(in_port, f, *e, ms, seg),
-                    None => None,
-                },
+                j if self.cache.slot_for(j, &keys[i]).is_some() => self.hit(in_port, f, j, ms, seg),
+                _ => None,
             };
             actions.push(action.unwrap_or_else(|| self.process_frame(in_port, f, seg, now)));
         }
@@ -528,15 +525,25 @@ impl Datapath {
         &mut self,
         in_port: PortId,
         frame: &mut [u8],
-        e: CacheEntry,
+        idx: u32,
         ms: u64,
         gso: u16,
     ) -> Option<Action> {
-        if e.epoch != self.epoch
-            || (e.fwd.mtu != 0 && too_big(frame, e.fwd.mtu, gso))
-            || !self.ct.touch(e.ct, ms)
-            || !rewrite(frame, &e.fwd)
-        {
+        let s = *self.cache.slot(idx);
+        if s.epoch != self.epoch as u32 || (s.mtu != 0 && too_big(frame, s.mtu, gso)) {
+            return None;
+        }
+        // The connection: refreshed (and found live) at most once a second.
+        let now = ms as u32;
+        if now.wrapping_sub(s.refreshed) >= flow_cache::REFRESH_MS {
+            if !self.ct.touch(self.cache.ct(idx), ms) {
+                return None;
+            }
+            self.cache.refreshed(idx, now);
+        }
+        let port_mac = self.ports[in_port as usize].as_ref()?.mac;
+        let fwd = s.forward(self.cfg.gateway_mac, port_mac);
+        if !rewrite(frame, &fwd) {
             return None;
         }
         let len = frame.len() as u64;
@@ -549,13 +556,13 @@ impl Datapath {
         self.counters.count(Outcome::FastForward);
         if let Some(p) = self
             .ports
-            .get_mut(e.fwd.port as usize)
+            .get_mut(fwd.port as usize)
             .and_then(Option::as_mut)
         {
             p.counters.tx_packets += 1;
             p.counters.tx_bytes += len;
         }
-        Some(Action::Forward(e.fwd.port))
+        Some(Action::Forward(fwd.port))
     }
 
     /// Milliseconds since the datapath started, computed once per distinct
@@ -818,6 +825,7 @@ impl Datapath {
                     ct,
                     epoch: self.epoch,
                 },
+                ms as u32,
             );
         }
         Ok(fwd)
