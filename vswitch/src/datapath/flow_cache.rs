@@ -130,9 +130,15 @@ pub struct FlowCache {
 impl FlowCache {
     pub fn new(max: usize) -> FlowCache {
         let n = (max.max(WAYS) * 4 / WAYS).next_power_of_two();
+        // huge pages asked for before the first touch
+        let mut buckets = Vec::with_capacity(n);
+        super::hugepages::advise(buckets.as_ptr() as *const u8, n * size_of::<Bucket>());
+        buckets.resize(n, Bucket::default());
+        let slots: Vec<Slot> = Vec::with_capacity(max);
+        super::hugepages::advise(slots.as_ptr() as *const u8, max * size_of::<Slot>());
         FlowCache {
-            buckets: vec![Bucket::default(); n],
-            slots: Vec::with_capacity(max),
+            buckets,
+            slots,
             cts: Vec::with_capacity(max),
             free: Vec::new(),
             len: 0,

@@ -25,6 +25,7 @@ pub mod counters;
 pub mod event_loop;
 pub mod flow_cache;
 pub mod frag;
+pub mod hugepages;
 pub mod overlay;
 pub mod parse;
 pub mod port;
