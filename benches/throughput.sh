@@ -5,7 +5,9 @@
 #   vswitch across nodes - two node namespaces joined by a veth pair (the
 #              underlay), a vswitchd on each, one pod on each: VXLAN over
 #              UDP, segmentation and checksums in software;
-#   bridge   - a Linux bridge in a node namespace, pods on veth pairs.
+#   bridge   - a Linux bridge in a node namespace, pods on veth pairs;
+#   kernel VXLAN - two node namespaces, each a Linux bridge with a veth pod
+#              and a kernel VXLAN device to the other (flannel's layout).
 # iperf3: TCP with one stream, TCP with four, and UDP with 64-byte
 # payloads sent as fast as possible (packets per second received).
 # Needs root, iperf3 and /usr/lib/cni/host-local. Usage:
@@ -130,4 +132,28 @@ for p in ba bb; do
   ip -n $tag-$p link set eth0 up
 done
 run_suite "Linux bridge + veth" $tag-ba $tag-bb 10.204.0.3
+
+# --- the kernel's own overlay: on each of two nodes a Linux bridge with a
+# veth pod and a VXLAN device (VNI 1, UDP 4789) to the other node
+ip netns add $tag-k1
+ip netns add $tag-k2
+ip -n $tag-k1 link add w1 type veth peer name w2 netns $tag-k2
+for i in 1 2; do
+  o=$((3 - i))
+  ip -n $tag-k$i link set lo up
+  ip -n $tag-k$i addr add 192.168.206.$i/24 dev w$i
+  ip -n $tag-k$i link set w$i up
+  ip -n $tag-k$i link add br0 type bridge
+  ip -n $tag-k$i link set br0 up
+  ip -n $tag-k$i link add vx0 type vxlan id 1 local 192.168.206.$i remote 192.168.206.$o dstport 4789
+  ip -n $tag-k$i link set vx0 master br0 up
+  ip netns add $tag-kp$i
+  ip -n $tag-kp$i link set lo up
+  ip -n $tag-k$i link add kp$i type veth peer name eth0 netns $tag-kp$i
+  ip -n $tag-k$i link set kp$i master br0 up
+  ip -n $tag-kp$i link set eth0 mtu 1450
+  ip -n $tag-kp$i addr add 10.206.0.$i/24 dev eth0
+  ip -n $tag-kp$i link set eth0 up
+done
+run_suite "Linux bridge + kernel VXLAN, 2 nodes" $tag-kp1 $tag-kp2 10.206.0.2
 echo "($secs s per figure; $(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))"
