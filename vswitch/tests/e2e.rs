@@ -198,20 +198,7 @@ impl World {
         let (code, out) = self.cni("ADD", container, ns, &args, &self.conf());
         assert_eq!(code, 0, "ADD {name}: {out}\n{}", self.log());
         let result: serde_json::Value = serde_json::from_str(&out).expect("result JSON");
-        let ips: Vec<String> = result["ips"]
-            .as_array()
-            .expect("ips")
-            .iter()
-            .map(|i| {
-                i["address"]
-                    .as_str()
-                    .unwrap()
-                    .split('/')
-                    .next()
-                    .unwrap()
-                    .to_string()
-            })
-            .collect();
+        let (v4, v6) = pods::result_addresses(&result);
         assert_eq!(
             result["interfaces"][0]["sandbox"],
             format!("/var/run/netns/{ns}")
@@ -219,8 +206,8 @@ impl World {
         Pod {
             ns: ns.to_string(),
             container: container.to_string(),
-            v4: ips.iter().find(|i| !i.contains(':')).expect("v4").clone(),
-            v6: ips.iter().find(|i| i.contains(':')).expect("v6").clone(),
+            v4,
+            v6,
             result: out,
         }
     }

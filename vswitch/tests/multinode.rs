@@ -220,25 +220,12 @@ impl Cluster {
         let (code, out) = pods::cni("ADD", &format!("{ns}-c"), &ns, &args, &conf);
         assert_eq!(code, 0, "ADD {name}: {out}\n{}", self.log(node));
         let result: serde_json::Value = serde_json::from_str(&out).expect("result JSON");
-        let ips: Vec<String> = result["ips"]
-            .as_array()
-            .expect("ips")
-            .iter()
-            .map(|i| {
-                i["address"]
-                    .as_str()
-                    .unwrap()
-                    .split('/')
-                    .next()
-                    .unwrap()
-                    .to_string()
-            })
-            .collect();
+        let (v4, v6) = pods::result_addresses(&result);
         let pod = Pod {
             name: name.to_string(),
             ns,
-            v4: ips.iter().find(|i| !i.contains(':')).expect("v4").clone(),
-            v6: ips.iter().find(|i| i.contains(':')).expect("v6").clone(),
+            v4,
+            v6,
             result,
         };
         self.write(

@@ -225,9 +225,7 @@ impl Daemon {
         d.start_node_port()?;
         d.reattach();
         if let Some(o) = d.opts.overlay.clone() {
-            let id = d
-                .free_port(&|_| false)
-                .ok_or("no switch port for the overlay")?;
+            let id = d.free_port().ok_or("no switch port for the overlay")?;
             let tap = d.opts.node_tap.clone();
             d.overlay = Some(nodes::Overlay::start(
                 o,
@@ -241,9 +239,12 @@ impl Daemon {
         Ok((d, server))
     }
 
-    /// The first port id no pod, overlay port or `taken` id uses.
-    fn free_port(&self, taken: &dyn Fn(PortId) -> bool) -> Option<PortId> {
-        free_port(&self.attachments, self.overlay.as_ref(), taken)
+    /// The first port id (from 1) that no pod and no overlay port uses.
+    fn free_port(&self) -> Option<PortId> {
+        (1..=PortId::MAX).find(|p| {
+            !self.attachments.values().any(|a| a.port == *p)
+                && !self.overlay.as_ref().is_some_and(|o| o.uses(*p))
+        })
     }
 
     /// Attaches, re-attaches and detaches other nodes' ports to match the
@@ -252,11 +253,8 @@ impl Daemon {
         let Some(ov) = self.overlay.as_mut() else {
             return;
         };
-        let attachments = &self.attachments;
-        let socket_port = ov.socket_port();
-        let names = ov.sync(&self.nodes, self.switch.handle(), |taken| {
-            free_port(attachments, None, &|p| p == socket_port || taken(p))
-        });
+        let pods: Vec<PortId> = self.attachments.values().map(|a| a.port).collect();
+        let names = ov.sync(&self.nodes, self.switch.handle(), &pods);
         self.gauges
             .remote_nodes
             .store(names.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -553,7 +551,7 @@ impl Daemon {
             )));
         }
         let port = self
-            .free_port(&|_| false)
+            .free_port()
             .ok_or_else(|| Failure::new(code::TRY_AGAIN_LATER, "every switch port is in use"))?;
         let mac = pod_mac(port);
         let mtu = req.mtu.unwrap_or(self.opts.mtu);
@@ -836,20 +834,6 @@ impl Daemon {
             ),
         })
     }
-}
-
-/// The first port id (from 1) that no attachment, overlay port or `taken`
-/// id uses.
-fn free_port(
-    attachments: &BTreeMap<AttachmentKey, Attachment>,
-    overlay: Option<&nodes::Overlay>,
-    taken: &dyn Fn(PortId) -> bool,
-) -> Option<PortId> {
-    (1..=PortId::MAX).find(|p| {
-        !attachments.values().any(|a| a.port == *p)
-            && !overlay.is_some_and(|o| o.uses(*p))
-            && !taken(*p)
-    })
 }
 
 /// The changes that turn `from` into `to`: namespaces first, then pods and

@@ -101,18 +101,10 @@ impl Overlay {
         id == self.socket || self.remote.values().any(|(p, _)| *p == id)
     }
 
-    pub fn socket_port(&self) -> PortId {
-        self.socket
-    }
-
-    /// Brings the remote ports in line with `nodes`; `free` gives unused
-    /// port ids. Returns the names of the nodes attached now.
-    pub fn sync(
-        &mut self,
-        nodes: &[Node],
-        switch: &SwitchHandle,
-        mut free: impl FnMut(&dyn Fn(PortId) -> bool) -> Option<PortId>,
-    ) -> Vec<String> {
+    /// Brings the remote ports in line with `nodes`; new ports take ids that
+    /// neither the `pods` nor the overlay use. Returns the names of the nodes
+    /// attached now.
+    pub fn sync(&mut self, nodes: &[Node], switch: &SwitchHandle, pods: &[PortId]) -> Vec<String> {
         let v6 = self.opts.addr.is_ipv6();
         let mut want: BTreeMap<&str, &Node> = BTreeMap::new();
         let mut claimed: Vec<(IpNet, &str)> = Vec::new();
@@ -157,8 +149,8 @@ impl Overlay {
                 continue;
             }
             let addr = reachable(n, v6).expect("filtered");
-            let taken = |p: PortId| self.remote.values().any(|(q, _)| *q == p);
-            let Some(id) = free(&taken) else {
+            let free = (1..=PortId::MAX).find(|p| !pods.contains(p) && !self.uses(*p));
+            let Some(id) = free else {
                 tracing::error!("overlay: node {name}: every switch port is in use");
                 continue;
             };

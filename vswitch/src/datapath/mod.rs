@@ -377,7 +377,7 @@ impl Datapath {
             && frame[6..12] == mac
             && let Some(key) = parse::fast_key(frame, in_port)
             && let Some(idx) = self.cache.find(FlowCache::hash(&key), &key)
-            && let Some(action) = self.hit(in_port, frame, idx, ms, gso)
+            && let Some(action) = self.hit(in_port, mac, frame, idx, ms, gso)
         {
             return action;
         }
@@ -512,7 +512,9 @@ impl Datapath {
             let seg = gso.get(i).copied().unwrap_or(0);
             let action = match found[i] {
                 NONE => None,
-                j if self.cache.slot_for(j, &keys[i]).is_some() => self.hit(in_port, f, j, ms, seg),
+                j if self.cache.slot_for(j, &keys[i]).is_some() => {
+                    self.hit(in_port, mac, f, j, ms, seg)
+                }
                 _ => None,
             };
             actions.push(action.unwrap_or_else(|| self.process_frame(in_port, f, seg, now)));
@@ -525,6 +527,7 @@ impl Datapath {
     fn hit(
         &mut self,
         in_port: PortId,
+        port_mac: Mac,
         frame: &mut [u8],
         idx: u32,
         ms: u64,
@@ -542,7 +545,6 @@ impl Datapath {
             }
             self.cache.refreshed(idx, now);
         }
-        let port_mac = self.ports[in_port as usize].as_ref()?.mac;
         let fwd = s.forward(self.cfg.gateway_mac, port_mac);
         if !rewrite(frame, &fwd) {
             return None;

@@ -767,7 +767,7 @@ mod tests {
         let mut frame = eth(ETHERTYPE_IPV4);
         frame.extend(ipv4_hdr(IPPROTO_TCP, l4_len, 0xfffe, frag, ip_opts));
         let tcp = tcp_hdr(0xffff_f000, flags, pseudo_partial(&SRC4, &DST4, 6, l4_len));
-        tcp_built(frame, tcp, payload, gso_size, VIRTIO_NET_HDR_GSO_TCPV4)
+        built(frame, tcp, payload, gso_size, VIRTIO_NET_HDR_GSO_TCPV4, 16)
     }
 
     fn tcp6_frame(payload: Vec<u8>, flags: u8, gso_size: u16) -> Built {
@@ -775,20 +775,22 @@ mod tests {
         let mut frame = eth(ETHERTYPE_IPV6);
         frame.extend(ipv6_hdr(IPPROTO_TCP, l4_len));
         let tcp = tcp_hdr(7, flags, pseudo_partial(&SRC6, &DST6, 6, l4_len));
-        tcp_built(frame, tcp, payload, gso_size, VIRTIO_NET_HDR_GSO_TCPV6)
+        built(frame, tcp, payload, gso_size, VIRTIO_NET_HDR_GSO_TCPV6, 16)
     }
 
-    /// Ethernet and IP headers, then `tcp` and `payload`, with the
-    /// virtio-net header a TAP gives such a frame (GSO when `gso_size` > 0).
-    fn tcp_built(
+    /// Ethernet and IP headers, then the L4 header `l4` (its checksum at
+    /// `csum_offset`) and `payload`, with the virtio-net header a TAP gives
+    /// such a frame (GSO when `gso_size` > 0).
+    fn built(
         mut frame: Vec<u8>,
-        tcp: impl IntoIterator<Item = u8>,
+        l4: impl IntoIterator<Item = u8>,
         payload: Vec<u8>,
         gso_size: u16,
         gso: u8,
+        csum_offset: u16,
     ) -> Built {
         let csum_start = frame.len() as u16;
-        frame.extend(tcp);
+        frame.extend(l4);
         let hdr_len = frame.len() as u16;
         frame.extend_from_slice(&payload);
         let vnet = VnetHdr {
@@ -797,7 +799,7 @@ mod tests {
             hdr_len,
             gso_size,
             csum_start,
-            csum_offset: 16,
+            csum_offset,
         };
         Built {
             frame,
@@ -810,56 +812,16 @@ mod tests {
         let l4_len = 8 + payload.len();
         let mut frame = eth(ETHERTYPE_IPV4);
         frame.extend(ipv4_hdr(IPPROTO_UDP, l4_len, 0x1234, frag, &[]));
-        let csum_start = frame.len() as u16;
-        frame.extend(udp_hdr(l4_len, pseudo_partial(&SRC4, &DST4, 17, l4_len)));
-        let hdr_len = frame.len() as u16;
-        frame.extend_from_slice(&payload);
-        let gso_type = if gso_size > 0 {
-            VIRTIO_NET_HDR_GSO_UDP_L4
-        } else {
-            0
-        };
-        let vnet = VnetHdr {
-            flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
-            gso_type,
-            hdr_len,
-            gso_size,
-            csum_start,
-            csum_offset: 6,
-        };
-        Built {
-            frame,
-            vnet,
-            payload,
-        }
+        let udp = udp_hdr(l4_len, pseudo_partial(&SRC4, &DST4, 17, l4_len));
+        built(frame, udp, payload, gso_size, VIRTIO_NET_HDR_GSO_UDP_L4, 6)
     }
 
     fn udp6_frame(payload: Vec<u8>, gso_size: u16) -> Built {
         let l4_len = 8 + payload.len();
         let mut frame = eth(ETHERTYPE_IPV6);
         frame.extend(ipv6_hdr(IPPROTO_UDP, l4_len));
-        let csum_start = frame.len() as u16;
-        frame.extend(udp_hdr(l4_len, pseudo_partial(&SRC6, &DST6, 17, l4_len)));
-        let hdr_len = frame.len() as u16;
-        frame.extend_from_slice(&payload);
-        let gso_type = if gso_size > 0 {
-            VIRTIO_NET_HDR_GSO_UDP_L4
-        } else {
-            0
-        };
-        let vnet = VnetHdr {
-            flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
-            gso_type,
-            hdr_len,
-            gso_size,
-            csum_start,
-            csum_offset: 6,
-        };
-        Built {
-            frame,
-            vnet,
-            payload,
-        }
+        let udp = udp_hdr(l4_len, pseudo_partial(&SRC6, &DST6, 17, l4_len));
+        built(frame, udp, payload, gso_size, VIRTIO_NET_HDR_GSO_UDP_L4, 6)
     }
 
     fn run(b: &Built, mtu: usize) -> Result<Vec<Vec<u8>>, SegError> {

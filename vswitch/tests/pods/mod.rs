@@ -131,6 +131,28 @@ pub fn cni(command: &str, container: &str, ns: &str, args: &str, stdin: &str) ->
     )
 }
 
+/// A CNI result's IPv4 and IPv6 addresses (without prefix lengths).
+pub fn result_addresses(result: &serde_json::Value) -> (String, String) {
+    let ips: Vec<String> = result["ips"]
+        .as_array()
+        .expect("ips")
+        .iter()
+        .map(|i| {
+            i["address"]
+                .as_str()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    (
+        ips.iter().find(|i| !i.contains(':')).expect("v4").clone(),
+        ips.iter().find(|i| i.contains(':')).expect("v6").clone(),
+    )
+}
+
 /// Starts the agent's TCP and UDP echo servers on `port` in `ns`.
 pub fn serve(ns: &str, port: u16) -> Child {
     let mut c = Command::new("ip")
