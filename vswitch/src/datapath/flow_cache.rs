@@ -111,8 +111,8 @@ impl Slot {
 
 /// A signature table: a bucket (one cache line) per hash, eight ways, and
 /// the entries beside it. A lookup reads one bucket line and one entry, and
-/// both can be warmed ahead for a whole batch ([`FlowCache::warm_bucket`],
-/// [`FlowCache::find`]). There are four times as many ways as entries, so
+/// a batch asks for all its lines ahead ([`FlowCache::prefetch_bucket`],
+/// [`FlowCache::probe`]). There are four times as many ways as entries, so
 /// buckets rarely fill; when one does, a way chosen by the hash is replaced
 /// (that flow just takes the slow path again).
 pub struct FlowCache {
@@ -132,10 +132,10 @@ impl FlowCache {
         let n = (max.max(WAYS) * 4 / WAYS).next_power_of_two();
         // huge pages asked for before the first touch
         let mut buckets = Vec::with_capacity(n);
-        super::hugepages::advise(buckets.as_ptr() as *const u8, n * size_of::<Bucket>());
+        super::mem_hints::advise_huge(buckets.as_ptr() as *const u8, n * size_of::<Bucket>());
         buckets.resize(n, Bucket::default());
         let slots: Vec<Slot> = Vec::with_capacity(max);
-        super::hugepages::advise(slots.as_ptr() as *const u8, max * size_of::<Slot>());
+        super::mem_hints::advise_huge(slots.as_ptr() as *const u8, max * size_of::<Slot>());
         FlowCache {
             buckets,
             slots,
@@ -173,11 +173,25 @@ impl FlowCache {
         &self.buckets[(h & self.mask) as usize]
     }
 
-    /// Reads the bucket of a hash, so that a batch's bucket lines are fetched
-    /// together; fold the result into `black_box`.
+    /// Starts fetching the bucket line of a hash (a batch asks for all its
+    /// lines first, so that their fetches overlap).
     #[inline(always)]
-    pub fn warm_bucket(&self, h: u64) -> u32 {
-        self.bucket(h).sigs[0]
+    pub fn prefetch_bucket(&self, h: u64) {
+        super::mem_hints::prefetch(self.bucket(h));
+    }
+
+    /// The entry index of the first way that bears the hash's signature,
+    /// whose slot line it starts fetching; the key is not compared (see
+    /// [`FlowCache::slot_for`]). Nearly always the entry of the key, if any:
+    /// signatures have 31 bits.
+    #[inline(always)]
+    pub fn probe(&self, h: u64) -> Option<u32> {
+        let b = self.bucket(h);
+        let sig = Self::sig(h);
+        let w = (0..WAYS).find(|&w| b.sigs[w] == sig)?;
+        let i = b.idx[w];
+        super::mem_hints::prefetch(&self.slots[i as usize]);
+        Some(i)
     }
 
     /// The entry index of a key.

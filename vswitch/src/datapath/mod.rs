@@ -25,7 +25,7 @@ pub mod counters;
 pub mod event_loop;
 pub mod flow_cache;
 pub mod frag;
-pub mod hugepages;
+pub mod mem_hints;
 pub mod overlay;
 pub mod parse;
 pub mod port;
@@ -449,9 +449,10 @@ impl Datapath {
 
     /// Processes frames received together on one port, as `process` would
     /// one by one (same actions, same counters), but with the flow-cache
-    /// lookups of the whole batch overlapped: keys and hashes first, then
-    /// every bucket line, then every entry and its connection, so that their
-    /// memory fetches overlap instead of following each other. `actions`
+    /// lookups of the whole batch overlapped: keys and hashes first, asking
+    /// for every bucket line, then the buckets, asking for every slot line,
+    /// then the hits, so that their memory fetches overlap instead of
+    /// following each other. `actions`
     /// receives one action per frame, in order.
     ///
     /// `gso` gives the frames' segment sizes (see
@@ -488,7 +489,7 @@ impl Datapath {
         let mut keys = [parse::FlowKey::default(); Self::BATCH];
         let mut hashes = [0u64; Self::BATCH];
         let mut found = [NONE; Self::BATCH];
-        let mut warm = 0u32;
+        // keys, and every bucket line asked for
         for (i, f) in frames.iter().enumerate() {
             if f.len() >= ETH_HLEN
                 && f[6..12] == mac
@@ -496,27 +497,28 @@ impl Datapath {
             {
                 keys[i] = k;
                 hashes[i] = FlowCache::hash(&k);
-                warm ^= self.cache.warm_bucket(hashes[i]);
+                self.cache.prefetch_bucket(hashes[i]);
             }
         }
-        std::hint::black_box(warm);
+        // the buckets read, and every slot line asked for
         for i in 0..frames.len() {
             if hashes[i] != 0
-                && let Some(j) = self.cache.find(hashes[i], &keys[i])
+                && let Some(j) = self.cache.probe(hashes[i])
             {
                 found[i] = j;
             }
         }
         for (i, f) in frames.iter_mut().enumerate() {
-            // (an earlier frame of the batch may have reused the slot)
             let seg = gso.get(i).copied().unwrap_or(0);
-            let action = match found[i] {
+            // The probed slot, if it holds the key; else a full lookup (a
+            // signature shared in the bucket, or the slot reused by an
+            // earlier frame of the batch).
+            let idx = match found[i] {
                 NONE => None,
-                j if self.cache.slot_for(j, &keys[i]).is_some() => {
-                    self.hit(in_port, mac, f, j, ms, seg)
-                }
-                _ => None,
+                j if self.cache.slot_for(j, &keys[i]).is_some() => Some(j),
+                _ => self.cache.find(hashes[i], &keys[i]),
             };
+            let action = idx.and_then(|j| self.hit(in_port, mac, f, j, ms, seg));
             actions.push(action.unwrap_or_else(|| self.process_frame(in_port, f, seg, now)));
         }
     }
