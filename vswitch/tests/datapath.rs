@@ -921,6 +921,14 @@ fn batches_act_exactly_like_single_frames() {
         assert_eq!(singles, batched);
     }
     assert_eq!(one.dp.counters, many.dp.counters);
+    // per port too: what each received and sent (a batch counts its hits
+    // at once)
+    let ports = |s: &Switch| -> Vec<_> {
+        s.dp.ports()
+            .map(|(id, p)| (id, p.counters.clone()))
+            .collect()
+    };
+    assert_eq!(ports(&one), ports(&many));
     assert!(
         many.dp.counters.get(Outcome::FastForward) > 100,
         "{:?}",

@@ -125,6 +125,14 @@ impl Counters {
         self.outcomes[o as usize] += 1;
     }
 
+    /// Counts `packets` received packets, `bytes` in all, of one outcome.
+    #[inline(always)]
+    pub fn received(&mut self, o: Outcome, packets: u64, bytes: u64) {
+        self.rx_packets += packets;
+        self.rx_bytes += bytes;
+        self.outcomes[o as usize] += packets;
+    }
+
     pub fn get(&self, o: Outcome) -> u64 {
         self.outcomes[o as usize]
     }

@@ -179,6 +179,17 @@ pub struct Datapath {
     pub counters: Counters,
     start: Instant,
     last_now: (Instant, u64),
+    /// A batch's flow-cache lookups (kept to be reused, not refilled).
+    lookups: Vec<Option<Lookup>>,
+}
+
+/// A batch frame's flow-cache lookup in progress: its key and hash, and
+/// the slot its bucket points at.
+#[derive(Clone, Copy)]
+struct Lookup {
+    key: parse::FlowKey,
+    hash: u64,
+    idx: Option<u32>,
 }
 
 /// The result of routing a packet: where it goes and how it is rewritten.
@@ -202,6 +213,7 @@ impl Datapath {
             counters: Counters::default(),
             start,
             last_now: (start, 0),
+            lookups: Vec::with_capacity(Self::BATCH),
         }
     }
 
@@ -373,13 +385,14 @@ impl Datapath {
         };
         // Fast path: a packet of an established flow, by exact match on the
         // sender's port and the packet's addresses and ports.
-        if frame.len() >= ETH_HLEN
-            && frame[6..12] == mac
-            && let Some(key) = parse::fast_key(frame, in_port)
+        if let Some(key) = parse::fast_key(frame, in_port, mac)
             && let Some(idx) = self.cache.find(FlowCache::hash(&key), &key)
-            && let Some(action) = self.hit(in_port, mac, frame, idx, ms, gso)
+            && let Some(out) = self.hit(mac, frame, idx, ms, gso)
         {
-            return action;
+            let len = frame.len() as u64;
+            self.count_fast(in_port, 1, len);
+            self.count_sent(out, 1, len);
+            return Action::Forward(out);
         }
 
         let (action, outcome) = self.slow_path(in_port, frame, gso, ms);
@@ -423,13 +436,9 @@ impl Datapath {
             .get_mut(in_port as usize)
             .and_then(Option::as_mut)
         {
-            p.counters.rx_packets += 1;
-            p.counters.rx_bytes += len;
-            p.counters.count(outcome);
+            p.counters.received(outcome, 1, len);
         }
-        self.counters.rx_packets += 1;
-        self.counters.rx_bytes += len;
-        self.counters.count(outcome);
+        self.counters.received(outcome, 1, len);
         let sent = match &action {
             Action::Forward(out) => Some((*out, len)),
             Action::Reply(out, f) => Some((*out, f.len() as u64)),
@@ -485,60 +494,78 @@ impl Datapath {
             actions.extend(frames.iter().map(|_| Action::Drop(Outcome::NoRoute)));
             return;
         };
-        const NONE: u32 = u32::MAX;
-        let mut keys = [parse::FlowKey::default(); Self::BATCH];
-        let mut hashes = [0u64; Self::BATCH];
-        let mut found = [NONE; Self::BATCH];
+        let mut lookups = std::mem::take(&mut self.lookups);
+        lookups.clear();
         // keys, and every bucket line asked for
-        for (i, f) in frames.iter().enumerate() {
-            if f.len() >= ETH_HLEN
-                && f[6..12] == mac
-                && let Some(k) = parse::fast_key(f, in_port)
-            {
-                keys[i] = k;
-                hashes[i] = FlowCache::hash(&k);
-                self.cache.prefetch_bucket(hashes[i]);
-            }
+        for f in frames.iter() {
+            let l = parse::fast_key(f, in_port, mac).map(|key| {
+                let hash = FlowCache::hash(&key);
+                self.cache.prefetch_bucket(hash);
+                Lookup {
+                    key,
+                    hash,
+                    idx: None,
+                }
+            });
+            lookups.push(l);
         }
         // the buckets read, and every slot line asked for
-        for i in 0..frames.len() {
-            if hashes[i] != 0
-                && let Some(j) = self.cache.probe(hashes[i])
-            {
-                found[i] = j;
-            }
+        for l in lookups.iter_mut().flatten() {
+            l.idx = self.cache.probe(l.hash);
         }
-        for (i, f) in frames.iter_mut().enumerate() {
+        // hits received, and the current run of hits sent to one port
+        let (mut packets, mut bytes) = (0, 0);
+        let (mut run_port, mut run_packets, mut run_bytes) = (0, 0, 0);
+        for (i, (f, l)) in frames.iter_mut().zip(&lookups).enumerate() {
             let seg = gso.get(i).copied().unwrap_or(0);
             // The probed slot, if it holds the key; else a full lookup (a
             // signature shared in the bucket, or the slot reused by an
             // earlier frame of the batch).
-            let idx = match found[i] {
-                NONE => None,
-                j if self.cache.slot_for(j, &keys[i]).is_some() => Some(j),
-                _ => self.cache.find(hashes[i], &keys[i]),
-            };
-            let action = idx.and_then(|j| self.hit(in_port, mac, f, j, ms, seg));
-            actions.push(action.unwrap_or_else(|| self.process_frame(in_port, f, seg, now)));
+            let idx = l.and_then(|l| match l.idx {
+                Some(j) if self.cache.slot_for(j, &l.key).is_some() => Some(j),
+                Some(_) => self.cache.find(l.hash, &l.key),
+                None => None,
+            });
+            match idx.and_then(|j| self.hit(mac, f, j, ms, seg)) {
+                Some(out) => {
+                    let len = f.len() as u64;
+                    packets += 1;
+                    bytes += len;
+                    if out != run_port {
+                        self.count_sent(run_port, run_packets, run_bytes);
+                        (run_port, run_packets, run_bytes) = (out, 0, 0);
+                    }
+                    run_packets += 1;
+                    run_bytes += len;
+                    actions.push(Action::Forward(out));
+                }
+                // (the whole path, which also finds flows that earlier
+                // frames of the batch put in the cache)
+                None => actions.push(self.process_frame(in_port, f, seg, now)),
+            }
         }
+        self.count_fast(in_port, packets, bytes);
+        self.count_sent(run_port, run_packets, run_bytes);
+        self.lookups = lookups;
     }
 
-    /// The fast path for a frame whose cache entry is known; `None` when the
+    /// The fast path for a frame whose cache entry is known: the frame
+    /// rewritten and its output port (the caller counts). `None` when the
     /// entry is stale (the caller takes the whole path).
     #[inline(always)]
     fn hit(
         &mut self,
-        in_port: PortId,
         port_mac: Mac,
         frame: &mut [u8],
         idx: u32,
         ms: u64,
         gso: u16,
-    ) -> Option<Action> {
-        let s = *self.cache.slot(idx);
+    ) -> Option<PortId> {
+        let s = self.cache.slot(idx);
         if s.epoch != self.epoch as u32 || (s.mtu != 0 && too_big(frame, s.mtu, gso)) {
             return None;
         }
+        let fwd = s.forward(self.cfg.gateway_mac, port_mac);
         // The connection: refreshed (and found live) at most once a second.
         let now = ms as u32;
         if now.wrapping_sub(s.refreshed) >= flow_cache::REFRESH_MS {
@@ -547,27 +574,31 @@ impl Datapath {
             }
             self.cache.refreshed(idx, now);
         }
-        let fwd = s.forward(self.cfg.gateway_mac, port_mac);
-        if !rewrite(frame, &fwd) {
-            return None;
-        }
-        let len = frame.len() as u64;
-        let port = self.ports[in_port as usize].as_mut()?;
-        port.counters.rx_packets += 1;
-        port.counters.rx_bytes += len;
-        port.counters.count(Outcome::FastForward);
-        self.counters.rx_packets += 1;
-        self.counters.rx_bytes += len;
-        self.counters.count(Outcome::FastForward);
+        rewrite(frame, &fwd).then_some(fwd.port)
+    }
+
+    /// Counts `packets` frames, `bytes` in all, received on `in_port` and
+    /// forwarded by the fast path (a batch counts its hits at once).
+    #[inline(always)]
+    fn count_fast(&mut self, in_port: PortId, packets: u64, bytes: u64) {
         if let Some(p) = self
             .ports
-            .get_mut(fwd.port as usize)
+            .get_mut(in_port as usize)
             .and_then(Option::as_mut)
         {
-            p.counters.tx_packets += 1;
-            p.counters.tx_bytes += len;
+            p.counters.received(Outcome::FastForward, packets, bytes);
         }
-        Some(Action::Forward(fwd.port))
+        self.counters.received(Outcome::FastForward, packets, bytes);
+    }
+
+    /// Counts `packets` frames, `bytes` in all, sent to `out` by the fast
+    /// path (a batch counts each run of frames to one port at once).
+    #[inline(always)]
+    fn count_sent(&mut self, out: PortId, packets: u64, bytes: u64) {
+        if let Some(p) = self.ports.get_mut(out as usize).and_then(Option::as_mut) {
+            p.counters.tx_packets += packets;
+            p.counters.tx_bytes += bytes;
+        }
     }
 
     /// Milliseconds since the datapath started, computed once per distinct
@@ -580,7 +611,9 @@ impl Datapath {
         self.last_now.1
     }
 
-    /// Everything the flow cache did not answer.
+    /// Everything the flow cache did not answer. Never inlined: the hit
+    /// path stays small, with few registers to save.
+    #[inline(never)]
     fn slow_path(
         &mut self,
         in_port: PortId,
@@ -821,7 +854,7 @@ impl Datapath {
             };
             self.frags.remember(key, fwd, ms);
         } else if self.ct.cacheable(ct)
-            && let Some(key) = parse::fast_key(frame, in_port)
+            && let Some(key) = parse::cache_key(frame, in_port)
         {
             self.cache.insert(
                 key,

@@ -430,45 +430,62 @@ impl std::hash::Hash for FlowKey {
     }
 }
 
+/// The flow-cache key of a frame from `in_port` whose source MAC is the
+/// port's `mac` (else `None`: the slow path judges it). See [`cache_key`].
+#[inline(always)]
+pub fn fast_key(frame: &[u8], in_port: u16, mac: Mac) -> Option<FlowKey> {
+    let eth: &[u8; ETH_HLEN] = frame.first_chunk()?;
+    if eth[6..12] != mac {
+        return None;
+    }
+    cache_key(frame, in_port)
+}
+
 /// The key of an unfragmented TCP (without SYN, FIN or RST) or UDP packet
-/// with a plain IP header, or `None`. Reads fixed offsets only, through
-/// fixed-size arrays, so that there is one bounds check per header.
-#[inline]
-pub fn fast_key(frame: &[u8], in_port: u16) -> Option<FlowKey> {
-    let eth: &[u8; ETH_HLEN] = frame.get(..ETH_HLEN)?.try_into().ok()?;
-    let (proto, l4, src, dst, v6) = match [eth[12], eth[13]] {
-        [0x08, 0x00] => {
-            let ip: &[u8; 20] = frame.get(ETH_HLEN..ETH_HLEN + 20)?.try_into().ok()?;
+/// with a plain IP header and a whole TCP or UDP header, or `None`. Reads
+/// fixed offsets only, through fixed-size arrays, so that there are few
+/// bounds checks.
+#[inline(always)]
+pub fn cache_key(frame: &[u8], in_port: u16) -> Option<FlowKey> {
+    // The IP header, and where TCP's or UDP's begins.
+    let (proto, l4, src, dst, v6) = match frame.first_chunk::<{ ETH_HLEN + 40 }>() {
+        Some(f) if f[12..14] == [0x86, 0xdd] => {
+            let ip = f.last_chunk::<40>()?;
+            let payload = u16::from_be_bytes([ip[4], ip[5]]) as usize;
+            if ip[0] >> 4 != 6 || payload + 40 > frame.len() - ETH_HLEN {
+                return None;
+            }
+            let src = u128::from_be_bytes(*ip[8..].first_chunk()?);
+            let dst = u128::from_be_bytes(*ip[24..].first_chunk()?);
+            (ip[6], &frame[ETH_HLEN + 40..], src, dst, true)
+        }
+        _ => {
+            let f = frame.first_chunk::<{ ETH_HLEN + 20 }>()?;
+            if f[12..14] != [0x08, 0x00] {
+                return None;
+            }
+            let ip = f.last_chunk::<20>()?;
             // version 4, IHL 5, no MF and offset 0, total length fits the frame
             let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
             if ip[0] != 0x45 || (ip[6] & 0x3f) | ip[7] != 0 || total > frame.len() - ETH_HLEN {
                 return None;
             }
-            let src = u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]) as u128;
-            let dst = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]) as u128;
-            (ip[9], ETH_HLEN + 20, src, dst, false)
+            let src = u32::from_be_bytes(*ip[12..].first_chunk()?) as u128;
+            let dst = u32::from_be_bytes(*ip[16..].first_chunk()?) as u128;
+            (ip[9], &frame[ETH_HLEN + 20..], src, dst, false)
         }
-        [0x86, 0xdd] => {
-            let ip: &[u8; 40] = frame.get(ETH_HLEN..ETH_HLEN + 40)?.try_into().ok()?;
-            let payload = u16::from_be_bytes([ip[4], ip[5]]) as usize;
-            if ip[0] >> 4 != 6 || payload + 40 > frame.len() - ETH_HLEN {
+    };
+    let l4h = match proto {
+        PROTO_TCP => {
+            let tcp = l4.first_chunk::<20>()?;
+            if tcp[13] & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
                 return None;
             }
-            let src = u128::from_be_bytes(ip[8..24].try_into().ok()?);
-            let dst = u128::from_be_bytes(ip[24..40].try_into().ok()?);
-            (ip[6], ETH_HLEN + 40, src, dst, true)
+            tcp.first_chunk::<8>()?
         }
+        PROTO_UDP => l4.first_chunk::<8>()?,
         _ => return None,
     };
-    let min = match proto {
-        PROTO_TCP => 20,
-        PROTO_UDP => 8,
-        _ => return None,
-    };
-    let l4h = frame.get(l4..l4 + min)?;
-    if proto == PROTO_TCP && l4h[13] & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
-        return None;
-    }
     Some(FlowKey {
         src,
         dst,
