@@ -363,6 +363,7 @@ impl Datapath {
     /// Decides what happens to one frame received on `in_port`; the frame is
     /// rewritten in place when it is forwarded. Every call bumps exactly one
     /// outcome counter, on the port and on the datapath.
+    #[inline]
     pub fn process(&mut self, in_port: PortId, frame: &mut [u8], now: Instant) -> Action {
         self.process_frame(in_port, frame, 0, now)
     }
