@@ -1,7 +1,8 @@
 //! Datapath benchmarks (issue 3): flow-cache hits at 1k, 100k and 1M active
 //! flows, the slow path of a new flow on a 10k-pod x 1k-policy cluster, whole
 //! datapath packets per second for 64-byte frames through in-memory ports,
-//! and conntrack memory per entry (counting allocator, printed first).
+//! conntrack memory per entry (counting allocator, printed first), and, for
+//! reference, the latency of one random read from memory.
 //!
 //! Run: `cargo bench --bench datapath`
 
@@ -374,7 +375,39 @@ fn recycle(worker: &mut Worker) {
         .give_pool(spare);
 }
 
-criterion_group!(benches, cache_hit, miss, throughput);
+/// The floor under a single-frame hit once the tables outgrow the caches:
+/// one random read from memory, each read's address taken from the one
+/// before (a pointer chase, as a lone frame's bucket then slot), in tables
+/// on huge pages like the flow cache's.
+fn memory_latency(c: &mut Criterion) {
+    let mut g = c.benchmark_group("memory_read_dependent");
+    for mib in [16usize, 64] {
+        let lines = (mib << 20) / 64;
+        // one u32 per 64-byte line: the next line to read, a random cycle
+        let mut next: Vec<[u32; 16]> = Vec::with_capacity(lines);
+        vswitch::datapath::mem_hints::advise_huge(next.as_ptr() as *const u8, mib << 20);
+        next.resize(lines, [0; 16]);
+        let mut order: Vec<u32> = (0..lines as u32).collect();
+        let mut rng = synth::Rng::new(3);
+        for i in (1..lines).rev() {
+            order.swap(i, rng.below(i + 1));
+        }
+        for w in order.windows(2) {
+            next[w[0] as usize][0] = w[1];
+        }
+        next[order[lines - 1] as usize][0] = order[0];
+        let mut at = order[0];
+        g.bench_function(format!("{mib}MiB"), |b| {
+            b.iter(|| {
+                at = next[at as usize][0];
+                black_box(at)
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, cache_hit, miss, throughput, memory_latency);
 
 fn main() {
     report_memory();
