@@ -120,11 +120,6 @@ impl Counters {
         }
     }
 
-    #[inline]
-    pub fn count(&mut self, o: Outcome) {
-        self.outcomes[o as usize] += 1;
-    }
-
     /// Counts `packets` received packets, `bytes` in all, of one outcome.
     #[inline(always)]
     pub fn received(&mut self, o: Outcome, packets: u64, bytes: u64) {

@@ -11,6 +11,14 @@
 //! read.
 //!
 //! # How
+//! A hash picks a bucket: one cache line of eight 32-bit signatures and the
+//! slot index of each. A hit reads that line and the slot's. A batch of
+//! frames (the worker's way) asks for all its bucket lines with prefetches,
+//! then reads the buckets and asks for all its slot lines, then takes the
+//! hits, so that up to 64 frames' memory fetches overlap: a lone frame waits
+//! for two random reads from memory once the tables outgrow the caches, a
+//! batched one for a share of them ([`super::mem_hints`]).
+//!
 //! A hit needs the current epoch; then the frame is rewritten and sent
 //! without parsing beyond the key, without conntrack lookup and without
 //! policy. TCP packets with SYN, FIN or RST never take the fast path, since
