@@ -117,10 +117,18 @@ impl Slot {
     }
 }
 
+/// A batch frame's lookup in progress ([`FlowCache::lookup_batch`]): its
+/// key and hash, and the slot its bucket pointed at.
+#[derive(Clone, Copy)]
+pub struct Lookup {
+    key: FlowKey,
+    hash: u64,
+    idx: Option<u32>,
+}
+
 /// A signature table: a bucket (one cache line) per hash, eight ways, and
 /// the entries beside it. A lookup reads one bucket line and one entry, and
-/// a batch asks for all its lines ahead ([`FlowCache::prefetch_bucket`],
-/// [`FlowCache::probe`]). There are four times as many ways as entries, so
+/// a batch asks for all its lines ahead ([`FlowCache::lookup_batch`]). There are four times as many ways as entries, so
 /// buckets rarely fill; when one does, a way chosen by the hash is replaced
 /// (that flow just takes the slow path again).
 pub struct FlowCache {
@@ -181,25 +189,53 @@ impl FlowCache {
         &self.buckets[(h & self.mask) as usize]
     }
 
-    /// Starts fetching the bucket line of a hash (a batch asks for all its
-    /// lines first, so that their fetches overlap).
-    #[inline(always)]
-    pub fn prefetch_bucket(&self, h: u64) {
-        super::mem_hints::prefetch(self.bucket(h));
+    /// Starts the lookups of a batch of frames, one per frame into `out`
+    /// (`None`: the frame has no key, by `key`), with their memory fetches
+    /// overlapped: every key and hash first, asking for every bucket line;
+    /// then every bucket, asking for the slot line of the first way that
+    /// bears the hash's signature. [`FlowCache::resolve`] finishes each.
+    /// Never inlined: these loops get registers of their own.
+    #[inline(never)]
+    pub fn lookup_batch(
+        &self,
+        frames: &[&mut [u8]],
+        key: impl Fn(&[u8]) -> Option<FlowKey>,
+        out: &mut Vec<Option<Lookup>>,
+    ) {
+        out.clear();
+        for f in frames {
+            out.push(key(f).map(|key| {
+                let hash = Self::hash(&key);
+                super::mem_hints::prefetch(self.bucket(hash));
+                Lookup {
+                    key,
+                    hash,
+                    idx: None,
+                }
+            }));
+        }
+        for l in out.iter_mut().flatten() {
+            let b = self.bucket(l.hash);
+            let sig = Self::sig(l.hash);
+            if let Some(w) = (0..WAYS).find(|&w| b.sigs[w] == sig) {
+                let i = b.idx[w];
+                super::mem_hints::prefetch(&self.slots[i as usize]);
+                l.idx = Some(i);
+            }
+        }
     }
 
-    /// The entry index of the first way that bears the hash's signature,
-    /// whose slot line it starts fetching; the key is not compared (see
-    /// [`FlowCache::slot_for`]). Nearly always the entry of the key, if any:
-    /// signatures have 31 bits.
+    /// The entry index of a key looked up by [`FlowCache::lookup_batch`]:
+    /// the probed slot if it holds the key (nearly always: signatures have
+    /// 31 bits), else a full lookup (a signature shared in the bucket, or an
+    /// insert since the probe that reused the slot).
     #[inline(always)]
-    pub fn probe(&self, h: u64) -> Option<u32> {
-        let b = self.bucket(h);
-        let sig = Self::sig(h);
-        let w = (0..WAYS).find(|&w| b.sigs[w] == sig)?;
-        let i = b.idx[w];
-        super::mem_hints::prefetch(&self.slots[i as usize]);
-        Some(i)
+    pub fn resolve(&self, l: &Lookup) -> Option<u32> {
+        match l.idx {
+            Some(i) if self.slot_for(i, &l.key).is_some() => Some(i),
+            Some(_) => self.find(l.hash, &l.key),
+            None => None,
+        }
     }
 
     /// The entry index of a key.
@@ -359,6 +395,48 @@ mod tests {
             ct: CtRef::default(),
             epoch: 1,
         }
+    }
+
+    #[test]
+    fn batch_lookups_agree_with_single_ones_even_after_slots_are_reused() {
+        let mut c = FlowCache::new(64);
+        for i in 0..64 {
+            c.insert(key(i), entry(i as u16), 0);
+        }
+        // a "frame" is the number of its key; every seventh has none
+        let mut bufs: Vec<Vec<u8>> = (0..100u32).map(|i| i.to_le_bytes().to_vec()).collect();
+        let frames: Vec<&mut [u8]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
+        let key_of = |f: &[u8]| {
+            let i = u32::from_le_bytes(f.try_into().unwrap());
+            (i % 7 != 0).then(|| key(i))
+        };
+        let mut out = Vec::new();
+        c.lookup_batch(&frames, key_of, &mut out);
+        assert_eq!(out.len(), 100);
+        let agree = |c: &FlowCache, out: &[Option<Lookup>]| {
+            for (i, l) in out.iter().enumerate() {
+                let k = key(i as u32);
+                let single = (i % 7 != 0)
+                    .then(|| c.find(FlowCache::hash(&k), &k))
+                    .flatten();
+                assert_eq!(l.as_ref().and_then(|l| c.resolve(l)), single, "frame {i}");
+            }
+        };
+        agree(&c, &out);
+        assert_eq!(
+            out.iter()
+                .flatten()
+                .filter(|l| c.resolve(l).is_some())
+                .count(),
+            (0..64).filter(|i| i % 7 != 0).count()
+        );
+        // between the probes and their use, flows leave and others take
+        // their slots: the probed slots no longer hold the keys
+        c.sweep(|s, _| s.port % 3 == 0);
+        for i in 1000..1030 {
+            c.insert(key(i), entry(1), 0);
+        }
+        agree(&c, &out);
     }
 
     #[test]

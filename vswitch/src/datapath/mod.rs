@@ -45,7 +45,7 @@ use rustc_hash::FxHashMap;
 
 use conntrack::{Conntrack, CtError, CtRef, Timeouts};
 use counters::{Counters, Outcome};
-use flow_cache::{CacheEntry, FlowCache, Forward};
+use flow_cache::{CacheEntry, FlowCache, Forward, Lookup};
 use frag::{FragKey, FragTable};
 use parse::{ETH_HLEN, IpPacket, L4, Mac, ParseError, Payload};
 
@@ -181,15 +181,6 @@ pub struct Datapath {
     last_now: (Instant, u64),
     /// A batch's flow-cache lookups (kept to be reused, not refilled).
     lookups: Vec<Option<Lookup>>,
-}
-
-/// A batch frame's flow-cache lookup in progress: its key and hash, and
-/// the slot its bucket points at.
-#[derive(Clone, Copy)]
-struct Lookup {
-    key: parse::FlowKey,
-    hash: u64,
-    idx: Option<u32>,
 }
 
 /// The result of routing a packet: where it goes and how it is rewritten.
@@ -496,37 +487,14 @@ impl Datapath {
             return;
         };
         let mut lookups = std::mem::take(&mut self.lookups);
-        lookups.clear();
-        // keys, and every bucket line asked for
-        for f in frames.iter() {
-            let l = parse::fast_key(f, in_port, mac).map(|key| {
-                let hash = FlowCache::hash(&key);
-                self.cache.prefetch_bucket(hash);
-                Lookup {
-                    key,
-                    hash,
-                    idx: None,
-                }
-            });
-            lookups.push(l);
-        }
-        // the buckets read, and every slot line asked for
-        for l in lookups.iter_mut().flatten() {
-            l.idx = self.cache.probe(l.hash);
-        }
+        self.cache
+            .lookup_batch(frames, |f| parse::fast_key(f, in_port, mac), &mut lookups);
         // hits received, and the current run of hits sent to one port
         let (mut packets, mut bytes) = (0, 0);
         let (mut run_port, mut run_packets, mut run_bytes) = (0, 0, 0);
         for (i, (f, l)) in frames.iter_mut().zip(&lookups).enumerate() {
             let seg = gso.get(i).copied().unwrap_or(0);
-            // The probed slot, if it holds the key; else a full lookup (a
-            // signature shared in the bucket, or the slot reused by an
-            // earlier frame of the batch).
-            let idx = l.and_then(|l| match l.idx {
-                Some(j) if self.cache.slot_for(j, &l.key).is_some() => Some(j),
-                Some(_) => self.cache.find(l.hash, &l.key),
-                None => None,
-            });
+            let idx = l.as_ref().and_then(|l| self.cache.resolve(l));
             match idx.and_then(|j| self.hit(mac, f, j, ms, seg)) {
                 Some(out) => {
                     let len = f.len() as u64;
