@@ -1,5 +1,7 @@
 //! Arbitrary frames into the datapath, from any port: it must never panic,
-//! and every frame must bump exactly one outcome.
+//! every frame must bump exactly one outcome, and a batch must act exactly
+//! as its frames one by one (a second datapath takes each frame's two
+//! copies as one batch).
 //!
 //! Run: `cd vswitch/fuzz && cargo fuzz run datapath` (see README).
 
@@ -47,6 +49,7 @@ fn datapath() -> Datapath {
 
 fuzz_target!(|data: &[u8]| {
     let mut dp = datapath();
+    let mut batched = datapath();
     let t0 = Instant::now();
     // The input is a sequence of frames: [port, len_hi, len_lo, bytes...]...
     let mut rest = data;
@@ -62,11 +65,20 @@ fuzz_target!(|data: &[u8]| {
         }
         n += 1;
         let now = t0 + Duration::from_millis(n * 37);
-        let _ = dp.process(port, &mut frame.clone(), now);
-        let _ = dp.process(port, &mut frame, now); // twice: the second may hit the flow cache
+        let (mut b1, mut b2) = (frame.clone(), frame.clone());
+        let singles = [
+            dp.process(port, &mut frame.clone(), now),
+            dp.process(port, &mut frame, now), // twice: the second may hit the flow cache
+        ];
+        let mut actions = Vec::new();
+        batched.process_batch(port, &mut [&mut b1[..], &mut b2[..]], &[], now, &mut actions);
+        assert_eq!(&singles[..], &actions[..]);
+        assert_eq!(frame, b2, "the same rewrite");
         if n % 8 == 0 {
             dp.expire(now, 16);
+            batched.expire(now, 16);
         }
     }
     assert_eq!(dp.counters.outcome_total(), dp.counters.rx_packets);
+    assert_eq!(dp.counters, batched.counters);
 });
