@@ -361,6 +361,18 @@ fn an_expired_ttl_gets_time_exceeded() {
     assert_eq!(s.count(Outcome::TtlExpired), 2);
 }
 
+/// a's UDP datagram from `sport` to b's port 53, and b's answer; both pass.
+fn udp_exchange(s: &mut Switch, sport: u16) {
+    assert_eq!(
+        s.send(1, &mut udp4(A, GW, A4, B4, sport, 53)),
+        Action::Forward(2)
+    );
+    assert_eq!(
+        s.send(2, &mut udp4(B, GW, B4, A4, 53, sport)),
+        Action::Forward(1)
+    );
+}
+
 /// A cached flow whose connection expired does not keep its hole open: the
 /// fast path checks the connection (at least once a second) before it
 /// trusts the cache.
@@ -370,14 +382,7 @@ fn an_expired_connection_closes_its_fast_path() {
     s.apply(DENY_INGRESS_A);
     // a -> b over UDP, b answers: both directions established and cached
     for _ in 0..3 {
-        assert_eq!(
-            s.send(1, &mut udp4(A, GW, A4, B4, 5000, 53)),
-            Action::Forward(2)
-        );
-        assert_eq!(
-            s.send(2, &mut udp4(B, GW, B4, A4, 53, 5000)),
-            Action::Forward(1)
-        );
+        udp_exchange(&mut s, 5000);
     }
     let fast = s.count(Outcome::FastForward);
     assert_eq!(
@@ -397,14 +402,7 @@ fn an_expired_connection_closes_its_fast_path() {
         Action::Drop(Outcome::PolicyDeny)
     );
     // Busy flows stay on the fast path across many refreshes.
-    assert_eq!(
-        s.send(1, &mut udp4(A, GW, A4, B4, 5001, 53)),
-        Action::Forward(2)
-    );
-    assert_eq!(
-        s.send(2, &mut udp4(B, GW, B4, A4, 53, 5001)),
-        Action::Forward(1)
-    );
+    udp_exchange(&mut s, 5001);
     assert_eq!(
         s.send(1, &mut udp4(A, GW, A4, B4, 5001, 53)),
         Action::Forward(2)

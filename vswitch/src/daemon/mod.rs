@@ -241,19 +241,21 @@ impl Daemon {
 
     /// The first port id (from 1) that no pod and no overlay port uses.
     fn free_port(&self) -> Option<PortId> {
-        (1..=PortId::MAX).find(|p| {
-            !self.attachments.values().any(|a| a.port == *p)
-                && !self.overlay.as_ref().is_some_and(|o| o.uses(*p))
-        })
+        nodes::free_port(&self.pod_ports(), self.overlay.as_ref())
+    }
+
+    /// The switch ports of the attached pods.
+    fn pod_ports(&self) -> Vec<PortId> {
+        self.attachments.values().map(|a| a.port).collect()
     }
 
     /// Attaches, re-attaches and detaches other nodes' ports to match the
     /// source's nodes.
     fn sync_nodes(&mut self) {
+        let pods = self.pod_ports();
         let Some(ov) = self.overlay.as_mut() else {
             return;
         };
-        let pods: Vec<PortId> = self.attachments.values().map(|a| a.port).collect();
         let names = ov.sync(&self.nodes, self.switch.handle(), &pods);
         self.gauges
             .remote_nodes

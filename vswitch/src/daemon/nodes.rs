@@ -149,8 +149,7 @@ impl Overlay {
                 continue;
             }
             let addr = reachable(n, v6).expect("filtered");
-            let free = (1..=PortId::MAX).find(|p| !pods.contains(p) && !self.uses(*p));
-            let Some(id) = free else {
+            let Some(id) = free_port(pods, Some(self)) else {
                 tracing::error!("overlay: node {name}: every switch port is in use");
                 continue;
             };
@@ -187,4 +186,10 @@ impl Overlay {
         }
         self.remote.keys().cloned().collect()
     }
+}
+
+/// The first port id (from 1) that none of the `pods` and no port of the
+/// `overlay` uses.
+pub fn free_port(pods: &[PortId], overlay: Option<&Overlay>) -> Option<PortId> {
+    (1..=PortId::MAX).find(|p| !pods.contains(p) && !overlay.is_some_and(|o| o.uses(*p)))
 }

@@ -382,7 +382,7 @@ impl Datapath {
             && let Some(out) = self.hit(mac, frame, idx, ms, gso)
         {
             let len = frame.len() as u64;
-            self.count_fast(in_port, 1, len);
+            self.count_received(in_port, Outcome::FastForward, 1, len);
             self.count_sent(out, 1, len);
             return Action::Forward(out);
         }
@@ -423,24 +423,11 @@ impl Datapath {
     /// one outcome, and what was sent.
     fn account(&mut self, in_port: PortId, len: usize, outcome: Outcome, action: Action) -> Action {
         let len = len as u64;
-        if let Some(p) = self
-            .ports
-            .get_mut(in_port as usize)
-            .and_then(Option::as_mut)
-        {
-            p.counters.received(outcome, 1, len);
-        }
-        self.counters.received(outcome, 1, len);
-        let sent = match &action {
-            Action::Forward(out) => Some((*out, len)),
-            Action::Reply(out, f) => Some((*out, f.len() as u64)),
-            Action::Drop(_) => None,
-        };
-        if let Some((out, n)) = sent
-            && let Some(p) = self.ports.get_mut(out as usize).and_then(Option::as_mut)
-        {
-            p.counters.tx_packets += 1;
-            p.counters.tx_bytes += n;
+        self.count_received(in_port, outcome, 1, len);
+        match &action {
+            Action::Forward(out) => self.count_sent(*out, 1, len),
+            Action::Reply(out, f) => self.count_sent(*out, 1, f.len() as u64),
+            Action::Drop(_) => {}
         }
         action
     }
@@ -513,7 +500,7 @@ impl Datapath {
                 None => actions.push(self.process_frame(in_port, f, seg, now)),
             }
         }
-        self.count_fast(in_port, packets, bytes);
+        self.count_received(in_port, Outcome::FastForward, packets, bytes);
         self.count_sent(run_port, run_packets, run_bytes);
         self.lookups = lookups;
     }
@@ -546,22 +533,23 @@ impl Datapath {
         rewrite(frame, &fwd).then_some(fwd.port)
     }
 
-    /// Counts `packets` frames, `bytes` in all, received on `in_port` and
-    /// forwarded by the fast path (a batch counts its hits at once).
+    /// Counts `packets` frames, `bytes` in all, received on `in_port` with
+    /// one `outcome`, on the port and on the datapath (a batch counts its
+    /// hits at once).
     #[inline(always)]
-    fn count_fast(&mut self, in_port: PortId, packets: u64, bytes: u64) {
+    fn count_received(&mut self, in_port: PortId, outcome: Outcome, packets: u64, bytes: u64) {
         if let Some(p) = self
             .ports
             .get_mut(in_port as usize)
             .and_then(Option::as_mut)
         {
-            p.counters.received(Outcome::FastForward, packets, bytes);
+            p.counters.received(outcome, packets, bytes);
         }
-        self.counters.received(Outcome::FastForward, packets, bytes);
+        self.counters.received(outcome, packets, bytes);
     }
 
-    /// Counts `packets` frames, `bytes` in all, sent to `out` by the fast
-    /// path (a batch counts each run of frames to one port at once).
+    /// Counts `packets` frames, `bytes` in all, sent to `out` (a batch
+    /// counts each run of hits to one port at once).
     #[inline(always)]
     fn count_sent(&mut self, out: PortId, packets: u64, bytes: u64) {
         if let Some(p) = self.ports.get_mut(out as usize).and_then(Option::as_mut) {
