@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use vswitch::scenario::{self, Mode};
+use vswitch::tools::scenario::{self, Mode};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -17,8 +17,10 @@
 
 mod compact;
 pub mod compile;
+#[cfg(feature = "k8s")]
 pub mod k8s;
 pub mod labels;
+#[cfg(feature = "k8s")]
 pub mod manifest;
 pub mod model;
 pub mod netpol;

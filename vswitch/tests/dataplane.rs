@@ -5,9 +5,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use policy::{Cluster, Engine, Namespace, Pod, PodKey, Protocol, manifest};
-use vswitch::datapath::counters::Outcome;
-use vswitch::datapath::{Config, EstablishedPolicy};
-use vswitch::testnet::{Attempt, HostId, Net};
+use vswitch::tools::testnet::{Attempt, HostId, Net};
+use vswitch_datapath::counters::Outcome;
+use vswitch_datapath::{Config, EstablishedPolicy};
 
 struct World {
     net: Net,

@@ -14,10 +14,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use policy::{Cluster, Engine, Namespace, Pod, PodKey, manifest};
-use vswitch::datapath::event_loop::EventLoop;
-use vswitch::datapath::tap::TapPort;
-use vswitch::datapath::worker::{PolicyHandle, Worker};
-use vswitch::datapath::{Config, Datapath, PortKind};
+use vswitch_datapath::io::event_loop::EventLoop;
+use vswitch_datapath::io::tap::TapPort;
+use vswitch_datapath::io::worker::{PolicyHandle, Worker};
+use vswitch_datapath::{Config, Datapath, PortKind};
 
 mod common;
 use common::{is_root, skip};
@@ -255,12 +255,12 @@ fn kernel_tcp_between_pods_in_namespaces_through_the_switch() {
     let el = switch.join().unwrap();
     let c = &el.worker.datapath.counters;
     assert!(
-        c.get(vswitch::datapath::counters::Outcome::Replied) >= 2,
+        c.get(vswitch_datapath::counters::Outcome::Replied) >= 2,
         "the switch answered ARP: {:?}",
         c.nonzero()
     );
     assert!(
-        c.get(vswitch::datapath::counters::Outcome::PolicyDeny) >= 1,
+        c.get(vswitch_datapath::counters::Outcome::PolicyDeny) >= 1,
         "{:?}",
         c.nonzero()
     );
@@ -504,7 +504,7 @@ fn the_node_port_carries_probes_and_outside_traffic() {
     let el = switch.join().unwrap();
     let c = &el.worker.datapath.counters;
     assert!(
-        c.get(vswitch::datapath::counters::Outcome::PolicyDeny) >= 1,
+        c.get(vswitch_datapath::counters::Outcome::PolicyDeny) >= 1,
         "{:?}",
         c.nonzero()
     );

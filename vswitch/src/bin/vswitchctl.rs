@@ -1,13 +1,13 @@
 //! vswitchctl: the vswitch command line.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use policy::Protocol;
-use vswitch::scenario::{self, Mode};
-use vswitch::simulate::{self, PortArg};
+use vswitch::tools::scenario::{self, Mode};
+use vswitch::tools::simulate::{self, PortArg};
+use vswitch::tools::term::Color;
 use vswitch_cni::proto::Request;
 
 #[derive(Parser)]
@@ -90,13 +90,6 @@ enum ScenarioCommand {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum Color {
-    Auto,
-    Always,
-    Never,
-}
-
 #[derive(Subcommand)]
 enum PolicyCommand {
     /// Prints who can reach whom, from a folder of Pod, Namespace and
@@ -167,7 +160,7 @@ fn main() -> ExitCode {
 }
 
 fn live(daemon: &Daemon, req: Request) -> ExitCode {
-    match vswitch::live::ask(&daemon.socket, &req) {
+    match vswitch::tools::live::ask(&daemon.socket, &req) {
         Ok(reply) => {
             if daemon.json {
                 out!(
@@ -175,7 +168,7 @@ fn live(daemon: &Daemon, req: Request) -> ExitCode {
                     serde_json::to_string_pretty(&reply).unwrap_or_default()
                 );
             } else {
-                out!("{}", vswitch::live::render(&reply));
+                out!("{}", vswitch::tools::live::render(&reply));
             }
             ExitCode::SUCCESS
         }
@@ -237,11 +230,7 @@ fn policy_simulate(
         },
         None => simulate::default_ports(&loaded.engine),
     };
-    let color = match color {
-        Color::Always => true,
-        Color::Never => false,
-        Color::Auto => std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
-    };
+    let color = color.enabled();
     let c = loaded.engine.cluster();
     out!(
         "{} namespaces, {} pods, {} policies loaded; {} objects rejected\n",

@@ -7,11 +7,42 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use clap::Parser;
-use vswitch::daemon::cli::{Cli, Cmd, Color};
+use clap::{Parser, Subcommand};
+use vswitch::daemon::cli::Cmd;
 use vswitch::daemon::nodes::OverlayOptions;
 use vswitch::daemon::{Daemon, Event, Options, install};
-use vswitch::datapath::overlay;
+use vswitch::tools::demo::Pods;
+use vswitch::tools::term::Color;
+use vswitch_datapath::overlay;
+
+#[derive(Parser)]
+#[command(
+    name = "vswitchd",
+    version,
+    about = "The vswitch daemon: a userspace switch for Kubernetes pods"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Top,
+}
+
+// parsed once; the size of a variant does not matter
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
+enum Top {
+    /// Shows what vswitch does on a small built-in cluster: who reaches whom
+    /// before and after a NetworkPolicy, from real connection attempts.
+    Demo {
+        /// How pods are made: network namespaces where permitted, else in-process.
+        #[arg(long, value_enum, default_value = "auto")]
+        pods: Pods,
+        /// Colour the matrices: auto (on a terminal, unless NO_COLOR is set), always, never.
+        #[arg(long, value_enum, default_value = "auto")]
+        color: Color,
+    },
+    #[command(flatten)]
+    Daemon(Cmd),
+}
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -22,8 +53,8 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let r = match cli.command {
-        Cmd::Demo { pods, color } => demo(pods, color),
-        Cmd::Run {
+        Top::Demo { pods, color } => demo(pods, color),
+        Top::Daemon(Cmd::Run {
             socket,
             state_dir,
             manifests,
@@ -39,7 +70,7 @@ fn main() -> ExitCode {
             cluster_cidrs,
             established,
             metrics_addr,
-        } => {
+        }) => {
             let overlay = overlay_addr.map(|addr| OverlayOptions {
                 node_name: node_name.clone().unwrap_or_else(host_name),
                 addr,
@@ -55,13 +86,13 @@ fn main() -> ExitCode {
                 wait_for_source: kube,
                 node_tap: (!no_node_port).then_some(node_tap),
                 mtu: mtu.unwrap_or(1500 - overhead),
-                established,
+                established: established.into(),
                 metrics_addr,
                 overlay,
                 cluster_cidrs,
             })
         }
-        Cmd::InstallCni {
+        Top::Daemon(Cmd::InstallCni {
             plugin,
             bin_dir,
             conf_dir,
@@ -73,7 +104,7 @@ fn main() -> ExitCode {
             node,
             kubeconfig,
             extra_plugins,
-        } => {
+        }) => {
             let plugin = plugin.unwrap_or_else(|| {
                 std::env::current_exe()
                     .ok()
@@ -129,19 +160,14 @@ fn host_name() -> String {
         .unwrap_or_default()
 }
 
-fn demo(pods: vswitch::demo::Pods, color: Color) -> Result<(), String> {
-    use std::io::IsTerminal;
-    let color = match color {
-        Color::Always => true,
-        Color::Never => false,
-        Color::Auto => std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
-    };
+fn demo(pods: Pods, color: Color) -> Result<(), String> {
+    let color = color.enabled();
     // Ctrl-C ends the demo between steps, so that it cleans up after itself
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone()).map_err(|e| format!("signals: {e}"))?;
     }
-    vswitch::demo::run(pods, color, &stop)
+    vswitch::tools::demo::run(pods, color, &stop)
 }
 
 fn run(opts: Options) -> Result<(), String> {

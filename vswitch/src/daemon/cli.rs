@@ -1,11 +1,12 @@
-//! vswitchd's command line (in the library, so that tests can check that
-//! the commands in deploy/ parse).
+//! vswitchd's daemon commands, `run` and `install-cni` (in the library, so
+//! that tests can check that the commands in deploy/ parse). The binary adds
+//! `demo` from the tools wing.
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::datapath::EstablishedPolicy;
+use vswitch_datapath::EstablishedPolicy;
 
 #[derive(Parser)]
 #[command(
@@ -18,26 +19,8 @@ pub struct Cli {
     pub command: Cmd,
 }
 
-/// Whether to colour output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Color {
-    /// When stdout is a terminal and NO_COLOR is not set.
-    Auto,
-    Always,
-    Never,
-}
-
 #[derive(Subcommand)]
 pub enum Cmd {
-    /// Shows what vswitch does on a small built-in cluster: who reaches whom
-    /// before and after a NetworkPolicy, from real connection attempts.
-    Demo {
-        /// How pods are made: network namespaces where permitted, else in-process.
-        #[arg(long, value_enum, default_value = "auto")]
-        pods: crate::demo::Pods,
-        #[arg(long, value_enum, default_value = "auto")]
-        color: Color,
-    },
     /// Runs the switch and serves the control socket.
     Run {
         /// The control socket (mode 0600).
@@ -78,18 +61,18 @@ pub enum Cmd {
         #[arg(long)]
         overlay_addr: Option<std::net::IpAddr>,
         /// The overlay's UDP port, the same on every node.
-        #[arg(long, default_value_t = crate::datapath::overlay::VXLAN_PORT)]
+        #[arg(long, default_value_t = vswitch_datapath::overlay::VXLAN_PORT)]
         overlay_port: u16,
         /// The overlay's VXLAN network identifier, the same on every node.
-        #[arg(long, default_value_t = crate::datapath::overlay::DEFAULT_VNI)]
+        #[arg(long, default_value_t = vswitch_datapath::overlay::DEFAULT_VNI)]
         vni: u32,
         /// The cluster's pod range (repeat for dual stack): an address there
         /// that is on no known node is dropped, not sent out of the node.
         #[arg(long = "cluster-cidr")]
         cluster_cidrs: Vec<ipnet::IpNet>,
         /// What a new policy does to established connections it denies.
-        #[arg(long, value_enum, default_value_t = EstablishedPolicy::Recheck)]
-        established: EstablishedPolicy,
+        #[arg(long, value_enum, default_value_t = Established::Recheck)]
+        established: Established,
         /// Serve Prometheus metrics at http://ADDR/metrics (off by default).
         #[arg(long)]
         metrics_addr: Option<std::net::SocketAddr>,
@@ -127,4 +110,23 @@ pub enum Cmd {
         #[arg(long = "extra-plugin")]
         extra_plugins: Vec<PathBuf>,
     },
+}
+
+/// `--established`: what a new policy does to established connections it
+/// now denies (the datapath's [`EstablishedPolicy`], as a command-line value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Established {
+    /// Re-check them at their next packet and cut the ones now denied.
+    Recheck,
+    /// Keep connections that were allowed when they started.
+    Keep,
+}
+
+impl From<Established> for EstablishedPolicy {
+    fn from(e: Established) -> Self {
+        match e {
+            Established::Recheck => EstablishedPolicy::Recheck,
+            Established::Keep => EstablishedPolicy::Keep,
+        }
+    }
 }

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use policy::manifest::Object;
+use policy::manifest::{self, Object};
 use policy::{Cluster, Namespace, Node, Pod, PodKey};
 
 /// What the folder holds, as the cluster model wants it.
@@ -26,7 +26,7 @@ pub struct Desired {
 /// Reads the folder. Pods keep only the addresses their manifests give
 /// (local pods get theirs from IPAM when they are attached).
 pub fn load(dir: &Path) -> Result<Desired, String> {
-    let (objects, mut notes) = crate::simulate::read_objects(dir)?;
+    let (objects, mut notes) = read_objects(dir)?;
     let mut cluster = Cluster::default();
     let mut nodes: Vec<Node> = Vec::new();
     for o in &objects {
@@ -129,4 +129,42 @@ pub fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
     }
     out.sort();
     out
+}
+
+fn manifest_files(dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml" | "json")
+            ) {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Every object of every manifest under `dir` (recursively), and a note for
+/// each document that was rejected (file, object, field).
+pub fn read_objects(dir: &Path) -> Result<(Vec<Object>, Vec<String>), String> {
+    let files = manifest_files(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut objects = Vec::new();
+    let mut notes = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
+        for r in manifest::parse(&text) {
+            match r {
+                Ok(o) => objects.push(o),
+                Err(e) => notes.push(format!("rejected: {}: {e}", f.display())),
+            }
+        }
+    }
+    Ok((objects, notes))
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use vswitch_cni::proto::PortInfo;
 
 use super::switch::{Answer, Query, SwitchHandle, Totals};
-use crate::datapath::counters::Outcome;
+use vswitch_datapath::counters::Outcome;
 
 /// What the control thread publishes for the metrics thread.
 #[derive(Default)]

@@ -45,11 +45,11 @@ use vswitch_cni::proto::{
     AddRequest, Attachment, AttachmentKey, ErrorReply, IpConfig, Reply, Request, RouteConfig, code,
 };
 
-use crate::datapath::parse::mac_text;
-use crate::datapath::tap::TapPort;
-use crate::datapath::worker::PolicyHandle;
-use crate::datapath::{Config, EstablishedPolicy, PortId, PortKind};
 use switch::{Command, Switch};
+use vswitch_datapath::io::tap::TapPort;
+use vswitch_datapath::io::worker::PolicyHandle;
+use vswitch_datapath::parse::mac_text;
+use vswitch_datapath::{Config, EstablishedPolicy, PortId, PortKind};
 
 /// The node port's id; pods get 1 and up.
 const NODE_PORT: PortId = 0;

@@ -20,9 +20,9 @@ use std::net::{IpAddr, SocketAddr};
 use ipnet::IpNet;
 use policy::Node;
 
-use crate::datapath::overlay;
-use crate::datapath::udp::{OverlaySocket, TunnelPort};
-use crate::datapath::{PortId, PortKind};
+use vswitch_datapath::io::udp::{OverlaySocket, TunnelPort};
+use vswitch_datapath::overlay;
+use vswitch_datapath::{PortId, PortKind};
 
 use super::switch::{Command, SwitchHandle};
 

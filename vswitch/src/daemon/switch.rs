@@ -13,12 +13,12 @@ use std::net::IpAddr;
 
 use vswitch_cni::proto::{ConnInfo, FlowInfo, PortInfo};
 
-use crate::datapath::counters::Counters;
-use crate::datapath::event_loop::EventLoop;
-use crate::datapath::parse::mac_text;
-use crate::datapath::port::Port;
-use crate::datapath::worker::{PolicyHandle, Worker};
-use crate::datapath::{Config, Datapath, PortId, PortKind};
+use vswitch_datapath::counters::Counters;
+use vswitch_datapath::io::event_loop::EventLoop;
+use vswitch_datapath::io::port::Port;
+use vswitch_datapath::io::worker::{PolicyHandle, Worker};
+use vswitch_datapath::parse::mac_text;
+use vswitch_datapath::{Config, Datapath, PortId, PortKind};
 
 pub enum Command {
     Attach {

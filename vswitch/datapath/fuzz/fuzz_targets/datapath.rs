@@ -1,0 +1,84 @@
+//! Arbitrary frames into the datapath, from any port: it must never panic,
+//! every frame must bump exactly one outcome, and a batch must act exactly
+//! as its frames one by one (a second datapath takes each frame's two
+//! copies as one batch).
+//!
+//! Run: `cd vswitch/datapath/fuzz && cargo fuzz run datapath` (see README).
+
+#![no_main]
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libfuzzer_sys::fuzz_target;
+use policy::{Cluster, Engine, Namespace, Pod, PodKey};
+use vswitch_datapath::{Config, Datapath, PortKind};
+
+fn datapath() -> Datapath {
+    let t0 = Instant::now();
+    let mut dp = Datapath::new(
+        Config {
+            conntrack_max: 64,
+            flow_cache_max: 64,
+            frag_max: 16,
+            ..Config::default()
+        },
+        t0,
+    );
+    let mut c = Cluster::default();
+    c.namespaces.insert("x".into(), Namespace::new("x", Default::default()));
+    for (name, ip4, ip6) in [("a", "10.0.0.1", "fd00::1"), ("b", "10.0.0.2", "fd00::2")] {
+        let p = Pod {
+            key: PodKey::new("x", name),
+            labels: [("pod".to_string(), name.to_string())].into(),
+            ips: vec![ip4.parse().unwrap(), ip6.parse().unwrap()],
+            ports: vec![],
+        };
+        c.pods.insert(p.key.clone(), p);
+    }
+    let engine = Engine::from_cluster(c).unwrap();
+    dp.set_policy(Arc::new(engine.snapshot()));
+    dp.add_port(0, "node", [2, 0x6e, 0, 0, 0, 0], PortKind::Node { ips: vec!["192.168.0.1".parse().unwrap()] });
+    for (id, ip4, ip6) in [(1u16, "10.0.0.1", "fd00::1"), (2, "10.0.0.2", "fd00::2")] {
+        let ips: Vec<IpAddr> = vec![ip4.parse().unwrap(), ip6.parse().unwrap()];
+        dp.add_port(id, "pod", [2, 0, 0, 0, 0, id as u8], PortKind::Pod { ips, ready_generation: 0 });
+    }
+    dp
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut dp = datapath();
+    let mut batched = datapath();
+    let t0 = Instant::now();
+    // The input is a sequence of frames: [port, len_hi, len_lo, bytes...]...
+    let mut rest = data;
+    let mut n = 0u64;
+    while rest.len() >= 3 {
+        let port = (rest[0] % 4) as u16; // port 3 does not exist
+        let len = (u16::from_be_bytes([rest[1], rest[2]]) as usize).min(rest.len() - 3);
+        let mut frame = rest[3..3 + len].to_vec();
+        rest = &rest[3 + len..];
+        // Frames that pass the MAC check get further: let the fuzzer aim.
+        if frame.len() >= 12 && port < 3 && rest.first().is_some_and(|b| b & 1 == 1) {
+            frame[6..12].copy_from_slice(&[2, if port == 0 { 0x6e } else { 0 }, 0, 0, 0, if port == 0 { 0 } else { port as u8 }]);
+        }
+        n += 1;
+        let now = t0 + Duration::from_millis(n * 37);
+        let (mut b1, mut b2) = (frame.clone(), frame.clone());
+        let singles = [
+            dp.process(port, &mut frame.clone(), now),
+            dp.process(port, &mut frame, now), // twice: the second may hit the flow cache
+        ];
+        let mut actions = Vec::new();
+        batched.process_batch(port, &mut [&mut b1[..], &mut b2[..]], &[], now, &mut actions);
+        assert_eq!(&singles[..], &actions[..]);
+        assert_eq!(frame, b2, "the same rewrite");
+        if n % 8 == 0 {
+            dp.expire(now, 16);
+            batched.expire(now, 16);
+        }
+    }
+    assert_eq!(dp.counters.outcome_total(), dp.counters.rx_packets);
+    assert_eq!(dp.counters, batched.counters);
+});

@@ -1,0 +1,389 @@
+//! Receive coalescing for frames from the overlay: consecutive TCP segments
+//! of one connection, going to one pod, become one offload frame.
+//!
+//! # Why
+//! The overlay carries packets no larger than its MTU, so a TCP stream from
+//! another node arrives as ~1400-byte segments. Written to the pod's TAP one
+//! by one, each costs a system call and a trip through the pod's IP stack.
+//! Merged, as the kernel's GRO does on a NIC, a run of segments is one
+//! write and one packet for the pod's TCP, which takes it as a
+//! segmentation-offload frame (the TAP's virtio-net header says so).
+//!
+//! # What merges
+//! IPv4 without options or fragmentation, or IPv6 without extension
+//! headers, carrying TCP with only ACK (and PSH on the last segment): each
+//! next segment must follow in sequence, carry the same addresses, ports,
+//! acknowledgement, window and options, and have the first segment's
+//! payload size (a shorter one, or one with PSH, closes the run). At most
+//! 64 KiB. Anything else passes unmerged, and the order of frames to a port
+//! is kept: the caller flushes before sending anything else.
+//!
+//! # What the pod receives
+//! The first segment's headers with the lengths of the whole, a fresh IPv4
+//! header checksum, and the TCP checksum left partial (the pseudo-header
+//! sum, `NEEDS_CSUM`), with `gso_type` TCPv4/TCPv6 and `gso_size` the
+//! segment size: exactly the form in which a pod's own TAP hands over what
+//! its TCP sends.
+
+use super::PortId;
+use super::parse::ETH_HLEN;
+use crate::RxMeta;
+use crate::wire::VnetHdr;
+
+/// The largest merged frame's IP packet.
+const MAX_IP: usize = 65_535;
+
+/// A run of segments being merged.
+pub struct Coalescer {
+    /// The merged frame so far: the first segment's headers, then payloads.
+    buf: Vec<u8>,
+    out: PortId,
+    /// Headers: IP length (from ETH_HLEN) and TCP length.
+    ip_len: usize,
+    tcp_len: usize,
+    v6: bool,
+    /// The payload size of the first segment, the next sequence number.
+    seg: usize,
+    next_seq: u32,
+    count: usize,
+    /// No more segments may join (a short one or PSH arrived).
+    closed: bool,
+}
+
+impl Default for Coalescer {
+    fn default() -> Self {
+        Coalescer {
+            buf: Vec::with_capacity(ETH_HLEN + MAX_IP),
+            out: 0,
+            ip_len: 0,
+            tcp_len: 0,
+            v6: false,
+            seg: 0,
+            next_seq: 0,
+            count: 0,
+            closed: false,
+        }
+    }
+}
+
+/// A frame's mergeable shape: (IPv6, IP header length, TCP header length,
+/// payload length, sequence number, PSH set).
+fn shape(f: &[u8]) -> Option<(bool, usize, usize, usize, u32, bool)> {
+    let (v6, ip_len, total) = match f.get(12..14)? {
+        [0x08, 0x00] => {
+            let ip = f.get(ETH_HLEN..ETH_HLEN + 20)?;
+            // no options, TCP, not a fragment (DF alone allowed)
+            if ip[0] != 0x45 || ip[9] != 6 || (ip[6] & 0x3f) != 0 || ip[7] != 0 {
+                return None;
+            }
+            (false, 20, u16::from_be_bytes([ip[2], ip[3]]) as usize)
+        }
+        [0x86, 0xdd] => {
+            let ip = f.get(ETH_HLEN..ETH_HLEN + 40)?;
+            if ip[6] != 6 {
+                return None;
+            }
+            (true, 40, 40 + u16::from_be_bytes([ip[4], ip[5]]) as usize)
+        }
+        _ => return None,
+    };
+    if ETH_HLEN + total != f.len() {
+        return None; // padding or a lie: leave it alone
+    }
+    let tcp = f.get(ETH_HLEN + ip_len..)?;
+    let tcp_len = (*tcp.get(12)? as usize >> 4) * 4;
+    let flags = *tcp.get(13)?;
+    // ACK, and perhaps PSH; nothing else (no SYN, FIN, RST, URG, ECE, CWR)
+    if tcp_len < 20 || flags & !0x08 != 0x10 {
+        return None;
+    }
+    let payload = total.checked_sub(ip_len + tcp_len)?;
+    if payload == 0 {
+        return None;
+    }
+    let seq = u32::from_be_bytes(tcp[4..8].try_into().ok()?);
+    Some((v6, ip_len, tcp_len, payload, seq, flags & 0x08 != 0))
+}
+
+impl Coalescer {
+    /// Whether a run is being merged.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Adds `frame` (for port `out`) to the run, or starts a run with it.
+    /// `false`: it cannot join (flush the run, then try again) or cannot
+    /// start one (send it as it is).
+    pub fn push(&mut self, out: PortId, frame: &[u8]) -> bool {
+        let Some((v6, ip_len, tcp_len, payload, seq, psh)) = shape(frame) else {
+            return false;
+        };
+        if self.count == 0 {
+            if psh {
+                return false; // a run of one: nothing to gain
+            }
+            self.buf.clear();
+            self.buf.extend_from_slice(frame);
+            (self.out, self.v6, self.ip_len, self.tcp_len) = (out, v6, ip_len, tcp_len);
+            (self.seg, self.next_seq, self.count, self.closed) =
+                (payload, seq.wrapping_add(payload as u32), 1, false);
+            return true;
+        }
+        let hdr = ETH_HLEN + ip_len + tcp_len;
+        if self.closed
+            || out != self.out
+            || v6 != self.v6
+            || tcp_len != self.tcp_len
+            || seq != self.next_seq
+            || payload > self.seg
+            || self.buf.len() + payload > ETH_HLEN + MAX_IP
+            || !self.same_flow(frame)
+        {
+            return false;
+        }
+        self.buf.extend_from_slice(&frame[hdr..]);
+        self.next_seq = seq.wrapping_add(payload as u32);
+        self.count += 1;
+        if psh {
+            let at = ETH_HLEN + self.ip_len + 13;
+            self.buf[at] |= 0x08;
+        }
+        self.closed = psh || payload < self.seg;
+        true
+    }
+
+    /// The same connection in the same state: addresses and ports, and the
+    /// TCP header past the sequence number (acknowledgement, window,
+    /// options) except the flags' PSH and the checksum.
+    fn same_flow(&self, f: &[u8]) -> bool {
+        let a = &self.buf;
+        let (addr, l4) = if self.v6 {
+            (ETH_HLEN + 8..ETH_HLEN + 40, ETH_HLEN + 40)
+        } else {
+            (ETH_HLEN + 12..ETH_HLEN + 20, ETH_HLEN + 20)
+        };
+        let tcp = l4..l4 + self.tcp_len;
+        a[addr.clone()] == f[addr]
+            && a[l4..l4 + 4] == f[l4..l4 + 4]
+            && a[l4 + 8..l4 + 13] == f[l4 + 8..l4 + 13]
+            && a[l4 + 14..l4 + 16] == f[l4 + 14..l4 + 16]
+            && a[l4 + 18..tcp.end] == f[l4 + 18..tcp.end]
+            // IPv4: the same TOS, TTL and DF; IPv6: the same traffic class,
+            // flow label and hop limit
+            && if self.v6 {
+                a[ETH_HLEN..ETH_HLEN + 4] == f[ETH_HLEN..ETH_HLEN + 4]
+                    && a[ETH_HLEN + 7] == f[ETH_HLEN + 7]
+            } else {
+                a[ETH_HLEN + 1] == f[ETH_HLEN + 1]
+                    && a[ETH_HLEN + 6] == f[ETH_HLEN + 6]
+                    && a[ETH_HLEN + 8] == f[ETH_HLEN + 8]
+            }
+    }
+
+    /// Ends the run: the port, the frame and its virtio-net header (a single
+    /// segment goes out as it came, with complete checksums).
+    pub fn take(&mut self) -> Option<(PortId, &[u8], RxMeta)> {
+        if self.count == 0 {
+            return None;
+        }
+        let count = std::mem::take(&mut self.count);
+        if count == 1 {
+            return Some((self.out, &self.buf, RxMeta::default()));
+        }
+        let ip = ETH_HLEN;
+        let l4 = ip + self.ip_len;
+        let ip_total = self.buf.len() - ETH_HLEN;
+        let tcp_total = ip_total - self.ip_len;
+        let mut sum: u32 = 0;
+        let add = |sum: &mut u32, b: &[u8]| {
+            for w in b.chunks(2) {
+                *sum += u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]) as u32;
+            }
+        };
+        if self.v6 {
+            self.buf[ip + 4..ip + 6].copy_from_slice(&((ip_total - 40) as u16).to_be_bytes());
+            add(&mut sum, &self.buf[ip + 8..ip + 40]);
+        } else {
+            self.buf[ip + 2..ip + 4].copy_from_slice(&(ip_total as u16).to_be_bytes());
+            self.buf[ip + 10..ip + 12].copy_from_slice(&[0, 0]);
+            let mut h: u32 = 0;
+            add(&mut h, &self.buf[ip..ip + 20]);
+            let h = fold(h);
+            self.buf[ip + 10..ip + 12].copy_from_slice(&(!h).to_be_bytes());
+            add(&mut sum, &self.buf[ip + 12..ip + 20]);
+        }
+        sum += 6 + tcp_total as u32;
+        // NEEDS_CSUM: the field holds the pseudo-header sum, not complemented
+        self.buf[l4 + 16..l4 + 18].copy_from_slice(&fold(sum).to_be_bytes());
+        let vnet = VnetHdr {
+            flags: 1, // VIRTIO_NET_HDR_F_NEEDS_CSUM
+            gso_type: if self.v6 { 4 } else { 1 },
+            hdr_len: (l4 + self.tcp_len) as u16,
+            gso_size: self.seg as u16,
+            csum_start: l4 as u16,
+            csum_offset: 16,
+        };
+        Some((
+            self.out,
+            &self.buf,
+            RxMeta {
+                vnet,
+                ..RxMeta::default()
+            },
+        ))
+    }
+}
+
+fn fold(mut s: u32) -> u16 {
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+
+    fn seg4(seq: u32, payload: &[u8], psh: bool) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 62)
+            .tcp(40000, 80, seq, 500)
+            .ack(77);
+        let b = if psh { b.psh() } else { b };
+        let mut v = Vec::new();
+        b.write(&mut v, payload).unwrap();
+        v
+    }
+
+    fn data(n: usize, salt: u8) -> Vec<u8> {
+        (0..n).map(|i| (i as u8).wrapping_mul(31) ^ salt).collect()
+    }
+
+    /// Completes the partial checksum as the pod's kernel would, and checks
+    /// it with etherparse's own computation.
+    fn complete_and_check(frame: &mut [u8], meta: &RxMeta) {
+        let start = meta.vnet.csum_start as usize;
+        let mut s: u32 = u16::from_be_bytes([frame[start + 16], frame[start + 17]]) as u32;
+        frame[start + 16..start + 18].copy_from_slice(&[0, 0]);
+        for w in frame[start..].chunks(2) {
+            s += u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]) as u32;
+        }
+        frame[start + 16..start + 18].copy_from_slice(&(!fold(s)).to_be_bytes());
+        let p = SlicedPacket::from_ethernet(frame).unwrap();
+        let Some(TransportSlice::Tcp(t)) = &p.transport else {
+            panic!("not TCP")
+        };
+        let want = match &p.net {
+            Some(etherparse::NetSlice::Ipv4(ip)) => {
+                assert_eq!(
+                    ip.header().header_checksum(),
+                    ip.header().to_header().calc_header_checksum()
+                );
+                t.to_header()
+                    .calc_checksum_ipv4(&ip.header().to_header(), t.payload())
+                    .unwrap()
+            }
+            Some(etherparse::NetSlice::Ipv6(ip)) => t
+                .to_header()
+                .calc_checksum_ipv6(&ip.header().to_header(), t.payload())
+                .unwrap(),
+            _ => panic!("not IP"),
+        };
+        assert_eq!(t.checksum(), want);
+    }
+
+    #[test]
+    fn a_run_of_segments_becomes_one_offload_frame() {
+        let mut c = Coalescer::default();
+        let parts = [data(1400, 1), data(1400, 2), data(1400, 3), data(700, 4)];
+        let mut seq = 1000u32;
+        for (i, p) in parts.iter().enumerate() {
+            assert!(c.push(3, &seg4(seq, p, i == 3)), "segment {i} joins");
+            seq += p.len() as u32;
+        }
+        assert!(
+            !c.push(3, &seg4(seq, &data(100, 9), false)),
+            "the run is closed"
+        );
+        let (out, frame, meta) = c.take().unwrap();
+        assert_eq!(out, 3);
+        assert_eq!(meta.vnet.gso_type, 1);
+        assert_eq!(meta.vnet.gso_size, 1400);
+        assert_eq!(meta.vnet.csum_start, 34);
+        let mut frame = frame.to_vec();
+        complete_and_check(&mut frame, &meta);
+        let p = SlicedPacket::from_ethernet(&frame).unwrap();
+        let Some(TransportSlice::Tcp(t)) = p.transport else {
+            panic!()
+        };
+        assert_eq!(t.sequence_number(), 1000);
+        assert!(t.psh(), "PSH of the last segment");
+        assert_eq!(t.payload(), parts.concat().as_slice());
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn out_of_order_other_flows_and_other_ports_do_not_join() {
+        let mut c = Coalescer::default();
+        assert!(c.push(3, &seg4(1000, &data(1000, 1), false)));
+        assert!(!c.push(3, &seg4(3000, &data(1000, 2), false)), "a gap");
+        assert!(
+            !c.push(4, &seg4(2000, &data(1000, 2), false)),
+            "another port"
+        );
+        let mut other = seg4(2000, &data(1000, 2), false);
+        other[14 + 20 + 1] ^= 1; // source port
+        assert!(!c.push(3, &other), "another connection");
+        let mut ack = seg4(2000, &data(1000, 2), false);
+        ack[14 + 20 + 11] ^= 1; // acknowledgement number
+        assert!(!c.push(3, &ack), "another acknowledgement");
+        assert!(
+            !c.push(3, &seg4(2000, &data(1200, 2), false)),
+            "longer than the first"
+        );
+        let (_, frame, meta) = c.take().unwrap();
+        assert_eq!(meta, RxMeta::default(), "a run of one goes as it came");
+        assert_eq!(frame, seg4(1000, &data(1000, 1), false).as_slice());
+    }
+
+    #[test]
+    fn ipv6_runs_merge_and_other_traffic_does_not_start_one() {
+        let mk = |seq: u32, p: &[u8]| {
+            let mut v = Vec::new();
+            PacketBuilder::ethernet2([2; 6], [4; 6])
+                .ipv6([1; 16], [2; 16], 62)
+                .tcp(1, 2, seq, 100)
+                .ack(5)
+                .write(&mut v, p)
+                .unwrap();
+            v
+        };
+        let mut c = Coalescer::default();
+        assert!(c.push(1, &mk(7, &data(1200, 1))));
+        assert!(c.push(1, &mk(1207, &data(1200, 2))));
+        let (_, frame, meta) = c.take().unwrap();
+        assert_eq!(meta.vnet.gso_type, 4);
+        let mut frame = frame.to_vec();
+        complete_and_check(&mut frame, &meta);
+        // a SYN, UDP, a bare ACK: never merged
+        let mut syn = Vec::new();
+        PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4([1; 4], [2; 4], 64)
+            .tcp(1, 2, 0, 100)
+            .syn()
+            .write(&mut syn, b"")
+            .unwrap();
+        assert!(!c.push(1, &syn));
+        let mut udp = Vec::new();
+        PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4([1; 4], [2; 4], 64)
+            .udp(1, 2)
+            .write(&mut udp, &data(1000, 0))
+            .unwrap();
+        assert!(!c.push(1, &udp));
+        assert!(!c.push(1, &seg4(5, b"", false)));
+        assert!(c.take().is_none());
+    }
+}

@@ -1,0 +1,341 @@
+//! The overlay's UDP sockets as ports.
+//!
+//! - [`OverlaySocket`]: bound to this node's overlay address and the VXLAN
+//!   port; every datagram from every node arrives here, with the sender's
+//!   address in [`RxMeta::peer`] (the datapath checks it is a node).
+//! - [`TunnelPort`]: one per other node, a UDP socket connected to that
+//!   node's VXLAN port. A frame sent to it goes out as one or more VXLAN
+//!   datagrams: a pod's segmentation-offload frame is cut into packets that
+//!   fit the overlay and partial checksums are completed first
+//!   ([`super::segment`]), since the far end's pods get plain frames.
+//!
+//! Both use the kernel's UDP offloads where it has them: a tunnel port
+//! hands the datagrams of one offload frame to the kernel in one `sendmsg`
+//! (`UDP_SEGMENT`: equal-sized datagrams the kernel cuts apart, or passes
+//! whole to a receiver that takes them so), and the overlay socket asks for
+//! them whole (`UDP_GRO`) and hands them out one by one. Either falls back
+//! to one datagram per system call.
+//!
+//! Sockets are non-blocking. A datagram the kernel refuses for a reason
+//! other than a full buffer (the node's address unreachable, its vswitchd
+//! down: ICMP errors on a connected socket) is dropped and counted, as a
+//! router drops: the pods' transports retransmit.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+
+use nix::sys::socket::{
+    ControlMessage, ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, sendmsg, setsockopt,
+    sockopt,
+};
+
+use super::port::{Port, RxMeta};
+use crate::overlay;
+use crate::segment::{self, SegError};
+
+pub struct OverlaySocket {
+    sock: UdpSocket,
+    /// What one receive brought: datagrams of `seg` bytes (the last may be
+    /// shorter) from `peer`, handed out from `at`.
+    batch: Vec<u8>,
+    len: usize,
+    at: usize,
+    seg: usize,
+    peer: Option<IpAddr>,
+}
+
+impl OverlaySocket {
+    /// Binds `addr` (this node's overlay address) on `port`.
+    pub fn bind(addr: IpAddr, port: u16) -> io::Result<OverlaySocket> {
+        let sock = UdpSocket::bind(SocketAddr::new(addr, port))?;
+        sock.set_nonblocking(true)?;
+        // Whole offload batches where the kernel can (Linux 5.0 and up).
+        if let Err(e) = setsockopt(&sock, sockopt::UdpGroSegment, &true) {
+            tracing::debug!("overlay: no UDP_GRO: {e}");
+        }
+        Ok(OverlaySocket {
+            sock,
+            batch: vec![0; 65_536],
+            len: 0,
+            at: 0,
+            seg: 0,
+            peer: None,
+        })
+    }
+
+    /// One receive: a datagram, or several of one size back to back.
+    fn fill(&mut self) -> io::Result<bool> {
+        let mut cmsg = nix::cmsg_space!(i32);
+        let mut iov = [IoSliceMut::new(&mut self.batch)];
+        let msg = match recvmsg::<SockaddrStorage>(
+            self.sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(m) => m,
+            Err(nix::errno::Errno::EAGAIN) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        let mut seg = msg.bytes;
+        if let Ok(cmsgs) = msg.cmsgs() {
+            for c in cmsgs {
+                if let ControlMessageOwned::UdpGroSegments(n) = c
+                    && n > 0
+                {
+                    seg = n as usize;
+                }
+            }
+        }
+        self.peer = msg.address.and_then(|a: SockaddrStorage| {
+            a.as_sockaddr_in()
+                .map(|v4| IpAddr::V4(v4.ip()))
+                .or_else(|| {
+                    a.as_sockaddr_in6()
+                        .map(|v6| IpAddr::V6(v6.ip()).to_canonical())
+                })
+        });
+        self.len = msg.bytes;
+        self.at = 0;
+        self.seg = seg.max(1);
+        Ok(true)
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.sock.local_addr()
+    }
+}
+
+impl Port for OverlaySocket {
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<(usize, RxMeta)>> {
+        if self.at >= self.len && !self.fill()? {
+            return Ok(None);
+        }
+        let end = (self.at + self.seg).min(self.len);
+        let n = (end - self.at).min(buf.len());
+        buf[..n].copy_from_slice(&self.batch[self.at..self.at + n]);
+        self.at = end;
+        Ok(Some((
+            n,
+            RxMeta {
+                peer: self.peer,
+                ..RxMeta::default()
+            },
+        )))
+    }
+
+    /// Nothing is sent through the receiving socket.
+    fn send(&mut self, _frame: &[u8], _meta: &RxMeta) -> io::Result<bool> {
+        Ok(true)
+    }
+
+    fn raw_fd(&self) -> Option<RawFd> {
+        Some(self.sock.as_raw_fd())
+    }
+}
+
+/// What a tunnel port did not deliver.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TunnelDrops {
+    /// Refused by the kernel (unreachable node, its vswitchd down).
+    pub refused: u64,
+    /// Frames that could not be cut for the overlay (malformed, a segment
+    /// larger than the overlay's MTU).
+    pub unfit: u64,
+}
+
+pub struct TunnelPort {
+    sock: UdpSocket,
+    header: [u8; overlay::HLEN],
+    mtu: usize,
+    /// Segments of the frame being sent, back to back, and their lengths.
+    segments: Vec<u8>,
+    lens: Vec<usize>,
+    /// One datagram (VXLAN header and frame), or several back to back.
+    datagram: Vec<u8>,
+    /// Whether the kernel takes `UDP_SEGMENT` (until it refuses once).
+    gso: bool,
+    pub drops: TunnelDrops,
+}
+
+/// The most datagrams one `UDP_SEGMENT` send may carry (the kernel's
+/// `UDP_MAX_SEGMENTS`), and the most bytes (one UDP datagram's payload).
+const GSO_MAX_SEGMENTS: usize = 64;
+const GSO_MAX_BYTES: usize = 65_000;
+
+impl TunnelPort {
+    /// A socket from this node's overlay address (`local`, any port) to
+    /// `peer`, for inner packets of at most `mtu` bytes.
+    pub fn connect(
+        local: IpAddr,
+        peer: SocketAddr,
+        vni: u32,
+        mtu: usize,
+    ) -> io::Result<TunnelPort> {
+        let sock = UdpSocket::bind(SocketAddr::new(local, 0))?;
+        sock.connect(peer)?;
+        sock.set_nonblocking(true)?;
+        Ok(TunnelPort {
+            sock,
+            header: overlay::header(vni),
+            mtu,
+            segments: Vec::with_capacity(65_536 + 4096),
+            lens: Vec::with_capacity(64),
+            datagram: Vec::with_capacity(65_536),
+            gso: true,
+            drops: TunnelDrops::default(),
+        })
+    }
+
+    /// Sends equal-sized frames (the last may be shorter) as VXLAN
+    /// datagrams in one system call. `None`: the kernel refused the offload
+    /// (the caller sends them one by one).
+    fn send_batch(&mut self, frames: &[u8], size: usize) -> Option<io::Result<bool>> {
+        self.datagram.clear();
+        for f in frames.chunks(size) {
+            self.datagram.extend_from_slice(&self.header);
+            self.datagram.extend_from_slice(f);
+        }
+        let seg = (overlay::HLEN + size) as u16;
+        let r = sendmsg::<SockaddrStorage>(
+            self.sock.as_raw_fd(),
+            &[IoSlice::new(&self.datagram)],
+            &[ControlMessage::UdpGsoSegments(&seg)],
+            MsgFlags::MSG_DONTWAIT,
+            None,
+        );
+        match r {
+            Ok(_) => Some(Ok(true)),
+            Err(nix::errno::Errno::EAGAIN) => Some(Ok(false)),
+            Err(e @ (nix::errno::Errno::EIO | nix::errno::Errno::EINVAL)) => {
+                tracing::info!(
+                    "overlay: the kernel refuses UDP_SEGMENT ({e}); one datagram per send"
+                );
+                self.gso = false;
+                None
+            }
+            Err(e) => {
+                self.drops.refused += 1;
+                tracing::debug!("overlay: {e}");
+                Some(Ok(true))
+            }
+        }
+    }
+
+    /// Sends one datagram. `Ok(false)`: the socket's buffer is full.
+    fn send_one(&mut self, frame: &[u8]) -> io::Result<bool> {
+        self.datagram.clear();
+        self.datagram.extend_from_slice(&self.header);
+        self.datagram.extend_from_slice(frame);
+        match self.sock.send(&self.datagram) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => {
+                self.drops.refused += 1;
+                tracing::debug!("overlay: {e}");
+                Ok(true)
+            }
+        }
+    }
+}
+
+impl Port for TunnelPort {
+    /// Nothing arrives on the sending socket (replies come to the
+    /// overlay's socket); errors the kernel queued are read and counted.
+    fn recv(&mut self, _buf: &mut [u8]) -> io::Result<Option<(usize, RxMeta)>> {
+        if let Ok(Some(_)) = self.sock.take_error() {
+            self.drops.refused += 1;
+        }
+        Ok(None)
+    }
+
+    fn send(&mut self, frame: &[u8], meta: &RxMeta) -> io::Result<bool> {
+        let plain = meta.vnet.flags & 1 == 0 && !meta.is_gso();
+        if plain && frame.len() <= 14 + self.mtu {
+            return self.send_one(frame);
+        }
+        let (mut segments, mut lens) = (
+            std::mem::take(&mut self.segments),
+            std::mem::take(&mut self.lens),
+        );
+        segments.clear();
+        lens.clear();
+        let r = match segment::for_wire(frame, &meta.vnet, self.mtu, &mut segments, &mut lens) {
+            Ok(()) => 'sent: {
+                // Equal segments (an offload frame cut up): in batches.
+                let size = lens[0];
+                if self.gso
+                    && lens.len() > 1
+                    && lens[..lens.len() - 1].iter().all(|n| *n == size)
+                    && lens[lens.len() - 1] <= size
+                {
+                    let per = GSO_MAX_SEGMENTS
+                        .min(GSO_MAX_BYTES / (overlay::HLEN + size))
+                        .max(1);
+                    let mut result = Ok(true);
+                    for (i, chunk) in segments.chunks(per * size).enumerate() {
+                        match self.send_batch(chunk, size) {
+                            Some(Ok(true)) => {}
+                            Some(Ok(false)) if i == 0 => {
+                                result = Ok(false);
+                                break;
+                            }
+                            Some(Ok(false)) => {
+                                self.drops.refused += 1;
+                                break;
+                            }
+                            Some(Err(e)) => {
+                                result = Err(e);
+                                break;
+                            }
+                            None if i == 0 => break,
+                            None => break 'sent Ok(true),
+                        }
+                    }
+                    if self.gso {
+                        break 'sent result;
+                    }
+                }
+                let mut at = 0;
+                let mut result = Ok(true);
+                for (i, n) in lens.iter().enumerate() {
+                    match self.send_one(&segments[at..at + n]) {
+                        Ok(true) => {}
+                        // Only the first segment may wait (the caller
+                        // retries the whole frame); later ones are lost,
+                        // as on a full link.
+                        Ok(false) if i == 0 => {
+                            result = Ok(false);
+                            break;
+                        }
+                        Ok(false) => {
+                            self.drops.refused += 1;
+                            break;
+                        }
+                        Err(e) => {
+                            result = Err(e);
+                            break;
+                        }
+                    }
+                    at += n;
+                }
+                result
+            }
+            Err(e) => {
+                self.drops.unfit += 1;
+                if !matches!(e, SegError::TooBig { .. }) {
+                    tracing::debug!("overlay: frame not sent: {e:?}");
+                }
+                Ok(true)
+            }
+        };
+        self.segments = segments;
+        self.lens = lens;
+        r
+    }
+
+    fn raw_fd(&self) -> Option<RawFd> {
+        Some(self.sock.as_raw_fd())
+    }
+}

@@ -1,0 +1,254 @@
+//! A datapath worker: owns its ports, its [`Datapath`] (with its flow cache
+//! and conntrack) and moves frames between them. Shared-nothing: a second
+//! worker owns other ports and another datapath. Policy arrives through a
+//! [`PolicyHandle`], read once per batch with one atomic load, no lock.
+//!
+//! This loop polls its ports; the daemon's loop (with TAP file descriptors)
+//! waits on them with mio and calls the same [`Worker::poll`].
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use policy::Snapshot;
+
+use super::port::{Port, RxMeta};
+use crate::coalesce::Coalescer;
+use crate::{Action, Datapath, PortId, PortKind, overlay};
+
+/// Where the control plane publishes policy generations for workers.
+#[derive(Clone, Default)]
+pub struct PolicyHandle(Arc<ArcSwap<Snapshot>>);
+
+impl PolicyHandle {
+    pub fn publish(&self, s: Snapshot) {
+        self.0.store(Arc::new(s));
+    }
+
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.0.load_full()
+    }
+
+    /// The published snapshot if its generation is not `generation`: a
+    /// lock-free read, and no reference count touched when nothing changed.
+    pub fn newer_than(&self, generation: u64) -> Option<Arc<Snapshot>> {
+        let s = self.0.load();
+        (s.generation() != generation).then(|| Arc::clone(&s))
+    }
+}
+
+/// Frames to send that a port could not take yet (backpressure).
+#[derive(Default)]
+struct Pending {
+    frames: VecDeque<(Vec<u8>, RxMeta)>,
+}
+
+pub struct Worker {
+    pub datapath: Datapath,
+    ports: Vec<Option<Box<dyn Port>>>,
+    pending: Vec<Pending>,
+    policy: PolicyHandle,
+    /// Receive buffers, one per frame of a batch.
+    bufs: Vec<Vec<u8>>,
+    lens: Vec<(usize, RxMeta)>,
+    actions: Vec<Action>,
+    /// Segments from the overlay being merged for a pod.
+    merge: Coalescer,
+    /// Frames received per port per poll.
+    pub batch: usize,
+}
+
+impl Worker {
+    pub fn new(datapath: Datapath, policy: PolicyHandle) -> Worker {
+        Worker {
+            datapath,
+            ports: Vec::new(),
+            pending: Vec::new(),
+            policy,
+            bufs: (0..Datapath::BATCH).map(|_| vec![0; 65_536]).collect(),
+            lens: Vec::with_capacity(Datapath::BATCH),
+            actions: Vec::with_capacity(Datapath::BATCH),
+            merge: Coalescer::default(),
+            batch: Datapath::BATCH,
+        }
+    }
+
+    pub fn attach(&mut self, id: PortId, port: Box<dyn Port>) {
+        let i = id as usize;
+        if self.ports.len() <= i {
+            self.ports.resize_with(i + 1, || None);
+            self.pending.resize_with(i + 1, Pending::default);
+        }
+        self.ports[i] = Some(port);
+    }
+
+    pub fn detach(&mut self, id: PortId) -> Option<Box<dyn Port>> {
+        if let Some(p) = self.pending.get_mut(id as usize) {
+            p.frames.clear();
+        }
+        self.ports.get_mut(id as usize)?.take()
+    }
+
+    pub fn port_mut(&mut self, id: PortId) -> Option<&mut Box<dyn Port>> {
+        self.ports.get_mut(id as usize)?.as_mut()
+    }
+
+    /// Frames waiting for a port to become writable.
+    pub fn pending(&self, id: PortId) -> usize {
+        self.pending.get(id as usize).map_or(0, |p| p.frames.len())
+    }
+
+    /// One round: pick up a new policy generation, flush what waits, then
+    /// receive up to `batch` frames from every port and act on each.
+    /// Returns the number of frames received.
+    pub fn poll(&mut self, now: Instant) -> usize {
+        if let Some(snap) = self.policy.newer_than(self.datapath.policy_generation()) {
+            self.datapath.set_policy(snap);
+        }
+        for id in 0..self.ports.len() {
+            self.flush(id);
+        }
+        let mut received = 0;
+        let batch = self.batch.clamp(1, Datapath::BATCH);
+        for id in 0..self.ports.len() {
+            // Receive a batch, act on it as one, then send.
+            self.lens.clear();
+            let Some(port) = self.ports[id].as_mut() else {
+                continue;
+            };
+            while self.lens.len() < batch {
+                match port.recv(&mut self.bufs[self.lens.len()]) {
+                    Ok(Some(x)) => self.lens.push(x),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            if self.lens.is_empty() {
+                continue;
+            }
+            received += self.lens.len();
+            let count = self.lens.len();
+            self.actions.clear();
+            // The overlay's datagrams carry a frame after their VXLAN header,
+            // with complete checksums.
+            let overlay = self
+                .datapath
+                .port(id as PortId)
+                .is_some_and(|p| p.kind == PortKind::Overlay);
+            if overlay {
+                for (buf, (n, meta)) in self.bufs.iter_mut().zip(&self.lens) {
+                    let a =
+                        self.datapath
+                            .process_overlay(id as PortId, meta.peer, &mut buf[..*n], now);
+                    self.actions.push(a);
+                }
+            } else {
+                // The batch's frames as slices, on the stack: no allocation
+                // per poll.
+                let mut frames: [&mut [u8]; Datapath::BATCH] = std::array::from_fn(|_| &mut [][..]);
+                let mut gso = [0u16; Datapath::BATCH];
+                for (((slot, g), buf), (n, meta)) in frames
+                    .iter_mut()
+                    .zip(gso.iter_mut())
+                    .zip(self.bufs.iter_mut())
+                    .zip(&self.lens)
+                {
+                    *slot = &mut buf[..*n];
+                    *g = if meta.is_gso() { meta.vnet.gso_size } else { 0 };
+                }
+                self.datapath.process_batch(
+                    id as PortId,
+                    &mut frames[..count],
+                    &gso[..count],
+                    now,
+                    &mut self.actions,
+                );
+            }
+            let start = if overlay { overlay::HLEN } else { 0 };
+            for (k, action) in self.actions.drain(..).enumerate() {
+                let (n, meta) = self.lens[k];
+                let meta = if overlay { RxMeta::default() } else { meta };
+                if overlay {
+                    // Runs of TCP segments to one pod are merged (order to
+                    // every port kept: a run is flushed before anything
+                    // else is sent).
+                    let frame = &self.bufs[k][start..n];
+                    if let Action::Forward(out) = action
+                        && self.merge.push(out, frame)
+                    {
+                        continue;
+                    }
+                    Self::flush_merged(&mut self.merge, &mut self.ports, &mut self.pending);
+                    if let Action::Forward(out) = action
+                        && self.merge.push(out, frame)
+                    {
+                        continue;
+                    }
+                }
+                match action {
+                    Action::Forward(out) => Self::send(
+                        &mut self.ports,
+                        &mut self.pending,
+                        out as usize,
+                        &self.bufs[k][start..n],
+                        meta,
+                    ),
+                    Action::Reply(out, reply) => Self::send(
+                        &mut self.ports,
+                        &mut self.pending,
+                        out as usize,
+                        &reply,
+                        RxMeta::default(),
+                    ),
+                    Action::Drop(_) => {}
+                }
+            }
+            Self::flush_merged(&mut self.merge, &mut self.ports, &mut self.pending);
+        }
+        received
+    }
+
+    fn flush_merged(
+        merge: &mut Coalescer,
+        ports: &mut [Option<Box<dyn Port>>],
+        pending: &mut [Pending],
+    ) {
+        if let Some((out, frame, meta)) = merge.take() {
+            Self::send(ports, pending, out as usize, frame, meta);
+        }
+    }
+
+    /// Sends now, or copies the frame behind what already waits (order is
+    /// kept; the common case copies nothing).
+    fn send(
+        ports: &mut [Option<Box<dyn Port>>],
+        pending: &mut [Pending],
+        id: usize,
+        frame: &[u8],
+        meta: RxMeta,
+    ) {
+        let Some(port) = ports.get_mut(id).and_then(Option::as_mut) else {
+            return;
+        };
+        let q = &mut pending[id].frames;
+        if q.is_empty() && matches!(port.send(frame, &meta), Ok(true)) {
+            return;
+        }
+        q.push_back((frame.to_vec(), meta));
+    }
+
+    fn flush(&mut self, id: usize) {
+        let Some(port) = self.ports[id].as_mut() else {
+            return;
+        };
+        let q = &mut self.pending[id].frames;
+        while let Some((f, m)) = q.front() {
+            match port.send(f, m) {
+                Ok(true) => {
+                    q.pop_front();
+                }
+                _ => break,
+            }
+        }
+    }
+}

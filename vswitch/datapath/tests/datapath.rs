@@ -1,0 +1,935 @@
+//! The datapath, frame by frame: crafted frames in, actions and counters out.
+//! (Whole connections between real TCP/IP stacks are in `dataplane.rs`.)
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etherparse::{IpNumber, Ipv4Header, PacketBuilder, SlicedPacket};
+use policy::{Cluster, ContainerPort, Engine, Namespace, Pod, PodKey, Protocol, manifest};
+use vswitch_datapath::counters::Outcome;
+use vswitch_datapath::parse::{self, Mac, Payload};
+use vswitch_datapath::{Action, Config, Datapath, PortKind};
+
+const GW: Mac = [0x02, 0x76, 0x73, 0x77, 0x00, 0x01];
+const NODE: Mac = [0x02, 0x6e, 0x6f, 0x64, 0x65, 0x00];
+const A: Mac = [0x02, 0, 0, 0, 0, 1];
+const B: Mac = [0x02, 0, 0, 0, 0, 2];
+const A4: [u8; 4] = [10, 0, 0, 1];
+const B4: [u8; 4] = [10, 0, 0, 2];
+const NODE4: [u8; 4] = [192, 168, 0, 1];
+const OUT4: [u8; 4] = [203, 0, 113, 9];
+const A6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const B6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+
+struct Switch {
+    dp: Datapath,
+    engine: Engine,
+    t0: Instant,
+    ms: u64,
+}
+
+fn pod(name: &str, ip4: [u8; 4], ip6: [u8; 16]) -> Pod {
+    Pod {
+        key: PodKey::new("x", name),
+        labels: [("pod".to_string(), name.to_string())].into(),
+        ips: vec![IpAddr::from(ip4), IpAddr::from(ip6)],
+        ports: vec![ContainerPort {
+            name: Some("http".into()),
+            port: 80,
+            protocol: Protocol::Tcp,
+        }],
+    }
+}
+
+/// Node port 0; pods x/a on port 1 and x/b on port 2.
+fn switch(cfg: Config) -> Switch {
+    let t0 = Instant::now();
+    let mut dp = Datapath::new(cfg, t0);
+    let mut cluster = Cluster::default();
+    cluster
+        .namespaces
+        .insert("x".into(), Namespace::new("x", Default::default()));
+    for p in [pod("a", A4, A6), pod("b", B4, B6)] {
+        cluster.pods.insert(p.key.clone(), p);
+    }
+    let engine = Engine::from_cluster(cluster).unwrap();
+    dp.set_policy(Arc::new(engine.snapshot()));
+    dp.add_port(
+        0,
+        "node",
+        NODE,
+        PortKind::Node {
+            ips: vec![IpAddr::from(NODE4)],
+        },
+    );
+    for (id, mac, ip4, ip6) in [(1, A, A4, A6), (2, B, B4, B6)] {
+        dp.add_port(
+            id,
+            "pod",
+            mac,
+            PortKind::Pod {
+                ips: vec![IpAddr::from(ip4), IpAddr::from(ip6)],
+                ready_generation: engine.generation(),
+            },
+        );
+    }
+    Switch {
+        dp,
+        engine,
+        t0,
+        ms: 0,
+    }
+}
+
+impl Switch {
+    fn send(&mut self, port: u16, frame: &mut [u8]) -> Action {
+        self.ms += 1;
+        let now = self.t0 + Duration::from_millis(self.ms);
+        self.dp.process(port, frame, now)
+    }
+
+    fn apply(&mut self, yaml: &str) {
+        for o in manifest::parse(yaml) {
+            match o.unwrap() {
+                manifest::Object::NetworkPolicy(p) => self.engine.upsert_policy(p).unwrap(),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        self.dp.set_policy(Arc::new(self.engine.snapshot()));
+    }
+
+    fn count(&self, o: Outcome) -> u64 {
+        self.dp.counters.get(o)
+    }
+}
+
+const DENY_INGRESS_A: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec: {podSelector: {matchLabels: {pod: a}}, policyTypes: [Ingress]}\n";
+
+#[allow(clippy::too_many_arguments)] // a frame has that many fields
+fn tcp4(
+    src_mac: Mac,
+    dst_mac: Mac,
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    flags: &str,
+    ttl: u8,
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(src_mac, dst_mac)
+        .ipv4(src, dst, ttl)
+        .tcp(sport, dport, 1000, 4096);
+    let b = flags.chars().fold(b, |b, f| match f {
+        'S' => b.syn(),
+        'A' => b.ack(1),
+        'F' => b.fin(),
+        'R' => b.rst(),
+        _ => b,
+    });
+    let mut v = Vec::new();
+    b.write(&mut v, b"data").unwrap();
+    v
+}
+
+fn udp4(src_mac: Mac, dst_mac: Mac, src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(src_mac, dst_mac)
+        .ipv4(src, dst, 64)
+        .udp(sport, dport)
+        .write(&mut v, b"hello")
+        .unwrap();
+    v
+}
+
+fn arp_request(src_mac: Mac, sender: [u8; 4], target: [u8; 4]) -> Vec<u8> {
+    let mut v = vec![0xff; 6];
+    v.extend_from_slice(&src_mac);
+    v.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    v.extend_from_slice(&src_mac);
+    v.extend_from_slice(&sender);
+    v.extend_from_slice(&[0; 6]);
+    v.extend_from_slice(&target);
+    v
+}
+
+fn parsed(frame: &[u8]) -> parse::Parsed {
+    parse::parse(frame).expect("a valid frame")
+}
+
+#[test]
+fn arp_is_answered_by_the_switch() {
+    let mut s = switch(Config::default());
+    // the gateway: the switch's MAC
+    let Action::Reply(1, r) = s.send(1, &mut arp_request(A, A4, [169, 254, 1, 1])) else {
+        panic!("no reply")
+    };
+    let p = parsed(&r);
+    assert_eq!(p.dst_mac, A);
+    let Payload::Arp(arp) = p.payload else {
+        panic!("not ARP")
+    };
+    assert!(!arp.request);
+    assert_eq!(
+        (arp.sender_mac, arp.sender_ip.octets()),
+        (GW, [169, 254, 1, 1])
+    );
+    // another local pod: its own MAC (pods on one subnet talk at L2)
+    let Action::Reply(1, r) = s.send(1, &mut arp_request(A, A4, B4)) else {
+        panic!("no reply")
+    };
+    let Payload::Arp(arp) = parsed(&r).payload else {
+        panic!("not ARP")
+    };
+    assert_eq!(arp.sender_mac, B);
+    // the node asking for a pod: the gateway's MAC (it routes through us)
+    let Action::Reply(0, r) = s.send(0, &mut arp_request(NODE, NODE4, A4)) else {
+        panic!("no reply")
+    };
+    let Payload::Arp(arp) = parsed(&r).payload else {
+        panic!("not ARP")
+    };
+    assert_eq!(arp.sender_mac, GW);
+    // address probes (sender 0.0.0.0) are not answered
+    assert_eq!(
+        s.send(1, &mut arp_request(A, [0; 4], A4)),
+        Action::Drop(Outcome::Unsupported)
+    );
+    assert_eq!(s.count(Outcome::Replied), 3);
+}
+
+fn neighbor_solicitation(src_mac: Mac, src: [u8; 16], target: [u8; 16]) -> Vec<u8> {
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::*;
+    let icmp = Icmpv6Repr::Ndisc(NdiscRepr::NeighborSolicit {
+        target_addr: target.into(),
+        lladdr: Some(RawHardwareAddress::from_bytes(&src_mac)),
+    });
+    let mut dst = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 0];
+    dst[13..].copy_from_slice(&target[13..]);
+    let ip = Ipv6Repr {
+        src_addr: src.into(),
+        dst_addr: dst.into(),
+        next_header: IpProtocol::Icmpv6,
+        payload_len: icmp.buffer_len(),
+        hop_limit: 255,
+    };
+    let mut v = vec![0x33, 0x33, 0xff, dst[13], dst[14], dst[15]];
+    v.extend_from_slice(&src_mac);
+    v.extend_from_slice(&[0x86, 0xdd]);
+    v.resize(14 + 40 + icmp.buffer_len(), 0);
+    ip.emit(&mut Ipv6Packet::new_unchecked(&mut v[14..]));
+    icmp.emit(
+        &src.into(),
+        &dst.into(),
+        &mut Icmpv6Packet::new_unchecked(&mut v[54..]),
+        &ChecksumCapabilities::default(),
+    );
+    v
+}
+
+#[test]
+fn neighbor_solicitations_are_answered_and_dad_is_not() {
+    let mut s = switch(Config::default());
+    let gw6 = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let Action::Reply(1, r) = s.send(1, &mut neighbor_solicitation(A, A6, gw6)) else {
+        panic!("no reply")
+    };
+    let sliced = SlicedPacket::from_ethernet(&r).unwrap();
+    let Some(etherparse::TransportSlice::Icmpv6(icmp)) = sliced.transport else {
+        panic!("not ICMPv6")
+    };
+    assert_eq!(icmp.type_u8(), 136, "a neighbor advertisement");
+    assert_eq!(&r[0..6], &A);
+    assert_eq!(&r[6..12], &GW);
+    // the target link-layer address option carries the gateway's MAC
+    assert_eq!(&r[r.len() - 6..], &GW);
+    // duplicate address detection (source ::) must not be answered
+    let dad = neighbor_solicitation(A, [0; 16], A6);
+    assert_eq!(
+        s.send(1, &mut dad.clone()),
+        Action::Drop(Outcome::Unsupported)
+    );
+    // a solicitation from another pod's address is a spoof
+    assert_eq!(
+        s.send(1, &mut neighbor_solicitation(A, B6, gw6)),
+        Action::Drop(Outcome::Spoofed)
+    );
+}
+
+#[test]
+fn spoofed_macs_and_addresses_are_dropped_and_counted() {
+    let mut s = switch(Config::default());
+    // source MAC of another pod
+    assert_eq!(
+        s.send(1, &mut tcp4(B, GW, A4, B4, 1, 80, "S", 64)),
+        Action::Drop(Outcome::Spoofed)
+    );
+    // source IP of another pod
+    assert_eq!(
+        s.send(1, &mut tcp4(A, GW, B4, A4, 1, 80, "S", 64)),
+        Action::Drop(Outcome::Spoofed)
+    );
+    // ARP claiming another pod's address
+    assert_eq!(
+        s.send(1, &mut arp_request(A, B4, [169, 254, 1, 1])),
+        Action::Drop(Outcome::Spoofed)
+    );
+    // the node may not impersonate a local pod
+    assert_eq!(
+        s.send(0, &mut tcp4(NODE, GW, B4, A4, 1, 80, "S", 64)),
+        Action::Drop(Outcome::Spoofed)
+    );
+    assert_eq!(s.count(Outcome::Spoofed), 4);
+    assert!(
+        s.dp.conntrack().is_empty(),
+        "nothing was tracked for a spoofer"
+    );
+}
+
+#[test]
+fn routing_rewrites_macs_and_ttl_and_l2_delivery_does_not() {
+    let mut s = switch(Config::default());
+    let mut f = tcp4(A, GW, A4, B4, 40000, 80, "S", 64);
+    assert_eq!(s.send(1, &mut f), Action::Forward(2));
+    let p = SlicedPacket::from_ethernet(&f).unwrap();
+    assert_eq!((&f[0..6], &f[6..12]), (&B[..], &GW[..]));
+    let Some(etherparse::NetSlice::Ipv4(ip)) = p.net else {
+        panic!()
+    };
+    assert_eq!(ip.header().ttl(), 63);
+    let h = ip.header().to_header();
+    assert_eq!(
+        h.header_checksum,
+        h.calc_header_checksum(),
+        "checksum updated with the TTL"
+    );
+    // at L2, to the pod's own MAC: delivered as is
+    let mut f = tcp4(A, B, A4, B4, 40001, 80, "S", 64);
+    assert_eq!(s.send(1, &mut f), Action::Forward(2));
+    assert_eq!(f[14 + 8], 64, "TTL untouched");
+    // to a pod's MAC but another address: no route (no bypass through L2)
+    assert_eq!(
+        s.send(1, &mut tcp4(A, B, A4, OUT4, 40002, 80, "S", 64)),
+        Action::Drop(Outcome::NoRoute)
+    );
+    // unknown MAC: never flooded
+    assert_eq!(
+        s.send(
+            1,
+            &mut tcp4(A, [2, 9, 9, 9, 9, 9], A4, B4, 40003, 80, "S", 64)
+        ),
+        Action::Drop(Outcome::NoRoute)
+    );
+    // IPv6: hop limit
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(A, GW)
+        .ipv6(A6, B6, 9)
+        .udp(5, 53)
+        .write(&mut v, b"x")
+        .unwrap();
+    assert_eq!(s.send(1, &mut v), Action::Forward(2));
+    assert_eq!(v[14 + 7], 8);
+}
+
+#[test]
+fn an_expired_ttl_gets_time_exceeded() {
+    let mut s = switch(Config::default());
+    let Action::Reply(1, r) = s.send(1, &mut tcp4(A, GW, A4, B4, 40000, 80, "S", 1)) else {
+        panic!("no reply")
+    };
+    let p = SlicedPacket::from_ethernet(&r).unwrap();
+    let Some(etherparse::TransportSlice::Icmpv4(icmp)) = p.transport else {
+        panic!("not ICMP")
+    };
+    assert_eq!((icmp.type_u8(), icmp.code_u8()), (11, 0));
+    assert_eq!(&r[0..6], &A, "back to the sender");
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(A, GW)
+        .ipv6(A6, B6, 1)
+        .udp(5, 53)
+        .write(&mut v, b"x")
+        .unwrap();
+    let Action::Reply(1, r) = s.send(1, &mut v) else {
+        panic!("no reply")
+    };
+    let p = SlicedPacket::from_ethernet(&r).unwrap();
+    let Some(etherparse::TransportSlice::Icmpv6(icmp)) = p.transport else {
+        panic!("not ICMPv6")
+    };
+    assert_eq!(icmp.type_u8(), 3);
+    assert_eq!(s.count(Outcome::TtlExpired), 2);
+}
+
+/// a's UDP datagram from `sport` to b's port 53, and b's answer; both pass.
+fn udp_exchange(s: &mut Switch, sport: u16) {
+    assert_eq!(
+        s.send(1, &mut udp4(A, GW, A4, B4, sport, 53)),
+        Action::Forward(2)
+    );
+    assert_eq!(
+        s.send(2, &mut udp4(B, GW, B4, A4, 53, sport)),
+        Action::Forward(1)
+    );
+}
+
+/// A cached flow whose connection expired does not keep its hole open: the
+/// fast path checks the connection (at least once a second) before it
+/// trusts the cache.
+#[test]
+fn an_expired_connection_closes_its_fast_path() {
+    let mut s = switch(Config::default());
+    s.apply(DENY_INGRESS_A);
+    // a -> b over UDP, b answers: both directions established and cached
+    for _ in 0..3 {
+        udp_exchange(&mut s, 5000);
+    }
+    let fast = s.count(Outcome::FastForward);
+    assert_eq!(
+        s.send(2, &mut udp4(B, GW, B4, A4, 53, 5000)),
+        Action::Forward(1)
+    );
+    assert_eq!(
+        s.count(Outcome::FastForward),
+        fast + 1,
+        "the reply takes the fast path"
+    );
+    // Idle past the UDP timeout (120 s): b's packet is a new flow into an
+    // isolated a, and the cache must not pass it.
+    s.ms += 130_000;
+    assert_eq!(
+        s.send(2, &mut udp4(B, GW, B4, A4, 53, 5000)),
+        Action::Drop(Outcome::PolicyDeny)
+    );
+    // Busy flows stay on the fast path across many refreshes.
+    udp_exchange(&mut s, 5001);
+    assert_eq!(
+        s.send(1, &mut udp4(A, GW, A4, B4, 5001, 53)),
+        Action::Forward(2)
+    );
+    let fast = s.count(Outcome::FastForward);
+    for _ in 0..200 {
+        s.ms += 999;
+        assert_eq!(
+            s.send(2, &mut udp4(B, GW, B4, A4, 53, 5001)),
+            Action::Forward(1)
+        );
+    }
+    assert_eq!(
+        s.count(Outcome::FastForward),
+        fast + 200,
+        "200 s of hits, all fast"
+    );
+}
+
+#[test]
+fn replies_pass_a_deny_all_ingress_and_new_connections_do_not() {
+    let mut s = switch(Config::default());
+    s.apply(DENY_INGRESS_A);
+    // a opens to b: allowed (only a's ingress is isolated)
+    assert_eq!(
+        s.send(1, &mut tcp4(A, GW, A4, B4, 40000, 80, "S", 64)),
+        Action::Forward(2)
+    );
+    // b's reply reaches a
+    assert_eq!(
+        s.send(2, &mut tcp4(B, GW, B4, A4, 80, 40000, "SA", 64)),
+        Action::Forward(1)
+    );
+    assert_eq!(
+        s.send(1, &mut tcp4(A, GW, A4, B4, 40000, 80, "A", 64)),
+        Action::Forward(2)
+    );
+    // but b cannot open a connection to a
+    assert_eq!(
+        s.send(2, &mut tcp4(B, GW, B4, A4, 40001, 80, "S", 64)),
+        Action::Drop(Outcome::PolicyDeny)
+    );
+    // nor sneak in with a non-SYN packet of an unknown connection
+    assert_eq!(
+        s.send(2, &mut tcp4(B, GW, B4, A4, 40002, 80, "A", 64)),
+        Action::Drop(Outcome::PolicyDeny)
+    );
+}
+
+fn echo4(src_mac: Mac, src: [u8; 4], dst: [u8; 4], id: u16, request: bool) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(src_mac, GW).ipv4(src, dst, 64);
+    let b = if request {
+        b.icmpv4_echo_request(id, 1)
+    } else {
+        b.icmpv4_echo_reply(id, 1)
+    };
+    let mut v = Vec::new();
+    b.write(&mut v, b"ping").unwrap();
+    v
+}
+
+#[test]
+fn an_echo_reply_does_not_open_ingress() {
+    let mut s = switch(Config::default());
+    s.apply(DENY_INGRESS_A);
+    // an unsolicited echo reply towards a: dropped, and it opens nothing
+    assert_eq!(
+        s.send(2, &mut echo4(B, B4, A4, 7, false)),
+        Action::Drop(Outcome::Untracked)
+    );
+    assert_eq!(
+        s.send(2, &mut echo4(B, B4, A4, 7, true)),
+        Action::Drop(Outcome::PolicyDeny)
+    );
+    // a pings b; b's reply comes back
+    assert_eq!(
+        s.send(1, &mut echo4(A, A4, B4, 9, true)),
+        Action::Forward(2)
+    );
+    assert_eq!(
+        s.send(2, &mut echo4(B, B4, A4, 9, false)),
+        Action::Forward(1)
+    );
+    // b cannot use that identifier to send requests the other way
+    assert_eq!(
+        s.send(2, &mut echo4(B, B4, A4, 9, true)),
+        Action::Drop(Outcome::PolicyDeny)
+    );
+}
+
+fn fragment4(
+    src_mac: Mac,
+    src: [u8; 4],
+    dst: [u8; 4],
+    id: u16,
+    offset8: u16,
+    more: bool,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut h = Ipv4Header::new(payload.len() as u16, 64, IpNumber::UDP, src, dst).unwrap();
+    h.identification = id;
+    h.more_fragments = more;
+    h.fragment_offset = offset8.try_into().unwrap();
+    h.header_checksum = h.calc_header_checksum();
+    let mut v = GW.to_vec();
+    v.extend_from_slice(&src_mac);
+    v.extend_from_slice(&[0x08, 0x00]);
+    h.write(&mut v).unwrap();
+    v.extend_from_slice(payload);
+    v
+}
+
+#[test]
+fn fragments_follow_their_first_fragment() {
+    let mut s = switch(Config::default());
+    s.apply(DENY_INGRESS_A);
+    // a UDP header (ports 5 -> 53, length 24) and 8 bytes: the first fragment
+    let first: Vec<u8> = [0, 5, 0, 53, 0, 24, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8].to_vec();
+    assert_eq!(
+        s.send(1, &mut fragment4(A, A4, B4, 77, 0, true, &first)),
+        Action::Forward(2)
+    );
+    assert_eq!(
+        s.send(1, &mut fragment4(A, A4, B4, 77, 2, false, &[9; 8])),
+        Action::Forward(2)
+    );
+    // a later fragment whose first fragment never passed
+    assert_eq!(
+        s.send(1, &mut fragment4(A, A4, B4, 78, 2, false, &[9; 8])),
+        Action::Drop(Outcome::FragmentUnknown)
+    );
+    // towards the isolated pod: the first is denied, so the rest is too
+    assert_eq!(
+        s.send(2, &mut fragment4(B, B4, A4, 79, 0, true, &first)),
+        Action::Drop(Outcome::PolicyDeny)
+    );
+    assert_eq!(
+        s.send(2, &mut fragment4(B, B4, A4, 79, 2, false, &[9; 8])),
+        Action::Drop(Outcome::FragmentUnknown)
+    );
+}
+
+#[test]
+fn a_full_conntrack_table_drops_new_flows_and_keeps_old_ones() {
+    let mut s = switch(Config {
+        conntrack_max: 2,
+        ..Config::default()
+    });
+    assert_eq!(
+        s.send(1, &mut udp4(A, GW, A4, B4, 1, 53)),
+        Action::Forward(2)
+    );
+    assert_eq!(
+        s.send(1, &mut udp4(A, GW, A4, B4, 2, 53)),
+        Action::Forward(2)
+    );
+    assert_eq!(
+        s.send(1, &mut udp4(A, GW, A4, B4, 3, 53)),
+        Action::Drop(Outcome::TableFull)
+    );
+    assert_eq!(
+        s.send(2, &mut udp4(B, GW, B4, A4, 53, 1)),
+        Action::Forward(1),
+        "tracked flows still pass"
+    );
+    assert_eq!(s.count(Outcome::TableFull), 1);
+}
+
+#[test]
+fn malformed_frames_are_dropped_and_counted() {
+    let mut s = switch(Config::default());
+    let good = tcp4(A, GW, A4, B4, 40000, 80, "S", 64);
+    let mut cases: Vec<Vec<u8>> = vec![
+        A[..4].to_vec(),              // runt
+        good[..14 + 10].to_vec(),     // truncated IPv4 header
+        good[..14 + 20 + 8].to_vec(), // truncated TCP header
+    ];
+    let mut bad_ihl = good.clone();
+    bad_ihl[14] = 0x43;
+    cases.push(bad_ihl);
+    let mut bad_len = good.clone();
+    bad_len[14 + 2] = 0xff; // total length beyond the frame
+    cases.push(bad_len);
+    for (i, mut c) in cases.into_iter().enumerate() {
+        if c.len() >= 12 {
+            c[6..12].copy_from_slice(&A);
+        }
+        assert_eq!(
+            s.send(1, &mut c),
+            Action::Drop(Outcome::Malformed),
+            "case {i}"
+        );
+    }
+    let mut other = good.clone();
+    other[12..14].copy_from_slice(&[0x88, 0xcc]); // LLDP
+    assert_eq!(s.send(1, &mut other), Action::Drop(Outcome::Unsupported));
+    assert_eq!(s.count(Outcome::Malformed), 5);
+}
+
+#[test]
+fn established_flows_take_the_fast_path_until_the_policy_changes() {
+    let mut s = switch(Config::default());
+    s.send(1, &mut tcp4(A, GW, A4, B4, 40000, 80, "S", 64));
+    s.send(2, &mut tcp4(B, GW, B4, A4, 80, 40000, "SA", 64));
+    for _ in 0..5 {
+        assert_eq!(
+            s.send(1, &mut tcp4(A, GW, A4, B4, 40000, 80, "A", 64)),
+            Action::Forward(2)
+        );
+    }
+    assert_eq!(
+        s.count(Outcome::FastForward),
+        4,
+        "the first data packet fills the cache"
+    );
+    let mut f = tcp4(A, GW, A4, B4, 40000, 80, "A", 64);
+    s.send(1, &mut f);
+    assert_eq!(
+        (&f[0..6], f[14 + 8]),
+        (&B[..], 63),
+        "the fast path rewrites too"
+    );
+    // a new generation: the next packet is checked again on the slow path
+    s.apply(DENY_INGRESS_A);
+    let before = s.count(Outcome::SlowForward);
+    assert_eq!(
+        s.send(1, &mut tcp4(A, GW, A4, B4, 40000, 80, "A", 64)),
+        Action::Forward(2)
+    );
+    assert_eq!(s.count(Outcome::SlowForward), before + 1);
+}
+
+#[test]
+fn a_policy_change_cuts_established_connections_unless_told_to_keep_them() {
+    for (keep, expect) in [
+        (false, Action::Drop(Outcome::PolicyDeny)),
+        (true, Action::Forward(1)),
+    ] {
+        let mut s = switch(Config {
+            established: if keep {
+                vswitch_datapath::EstablishedPolicy::Keep
+            } else {
+                vswitch_datapath::EstablishedPolicy::Recheck
+            },
+            ..Config::default()
+        });
+        // b connects to a and the connection is established and cached
+        s.send(2, &mut tcp4(B, GW, B4, A4, 40000, 80, "S", 64));
+        s.send(1, &mut tcp4(A, GW, A4, B4, 80, 40000, "SA", 64));
+        s.send(2, &mut tcp4(B, GW, B4, A4, 40000, 80, "A", 64));
+        s.send(2, &mut tcp4(B, GW, B4, A4, 40000, 80, "A", 64));
+        s.apply(DENY_INGRESS_A);
+        assert_eq!(
+            s.send(2, &mut tcp4(B, GW, B4, A4, 40000, 80, "A", 64)),
+            expect,
+            "keep={keep}"
+        );
+    }
+}
+
+#[test]
+fn a_new_pod_gets_no_traffic_before_its_policy_generation() {
+    let mut s = switch(Config::default());
+    let c: Mac = [0x02, 0, 0, 0, 0, 3];
+    s.dp.add_port(
+        3,
+        "x/c",
+        c,
+        PortKind::Pod {
+            ips: vec![IpAddr::from([10, 0, 0, 3])],
+            ready_generation: s.engine.generation() + 1,
+        },
+    );
+    assert_eq!(
+        s.send(3, &mut udp4(c, GW, [10, 0, 0, 3], B4, 1, 53)),
+        Action::Drop(Outcome::NotReady)
+    );
+    assert_eq!(
+        s.send(1, &mut udp4(A, GW, A4, [10, 0, 0, 3], 1, 53)),
+        Action::Drop(Outcome::NotReady)
+    );
+    let mut p = pod(
+        "c",
+        [10, 0, 0, 3],
+        [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3],
+    );
+    p.ips.truncate(1);
+    s.engine.upsert_pod(p).unwrap();
+    s.dp.set_policy(Arc::new(s.engine.snapshot()));
+    assert_eq!(
+        s.send(3, &mut udp4(c, GW, [10, 0, 0, 3], B4, 1, 53)),
+        Action::Forward(2)
+    );
+}
+
+/// A daemon whose policy source has not delivered its first cluster marks
+/// ports never ready; the first cluster makes them ready.
+#[test]
+fn a_port_waiting_for_the_source_is_closed_until_marked_ready() {
+    let mut s = switch(Config::default());
+    s.dp.set_ready(1, u64::MAX);
+    assert_eq!(
+        s.send(1, &mut udp4(A, GW, A4, B4, 1, 53)),
+        Action::Drop(Outcome::NotReady)
+    );
+    s.dp.set_ready(1, s.engine.generation());
+    assert_eq!(
+        s.send(1, &mut udp4(A, GW, A4, B4, 1, 53)),
+        Action::Forward(2)
+    );
+}
+
+#[test]
+fn the_node_reaches_isolated_pods_and_pods_reach_outside_through_it() {
+    let mut s = switch(Config::default());
+    s.apply(DENY_INGRESS_A);
+    s.apply(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: out, namespace: x}\n\
+         spec: {podSelector: {matchLabels: {pod: b}}, policyTypes: [Egress], egress: [{to: [{ipBlock: {cidr: 203.0.113.0/24}}], ports: [{port: 443}]}]}\n",
+    );
+    // kubelet probe: node address to an isolated pod
+    assert_eq!(
+        s.send(0, &mut tcp4(NODE, GW, NODE4, A4, 50000, 80, "S", 64)),
+        Action::Forward(1)
+    );
+    // an outside address through the node port is policed like any peer
+    assert_eq!(
+        s.send(0, &mut tcp4(NODE, GW, OUT4, A4, 50001, 80, "S", 64)),
+        Action::Drop(Outcome::PolicyDeny)
+    );
+    // b may reach 203.0.113.0/24 on 443 only, through the node port
+    let mut f = tcp4(B, GW, B4, OUT4, 40000, 443, "S", 64);
+    assert_eq!(s.send(2, &mut f), Action::Forward(0));
+    assert_eq!(&f[0..6], &NODE);
+    assert_eq!(
+        s.send(2, &mut tcp4(B, GW, B4, OUT4, 40001, 80, "S", 64)),
+        Action::Drop(Outcome::PolicyDeny)
+    );
+    // and its reply comes back in
+    assert_eq!(
+        s.send(0, &mut tcp4(NODE, GW, OUT4, B4, 443, 40000, "SA", 64)),
+        Action::Forward(2)
+    );
+    // the node port does not hairpin outside traffic
+    assert_eq!(
+        s.send(0, &mut tcp4(NODE, GW, OUT4, [8, 8, 8, 8], 1, 80, "S", 64)),
+        Action::Drop(Outcome::NoRoute)
+    );
+}
+
+#[test]
+fn outcomes_add_up_to_packets_received() {
+    let mut s = switch(Config {
+        conntrack_max: 16,
+        ..Config::default()
+    });
+    s.apply(DENY_INGRESS_A);
+    let mut rng = policy::synth::Rng::new(42);
+    let macs = [A, B, NODE, GW];
+    let ips = [A4, B4, NODE4, OUT4];
+    for i in 0..5_000 {
+        let port = rng.below(3) as u16;
+        let own = [NODE, A, B][port as usize];
+        let src_mac = if rng.chance(90) {
+            own
+        } else {
+            *rng.pick(&macs)
+        };
+        let dst_mac = if rng.chance(80) { GW } else { *rng.pick(&macs) };
+        let (src, dst) = (*rng.pick(&ips), *rng.pick(&ips));
+        let mut f = match rng.below(6) {
+            0 => udp4(src_mac, dst_mac, src, dst, rng.below(4) as u16, 53),
+            1 => echo4(src_mac, src, dst, rng.below(3) as u16, rng.chance(50)),
+            2 => arp_request(src_mac, src, dst),
+            3 => {
+                let mut f = tcp4(src_mac, dst_mac, src, dst, 1, 80, "S", 64);
+                let cut = rng.below(f.len());
+                f.truncate(cut);
+                f
+            }
+            _ => tcp4(
+                src_mac,
+                dst_mac,
+                src,
+                dst,
+                rng.below(5) as u16,
+                80,
+                ["S", "SA", "A", "F", "R"][rng.below(5)],
+                rng.below(3) as u8,
+            ),
+        };
+        if i % 100 == 0 {
+            s.dp.expire(s.t0 + Duration::from_millis(s.ms), 64);
+        }
+        s.send(port, &mut f);
+    }
+    assert_eq!(s.dp.counters.rx_packets, 5_000);
+    assert_eq!(s.dp.counters.outcome_total(), 5_000);
+    for (_, p) in s.dp.ports() {
+        assert_eq!(
+            p.counters.outcome_total(),
+            p.counters.rx_packets,
+            "port {}",
+            p.name
+        );
+    }
+    // the mix must have exercised most outcomes, or the sum proves little
+    let seen = s.dp.counters.nonzero().len();
+    assert!(
+        seen >= 8,
+        "only {seen} outcomes: {:?}",
+        s.dp.counters.nonzero()
+    );
+}
+
+fn fragment6(
+    src_mac: Mac,
+    src: [u8; 16],
+    dst: [u8; 16],
+    id: u32,
+    offset8: u16,
+    more: bool,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut v = GW.to_vec();
+    v.extend_from_slice(&src_mac);
+    v.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+    v.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    v.extend_from_slice(&[44, 64]); // next header: Fragment; hop limit
+    v.extend_from_slice(&src);
+    v.extend_from_slice(&dst);
+    v.extend_from_slice(&[17, 0]);
+    v.extend_from_slice(&((offset8 << 3) | more as u16).to_be_bytes());
+    v.extend_from_slice(&id.to_be_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
+#[test]
+fn ipv6_fragments_behind_an_extension_header_follow_their_first() {
+    let mut s = switch(Config::default());
+    s.apply(DENY_INGRESS_A);
+    let first: Vec<u8> = [0, 5, 0, 53, 0, 24, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8].to_vec();
+    assert_eq!(
+        s.send(1, &mut fragment6(A, A6, B6, 5, 0, true, &first)),
+        Action::Forward(2)
+    );
+    assert_eq!(
+        s.send(1, &mut fragment6(A, A6, B6, 5, 2, false, &[9; 8])),
+        Action::Forward(2)
+    );
+    assert_eq!(
+        s.send(2, &mut fragment6(B, B6, A6, 6, 0, true, &first)),
+        Action::Drop(Outcome::PolicyDeny)
+    );
+    assert_eq!(
+        s.send(2, &mut fragment6(B, B6, A6, 6, 2, false, &[9; 8])),
+        Action::Drop(Outcome::FragmentUnknown)
+    );
+}
+
+#[test]
+fn batches_act_exactly_like_single_frames() {
+    let cfg = || Config {
+        conntrack_max: 32,
+        flow_cache_max: 16,
+        ..Config::default()
+    };
+    let (mut one, mut many) = (switch(cfg()), switch(cfg()));
+    one.apply(DENY_INGRESS_A);
+    many.apply(DENY_INGRESS_A);
+    let mut rng = policy::synth::Rng::new(7);
+    let ips = [A4, B4, NODE4, OUT4];
+    let mut t = 0u64;
+    for _round in 0..300 {
+        let port = 1 + rng.below(2) as u16;
+        let mac = [A, B][port as usize - 1];
+        let n = 1 + rng.below(80);
+        let mut frames: Vec<Vec<u8>> = (0..n)
+            .map(|_| {
+                let (src, dst) = ([A4, B4][port as usize - 1], *rng.pick(&ips));
+                match rng.below(3) {
+                    0 => udp4(mac, GW, src, dst, rng.below(6) as u16, 53),
+                    1 => tcp4(
+                        mac,
+                        GW,
+                        src,
+                        dst,
+                        rng.below(6) as u16,
+                        80,
+                        ["S", "SA", "A", "A", "F"][rng.below(5)],
+                        64,
+                    ),
+                    _ => udp4(mac, B, src, dst, rng.below(6) as u16, 53),
+                }
+            })
+            .collect();
+        t += 1 + rng.below(2000) as u64;
+        let now = one.t0 + Duration::from_millis(t);
+        let singles: Vec<Action> = frames
+            .clone()
+            .iter_mut()
+            .map(|f| one.dp.process(port, f, now))
+            .collect();
+        let mut refs: Vec<&mut [u8]> = frames.iter_mut().map(|f| f.as_mut_slice()).collect();
+        let mut batched = Vec::new();
+        many.dp.process_batch(
+            port,
+            &mut refs,
+            &[],
+            many.t0 + Duration::from_millis(t),
+            &mut batched,
+        );
+        assert_eq!(singles, batched);
+    }
+    assert_eq!(one.dp.counters, many.dp.counters);
+    // per port too: what each received and sent (a batch counts its hits
+    // at once)
+    let ports = |s: &Switch| -> Vec<_> {
+        s.dp.ports()
+            .map(|(id, p)| (id, p.counters.clone()))
+            .collect()
+    };
+    assert_eq!(ports(&one), ports(&many));
+    assert!(
+        many.dp.counters.get(Outcome::FastForward) > 100,
+        "{:?}",
+        many.dp.counters.nonzero()
+    );
+}

@@ -1,0 +1,444 @@
+//! The overlay in process: two nodes' datapaths joined by VXLAN datagrams
+//! carried by the test (frames in, actions and counters out), and the
+//! overlay's UDP ports over loopback. (Three nodes with vswitchd, kernel
+//! TCP and a real underlay are in `multinode.rs`.)
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+use ipnet::IpNet;
+use policy::{Cluster, Engine, Namespace, Pod, PodKey, manifest};
+use vswitch_datapath::counters::Outcome;
+use vswitch_datapath::io::port::{Port, RxMeta, VnetHdr};
+use vswitch_datapath::io::udp::{OverlaySocket, TunnelPort};
+use vswitch_datapath::overlay::{self, HLEN};
+use vswitch_datapath::parse::Mac;
+use vswitch_datapath::{Action, Config, Datapath, PortKind};
+
+const GW: Mac = [0x02, 0x76, 0x73, 0x77, 0x00, 0x01];
+const POD_MAC: Mac = [0x02, 0, 0, 0, 0, 1];
+const VNI: u32 = 7;
+/// Port ids on both nodes: the local pod, the other node, the socket.
+const POD: u16 = 1;
+const REMOTE: u16 = 2;
+const SOCKET: u16 = 3;
+
+const A: [u8; 4] = [10, 244, 1, 5];
+const B: [u8; 4] = [10, 244, 2, 5];
+const N1: [u8; 4] = [192, 168, 100, 1];
+const N2: [u8; 4] = [192, 168, 100, 2];
+const A6: [u8; 16] = [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5];
+const B6: [u8; 16] = [0xfd, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5];
+
+fn net(s: &str) -> IpNet {
+    s.parse().unwrap()
+}
+
+fn cluster() -> Cluster {
+    let mut c = Cluster::default();
+    c.namespaces
+        .insert("x".into(), Namespace::new("x", Default::default()));
+    for (name, v4, v6) in [("a", A, A6), ("b", B, B6)] {
+        let p = Pod {
+            key: PodKey::new("x", name),
+            labels: [("app".to_string(), name.to_string())].into(),
+            ips: vec![IpAddr::from(v4), IpAddr::from(v6)],
+            ports: vec![],
+        };
+        c.pods.insert(p.key.clone(), p);
+    }
+    c
+}
+
+/// One node: its pod on port 1, the other node on port 2, the overlay
+/// socket on port 3, and the cluster-wide policy engine.
+struct Node {
+    dp: Datapath,
+    engine: Engine,
+    t0: Instant,
+    ms: u64,
+}
+
+fn node(pod: [u8; 4], pod6: [u8; 16], other: [u8; 4], other_cidrs: &[&str]) -> Node {
+    let cfg = Config {
+        vni: VNI,
+        overlay_mtu: 1450,
+        cluster_cidrs: vec![net("10.244.0.0/16"), net("fd00::/16")],
+        ..Config::default()
+    };
+    let t0 = Instant::now();
+    let mut dp = Datapath::new(cfg, t0);
+    let engine = Engine::from_cluster(cluster()).unwrap();
+    dp.set_policy(Arc::new(engine.snapshot()));
+    dp.add_port(
+        POD,
+        "pod",
+        POD_MAC,
+        PortKind::Pod {
+            ips: vec![IpAddr::from(pod), IpAddr::from(pod6)],
+            ready_generation: engine.generation(),
+        },
+    );
+    let addr = IpAddr::from(other);
+    dp.add_port(
+        REMOTE,
+        "node/other",
+        overlay::node_mac(addr),
+        PortKind::Remote {
+            addr,
+            addrs: vec![addr],
+            cidrs: other_cidrs.iter().map(|c| net(c)).collect(),
+        },
+    );
+    dp.add_port(SOCKET, "overlay", [2, 0, 0, 0, 0, 3], PortKind::Overlay);
+    Node {
+        dp,
+        engine,
+        t0,
+        ms: 0,
+    }
+}
+
+/// n1 holds x/a, n2 holds x/b.
+fn two_nodes() -> (Node, Node) {
+    (
+        node(A, A6, N2, &["10.244.2.0/24", "fd00:2::/32"]),
+        node(B, B6, N1, &["10.244.1.0/24", "fd00:1::/32"]),
+    )
+}
+
+impl Node {
+    fn now(&mut self) -> Instant {
+        self.ms += 1;
+        self.t0 + Duration::from_millis(self.ms)
+    }
+
+    fn pod_sends(&mut self, frame: &mut [u8]) -> Action {
+        let now = self.now();
+        self.dp.process(POD, frame, now)
+    }
+
+    /// A datagram from `peer` on the overlay socket.
+    fn datagram_from(&mut self, peer: [u8; 4], datagram: &mut [u8]) -> Action {
+        let now = self.now();
+        self.dp
+            .process_overlay(SOCKET, Some(IpAddr::from(peer)), datagram, now)
+    }
+
+    fn apply(&mut self, yaml: &str) {
+        for o in manifest::parse(yaml) {
+            match o.unwrap() {
+                manifest::Object::NetworkPolicy(p) => self.engine.upsert_policy(p).unwrap(),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        self.dp.set_policy(Arc::new(self.engine.snapshot()));
+    }
+
+    fn count(&self, o: Outcome) -> u64 {
+        self.dp.counters.get(o)
+    }
+}
+
+fn vxlan(frame: &[u8]) -> Vec<u8> {
+    let mut d = overlay::header(VNI).to_vec();
+    d.extend_from_slice(frame);
+    d
+}
+
+fn tcp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: &str) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(POD_MAC, GW)
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, 1000, 4096);
+    let b = flags.chars().fold(b, |b, f| match f {
+        'S' => b.syn(),
+        'A' => b.ack(1),
+        _ => b,
+    });
+    let mut v = Vec::new();
+    b.write(&mut v, b"data").unwrap();
+    v
+}
+
+/// Carries `frame`, sent by the pod on `from`, over the overlay to `to`;
+/// returns what `to` did with it (and the frame as delivered).
+fn across(from: &mut Node, from_addr: [u8; 4], to: &mut Node, frame: &[u8]) -> (Action, Vec<u8>) {
+    let mut f = frame.to_vec();
+    assert_eq!(
+        from.pod_sends(&mut f),
+        Action::Forward(REMOTE),
+        "into the overlay"
+    );
+    let mut d = vxlan(&f);
+    let a = to.datagram_from(from_addr, &mut d);
+    (a, d[HLEN..].to_vec())
+}
+
+#[test]
+fn a_connection_between_nodes_passes_both_ends_and_takes_the_fast_path() {
+    let (mut n1, mut n2) = two_nodes();
+    // SYN a -> b: routed at n1 (TTL 63) into the overlay, at n2 (TTL 62) to b.
+    let mut syn = tcp4(A, B, 40000, 80, "S");
+    assert_eq!(n1.pod_sends(&mut syn), Action::Forward(REMOTE));
+    assert_eq!(&syn[0..6], &overlay::node_mac(IpAddr::from(N2)));
+    assert_eq!(syn[14 + 8], 63);
+    let mut d = vxlan(&syn);
+    assert_eq!(n2.datagram_from(N1, &mut d), Action::Forward(POD));
+    let delivered = &d[HLEN..];
+    assert_eq!(&delivered[0..6], &POD_MAC, "to b's MAC");
+    assert_eq!(&delivered[6..12], &GW, "from the gateway");
+    assert_eq!(delivered[14 + 8], 62);
+    let p = SlicedPacket::from_ethernet(delivered).unwrap();
+    let Some(etherparse::NetSlice::Ipv4(ip)) = p.net else {
+        panic!("not IPv4")
+    };
+    assert_eq!(ip.header().source(), A, "pod addresses travel unchanged");
+    assert_eq!(ip.header().destination(), B);
+    assert!(ip.header().to_header().calc_header_checksum() == ip.header().header_checksum());
+    // SYN-ACK back, then data both ways: established at both ends.
+    let (a, _) = across(&mut n2, N2, &mut n1, &tcp4(B, A, 80, 40000, "SA"));
+    assert_eq!(a, Action::Forward(POD));
+    for _ in 0..3 {
+        let (a, _) = across(&mut n1, N1, &mut n2, &tcp4(A, B, 40000, 80, "A"));
+        assert_eq!(a, Action::Forward(POD));
+        let (a, _) = across(&mut n2, N2, &mut n1, &tcp4(B, A, 80, 40000, "A"));
+        assert_eq!(a, Action::Forward(POD));
+    }
+    for n in [&n1, &n2] {
+        assert!(n.count(Outcome::FastForward) >= 4, "{:?}", n.dp.counters);
+        assert_eq!(n.dp.counters.outcome_total(), n.dp.counters.rx_packets);
+    }
+}
+
+const DENY_INGRESS_B: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec: {podSelector: {matchLabels: {app: b}}, policyTypes: [Ingress]}\n";
+const DENY_EGRESS_A: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-out, namespace: x}\nspec: {podSelector: {matchLabels: {app: a}}, policyTypes: [Egress]}\n";
+const ALLOW_A_TO_B: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: allow-a, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: b}}\n  ingress: [{from: [{podSelector: {matchLabels: {app: a}}}]}]\n";
+
+#[test]
+fn the_destination_enforces_ingress_whatever_the_source_decided() {
+    let (mut n1, mut n2) = two_nodes();
+    // n1 has not heard of the policy (or lies); n2 has.
+    n2.apply(DENY_INGRESS_B);
+    let (a, _) = across(&mut n1, N1, &mut n2, &tcp4(A, B, 40001, 80, "S"));
+    assert_eq!(a, Action::Drop(Outcome::PolicyDeny));
+    // A rule selecting the remote pod by its labels lets it in.
+    n2.apply(ALLOW_A_TO_B);
+    let (a, _) = across(&mut n1, N1, &mut n2, &tcp4(A, B, 40002, 80, "S"));
+    assert_eq!(a, Action::Forward(POD));
+}
+
+#[test]
+fn the_source_enforces_egress() {
+    let (mut n1, _) = two_nodes();
+    n1.apply(DENY_EGRESS_A);
+    let mut syn = tcp4(A, B, 40003, 80, "S");
+    assert_eq!(n1.pod_sends(&mut syn), Action::Drop(Outcome::PolicyDeny));
+}
+
+#[test]
+fn forged_overlay_packets_are_dropped_and_counted() {
+    let (mut n1, mut n2) = two_nodes();
+    // From an address that is no node.
+    let mut d = vxlan(&tcp4(A, B, 1, 80, "S"));
+    assert_eq!(
+        n2.datagram_from([192, 168, 100, 66], &mut d),
+        Action::Drop(Outcome::Forged)
+    );
+    assert_eq!(n2.dp.port(SOCKET).unwrap().counters.get(Outcome::Forged), 1);
+    // From n1, but with a source in n2's own range (or outside n1's).
+    for src in [[10, 244, 2, 9], [10, 244, 3, 9], [172, 16, 0, 1]] {
+        let mut d = vxlan(&tcp4(src, B, 1, 80, "S"));
+        assert_eq!(n2.datagram_from(N1, &mut d), Action::Drop(Outcome::Forged));
+    }
+    // Another VNI, or no VXLAN header at all.
+    let mut d = vxlan(&tcp4(A, B, 2, 80, "S"));
+    d[6] ^= 1;
+    assert_eq!(
+        n2.datagram_from(N1, &mut d),
+        Action::Drop(Outcome::Malformed)
+    );
+    let mut raw = tcp4(A, B, 3, 80, "S");
+    assert_eq!(
+        n2.datagram_from(N1, &mut raw),
+        Action::Drop(Outcome::Malformed)
+    );
+    // No transit: a packet from n1 for an address that is not on n2.
+    let mut d = vxlan(&tcp4(A, [8, 8, 8, 8], 4, 53, "S"));
+    assert_eq!(n2.datagram_from(N1, &mut d), Action::Drop(Outcome::NoRoute));
+    assert_eq!(n2.count(Outcome::Forged), 4);
+    assert_eq!(n2.dp.counters.outcome_total(), n2.dp.counters.rx_packets);
+    // The genuine article still passes.
+    let (a, _) = across(&mut n1, N1, &mut n2, &tcp4(A, B, 5, 80, "S"));
+    assert_eq!(a, Action::Forward(POD));
+}
+
+#[test]
+fn traffic_to_a_node_that_left_is_dropped_and_counted() {
+    let (mut n1, _) = two_nodes();
+    n1.dp.remove_port(REMOTE);
+    let mut syn = tcp4(A, B, 40004, 80, "S");
+    assert_eq!(n1.pod_sends(&mut syn), Action::Drop(Outcome::NoNode));
+    assert_eq!(n1.count(Outcome::NoNode), 1);
+}
+
+fn big(v6: bool, df: bool, len: usize) -> Vec<u8> {
+    let payload = vec![0xabu8; len];
+    let mut v = Vec::new();
+    if v6 {
+        PacketBuilder::ethernet2(POD_MAC, GW)
+            .ipv6(A6, B6, 64)
+            .udp(5000, 53)
+            .write(&mut v, &payload)
+            .unwrap();
+    } else {
+        let mut ip = etherparse::Ipv4Header::new(0, 64, etherparse::IpNumber::UDP, A, B).unwrap();
+        ip.dont_fragment = df;
+        PacketBuilder::ethernet2(POD_MAC, GW)
+            .ip(etherparse::IpHeaders::Ipv4(ip, Default::default()))
+            .udp(5000, 53)
+            .write(&mut v, &payload)
+            .unwrap();
+    }
+    v
+}
+
+#[test]
+fn too_big_for_the_overlay_gets_the_icmp_a_router_sends() {
+    let (mut n1, _) = two_nodes();
+    // IPv4 with DF: "fragmentation needed", next-hop MTU 1450, to the sender.
+    let Action::Reply(POD, r) = n1.pod_sends(&mut big(false, true, 1500)) else {
+        panic!("no ICMP")
+    };
+    assert_eq!(&r[0..6], &POD_MAC);
+    let p = SlicedPacket::from_ethernet(&r).unwrap();
+    let Some(TransportSlice::Icmpv4(icmp)) = p.transport else {
+        panic!("not ICMP")
+    };
+    assert_eq!((icmp.type_u8(), icmp.code_u8()), (3, 4));
+    assert_eq!(u16::from_be_bytes([r[14 + 20 + 6], r[14 + 20 + 7]]), 1450);
+    let h = icmp.header();
+    assert_eq!(
+        h.checksum,
+        h.icmp_type.calc_checksum(icmp.payload()),
+        "checksum valid after the MTU was written"
+    );
+    // IPv6: "packet too big" with the MTU.
+    let a = n1.pod_sends(&mut big(true, false, 1500));
+    let Action::Reply(POD, r) = a else {
+        panic!("no ICMPv6: {a:?}")
+    };
+    let p = SlicedPacket::from_ethernet(&r).unwrap();
+    let Some(TransportSlice::Icmpv6(icmp)) = p.transport else {
+        panic!("not ICMPv6")
+    };
+    assert_eq!(icmp.type_u8(), 2);
+    assert_eq!(
+        u32::from_be_bytes(r[14 + 40 + 4..14 + 40 + 8].try_into().unwrap()),
+        1450
+    );
+    assert_eq!(n1.count(Outcome::TooBig), 2);
+    // IPv4 without DF goes on (the overlay fragments it); so does what
+    // fits, and a segmentation-offload frame (the overlay cuts it).
+    assert_eq!(
+        n1.pod_sends(&mut big(false, false, 1500)),
+        Action::Forward(REMOTE)
+    );
+    assert_eq!(
+        n1.pod_sends(&mut big(true, false, 1400)),
+        Action::Forward(REMOTE)
+    );
+    // An offload frame goes on when its segments fit (the overlay cuts
+    // it), and gets the ICMP when they do not.
+    let now = n1.now();
+    let mut gso = big(true, false, 4000);
+    assert_eq!(
+        n1.dp.process_frame(POD, &mut gso, 1400 - 48, now),
+        Action::Forward(REMOTE)
+    );
+    let now = n1.now();
+    let mut gso = big(true, false, 4000);
+    let a = n1.dp.process_frame(POD, &mut gso, 1450 - 48 + 1, now);
+    assert!(matches!(a, Action::Reply(POD, _)), "{a:?}");
+}
+
+/// The overlay's UDP ports over loopback (no privilege needed): a
+/// segmentation-offload frame sent to a tunnel port arrives at the overlay
+/// socket as VXLAN datagrams whose inner frames fit the MTU and carry
+/// valid checksums, with the sender's address.
+#[test]
+fn tunnel_ports_cut_offload_frames_into_vxlan_datagrams() {
+    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let mut rx = OverlaySocket::bind(lo, 0).unwrap();
+    let to = rx.local_addr().unwrap();
+    let mtu = 1400;
+    let mut tx = TunnelPort::connect(lo, SocketAddr::new(lo, to.port()), VNI, mtu).unwrap();
+    // A 10 000-byte TCP payload as a pod's TAP hands it over: TSO, with
+    // the checksum left partial (pseudo-header sum only).
+    let payload: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(POD_MAC, GW)
+        .ipv4(A, B, 64)
+        .tcp(40000, 80, 1, 4096)
+        .ack(1)
+        .write(&mut frame, &payload)
+        .unwrap();
+    let vnet = VnetHdr {
+        flags: 1,
+        gso_type: 1,
+        hdr_len: 54,
+        gso_size: 1360,
+        csum_start: 34,
+        csum_offset: 16,
+    };
+    // leave only the pseudo-header sum in the checksum field, as the kernel does
+    let pseudo = {
+        let mut s: u32 = 0;
+        for w in [A, B].concat().chunks(2) {
+            s += u16::from_be_bytes([w[0], w[1]]) as u32;
+        }
+        s += 6 + (frame.len() - 34) as u32;
+        while s > 0xffff {
+            s = (s & 0xffff) + (s >> 16);
+        }
+        s as u16
+    };
+    frame[50..52].copy_from_slice(&pseudo.to_be_bytes());
+    let meta = RxMeta {
+        vnet,
+        ..RxMeta::default()
+    };
+    assert!(tx.send(&frame, &meta).unwrap());
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65_536];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while got.iter().map(|p: &Vec<u8>| p.len()).sum::<usize>() < payload.len()
+        && Instant::now() < deadline
+    {
+        match rx.recv(&mut buf).unwrap() {
+            Some((n, m)) => {
+                assert_eq!(m.peer, Some(lo), "the sender's address");
+                assert!(overlay::check(&buf[..n], VNI));
+                let inner = &buf[HLEN..n];
+                assert!(inner.len() <= 14 + mtu, "{} bytes", inner.len());
+                let p = SlicedPacket::from_ethernet(inner).unwrap();
+                let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
+                    panic!("not IPv4")
+                };
+                let Some(TransportSlice::Tcp(tcp)) = &p.transport else {
+                    panic!("not TCP")
+                };
+                let want = tcp
+                    .to_header()
+                    .calc_checksum_ipv4(&ip.header().to_header(), tcp.payload())
+                    .unwrap();
+                assert_eq!(tcp.checksum(), want, "complete TCP checksum");
+                got.push(tcp.payload().to_vec());
+            }
+            None => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+    assert_eq!(got.len(), 10_000usize.div_ceil(1360));
+    assert_eq!(got.concat(), payload, "the payload, in order");
+}

@@ -1,0 +1,727 @@
+//! `--mode netns`: every pod is a network namespace whose eth0 is a TAP
+//! device served by the switch (vswitchd's switch thread: event loop,
+//! worker, datapath), configured as the CNI plugin configures pods (/32 and /128,
+//! gateways 169.254.1.1 and fe80::1). Externals share one more namespace
+//! behind the switch's node port. Probes are real kernel sockets: a small
+//! agent runs in each namespace, serves TCP and UDP, and makes the attempts,
+//! all of a probe at once. SCTP attempts are reported as skipped where the
+//! kernel has no SCTP. Needs root (namespaces, /dev/net/tun).
+//!
+//! With `nodes` > 1 ([`NetnsProber::with_nodes`]) the pods are spread
+//! round-robin over that many simulated nodes: each node is a network
+//! namespace with an address on an underlay bridge (one more namespace) and
+//! its own switch thread, whose overlay socket lives in the node's
+//! namespace; the other nodes are its remote ports (VXLAN), owning their
+//! pods' addresses. Each node has its own outside namespace (every
+//! external's addresses) behind its node port: an external reaches a pod
+//! through the pod's node, as a client outside the cluster reaches the node
+//! that hosts its destination.
+//!
+//! Plumbing uses `ip` here; the daemon uses netlink.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::IpAddr;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use policy::{Change, Cluster, Engine, Pod, PodKey, Protocol};
+
+use super::format::External;
+use super::run::{Attempt, Observed, Prober};
+use crate::daemon::switch::{Answer, Command as SwitchCommand, Query, Switch};
+use vswitch_datapath::counters::Counters;
+use vswitch_datapath::io::tap::TapPort;
+use vswitch_datapath::io::udp::{OverlaySocket, TunnelPort};
+use vswitch_datapath::io::worker::PolicyHandle;
+use vswitch_datapath::overlay;
+use vswitch_datapath::parse::mac_text;
+use vswitch_datapath::{Config, PortId, PortKind};
+
+/// How long a denied attempt is given.
+const TIMEOUT_S: &str = "1.0";
+
+const AGENT: &str = r#"
+import json, socket, sys, threading
+servers = {}
+def tcp_server(fam, port):
+    s = socket.socket(fam)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if fam == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", port))
+    s.listen(128)
+    def run():
+        while True:
+            c, _ = s.accept()
+            c.close()
+    threading.Thread(target=run, daemon=True).start()
+def udp_server(fam, port):
+    s = socket.socket(fam, socket.SOCK_DGRAM)
+    if fam == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", port))
+    def run():
+        while True:
+            d, a = s.recvfrom(2048)
+            s.sendto(d, a)
+    threading.Thread(target=run, daemon=True).start()
+def serve(proto, port):
+    if (proto, port) in servers:
+        return servers[(proto, port)]
+    err = None
+    try:
+        for fam in (socket.AF_INET, socket.AF_INET6):
+            if proto == "TCP": tcp_server(fam, port)
+            elif proto == "UDP": udp_server(fam, port)
+            else: socket.socket(fam, socket.SOCK_STREAM, 132).close(); err = "SCTP sockets open but no SCTP server is implemented"
+    except OSError as e:
+        err = str(e)
+    servers[(proto, port)] = err
+    return err
+def attempt(src, dst, proto, port, timeout):
+    fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
+    try:
+        if proto == "SCTP":
+            try:
+                s = socket.socket(fam, socket.SOCK_STREAM, 132)
+            except OSError as e:
+                return "skip:no SCTP in this kernel (" + str(e) + ")"
+            return "skip:SCTP probes are not implemented in netns mode"
+        if proto == "TCP":
+            s = socket.socket(fam, socket.SOCK_STREAM)
+            s.settimeout(timeout)
+            s.bind((src, 0))
+            s.connect((dst, port))
+            s.close()
+            return "ok"
+        s = socket.socket(fam, socket.SOCK_DGRAM)
+        s.settimeout(timeout)
+        s.bind((src, 0))
+        s.sendto(b"probe", (dst, port))
+        s.recvfrom(2048)
+        return "ok"
+    except OSError as e:
+        return "fail:" + str(e)
+for line in sys.stdin:
+    req = json.loads(line)
+    if "serve" in req:
+        errs = [serve(p, n) for p, n in req["serve"]]
+        print(json.dumps({"errors": errs}), flush=True)
+    else:
+        out = {}
+        def run(i, a):
+            out[i] = attempt(a[0], a[1], a[2], a[3], req["timeout"])
+        ts = [threading.Thread(target=run, args=(i, a)) for i, a in enumerate(req["probe"])]
+        for t in ts: t.start()
+        for t in ts: t.join()
+        print(json.dumps({"results": [out[i] for i in range(len(ts))]}), flush=True)
+"#;
+
+struct Agent {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Agent {
+    fn start(ns: &str) -> Result<Agent, String> {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, "python3", "-u", "-c", AGENT])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting the agent in {ns}: {e}"))?;
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = BufReader::new(child.stdout.take().expect("piped"));
+        Ok(Agent {
+            child,
+            stdin,
+            stdout,
+        })
+    }
+
+    fn send(&mut self, req: &str) -> Result<(), String> {
+        writeln!(self.stdin, "{req}").map_err(|e| format!("agent: {e}"))
+    }
+
+    fn reply(&mut self) -> Result<String, String> {
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .map_err(|e| format!("agent: {e}"))?;
+        if line.is_empty() {
+            return Err("the agent exited".into());
+        }
+        Ok(line)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn in_ns(ns: &str, args: &[&str]) -> Result<(), String> {
+    let mut a = vec!["netns", "exec", ns];
+    a.extend_from_slice(args);
+    ip(&a)
+}
+
+/// Creates a TAP device and makes it `ns`'s eth0 as the CNI plugin will for
+/// a pod: its MAC, each address as a /32 or /128 (no DAD), and the switch's
+/// link-local gateways 169.254.1.1 and fe80::1 as default routes.
+fn tap_into(ns: &str, tap: &str, mac: [u8; 6], addrs: &[IpAddr]) -> Result<TapPort, String> {
+    let dev = TapPort::create(tap, true).map_err(|e| format!("TAP {tap}: {e}"))?;
+    let name = dev.name().map_err(|e| e.to_string())?;
+    ip(&["link", "set", &name, "netns", ns])?;
+    in_ns(
+        ns,
+        &[
+            "sysctl",
+            "-qw",
+            &format!("net.ipv6.conf.{name}.accept_dad=0"),
+        ],
+    )?;
+    in_ns(ns, &["ip", "link", "set", &name, "address", &mac_text(mac)])?;
+    for a in addrs {
+        let cidr = if a.is_ipv4() {
+            format!("{a}/32")
+        } else {
+            format!("{a}/128")
+        };
+        let mut args = vec!["ip", "addr", "add", cidr.as_str(), "dev", name.as_str()];
+        if a.is_ipv6() {
+            args.push("nodad");
+        }
+        in_ns(ns, &args)?;
+    }
+    in_ns(ns, &["ip", "link", "set", &name, "up"])?;
+    in_ns(
+        ns,
+        &[
+            "ip",
+            "route",
+            "add",
+            "169.254.1.1",
+            "dev",
+            &name,
+            "scope",
+            "link",
+        ],
+    )?;
+    in_ns(
+        ns,
+        &[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            "169.254.1.1",
+            "dev",
+            &name,
+        ],
+    )?;
+    in_ns(
+        ns,
+        &[
+            "ip", "-6", "route", "add", "default", "via", "fe80::1", "dev", &name,
+        ],
+    )?;
+    Ok(dev)
+}
+
+static RUN: AtomicU32 = AtomicU32::new(0);
+
+/// The agent of the namespace that holds every external behind `node`.
+fn outside(node: usize) -> String {
+    format!("(outside {node})")
+}
+
+/// The inner MTU of the simulated nodes' overlay.
+const OVERLAY_MTU: u16 = 1450;
+
+/// A simulated node of a multi-node run.
+struct SimNode {
+    /// Its namespace (where its overlay sockets live) and underlay address.
+    ns: String,
+    addr: IpAddr,
+    /// Its overlay socket's port, and its remote ports: other node -> port.
+    remote: BTreeMap<usize, PortId>,
+}
+
+pub struct NetnsProber {
+    prefix: String,
+    /// Interface names are at most 15 characters.
+    tap_prefix: String,
+    engine: Engine,
+    handle: PolicyHandle,
+    /// One switch thread per node, as vswitchd runs it.
+    switches: Vec<Switch>,
+    /// How many nodes the pods are spread over.
+    nodes: usize,
+    sim: Vec<SimNode>,
+    namespaces: Vec<String>,
+    agents: BTreeMap<String, Agent>,
+    /// Every pod: its port, namespace, addresses and node.
+    ports: BTreeMap<PodKey, (PortId, String, Vec<IpAddr>, usize)>,
+    next_port: PortId,
+    /// Pods placed so far (round-robin over the nodes).
+    placed: usize,
+}
+
+impl Default for NetnsProber {
+    fn default() -> Self {
+        NetnsProber::with_nodes(1)
+    }
+}
+
+impl NetnsProber {
+    /// Pods spread round-robin over `nodes` simulated nodes (at least 1).
+    pub fn with_nodes(nodes: usize) -> NetnsProber {
+        let run = RUN.fetch_add(1, Ordering::Relaxed);
+        NetnsProber {
+            prefix: format!("vs{}-{run}", std::process::id() % 100_000),
+            tap_prefix: format!("v{}x{}", std::process::id() % 100_000, run % 1000),
+            engine: Engine::new(),
+            handle: PolicyHandle::default(),
+            switches: Vec::new(),
+            nodes: nodes.max(1),
+            sim: Vec::new(),
+            namespaces: Vec::new(),
+            agents: BTreeMap::new(),
+            ports: BTreeMap::new(),
+            next_port: 1,
+            placed: 0,
+        }
+    }
+}
+
+impl Drop for NetnsProber {
+    fn drop(&mut self) {
+        self.agents.clear();
+        self.switches.clear();
+        for ns in &self.namespaces {
+            let _ = ip(&["netns", "del", ns]);
+        }
+    }
+}
+
+fn mac_of(port: PortId) -> [u8; 6] {
+    [0x02, 0x5e, 0, 0, (port >> 8) as u8, port as u8]
+}
+
+impl NetnsProber {
+    fn new_ns(&mut self, tag: &str) -> Result<String, String> {
+        let ns = format!("{}-{tag}", self.prefix);
+        ip(&["netns", "add", &ns])?;
+        self.namespaces.push(ns.clone());
+        in_ns(&ns, &["ip", "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    fn next_port(&mut self) -> PortId {
+        let p = self.next_port;
+        self.next_port += 1;
+        p
+    }
+
+    /// A pod: its namespace, its TAP as eth0, its port on its node's switch.
+    fn add_pod(&mut self, pod: &Pod) -> Result<(), String> {
+        let port = self.next_port();
+        let node = self.placed % self.nodes;
+        self.placed += 1;
+        let ns = self.new_ns(&format!("p{port}"))?;
+        let tap = format!("{}p{port}", self.tap_prefix);
+        let mac = mac_of(port);
+        let dev = tap_into(&ns, &tap, mac, &pod.ips)?;
+        let kind = PortKind::Pod {
+            ips: pod.ips.clone(),
+            ready_generation: self.engine.generation(),
+        };
+        self.attach(node, port, pod.key.to_string(), mac, kind, Box::new(dev));
+        self.agents.insert(pod.key.to_string(), Agent::start(&ns)?);
+        self.ports
+            .insert(pod.key.clone(), (port, ns, pod.ips.clone(), node));
+        self.refresh_remotes(node)
+    }
+
+    fn remove_pod(&mut self, key: &PodKey) -> Result<(), String> {
+        if let Some((port, ns, _, node)) = self.ports.remove(key) {
+            self.agents.remove(&key.to_string());
+            self.switches[node].detach(port);
+            let _ = ip(&["netns", "del", &ns]);
+            self.namespaces.retain(|n| *n != ns);
+            self.refresh_remotes(node)?;
+        }
+        Ok(())
+    }
+
+    /// The simulated nodes: an underlay bridge, each node a namespace on it
+    /// with its overlay socket attached to its switch.
+    fn add_nodes(&mut self) -> Result<(), String> {
+        let underlay = self.new_ns("u")?;
+        in_ns(&underlay, &["ip", "link", "add", "br0", "type", "bridge"])?;
+        in_ns(&underlay, &["ip", "link", "set", "br0", "up"])?;
+        for i in 0..self.nodes {
+            let ns = self.new_ns(&format!("n{i}"))?;
+            let (a, b) = (
+                format!("{}n{i}", self.tap_prefix),
+                format!("{}u{i}", self.tap_prefix),
+            );
+            ip(&[
+                "link", "add", &a, "netns", &ns, "type", "veth", "peer", "name", &b, "netns",
+                &underlay,
+            ])?;
+            in_ns(&underlay, &["ip", "link", "set", &b, "master", "br0", "up"])?;
+            let addr: IpAddr = format!("192.168.77.{}", i + 1).parse().expect("valid");
+            in_ns(
+                &ns,
+                &["ip", "addr", "add", &format!("{addr}/24"), "dev", &a],
+            )?;
+            in_ns(&ns, &["ip", "link", "set", &a, "up"])?;
+            let path = std::path::PathBuf::from(format!("/var/run/netns/{ns}"));
+            let sock = crate::daemon::netns::in_netns(&path, move || {
+                OverlaySocket::bind(addr, overlay::VXLAN_PORT)
+            })
+            .and_then(|r| r)
+            .map_err(|e| format!("overlay socket of node {i}: {e}"))?;
+            let id = self.next_port();
+            self.attach(
+                i,
+                id,
+                "overlay".into(),
+                [0x02, 0x5e, 1, 0, 0, i as u8],
+                PortKind::Overlay,
+                Box::new(sock),
+            );
+            self.sim.push(SimNode {
+                ns,
+                addr,
+                remote: BTreeMap::new(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Re-attaches `node`'s port on every other node, with the addresses of
+    /// the pods it holds now (the simulated nodes' "pod CIDRs").
+    fn refresh_remotes(&mut self, node: usize) -> Result<(), String> {
+        if self.nodes < 2 {
+            return Ok(());
+        }
+        let cidrs: Vec<ipnet::IpNet> = self
+            .ports
+            .values()
+            .filter(|p| p.3 == node)
+            .flat_map(|p| p.2.iter().map(|ip| ipnet::IpNet::from(*ip)))
+            .collect();
+        let addr = self.sim[node].addr;
+        for other in 0..self.nodes {
+            if other == node {
+                continue;
+            }
+            if let Some(old) = self.sim[other].remote.remove(&node) {
+                self.switches[other].detach(old);
+            }
+            let local = self.sim[other].addr;
+            let path = std::path::PathBuf::from(format!("/var/run/netns/{}", self.sim[other].ns));
+            let peer = std::net::SocketAddr::new(addr, overlay::VXLAN_PORT);
+            let tunnel = crate::daemon::netns::in_netns(&path, move || {
+                TunnelPort::connect(local, peer, overlay::DEFAULT_VNI, OVERLAY_MTU as usize)
+            })
+            .and_then(|r| r)
+            .map_err(|e| format!("tunnel from node {other} to node {node}: {e}"))?;
+            let id = self.next_port();
+            let kind = PortKind::Remote {
+                addr,
+                addrs: vec![addr],
+                cidrs: cidrs.clone(),
+            };
+            let name = format!("node/{node}");
+            let mac = overlay::node_mac(addr);
+            self.attach(other, id, name, mac, kind, Box::new(tunnel));
+            self.sim[other].remote.insert(node, id);
+        }
+        Ok(())
+    }
+
+    /// The outside of `node`: one namespace behind its node port with every
+    /// external's addresses, and routes to the pods through the switch.
+    fn add_outside(&mut self, node: usize, externals: &[External]) -> Result<(), String> {
+        let ns = self.new_ns(&format!("out{node}"))?;
+        let tap = format!("{}o{node}", self.tap_prefix);
+        let mac = mac_of(0);
+        let addrs: Vec<IpAddr> = externals
+            .iter()
+            .flat_map(|e| {
+                e.ipv4
+                    .map(IpAddr::V4)
+                    .into_iter()
+                    .chain(e.ipv6.map(IpAddr::V6))
+            })
+            .collect();
+        let dev = tap_into(&ns, &tap, mac, &addrs)?;
+        let kind = PortKind::Node { ips: vec![] };
+        self.attach(node, 0, "node".into(), mac, kind, Box::new(dev));
+        self.agents.insert(outside(node), Agent::start(&ns)?);
+        Ok(())
+    }
+
+    fn start_switches(&mut self) -> Result<(), String> {
+        for _ in 0..self.nodes {
+            let cfg = Config {
+                overlay_mtu: OVERLAY_MTU,
+                ..Config::default()
+            };
+            let switch =
+                Switch::start(cfg, self.handle.clone()).map_err(|e| format!("switch: {e}"))?;
+            self.switches.push(switch);
+        }
+        Ok(())
+    }
+
+    fn attach(
+        &self,
+        node: usize,
+        id: PortId,
+        name: String,
+        mac: [u8; 6],
+        kind: PortKind,
+        port: Box<dyn vswitch_datapath::io::port::Port>,
+    ) {
+        self.switches[node].send(SwitchCommand::Attach {
+            id,
+            name,
+            mac,
+            kind,
+            port,
+        });
+    }
+
+    /// The node an endpoint lives on: its pod's, else node 0.
+    fn node_of(&self, endpoint: &str) -> usize {
+        self.ports
+            .iter()
+            .find(|(k, _)| k.to_string() == endpoint)
+            .map_or(0, |(_, p)| p.3)
+    }
+
+    /// The agent that makes an attempt from `from` to `to`: the source pod's,
+    /// or, for an external, the outside of the destination's node.
+    fn source_agent(&self, from: &str, to: &str) -> String {
+        if self.agents.contains_key(from) {
+            from.to_string()
+        } else {
+            outside(self.node_of(to))
+        }
+    }
+
+    /// The agents that serve for `target`: its pod's, or every outside.
+    fn target_agents(&self, target: &str) -> Vec<String> {
+        if self.agents.contains_key(target) {
+            vec![target.to_string()]
+        } else {
+            (0..self.nodes)
+                .map(outside)
+                .filter(|a| self.agents.contains_key(a))
+                .collect()
+        }
+    }
+}
+
+/// Whether this process may make pods of network namespaces and TAP
+/// devices (root, or root in a user namespace), and if not, why.
+pub fn can_make_namespaces() -> Result<(), String> {
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .map_err(|e| e.to_string())?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        return Err("not root (nor in a user namespace)".into());
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .map_err(|e| format!("/dev/net/tun: {e}"))?;
+    Command::new("ip")
+        .arg("-V")
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    Ok(())
+}
+
+fn proto_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "TCP",
+        Protocol::Udp => "UDP",
+        _ => "SCTP",
+    }
+}
+
+impl Prober for NetnsProber {
+    fn counters(&mut self) -> Option<Counters> {
+        let mut sum = Counters::default();
+        for s in &self.switches {
+            let Answer::Totals(t) = s.handle().query(Query::Totals)? else {
+                return None;
+            };
+            sum.add(&t.datapath);
+        }
+        Some(sum)
+    }
+
+    fn start(&mut self, cluster: &Cluster, externals: &[External]) -> Result<(), String> {
+        can_make_namespaces().map_err(|why| {
+            format!("netns mode needs root (network namespaces, /dev/net/tun): {why}")
+        })?;
+        self.engine = Engine::from_cluster(cluster.clone()).map_err(|e| e.to_string())?;
+        self.handle.publish(self.engine.snapshot());
+        self.start_switches()?;
+        if self.nodes > 1 {
+            self.add_nodes()?;
+        }
+        for node in 0..self.nodes {
+            self.add_outside(node, externals)?;
+        }
+        for pod in cluster.pods.values() {
+            self.add_pod(pod)?;
+        }
+        Ok(())
+    }
+
+    fn change(&mut self, change: &Change) -> Result<(), String> {
+        self.engine
+            .apply(change.clone())
+            .map_err(|e| e.to_string())?;
+        self.handle.publish(self.engine.snapshot());
+        let (detach, attach) = super::run::port_changes(change, &self.ports, |p| &p.2);
+        for k in detach {
+            self.remove_pod(&k)?;
+        }
+        if let Some(p) = attach {
+            self.add_pod(p)?;
+        }
+        // let the switch thread pick up the generation
+        std::thread::sleep(Duration::from_millis(30));
+        Ok(())
+    }
+
+    fn probe(&mut self, attempts: &[Attempt<'_>]) -> Vec<Observed> {
+        // servers first, on every target
+        let mut serve: BTreeMap<String, Vec<(String, u16)>> = BTreeMap::new();
+        for a in attempts {
+            let v = serve.entry(a.to.name.clone()).or_default();
+            let s = (proto_name(a.protocol).to_string(), a.port);
+            if !v.contains(&s) {
+                v.push(s);
+            }
+        }
+        for (target, list) in &serve {
+            let req = format!(
+                "{{\"serve\": [{}]}}",
+                list.iter()
+                    .map(|(p, n)| format!("[\"{p}\", {n}]"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            for name in self.target_agents(target) {
+                if let Some(agent) = self.agents.get_mut(&name) {
+                    let _ = agent.send(&req).and_then(|_| agent.reply());
+                }
+            }
+        }
+        // then every attempt of each source at once, all sources in parallel
+        let mut by_source: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, a) in attempts.iter().enumerate() {
+            let key = self.source_agent(&a.from.name, &a.to.name);
+            by_source.entry(key).or_default().push(i);
+        }
+        let mut results: Vec<Observed> = vec![Observed::Skipped("not run".into()); attempts.len()];
+        for (source, idx) in &by_source {
+            let list = idx
+                .iter()
+                .map(|&i| {
+                    let a = &attempts[i];
+                    format!(
+                        "[\"{}\", \"{}\", \"{}\", {}]",
+                        a.src,
+                        a.dst,
+                        proto_name(a.protocol),
+                        a.port
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let req = format!("{{\"probe\": [{list}], \"timeout\": {TIMEOUT_S}}}");
+            if let Some(agent) = self.agents.get_mut(source)
+                && let Err(e) = agent.send(&req)
+            {
+                for &i in idx {
+                    results[i] = Observed::Skipped(e.clone());
+                }
+            }
+        }
+        for (source, idx) in &by_source {
+            let Some(agent) = self.agents.get_mut(source) else {
+                continue;
+            };
+            let line = match agent.reply() {
+                Ok(l) => l,
+                Err(e) => {
+                    for &i in idx {
+                        results[i] = Observed::Skipped(e.clone());
+                    }
+                    continue;
+                }
+            };
+            let parsed: serde_norway::Value = serde_norway::from_str(&line).unwrap_or_default();
+            let list = parsed
+                .get("results")
+                .and_then(|r| r.as_sequence())
+                .cloned()
+                .unwrap_or_default();
+            for (k, &i) in idx.iter().enumerate() {
+                let r = list
+                    .get(k)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("fail:no answer from the agent");
+                results[i] = if r == "ok" {
+                    Observed::Verdict {
+                        allowed: true,
+                        detail: "connected".into(),
+                    }
+                } else if let Some(why) = r.strip_prefix("skip:") {
+                    Observed::Skipped(why.to_string())
+                } else {
+                    Observed::Verdict {
+                        allowed: false,
+                        detail: r.trim_start_matches("fail:").to_string(),
+                    }
+                };
+            }
+        }
+        results
+    }
+}

@@ -1,0 +1,549 @@
+//! Running a scenario: the runner keeps the model of the cluster (the
+//! "world"), applies each step's actions to it and to a [`Prober`], works out
+//! the expected verdict of every probed pair, asks the prober, and reports
+//! every pair that differs. Modes differ only in their prober.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use policy::{Change, Cluster, ContainerPort, Namespace, Pod, PodKey, Protocol};
+
+use super::format::{Action, Except, External, Family, Pattern, Probe, ProbePort, Scenario};
+
+/// Something that can be probed: a pod or an external host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `ns/name` for pods, the name for externals.
+    pub name: String,
+    pub pod: Option<PodKey>,
+    pub ips: Vec<IpAddr>,
+    pub ports: Vec<ContainerPort>,
+}
+
+impl Endpoint {
+    pub fn address(&self, family: Family) -> Option<IpAddr> {
+        self.ips
+            .iter()
+            .copied()
+            .find(|ip| ip.is_ipv6() == (family == Family::Ipv6))
+    }
+
+    fn matches(&self, p: &Pattern) -> bool {
+        match p {
+            Pattern::Any => true,
+            Pattern::Namespace(ns) => self.pod.as_ref().is_some_and(|k| &k.namespace == ns),
+            Pattern::Pod(k) => self.pod.as_ref() == Some(k),
+            Pattern::External(n) => self.pod.is_none() && &self.name == n,
+        }
+    }
+}
+
+/// Every pod and external host of a cluster, as probes address them.
+pub fn endpoints(cluster: &Cluster, externals: &[External]) -> Vec<Endpoint> {
+    let mut v: Vec<Endpoint> = cluster
+        .pods
+        .values()
+        .map(|p| Endpoint {
+            name: p.key.to_string(),
+            pod: Some(p.key.clone()),
+            ips: p.ips.clone(),
+            ports: p.ports.clone(),
+        })
+        .collect();
+    v.extend(externals.iter().map(|e| {
+        Endpoint {
+            name: e.name.clone(),
+            pod: None,
+            ips: e
+                .ipv4
+                .map(IpAddr::V4)
+                .into_iter()
+                .chain(e.ipv6.map(IpAddr::V6))
+                .collect(),
+            ports: e.ports.clone(),
+        }
+    }));
+    v
+}
+
+/// One connection attempt to make.
+#[derive(Debug, Clone)]
+pub struct Attempt<'a> {
+    pub from: &'a Endpoint,
+    pub to: &'a Endpoint,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+/// What a prober saw of one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observed {
+    /// `allowed`, and what decided (the rule, or why it failed).
+    Verdict { allowed: bool, detail: String },
+    /// The attempt could not be made here (e.g. no SCTP in the kernel).
+    Skipped(String),
+}
+
+/// A way of running probes: the policy engine, the datapath, real pods.
+pub trait Prober {
+    /// Creates the starting cluster (namespaces, pods and externals).
+    fn start(&mut self, cluster: &Cluster, externals: &[External]) -> Result<(), String>;
+    /// Applies one change of the cluster.
+    fn change(&mut self, change: &Change) -> Result<(), String>;
+    /// Makes the attempts (possibly concurrently) and reports each, in order.
+    fn probe(&mut self, attempts: &[Attempt<'_>]) -> Vec<Observed>;
+    /// The datapath's counters, for probers that run one.
+    fn counters(&mut self) -> Option<vswitch_datapath::counters::Counters> {
+        None
+    }
+}
+
+/// What a change of the cluster means for the pods a prober has attached
+/// (each with the addresses it was attached with): pods to detach, then a
+/// pod to attach. A pod whose addresses changed is both.
+pub fn port_changes<'a, V>(
+    change: &'a Change,
+    attached: &std::collections::BTreeMap<PodKey, V>,
+    ips: impl Fn(&V) -> &[IpAddr],
+) -> (Vec<PodKey>, Option<&'a Pod>) {
+    match change {
+        Change::UpsertPod(p) => match attached.get(&p.key) {
+            Some(v) if ips(v) == p.ips.as_slice() => (vec![], None),
+            Some(_) => (vec![p.key.clone()], Some(p)),
+            None => (vec![], Some(p)),
+        },
+        Change::DeletePod(k) => (
+            attached
+                .contains_key(k)
+                .then(|| k.clone())
+                .into_iter()
+                .collect(),
+            None,
+        ),
+        Change::DeleteNamespace(ns) => (
+            attached
+                .keys()
+                .filter(|k| &k.namespace == ns)
+                .cloned()
+                .collect(),
+            None,
+        ),
+        _ => (vec![], None),
+    }
+}
+
+/// The runner's model of the cluster, to resolve names and compute changes.
+struct World {
+    cluster: Cluster,
+    externals: Vec<External>,
+}
+
+impl World {
+    fn endpoints(&self) -> Vec<Endpoint> {
+        endpoints(&self.cluster, &self.externals)
+    }
+
+    /// Turns an action into the change it makes, checking it against the
+    /// current state as the API server would.
+    fn change_for(&self, action: &Action) -> Result<Change, String> {
+        let pod = |k: &PodKey| {
+            self.cluster
+                .pods
+                .get(k)
+                .ok_or_else(|| format!("pod {k} does not exist"))
+        };
+        let ns = |n: &str| {
+            self.cluster
+                .namespaces
+                .get(n)
+                .ok_or_else(|| format!("namespace {n} does not exist"))
+        };
+        Ok(match action {
+            Action::Apply(p) => {
+                ns(&p.key.namespace)?;
+                Change::UpsertPolicy(p.clone())
+            }
+            Action::DeletePolicy(k) => {
+                if !self.cluster.policies.contains_key(k) {
+                    return Err(format!("NetworkPolicy {k} does not exist"));
+                }
+                Change::DeletePolicy(k.clone())
+            }
+            Action::SetPodLabels(k, labels) => {
+                let mut p = pod(k)?.clone();
+                p.labels = labels.clone();
+                Change::UpsertPod(p)
+            }
+            Action::SetNamespaceLabels(n, labels) => {
+                ns(n)?;
+                Change::UpsertNamespace(Namespace::new(n.clone(), labels.clone()))
+            }
+            Action::CreatePod(p) => {
+                ns(&p.key.namespace)?;
+                if self.cluster.pods.contains_key(&p.key) {
+                    return Err(format!("pod {} already exists", p.key));
+                }
+                self.check_addresses(p)?;
+                Change::UpsertPod(p.clone())
+            }
+            Action::DeletePod(k) => {
+                pod(k)?;
+                Change::DeletePod(k.clone())
+            }
+            Action::CreateNamespace(n) => {
+                if self.cluster.namespaces.contains_key(&n.name) {
+                    return Err(format!("namespace {} already exists", n.name));
+                }
+                Change::UpsertNamespace(n.clone())
+            }
+        })
+    }
+
+    fn check_addresses(&self, pod: &Pod) -> Result<(), String> {
+        for ip in &pod.ips {
+            let by_pod = self
+                .cluster
+                .pods
+                .values()
+                .find(|p| p.key != pod.key && p.ips.contains(ip));
+            let by_ext = self.externals.iter().find(|e| {
+                e.ipv4.map(IpAddr::V4) == Some(*ip) || e.ipv6.map(IpAddr::V6) == Some(*ip)
+            });
+            if let Some(owner) = by_pod
+                .map(|p| p.key.to_string())
+                .or(by_ext.map(|e| e.name.clone()))
+            {
+                return Err(format!(
+                    "pod {}: address {ip} is already used by {owner}",
+                    pod.key
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One pair whose observed verdict differs from the expected one.
+#[derive(Debug, Clone)]
+pub struct Mismatch {
+    pub from: String,
+    pub to: String,
+    pub expected: bool,
+    pub observed: bool,
+    pub detail: String,
+}
+
+/// The outcome of one probe of one step.
+#[derive(Debug, Clone)]
+pub struct ProbeReport {
+    pub step: usize,
+    pub probe: usize,
+    pub label: String,
+    pub pairs: usize,
+    pub skipped: Vec<(String, String, String)>,
+    pub mismatches: Vec<Mismatch>,
+}
+
+/// The outcome of one file.
+#[derive(Debug, Clone)]
+pub struct FileReport {
+    pub name: String,
+    pub error: Option<String>,
+    pub probes: Vec<ProbeReport>,
+}
+
+impl FileReport {
+    pub fn passed(&self) -> bool {
+        self.error.is_none() && self.probes.iter().all(|p| p.mismatches.is_empty())
+    }
+
+    pub fn pairs(&self) -> usize {
+        self.probes.iter().map(|p| p.pairs).sum()
+    }
+
+    pub fn skipped(&self) -> usize {
+        self.probes.iter().map(|p| p.skipped.len()).sum()
+    }
+
+    /// The human-readable report: PASS/FAIL line, then every difference.
+    pub fn render(&self, file: &str) -> String {
+        let mut out = String::new();
+        let verdict = if self.passed() { "PASS" } else { "FAIL" };
+        let skipped = match self.skipped() {
+            0 => String::new(),
+            n => format!(", {n} skipped"),
+        };
+        let _ = writeln!(
+            out,
+            "{verdict} {file} ({}: {} pairs probed{skipped})",
+            self.name,
+            self.pairs()
+        );
+        if let Some(e) = &self.error {
+            let _ = writeln!(out, "  error: {file}: {e}");
+        }
+        for p in &self.probes {
+            if !p.mismatches.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "  step {} probe {} ({}): {} of {} pairs differ",
+                    p.step + 1,
+                    p.probe + 1,
+                    p.label,
+                    p.mismatches.len(),
+                    p.pairs
+                );
+                for m in &p.mismatches {
+                    let v = |b: bool| if b { "allow" } else { "deny" };
+                    let _ = writeln!(
+                        out,
+                        "    {} -> {}  {}  expected {}, observed {}: {}",
+                        m.from,
+                        m.to,
+                        p.label,
+                        v(m.expected),
+                        v(m.observed),
+                        m.detail
+                    );
+                }
+            }
+            let mut reasons: Vec<&str> = p.skipped.iter().map(|(_, _, r)| r.as_str()).collect();
+            reasons.dedup();
+            for r in reasons {
+                let n = p.skipped.iter().filter(|(_, _, x)| x == r).count();
+                let _ = writeln!(
+                    out,
+                    "  step {} probe {} ({}): {n} pairs skipped: {r}",
+                    p.step + 1,
+                    p.probe + 1,
+                    p.label
+                );
+            }
+        }
+        out
+    }
+}
+
+fn check_names(patterns: &[(&Pattern, &str)], endpoints: &[Endpoint]) -> Result<(), String> {
+    for (p, field) in patterns {
+        if !endpoints.iter().any(|e| e.matches(p)) {
+            return Err(format!(
+                "{field}: {p} names no pod or external of the cluster at this step"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn expected(probe: &Probe, from: &Endpoint, to: &Endpoint) -> bool {
+    let mut v = probe.default;
+    for Except {
+        from: f,
+        to: t,
+        verdict,
+        ..
+    } in &probe.except
+    {
+        if from.matches(f) && to.matches(t) {
+            v = verdict.unwrap_or(!probe.default);
+        }
+    }
+    v
+}
+
+/// Resolves a probe's port on the target: a number, or the target's port of
+/// that name (same protocol first).
+fn target_port(probe: &Probe, to: &Endpoint) -> Option<u16> {
+    match &probe.port {
+        ProbePort::Number(n) => Some(*n),
+        ProbePort::Named(name) => {
+            let named = |p: &&ContainerPort| p.name.as_deref() == Some(name.as_str());
+            to.ports
+                .iter()
+                .filter(named)
+                .find(|p| p.protocol == probe.protocol)
+                .or_else(|| to.ports.iter().find(named))
+                .map(|p| p.port)
+        }
+    }
+}
+
+/// Runs one parsed scenario through a prober.
+pub fn run(scenario: &Scenario, prober: &mut dyn Prober) -> FileReport {
+    let mut report = FileReport {
+        name: scenario.name.clone(),
+        error: None,
+        probes: Vec::new(),
+    };
+    if let Err(e) = run_steps(scenario, prober, &mut report) {
+        report.error = Some(e);
+    }
+    report
+}
+
+fn run_steps(
+    scenario: &Scenario,
+    prober: &mut dyn Prober,
+    report: &mut FileReport,
+) -> Result<(), String> {
+    let mut world = World {
+        cluster: Cluster::default(),
+        externals: scenario.externals.clone(),
+    };
+    for ns in &scenario.namespaces {
+        if world
+            .cluster
+            .namespaces
+            .insert(ns.name.clone(), ns.clone())
+            .is_some()
+        {
+            return Err(format!(
+                "cluster.namespaces: namespace {} is listed twice",
+                ns.name
+            ));
+        }
+    }
+    for (i, pod) in scenario.pods.iter().enumerate() {
+        let field = format!("cluster.pods[{i}]");
+        if !world.cluster.namespaces.contains_key(&pod.key.namespace) {
+            return Err(format!(
+                "{field}: namespace {} is not in cluster.namespaces",
+                pod.key.namespace
+            ));
+        }
+        if world.cluster.pods.contains_key(&pod.key) {
+            return Err(format!("{field}: pod {} is listed twice", pod.key));
+        }
+        world
+            .check_addresses(pod)
+            .map_err(|e| format!("{field}: {e}"))?;
+        world.cluster.pods.insert(pod.key.clone(), pod.clone());
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for e in &world.externals {
+        if !names.insert(e.name.clone()) {
+            return Err(format!("cluster.externals: {} is listed twice", e.name));
+        }
+    }
+    prober
+        .start(&world.cluster, &world.externals)
+        .map_err(|e| format!("starting the cluster: {e}"))?;
+
+    for (si, step) in scenario.steps.iter().enumerate() {
+        for (ai, action) in step.actions.iter().enumerate() {
+            let field = format!("steps[{si}].do[{ai}]");
+            let change = world
+                .change_for(action)
+                .map_err(|e| format!("{field}: {e}"))?;
+            prober
+                .change(&change)
+                .map_err(|e| format!("{field}: {e}"))?;
+            world.cluster.apply(&change);
+        }
+        let endpoints = world.endpoints();
+        for (pi, probe) in step.probes.iter().enumerate() {
+            let mut patterns: Vec<(&Pattern, &str)> = Vec::new();
+            for e in &probe.except {
+                patterns.push((&e.from, &e.field));
+                patterns.push((&e.to, &e.field));
+            }
+            for (a, b, f) in probe.only.iter().flatten() {
+                patterns.push((a, f));
+                patterns.push((b, f));
+            }
+            check_names(&patterns, &endpoints)?;
+            report
+                .probes
+                .push(run_probe(si, pi, probe, &endpoints, prober));
+        }
+    }
+    Ok(())
+}
+
+fn run_probe(
+    si: usize,
+    pi: usize,
+    probe: &Probe,
+    endpoints: &[Endpoint],
+    prober: &mut dyn Prober,
+) -> ProbeReport {
+    let label = format!("{}/{} {}", probe.port, probe.protocol, probe.family);
+    let mut out = ProbeReport {
+        step: si,
+        probe: pi,
+        label,
+        pairs: 0,
+        skipped: Vec::new(),
+        mismatches: Vec::new(),
+    };
+    // (from, to, expected, attempt or the reason none can be made)
+    let mut planned: Vec<(&Endpoint, &Endpoint, bool, Result<Attempt<'_>, String>)> = Vec::new();
+    for from in endpoints {
+        for to in endpoints {
+            if from.name == to.name {
+                continue;
+            }
+            let listed = |only: &Vec<(Pattern, Pattern, String)>| {
+                only.iter()
+                    .any(|(a, b, _)| from.matches(a) && to.matches(b))
+            };
+            if probe.only.as_ref().is_some_and(|only| !listed(only)) {
+                continue;
+            }
+            let want = expected(probe, from, to);
+            let attempt = match (
+                from.address(probe.family),
+                to.address(probe.family),
+                target_port(probe, to),
+            ) {
+                (None, _, _) => Err(format!("{} has no {} address", from.name, probe.family)),
+                (_, None, _) => Err(format!("{} has no {} address", to.name, probe.family)),
+                (_, _, None) => Err(format!("{} has no port named {}", to.name, probe.port)),
+                (Some(src), Some(dst), Some(port)) => Ok(Attempt {
+                    from,
+                    to,
+                    src,
+                    dst,
+                    protocol: probe.protocol,
+                    port,
+                }),
+            };
+            planned.push((from, to, want, attempt));
+        }
+    }
+    let attempts: Vec<Attempt<'_>> = planned
+        .iter()
+        .filter_map(|(_, _, _, a)| a.as_ref().ok().cloned())
+        .collect();
+    let mut observed = prober.probe(&attempts).into_iter();
+    for (from, to, want, attempt) in &planned {
+        let seen = match attempt {
+            // No connection can be attempted: the pair is a deny.
+            Err(why) => Observed::Verdict {
+                allowed: false,
+                detail: why.clone(),
+            },
+            Ok(_) => observed
+                .next()
+                .unwrap_or(Observed::Skipped("the prober returned no result".into())),
+        };
+        match seen {
+            Observed::Skipped(why) => out.skipped.push((from.name.clone(), to.name.clone(), why)),
+            Observed::Verdict { allowed, detail } => {
+                out.pairs += 1;
+                if allowed != *want {
+                    out.mismatches.push(Mismatch {
+                        from: from.name.clone(),
+                        to: to.name.clone(),
+                        expected: *want,
+                        observed: allowed,
+                        detail,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
