@@ -22,7 +22,8 @@ use vswitch_datapath::conntrack::{Conntrack, Timeouts};
 use vswitch_datapath::counters::Outcome;
 use vswitch_datapath::io::port::MemPort;
 use vswitch_datapath::io::worker::{PolicyHandle, Worker};
-use vswitch_datapath::parse::{FlowTuple, L4, Mac, PROTO_UDP};
+use vswitch_datapath::parse::{FlowTuple, L4, Mac};
+use vswitch_datapath::wire::ip_proto::UDP as PROTO_UDP;
 use vswitch_datapath::{Action, Config, Datapath, PortKind};
 
 struct Counting;

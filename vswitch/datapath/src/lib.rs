@@ -44,7 +44,8 @@ use conntrack::{Conntrack, CtError, CtRef, Timeouts};
 use counters::{Counters, Outcome};
 use flow_cache::{CacheEntry, FlowCache, Forward, Lookup};
 use frag::{FragKey, FragTable};
-use parse::{ETH_HLEN, IpPacket, L4, Mac, ParseError, Payload};
+use parse::{IpPacket, L4, Mac, ParseError, Payload};
+use wire::eth::HLEN as ETH_HLEN;
 
 pub type PortId = u16;
 
@@ -978,7 +979,7 @@ impl Datapath {
         }
         // The target address follows the ICMPv6 header's 8 bytes (NDP packets
         // carry no extension headers).
-        if frame.get(ETH_HLEN + 6) != Some(&parse::PROTO_ICMPV6) {
+        if frame.get(ETH_HLEN + 6) != Some(&wire::ip_proto::ICMPV6) {
             return Err(Outcome::Unsupported);
         }
         let l4 = ETH_HLEN + 40;
@@ -1024,7 +1025,7 @@ fn segment_len(frame: &[u8], gso: u16) -> Option<usize> {
         _ => return None,
     };
     let l4_len = match proto {
-        parse::PROTO_TCP => (*l3.get(ip_len + 12)? as usize >> 4) * 4,
+        wire::ip_proto::TCP => (*l3.get(ip_len + 12)? as usize >> 4) * 4,
         _ => 8,
     };
     Some(ip_len + l4_len + gso as usize)

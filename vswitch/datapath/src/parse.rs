@@ -11,10 +11,13 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use etherparse::err::{LenError, ipv4, ipv6, packet::SliceError, tcp as tcp_err};
 use etherparse::{
     ArpPacketSlice, EtherType, Icmpv4Slice, Icmpv6Slice, IpNumber, Ipv4HeaderSlice,
     Ipv6ExtensionSlice, Ipv6HeaderSlice, NetSlice, SlicedPacket, TcpHeaderSlice, UdpHeaderSlice,
 };
+
+use crate::wire::{self, be16, eth, ethertype, icmp, ip_proto, ipv4 as v4, ipv6 as v6, sctp, tcp};
 
 pub type Mac = [u8; 6];
 
@@ -26,25 +29,7 @@ pub fn mac_text(m: Mac) -> String {
         .join(":")
 }
 
-pub const ETH_HLEN: usize = 14;
 pub const BROADCAST: Mac = [0xff; 6];
-
-pub const PROTO_ICMP: u8 = 1;
-pub const PROTO_TCP: u8 = 6;
-pub const PROTO_UDP: u8 = 17;
-pub const PROTO_ICMPV6: u8 = 58;
-pub const PROTO_SCTP: u8 = 132;
-
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
-
-/// SCTP chunk types the conntrack cares about.
-pub const SCTP_INIT: u8 = 1;
-pub const SCTP_INIT_ACK: u8 = 2;
-pub const SCTP_ABORT: u8 = 6;
-pub const SCTP_SHUTDOWN_COMPLETE: u8 = 14;
 
 /// The flow a packet belongs to, as conntrack and policy see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -157,18 +142,53 @@ pub struct Parsed {
     pub payload: Payload,
 }
 
-/// Why a frame was not understood.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a frame was not understood: broken, or not something the switch
+/// carries. The datapath counts the two apart (`Malformed`, `Unsupported`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
-    /// Broken: truncated, inconsistent lengths, bad versions.
-    Malformed(String),
-    /// Well-formed but not something the switch carries (VLAN tags, other
-    /// ethertypes).
-    Unsupported(String),
+    #[error("malformed frame: {0}")]
+    Malformed(#[from] Malformed),
+    #[error("unsupported frame: {0}")]
+    Unsupported(#[from] Unsupported),
 }
 
-fn malformed(e: impl std::fmt::Display) -> ParseError {
-    ParseError::Malformed(e.to_string())
+/// A broken frame: truncated, inconsistent lengths, bad versions; each
+/// variant names the header whose reading failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Malformed {
+    #[error("reading the Ethernet, ARP or IP headers: {0}")]
+    Headers(SliceError),
+    #[error("reading the TCP header: {0}")]
+    Tcp(tcp_err::HeaderSliceError),
+    #[error("reading the UDP header: {0}")]
+    Udp(LenError),
+    #[error("reading an SCTP packet of {len} bytes (its common header and a chunk header need 16)")]
+    Sctp { len: usize },
+    #[error("reading the ICMP header: {0}")]
+    Icmp(LenError),
+    #[error("reading the ICMPv6 header: {0}")]
+    Icmpv6(LenError),
+    #[error("reading the IPv4 header an ICMP error quotes: {0}")]
+    QuotedIpv4(ipv4::HeaderSliceError),
+    #[error("reading the IPv6 header an ICMP error quotes: {0}")]
+    QuotedIpv6(ipv6::HeaderSliceError),
+    #[error("reading the transport header an ICMP error quotes: {len} bytes of the 8 needed")]
+    QuotedTransport { len: usize },
+}
+
+/// A well-formed frame the switch does not carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unsupported {
+    #[error("VLAN or MACsec tagged frame")]
+    Tagged,
+    #[error("ARP for other than Ethernet/IPv4")]
+    ArpNotEthernetIpv4,
+    #[error("ethertype {0:#06x}")]
+    Ethertype(u16),
+}
+
+fn malformed(e: Malformed) -> ParseError {
+    ParseError::Malformed(e)
 }
 
 fn mac(b: &[u8]) -> Mac {
@@ -179,13 +199,13 @@ fn mac(b: &[u8]) -> Mac {
 
 /// Parses a whole frame (slow path).
 pub fn parse(frame: &[u8]) -> Result<Parsed, ParseError> {
-    let sliced = SlicedPacket::from_ethernet(frame).map_err(malformed)?;
+    let sliced =
+        SlicedPacket::from_ethernet(frame).map_err(|e| malformed(Malformed::Headers(e)))?;
     if !sliced.link_exts.is_empty() {
-        return Err(ParseError::Unsupported(
-            "VLAN or MACsec tagged frame".into(),
-        ));
+        return Err(Unsupported::Tagged.into());
     }
-    let (dst_mac, src_mac) = (mac(&frame[0..6]), mac(&frame[6..12]));
+    // (etherparse has checked that the Ethernet header is there)
+    let (dst_mac, src_mac) = (mac(&frame[eth::DST]), mac(&frame[eth::SRC]));
     let payload = match sliced.net {
         Some(NetSlice::Arp(arp)) => Payload::Arp(parse_arp(&arp)?),
         Some(NetSlice::Ipv4(ip)) => {
@@ -232,8 +252,7 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, ParseError> {
             })
         }
         None => {
-            let et = u16::from_be_bytes([frame[12], frame[13]]);
-            return Err(ParseError::Unsupported(format!("ethertype {et:#06x}")));
+            return Err(Unsupported::Ethertype(be16(frame, eth::ETHERTYPE)).into());
         }
     };
     Ok(Parsed {
@@ -249,12 +268,10 @@ fn parse_arp(arp: &ArpPacketSlice<'_>) -> Result<Arp, ParseError> {
         || arp.hw_addr_size() != 6
         || arp.proto_addr_size() != 4
     {
-        return Err(ParseError::Unsupported(
-            "ARP for other than Ethernet/IPv4".into(),
-        ));
+        return Err(Unsupported::ArpNotEthernetIpv4.into());
     }
     let op = arp.operation();
-    let ip = |b: &[u8]| Ipv4Addr::new(b[0], b[1], b[2], b[3]);
+    let ip = |b: &[u8]| Ipv4Addr::from(<[u8; 4]>::try_from(b).expect("size checked: 4"));
     Ok(Arp {
         request: op == etherparse::ArpOperation::REQUEST,
         sender_mac: mac(arp.sender_hw_addr()),
@@ -269,16 +286,18 @@ fn transport(proto: u8, payload: &[u8], frag: Option<Frag>, v6: bool) -> Result<
     }
     Ok(match IpNumber(proto) {
         IpNumber::TCP => {
-            let h = TcpHeaderSlice::from_slice(payload).map_err(malformed)?;
+            let h =
+                TcpHeaderSlice::from_slice(payload).map_err(|e| malformed(Malformed::Tcp(e)))?;
             let s = h.slice();
             L4::Tcp {
                 sport: h.source_port(),
                 dport: h.destination_port(),
-                flags: s[13],
+                flags: s[tcp::FLAGS],
             }
         }
         IpNumber::UDP => {
-            let h = UdpHeaderSlice::from_slice(payload).map_err(malformed)?;
+            let h =
+                UdpHeaderSlice::from_slice(payload).map_err(|e| malformed(Malformed::Udp(e)))?;
             L4::Udp {
                 sport: h.source_port(),
                 dport: h.destination_port(),
@@ -286,41 +305,44 @@ fn transport(proto: u8, payload: &[u8], frag: Option<Frag>, v6: bool) -> Result<
         }
         IpNumber::SCTP => {
             // Common header (12 bytes) and at least one chunk header (4).
-            if payload.len() < 16 {
-                return Err(malformed(format!("SCTP packet of {} bytes", payload.len())));
+            if payload.len() < sctp::MIN_LEN {
+                let len = payload.len();
+                return Err(malformed(Malformed::Sctp { len }));
             }
             L4::Sctp {
-                sport: u16::from_be_bytes([payload[0], payload[1]]),
-                dport: u16::from_be_bytes([payload[2], payload[3]]),
-                chunk: payload[12],
+                sport: be16(payload, sctp::SRC_PORT),
+                dport: be16(payload, sctp::DST_PORT),
+                chunk: payload[sctp::CHUNK_TYPE],
             }
         }
         IpNumber::ICMP if !v6 => {
-            let icmp = Icmpv4Slice::from_slice(payload).map_err(malformed)?;
-            let b = icmp.bytes5to8();
-            match icmp.type_u8() {
-                8 | 0 => L4::Echo {
-                    request: icmp.type_u8() == 8,
-                    id: u16::from_be_bytes([b[0], b[1]]),
+            let msg =
+                Icmpv4Slice::from_slice(payload).map_err(|e| malformed(Malformed::Icmp(e)))?;
+            match msg.type_u8() {
+                icmp::V4_ECHO_REQUEST | icmp::V4_ECHO_REPLY => L4::Echo {
+                    request: msg.type_u8() == icmp::V4_ECHO_REQUEST,
+                    id: be16(msg.slice(), icmp::IDENT),
                 },
-                3 | 11 | 12 => L4::IcmpError {
-                    inner: quoted(icmp.payload(), false)?,
-                },
+                icmp::V4_DST_UNREACHABLE | icmp::V4_TIME_EXCEEDED | icmp::V4_PARAM_PROBLEM => {
+                    L4::IcmpError {
+                        inner: quoted(msg.payload(), false)?,
+                    }
+                }
                 ty => L4::OtherIcmp { ty },
             }
         }
         IpNumber::IPV6_ICMP if v6 => {
-            let icmp = Icmpv6Slice::from_slice(payload).map_err(malformed)?;
-            let b = icmp.bytes5to8();
-            match icmp.type_u8() {
-                128 | 129 => L4::Echo {
-                    request: icmp.type_u8() == 128,
-                    id: u16::from_be_bytes([b[0], b[1]]),
+            let msg =
+                Icmpv6Slice::from_slice(payload).map_err(|e| malformed(Malformed::Icmpv6(e)))?;
+            match msg.type_u8() {
+                icmp::V6_ECHO_REQUEST | icmp::V6_ECHO_REPLY => L4::Echo {
+                    request: msg.type_u8() == icmp::V6_ECHO_REQUEST,
+                    id: be16(msg.slice(), icmp::IDENT),
                 },
-                1..=4 => L4::IcmpError {
-                    inner: quoted(icmp.payload(), true)?,
+                ty if icmp::V6_ERRORS.contains(&ty) => L4::IcmpError {
+                    inner: quoted(msg.payload(), true)?,
                 },
-                ty @ 133..=137 => L4::Ndp { ty },
+                ty if icmp::V6_NDP.contains(&ty) => L4::Ndp { ty },
                 ty => L4::OtherIcmp { ty },
             }
         }
@@ -332,15 +354,15 @@ fn transport(proto: u8, payload: &[u8], frag: Option<Frag>, v6: bool) -> Result<
 /// least 8 bytes of transport header).
 fn quoted(q: &[u8], v6: bool) -> Result<FlowTuple, ParseError> {
     let (src, dst, proto, rest) = if v6 {
-        let h = Ipv6HeaderSlice::from_slice(q).map_err(malformed)?;
+        let h = Ipv6HeaderSlice::from_slice(q).map_err(|e| malformed(Malformed::QuotedIpv6(e)))?;
         (
             IpAddr::V6(h.source_addr()),
             IpAddr::V6(h.destination_addr()),
             h.next_header().0,
-            &q[40..],
+            &q[v6::HLEN..],
         )
     } else {
-        let h = Ipv4HeaderSlice::from_slice(q).map_err(malformed)?;
+        let h = Ipv4HeaderSlice::from_slice(q).map_err(|e| malformed(Malformed::QuotedIpv4(e)))?;
         let hl = h.slice().len();
         (
             IpAddr::V4(h.source_addr()),
@@ -349,15 +371,18 @@ fn quoted(q: &[u8], v6: bool) -> Result<FlowTuple, ParseError> {
             &q[hl..],
         )
     };
-    if rest.len() < 8 {
-        return Err(malformed(
-            "ICMP error quotes less than 8 bytes of transport header",
-        ));
+    // TCP's, UDP's and SCTP's ports and an echo's identifier all lie in
+    // the first 8 bytes
+    if rest.len() < icmp::HLEN {
+        let len = rest.len();
+        return Err(malformed(Malformed::QuotedTransport { len }));
     }
-    let port = |i: usize| u16::from_be_bytes([rest[i], rest[i + 1]]);
     let (sport, dport) = match proto {
-        PROTO_TCP | PROTO_UDP | PROTO_SCTP => (port(0), port(2)),
-        PROTO_ICMP | PROTO_ICMPV6 => (port(4), port(4)), // the quoted echo's identifier
+        ip_proto::TCP | ip_proto::UDP | ip_proto::SCTP => {
+            (be16(rest, tcp::SRC_PORT), be16(rest, tcp::DST_PORT))
+        }
+        // the quoted echo's identifier
+        ip_proto::ICMP | ip_proto::ICMPV6 => (be16(rest, icmp::IDENT), be16(rest, icmp::IDENT)),
         _ => (0, 0),
     };
     Ok(FlowTuple {
@@ -434,12 +459,16 @@ impl std::hash::Hash for FlowKey {
 /// port's `mac` (else `None`: the slow path judges it). See [`cache_key`].
 #[inline(always)]
 pub fn fast_key(frame: &[u8], in_port: u16, mac: Mac) -> Option<FlowKey> {
-    let eth: &[u8; ETH_HLEN] = frame.first_chunk()?;
-    if eth[6..12] != mac {
+    let eth: &[u8; eth::HLEN] = frame.first_chunk()?;
+    if eth[eth::SRC] != mac {
         return None;
     }
     cache_key(frame, in_port)
 }
+
+/// The bytes of a TCP or UDP header `cache_key` reads from (the ports, at
+/// the same offsets in both, within the first 8).
+const PORTS_LEN: usize = wire::udp::HLEN;
 
 /// The key of an unfragmented TCP (without SYN, FIN or RST) or UDP packet
 /// with a plain IP header and a whole TCP or UDP header, or `None`. Reads
@@ -448,49 +477,55 @@ pub fn fast_key(frame: &[u8], in_port: u16, mac: Mac) -> Option<FlowKey> {
 #[inline(always)]
 pub fn cache_key(frame: &[u8], in_port: u16) -> Option<FlowKey> {
     // The IP header, and where TCP's or UDP's begins.
-    let (proto, l4, src, dst, v6) = match frame.first_chunk::<{ ETH_HLEN + 40 }>() {
-        Some(f) if f[12..14] == [0x86, 0xdd] => {
-            let ip = f.last_chunk::<40>()?;
-            let payload = u16::from_be_bytes([ip[4], ip[5]]) as usize;
-            if ip[0] >> 4 != 6 || payload + 40 > frame.len() - ETH_HLEN {
+    const V6_END: usize = eth::HLEN + v6::HLEN;
+    const V4_END: usize = eth::HLEN + v4::MIN_HLEN;
+    let (proto, l4, src, dst, v6) = match frame.first_chunk::<V6_END>() {
+        Some(f) if f[eth::ETHERTYPE] == ethertype::IPV6_BYTES => {
+            let ip = f.last_chunk::<{ v6::HLEN }>()?;
+            let payload = be16(ip, v6::LENGTH) as usize;
+            if ip[v6::VER_TC_FLOW.start] >> 4 != 6 || payload + v6::HLEN > frame.len() - eth::HLEN {
                 return None;
             }
-            let src = u128::from_be_bytes(*ip[8..].first_chunk()?);
-            let dst = u128::from_be_bytes(*ip[24..].first_chunk()?);
-            (ip[6], &frame[ETH_HLEN + 40..], src, dst, true)
+            let src = u128::from_be_bytes(*ip[v6::SRC_ADDR].first_chunk()?);
+            let dst = u128::from_be_bytes(*ip[v6::DST_ADDR].first_chunk()?);
+            (ip[v6::NXT_HDR], &frame[V6_END..], src, dst, true)
         }
         _ => {
-            let f = frame.first_chunk::<{ ETH_HLEN + 20 }>()?;
-            if f[12..14] != [0x08, 0x00] {
+            let f = frame.first_chunk::<V4_END>()?;
+            if f[eth::ETHERTYPE] != ethertype::IPV4_BYTES {
                 return None;
             }
-            let ip = f.last_chunk::<20>()?;
+            let ip = f.last_chunk::<{ v4::MIN_HLEN }>()?;
             // version 4, IHL 5, no MF and offset 0, total length fits the frame
-            let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
-            if ip[0] != 0x45 || (ip[6] & 0x3f) | ip[7] != 0 || total > frame.len() - ETH_HLEN {
+            let total = be16(ip, v4::LENGTH) as usize;
+            let [flags_off_high, off_low] = [ip[v4::FLG_OFF.start], ip[v4::FLG_OFF.start + 1]];
+            if ip[v4::VER_IHL] != v4::VER_IHL_PLAIN
+                || (flags_off_high & v4::MF_OFF_HIGH_BYTE) | off_low != 0
+                || total > frame.len() - eth::HLEN
+            {
                 return None;
             }
-            let src = u32::from_be_bytes(*ip[12..].first_chunk()?) as u128;
-            let dst = u32::from_be_bytes(*ip[16..].first_chunk()?) as u128;
-            (ip[9], &frame[ETH_HLEN + 20..], src, dst, false)
+            let src = u32::from_be_bytes(*ip[v4::SRC_ADDR].first_chunk()?) as u128;
+            let dst = u32::from_be_bytes(*ip[v4::DST_ADDR].first_chunk()?) as u128;
+            (ip[v4::PROTOCOL], &frame[V4_END..], src, dst, false)
         }
     };
     let l4h = match proto {
-        PROTO_TCP => {
-            let tcp = l4.first_chunk::<20>()?;
-            if tcp[13] & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
+        ip_proto::TCP => {
+            let h = l4.first_chunk::<{ tcp::MIN_HLEN }>()?;
+            if h[tcp::FLAGS] & (tcp::FLG_SYN | tcp::FLG_FIN | tcp::FLG_RST) != 0 {
                 return None;
             }
-            tcp.first_chunk::<8>()?
+            h.first_chunk::<{ PORTS_LEN }>()?
         }
-        PROTO_UDP => l4.first_chunk::<8>()?,
+        ip_proto::UDP => l4.first_chunk::<{ PORTS_LEN }>()?,
         _ => return None,
     };
     Some(FlowKey {
         src,
         dst,
-        sport: u16::from_be_bytes([l4h[0], l4h[1]]),
-        dport: u16::from_be_bytes([l4h[2], l4h[3]]),
+        sport: be16(l4h, tcp::SRC_PORT),
+        dport: be16(l4h, tcp::DST_PORT),
         in_port,
         proto,
         v6,
