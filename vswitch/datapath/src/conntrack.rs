@@ -156,8 +156,9 @@ pub struct CtRef {
 }
 
 /// Why a connection could not be created.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum CtError {
+    #[error("creating a connection: the table is full")]
     Full,
 }
 
