@@ -156,8 +156,12 @@ pub enum ParseError {
 /// variant names the header whose reading failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Malformed {
-    #[error("reading the Ethernet, ARP or IP headers: {0}")]
+    /// etherparse's slicing of the whole frame: Ethernet, ARP, IP with its
+    /// extension headers, and the transport header's length.
+    #[error("slicing the frame's headers: {0}")]
     Headers(SliceError),
+    // (The slicing checks the transport header's length first, so the
+    // next four are what reading it again could still find.)
     #[error("reading the TCP header: {0}")]
     Tcp(tcp_err::HeaderSliceError),
     #[error("reading the UDP header: {0}")]
@@ -530,4 +534,291 @@ pub fn cache_key(frame: &[u8], in_port: u16) -> Option<FlowKey> {
         proto,
         v6,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    //! Byte fixtures: real frames written out in hex (checksums correct),
+    //! each parsed and checked field by field; the fast path's key read
+    //! from the same bytes; and the one frame the switch builds from these
+    //! fields (an ARP reply) checked byte for byte.
+
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+
+    const A: Mac = [0x02, 0, 0, 0, 0, 1];
+    const GW: Mac = [0x02, 0x76, 0x73, 0x77, 0x00, 0x01];
+    const A4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+    const B4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+    const A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
+    const B6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+
+    // Who has 10.0.0.2? Tell 10.0.0.1 (02:00:00:00:00:01), broadcast.
+    const ARP_REQUEST: &[u8] = &[
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02, 0x00, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00,
+        0x01, 0x08, 0x00, 0x06, 0x04, 0x00, 0x01, 0x02, 0x00, 0x00, 0x00, 0x00, 0x01, 0x0a, 0x00,
+        0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x0a, 0x00, 0x00, 0x02,
+    ];
+    // 10.0.0.1:40000 > 10.0.0.2:80 SYN, seq 0x01020304, MSS 1460, TTL 64, DF.
+    const TCP_SYN: &[u8] = &[
+        0x02, 0x76, 0x73, 0x77, 0x00, 0x01, 0x02, 0x00, 0x00, 0x00, 0x00, 0x01, 0x08, 0x00, 0x45,
+        0x00, 0x00, 0x2c, 0x1c, 0x46, 0x40, 0x00, 0x40, 0x06, 0x0a, 0x84, 0x0a, 0x00, 0x00, 0x01,
+        0x0a, 0x00, 0x00, 0x02, 0x9c, 0x40, 0x00, 0x50, 0x01, 0x02, 0x03, 0x04, 0x00, 0x00, 0x00,
+        0x00, 0x60, 0x02, 0xfa, 0xf0, 0xe8, 0x9c, 0x00, 0x00, 0x02, 0x04, 0x05, 0xb4,
+    ];
+    // [fd00::1]:5353 > [fd00::2]:53 UDP, 4 bytes, hop limit 64.
+    const IPV6_UDP: &[u8] = &[
+        0x02, 0x76, 0x73, 0x77, 0x00, 0x01, 0x02, 0x00, 0x00, 0x00, 0x00, 0x01, 0x86, 0xdd, 0x60,
+        0x00, 0x00, 0x00, 0x00, 0x0c, 0x11, 0x40, 0xfd, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0xfd, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0x14, 0xe9, 0x00, 0x35, 0x00, 0x0c,
+        0x53, 0x16, 0xde, 0xad, 0xbe, 0xef,
+    ];
+    // fd00::1 > fd00::2: hop-by-hop options (PadN), then a fragment header
+    // (id 0x12345678, offset 0, more fragments), then UDP 5353 > 53.
+    const IPV6_HBH_FRAGMENT: &[u8] = &[
+        0x02, 0x76, 0x73, 0x77, 0x00, 0x01, 0x02, 0x00, 0x00, 0x00, 0x00, 0x01, 0x86, 0xdd, 0x60,
+        0x00, 0x00, 0x00, 0x00, 0x20, 0x00, 0x40, 0xfd, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0xfd, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0x2c, 0x00, 0x01, 0x04, 0x00, 0x00,
+        0x00, 0x00, 0x11, 0x00, 0x00, 0x01, 0x12, 0x34, 0x56, 0x78, 0x14, 0xe9, 0x00, 0x35, 0x00,
+        0x10, 0xe0, 0x97, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08,
+    ];
+    // 10.0.0.1 > 10.0.0.2 ICMP echo request, id 0x1234, seq 1, TTL 63.
+    const ICMP_ECHO: &[u8] = &[
+        0x02, 0x76, 0x73, 0x77, 0x00, 0x01, 0x02, 0x00, 0x00, 0x00, 0x00, 0x01, 0x08, 0x00, 0x45,
+        0x00, 0x00, 0x20, 0x1c, 0x46, 0x40, 0x00, 0x3f, 0x01, 0x0b, 0x95, 0x0a, 0x00, 0x00, 0x01,
+        0x0a, 0x00, 0x00, 0x02, 0x08, 0x00, 0x06, 0xfa, 0x12, 0x34, 0x00, 0x01, 0x70, 0x69, 0x6e,
+        0x67,
+    ];
+    // An IPv4 header claiming IHL 4 (16 bytes: less than the minimum).
+    const BAD_IHL: &[u8] = &[
+        0x02, 0x76, 0x73, 0x77, 0x00, 0x01, 0x02, 0x00, 0x00, 0x00, 0x00, 0x01, 0x08, 0x00, 0x44,
+        0x00, 0x00, 0x1c, 0x1c, 0x46, 0x40, 0x00, 0x40, 0x11, 0x0b, 0x89, 0x0a, 0x00, 0x00, 0x01,
+        0x0a, 0x00, 0x00, 0x02, 0x00, 0x01, 0x00, 0x02, 0x00, 0x08, 0x00, 0x00,
+    ];
+    // IPv4 whose TCP header stops after 10 of its 20 bytes.
+    const TRUNCATED_TCP: &[u8] = &[
+        0x02, 0x76, 0x73, 0x77, 0x00, 0x01, 0x02, 0x00, 0x00, 0x00, 0x00, 0x01, 0x08, 0x00, 0x45,
+        0x00, 0x00, 0x1e, 0x1c, 0x46, 0x40, 0x00, 0x40, 0x06, 0x0a, 0x92, 0x0a, 0x00, 0x00, 0x01,
+        0x0a, 0x00, 0x00, 0x02, 0x9c, 0x40, 0x00, 0x50, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00,
+    ];
+    // 10.0.0.2 is at 02:76:73:77:00:01, to 10.0.0.1 (02:00:00:00:00:01).
+    const ARP_REPLY: &[u8] = &[
+        0x02, 0x00, 0x00, 0x00, 0x00, 0x01, 0x02, 0x76, 0x73, 0x77, 0x00, 0x01, 0x08, 0x06, 0x00,
+        0x01, 0x08, 0x00, 0x06, 0x04, 0x00, 0x02, 0x02, 0x76, 0x73, 0x77, 0x00, 0x01, 0x0a, 0x00,
+        0x00, 0x02, 0x02, 0x00, 0x00, 0x00, 0x00, 0x01, 0x0a, 0x00, 0x00, 0x01,
+    ];
+
+    fn ip(frame: &[u8]) -> IpPacket {
+        match parse(frame).expect("a valid frame").payload {
+            Payload::Ip(ip) => ip,
+            other => panic!("not IP: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_arp_request_deconstructs() {
+        assert_eq!(
+            parse(ARP_REQUEST),
+            Ok(Parsed {
+                dst_mac: BROADCAST,
+                src_mac: A,
+                payload: Payload::Arp(Arp {
+                    request: true,
+                    sender_mac: A,
+                    sender_ip: A4,
+                    target_ip: B4,
+                }),
+            })
+        );
+        assert_eq!(cache_key(ARP_REQUEST, 1), None, "not for the flow cache");
+    }
+
+    #[test]
+    fn an_arp_reply_constructs_and_deconstructs() {
+        assert_eq!(crate::reply::arp_reply(GW, B4, A, A4), ARP_REPLY);
+        let Payload::Arp(arp) = parse(ARP_REPLY).unwrap().payload else {
+            panic!("not ARP")
+        };
+        assert_eq!(
+            arp,
+            Arp {
+                request: false,
+                sender_mac: GW,
+                sender_ip: B4,
+                target_ip: A4,
+            }
+        );
+    }
+
+    #[test]
+    fn a_tcp_syn_deconstructs_and_stays_off_the_fast_path() {
+        let p = parse(TCP_SYN).unwrap();
+        assert_eq!((p.dst_mac, p.src_mac), (GW, A));
+        let ip = ip(TCP_SYN);
+        assert_eq!(
+            ip,
+            IpPacket {
+                src: IpAddr::V4(A4),
+                dst: IpAddr::V4(B4),
+                proto: ip_proto::TCP,
+                ttl: 64,
+                frag: None,
+                l4: L4::Tcp {
+                    sport: 40000,
+                    dport: 80,
+                    flags: tcp::FLG_SYN,
+                },
+            }
+        );
+        assert_eq!(fast_key(TCP_SYN, 1, A), None, "a SYN takes the slow path");
+        // the same segment as a plain ACK: its key, at fixed offsets
+        let mut ack = TCP_SYN.to_vec();
+        ack[eth::HLEN + v4::MIN_HLEN + tcp::FLAGS] = tcp::FLG_ACK;
+        let key = FlowKey::from_tuple(1, &ip.tuple());
+        assert_eq!(fast_key(&ack, 1, A), Some(key));
+        assert_eq!(fast_key(&ack, 1, GW), None, "another sender's MAC");
+    }
+
+    #[test]
+    fn an_ipv6_udp_datagram_deconstructs_and_has_a_key() {
+        let ip = ip(IPV6_UDP);
+        assert_eq!(
+            ip,
+            IpPacket {
+                src: IpAddr::V6(A6),
+                dst: IpAddr::V6(B6),
+                proto: ip_proto::UDP,
+                ttl: 64,
+                frag: None,
+                l4: L4::Udp {
+                    sport: 5353,
+                    dport: 53
+                },
+            }
+        );
+        let key = cache_key(IPV6_UDP, 7).expect("a plain UDP datagram");
+        assert_eq!(key, FlowKey::from_tuple(7, &ip.tuple()));
+        assert!(key.v6);
+    }
+
+    #[test]
+    fn ipv6_extension_headers_are_walked_to_the_fragment_and_transport() {
+        let ip = ip(IPV6_HBH_FRAGMENT);
+        assert_eq!(
+            ip,
+            IpPacket {
+                src: IpAddr::V6(A6),
+                dst: IpAddr::V6(B6),
+                proto: ip_proto::UDP,
+                ttl: 64,
+                frag: Some(Frag {
+                    id: 0x1234_5678,
+                    first: true,
+                }),
+                l4: L4::Udp {
+                    sport: 5353,
+                    dport: 53
+                },
+            }
+        );
+        assert_eq!(
+            cache_key(IPV6_HBH_FRAGMENT, 1),
+            None,
+            "extension headers: slow path"
+        );
+        // a later fragment (offset 8 bytes) has no transport header to read
+        let mut later = IPV6_HBH_FRAGMENT.to_vec();
+        let frag_hdr = eth::HLEN + v6::HLEN + 8;
+        later[frag_hdr + 2..frag_hdr + 4].copy_from_slice(&[0x00, 0x09]);
+        let ip = self::ip(&later);
+        assert_eq!(
+            ip.frag,
+            Some(Frag {
+                id: 0x1234_5678,
+                first: false
+            })
+        );
+        assert_eq!(ip.l4, L4::Fragment);
+    }
+
+    #[test]
+    fn an_icmp_echo_request_deconstructs() {
+        let ip = ip(ICMP_ECHO);
+        assert_eq!(
+            ip,
+            IpPacket {
+                src: IpAddr::V4(A4),
+                dst: IpAddr::V4(B4),
+                proto: ip_proto::ICMP,
+                ttl: 63,
+                frag: None,
+                l4: L4::Echo {
+                    request: true,
+                    id: 0x1234
+                },
+            }
+        );
+        // both directions of an echo carry its identifier
+        let t = ip.tuple();
+        assert_eq!((t.sport, t.dport), (0x1234, 0x1234));
+        assert_eq!(cache_key(ICMP_ECHO, 1), None);
+    }
+
+    #[test]
+    fn a_runt_frame_is_malformed() {
+        let runt = &TCP_SYN[..10];
+        assert!(matches!(
+            parse(runt),
+            Err(ParseError::Malformed(Malformed::Headers(_)))
+        ));
+        assert_eq!(fast_key(runt, 1, A), None);
+        assert_eq!(fast_key(&[], 1, A), None);
+    }
+
+    #[test]
+    fn a_bad_ihl_is_malformed() {
+        assert!(matches!(
+            parse(BAD_IHL),
+            Err(ParseError::Malformed(Malformed::Headers(_)))
+        ));
+        assert_eq!(cache_key(BAD_IHL, 1), None);
+    }
+
+    #[test]
+    fn a_truncated_tcp_header_is_malformed_and_says_so() {
+        let e = parse(TRUNCATED_TCP).unwrap_err();
+        let ParseError::Malformed(Malformed::Headers(SliceError::Len(len))) = &e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(len.layer, etherparse::err::Layer::TcpHeader);
+        assert_eq!((len.required_len, len.len), (20, 10));
+        assert!(
+            e.to_string()
+                .starts_with("malformed frame: slicing the frame's headers"),
+            "{e}"
+        );
+        assert_eq!(cache_key(TRUNCATED_TCP, 1), None);
+    }
+
+    #[test]
+    fn tagged_frames_and_other_ethertypes_are_unsupported() {
+        // the SYN behind an 802.1Q tag
+        let mut tagged = TCP_SYN[..eth::ETHERTYPE.start].to_vec();
+        tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x05]);
+        tagged.extend_from_slice(&TCP_SYN[eth::ETHERTYPE.start..]);
+        assert_eq!(
+            parse(&tagged),
+            Err(ParseError::Unsupported(Unsupported::Tagged))
+        );
+        // LLDP
+        let mut lldp = TCP_SYN.to_vec();
+        lldp[eth::ETHERTYPE].copy_from_slice(&[0x88, 0xcc]);
+        assert_eq!(
+            parse(&lldp),
+            Err(ParseError::Unsupported(Unsupported::Ethertype(0x88cc)))
+        );
+    }
 }

@@ -246,3 +246,48 @@ pub mod vxlan {
         u32::from_be_bytes([0, a, b, c])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_read_what_they_name() {
+        // an Ethernet header carrying IPv6
+        let f = [2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x86, 0xdd];
+        assert_eq!(f[eth::DST], [2, 0, 0, 0, 0, 2]);
+        assert_eq!(f[eth::SRC], [2, 0, 0, 0, 0, 1]);
+        assert_eq!(be16(&f, eth::ETHERTYPE), ethertype::IPV6);
+        assert_eq!(eth::ethertype(&f), Some(ethertype::IPV6));
+        assert_eq!(eth::ethertype(&f[..13]), None);
+        assert_eq!(f[eth::ETHERTYPE], ethertype::IPV6_BYTES);
+    }
+
+    #[test]
+    fn vni_bytes_round_trip_and_drop_the_high_byte() {
+        assert_eq!(vxlan::vni_bytes(0xff12_3456), [0x12, 0x34, 0x56]);
+        assert_eq!(vxlan::vni_from([0x12, 0x34, 0x56]), 0x12_3456);
+    }
+
+    #[test]
+    fn a_virtio_net_header_round_trips_little_endian() {
+        // NEEDS_CSUM, TCPv4, hdr_len 54, gso_size 1448, csum at 34 + 16
+        let bytes = [1, 1, 54, 0, 0xa8, 0x05, 34, 0, 16, 0];
+        let h = VnetHdr::parse(&bytes).unwrap();
+        assert_eq!(
+            h,
+            VnetHdr {
+                flags: vnet::VIRTIO_NET_HDR_F_NEEDS_CSUM,
+                gso_type: vnet::VIRTIO_NET_HDR_GSO_TCPV4,
+                hdr_len: 54,
+                gso_size: 1448,
+                csum_start: 34,
+                csum_offset: 16,
+            }
+        );
+        let mut out = [0xff; VnetHdr::LEN];
+        h.write(&mut out);
+        assert_eq!(out, bytes);
+        assert_eq!(VnetHdr::parse(&bytes[..9]), None);
+    }
+}
