@@ -76,7 +76,7 @@ impl Datapath {
         if src.is_unspecified() {
             return Err(Outcome::Unsupported); // duplicate address detection: stay silent
         }
-        let link_local = src.segments()[0] & 0xffc0 == 0xfe80;
+        let link_local = src.is_unicast_link_local(); // fe80::/10
         let legit = match &port.kind {
             PortKind::Pod { .. } => link_local || port.owns(ip.src),
             PortKind::Node { .. } => !self.by_ip.contains_key(&ip.src),
