@@ -28,12 +28,11 @@
 use super::PortId;
 use crate::RxMeta;
 use crate::wire::checksum::fold;
+use crate::wire::eth::HLEN as ETH_HLEN;
 use crate::wire::vnet::{
     VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
 };
 use crate::wire::{VnetHdr, be16, eth, ethertype, ip_proto, ipv4, ipv6, tcp};
-
-const ETH_HLEN: usize = eth::HLEN;
 
 /// The largest merged frame's IP packet.
 const MAX_IP: usize = 65_535;

@@ -13,9 +13,8 @@ use smoltcp::wire::{
 };
 
 use super::parse::Mac;
+use crate::wire::eth::HLEN as ETH_HLEN;
 use crate::wire::{eth, icmp};
-
-const ETH_HLEN: usize = eth::HLEN;
 
 fn ethernet(src: Mac, dst: Mac, ethertype: EthernetProtocol, payload_len: usize) -> Vec<u8> {
     let repr = EthernetRepr {

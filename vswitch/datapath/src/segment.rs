@@ -62,6 +62,7 @@
 //!   only answer IPv4/IPv6 with ICMP.
 
 use crate::wire::checksum::{self, fold};
+use crate::wire::eth::HLEN as ETH_HLEN;
 use crate::wire::ethertype::{IPV4 as ETHERTYPE_IPV4, IPV6 as ETHERTYPE_IPV6};
 use crate::wire::ip_proto::{TCP as IPPROTO_TCP, UDP as IPPROTO_UDP};
 use crate::wire::ipv4::{
@@ -77,8 +78,6 @@ use crate::wire::vnet::{
     VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_GSO_UDP_L4,
 };
 use crate::wire::{VnetHdr, eth, ipv4, ipv6, tcp, udp};
-
-const ETH_HLEN: usize = eth::HLEN;
 
 /// Why a frame could not be made fit for the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -13,7 +13,7 @@
 //!
 //! - the slow path: [`crate::parse::parse`] accepted the frame (etherparse
 //!   checked every header length it reports), or the frame is at least
-//!   [`eth::HLEN`] long (`Datapath::process` checks it before anything);
+//!   [`eth::HLEN`] long (the slow path checks that before anything);
 //! - the fast path: [`crate::parse::cache_key`] reads through
 //!   `first_chunk::<N>()`, which proves the length once for all the
 //!   offsets below `N`;
