@@ -5,43 +5,14 @@
 //!
 //! Run: `cargo bench --bench policy`
 
-#![allow(unsafe_code)] // the counting allocator below
-
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use criterion::{BatchSize, Criterion, criterion_group};
 use policy::synth::{self, Rng, Scale};
 use policy::{Engine, Flow, Protocol};
 
-struct Counting;
-
-static CURRENT: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call is forwarded unchanged to the system allocator; the
-// counters are only statistics.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: same contract as the caller's.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let now = CURRENT.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) };
-        CURRENT.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-}
-
-#[global_allocator]
-static ALLOC: Counting = Counting;
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
 
 const SIZES: &[(usize, usize)] = &[(1_000, 100), (10_000, 1_000), (10_000, 10_000)];
 
@@ -54,13 +25,12 @@ fn report_memory() {
     for &(pods, policies) in SIZES {
         let cluster = synth::scale_cluster(Scale::new(pods, policies), 7);
         let input = cluster.clone();
-        let base = CURRENT.load(Ordering::Relaxed);
-        PEAK.store(base, Ordering::Relaxed);
+        let base = counting_alloc::reset_peak();
         let t = std::time::Instant::now();
         let engine = Engine::from_cluster(input).expect("valid");
         let took = t.elapsed();
-        let peak = PEAK.load(Ordering::Relaxed) - base;
-        let retained = CURRENT.load(Ordering::Relaxed) - base;
+        let peak = counting_alloc::peak() - base;
+        let retained = counting_alloc::current() - base;
         println!(
             "memory compile/{pods}x{policies}: peak {:.1} MiB, retained {:.1} MiB (engine incl. its copy of the cluster), \
              {} identities, one compile {:.0} ms",

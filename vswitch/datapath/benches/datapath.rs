@@ -6,13 +6,9 @@
 //!
 //! Run: `cargo bench --bench datapath`
 
-#![allow(unsafe_code)] // the counting allocator below
-
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group};
@@ -22,34 +18,12 @@ use vswitch_datapath::conntrack::{Conntrack, Timeouts};
 use vswitch_datapath::counters::Outcome;
 use vswitch_datapath::io::port::MemPort;
 use vswitch_datapath::io::worker::{PolicyHandle, Worker};
-use vswitch_datapath::parse::{FlowTuple, L4, Mac, PROTO_UDP};
+use vswitch_datapath::parse::{FlowTuple, L4, Mac};
+use vswitch_datapath::wire::ip_proto::UDP as PROTO_UDP;
 use vswitch_datapath::{Action, Config, Datapath, PortKind};
 
-struct Counting;
-
-static CURRENT: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call is forwarded unchanged to the system allocator; the
-// counter is only a statistic.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: same contract as the caller's.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            CURRENT.fetch_add(layout.size(), Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) };
-        CURRENT.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-}
-
-#[global_allocator]
-static ALLOC: Counting = Counting;
+#[path = "../../../benches/support/counting_alloc.rs"]
+mod counting_alloc;
 
 const GW: Mac = [0x02, 0x76, 0x73, 0x77, 0x00, 0x01];
 const A: Mac = [0x02, 0, 0, 0, 0, 1];
@@ -125,7 +99,7 @@ fn established(dp: &mut Datapath, n: usize, now: Instant) -> Vec<Vec<u8>> {
 
 fn report_memory() {
     for max in [229_376usize, 917_504] {
-        let base = CURRENT.load(Ordering::Relaxed);
+        let base = counting_alloc::current();
         let mut ct = Conntrack::new(max, Timeouts::default());
         let t0 = Instant::now();
         for i in 0..max {
@@ -147,7 +121,7 @@ fn report_memory() {
             )
             .unwrap();
         }
-        let bytes = CURRENT.load(Ordering::Relaxed) - base;
+        let bytes = counting_alloc::current() - base;
         println!(
             "memory conntrack: {max} entries (full) take {:.1} MiB, {:.1} bytes per entry (filled in {:.0} ms)",
             bytes as f64 / (1 << 20) as f64,

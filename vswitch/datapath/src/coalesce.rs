@@ -26,9 +26,13 @@
 //! its TCP sends.
 
 use super::PortId;
-use super::parse::ETH_HLEN;
 use crate::RxMeta;
-use crate::wire::VnetHdr;
+use crate::wire::checksum::fold;
+use crate::wire::eth::HLEN as ETH_HLEN;
+use crate::wire::vnet::{
+    VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
+};
+use crate::wire::{VnetHdr, be16, eth, ethertype, ip_proto, ipv4, ipv6, tcp};
 
 /// The largest merged frame's IP packet.
 const MAX_IP: usize = 65_535;
@@ -69,40 +73,49 @@ impl Default for Coalescer {
 /// A frame's mergeable shape: (IPv6, IP header length, TCP header length,
 /// payload length, sequence number, PSH set).
 fn shape(f: &[u8]) -> Option<(bool, usize, usize, usize, u32, bool)> {
-    let (v6, ip_len, total) = match f.get(12..14)? {
-        [0x08, 0x00] => {
-            let ip = f.get(ETH_HLEN..ETH_HLEN + 20)?;
+    let (v6, ip_len, total) = match eth::ethertype(f)? {
+        ethertype::IPV4 => {
+            let ip = f.get(ETH_HLEN..ETH_HLEN + ipv4::MIN_HLEN)?;
             // no options, TCP, not a fragment (DF alone allowed)
-            if ip[0] != 0x45 || ip[9] != 6 || (ip[6] & 0x3f) != 0 || ip[7] != 0 {
+            let [flg_off_high, off_low] = [ip[ipv4::FLG_OFF.start], ip[ipv4::FLG_OFF.start + 1]];
+            if ip[ipv4::VER_IHL] != ipv4::VER_IHL_PLAIN
+                || ip[ipv4::PROTOCOL] != ip_proto::TCP
+                || (flg_off_high & ipv4::MF_OFF_HIGH_BYTE) != 0
+                || off_low != 0
+            {
                 return None;
             }
-            (false, 20, u16::from_be_bytes([ip[2], ip[3]]) as usize)
+            (false, ipv4::MIN_HLEN, be16(ip, ipv4::LENGTH) as usize)
         }
-        [0x86, 0xdd] => {
-            let ip = f.get(ETH_HLEN..ETH_HLEN + 40)?;
-            if ip[6] != 6 {
+        ethertype::IPV6 => {
+            let ip = f.get(ETH_HLEN..ETH_HLEN + ipv6::HLEN)?;
+            if ip[ipv6::NXT_HDR] != ip_proto::TCP {
                 return None;
             }
-            (true, 40, 40 + u16::from_be_bytes([ip[4], ip[5]]) as usize)
+            (
+                true,
+                ipv6::HLEN,
+                ipv6::HLEN + be16(ip, ipv6::LENGTH) as usize,
+            )
         }
         _ => return None,
     };
     if ETH_HLEN + total != f.len() {
         return None; // padding or a lie: leave it alone
     }
-    let tcp = f.get(ETH_HLEN + ip_len..)?;
-    let tcp_len = (*tcp.get(12)? as usize >> 4) * 4;
-    let flags = *tcp.get(13)?;
+    let th = f.get(ETH_HLEN + ip_len..)?;
+    let tcp_len = (*th.get(tcp::DATA_OFF)? as usize >> 4) * 4;
+    let flags = *th.get(tcp::FLAGS)?;
     // ACK, and perhaps PSH; nothing else (no SYN, FIN, RST, URG, ECE, CWR)
-    if tcp_len < 20 || flags & !0x08 != 0x10 {
+    if tcp_len < tcp::MIN_HLEN || flags & !tcp::FLG_PSH != tcp::FLG_ACK {
         return None;
     }
     let payload = total.checked_sub(ip_len + tcp_len)?;
     if payload == 0 {
         return None;
     }
-    let seq = u32::from_be_bytes(tcp[4..8].try_into().ok()?);
-    Some((v6, ip_len, tcp_len, payload, seq, flags & 0x08 != 0))
+    let seq = u32::from_be_bytes(th[tcp::SEQ_NUM].try_into().ok()?);
+    Some((v6, ip_len, tcp_len, payload, seq, flags & tcp::FLG_PSH != 0))
 }
 
 impl Coalescer {
@@ -145,8 +158,8 @@ impl Coalescer {
         self.next_seq = seq.wrapping_add(payload as u32);
         self.count += 1;
         if psh {
-            let at = ETH_HLEN + self.ip_len + 13;
-            self.buf[at] |= 0x08;
+            let at = ETH_HLEN + self.ip_len + tcp::FLAGS;
+            self.buf[at] |= tcp::FLG_PSH;
         }
         self.closed = psh || payload < self.seg;
         true
@@ -157,26 +170,38 @@ impl Coalescer {
     /// options) except the flags' PSH and the checksum.
     fn same_flow(&self, f: &[u8]) -> bool {
         let a = &self.buf;
+        let ip = ETH_HLEN;
         let (addr, l4) = if self.v6 {
-            (ETH_HLEN + 8..ETH_HLEN + 40, ETH_HLEN + 40)
+            (
+                ip + ipv6::ADDRS.start..ip + ipv6::ADDRS.end,
+                ip + ipv6::HLEN,
+            )
         } else {
-            (ETH_HLEN + 12..ETH_HLEN + 20, ETH_HLEN + 20)
+            (
+                ip + ipv4::ADDRS.start..ip + ipv4::ADDRS.end,
+                ip + ipv4::MIN_HLEN,
+            )
         };
-        let tcp = l4..l4 + self.tcp_len;
+        let end = l4 + self.tcp_len;
+        // ports; acknowledgement, data offset; window; urgent pointer, options
+        let ports = l4 + tcp::SRC_PORT.start..l4 + tcp::DST_PORT.end;
+        let ack = l4 + tcp::ACK_NUM.start;
+        let (flags, win) = (l4 + tcp::FLAGS, l4 + tcp::WIN_SIZE.start);
+        let (win_end, urg) = (l4 + tcp::WIN_SIZE.end, l4 + tcp::URGENT.start);
         a[addr.clone()] == f[addr]
-            && a[l4..l4 + 4] == f[l4..l4 + 4]
-            && a[l4 + 8..l4 + 13] == f[l4 + 8..l4 + 13]
-            && a[l4 + 14..l4 + 16] == f[l4 + 14..l4 + 16]
-            && a[l4 + 18..tcp.end] == f[l4 + 18..tcp.end]
+            && a[ports.clone()] == f[ports]
+            && a[ack..flags] == f[ack..flags]
+            && a[win..win_end] == f[win..win_end]
+            && a[urg..end] == f[urg..end]
             // IPv4: the same TOS, TTL and DF; IPv6: the same traffic class,
             // flow label and hop limit
             && if self.v6 {
-                a[ETH_HLEN..ETH_HLEN + 4] == f[ETH_HLEN..ETH_HLEN + 4]
-                    && a[ETH_HLEN + 7] == f[ETH_HLEN + 7]
+                let tc_flow = ip + ipv6::VER_TC_FLOW.start..ip + ipv6::VER_TC_FLOW.end;
+                a[tc_flow.clone()] == f[tc_flow] && a[ip + ipv6::HOP_LIMIT] == f[ip + ipv6::HOP_LIMIT]
             } else {
-                a[ETH_HLEN + 1] == f[ETH_HLEN + 1]
-                    && a[ETH_HLEN + 6] == f[ETH_HLEN + 6]
-                    && a[ETH_HLEN + 8] == f[ETH_HLEN + 8]
+                a[ip + ipv4::TOS] == f[ip + ipv4::TOS]
+                    && a[ip + ipv4::FLG_OFF.start] == f[ip + ipv4::FLG_OFF.start]
+                    && a[ip + ipv4::TTL] == f[ip + ipv4::TTL]
             }
     }
 
@@ -200,28 +225,33 @@ impl Coalescer {
                 *sum += u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]) as u32;
             }
         };
+        let hdr = &mut self.buf[ip..];
         if self.v6 {
-            self.buf[ip + 4..ip + 6].copy_from_slice(&((ip_total - 40) as u16).to_be_bytes());
-            add(&mut sum, &self.buf[ip + 8..ip + 40]);
+            hdr[ipv6::LENGTH].copy_from_slice(&((ip_total - ipv6::HLEN) as u16).to_be_bytes());
+            add(&mut sum, &hdr[ipv6::ADDRS]);
         } else {
-            self.buf[ip + 2..ip + 4].copy_from_slice(&(ip_total as u16).to_be_bytes());
-            self.buf[ip + 10..ip + 12].copy_from_slice(&[0, 0]);
+            hdr[ipv4::LENGTH].copy_from_slice(&(ip_total as u16).to_be_bytes());
+            hdr[ipv4::CHECKSUM].copy_from_slice(&[0, 0]);
             let mut h: u32 = 0;
-            add(&mut h, &self.buf[ip..ip + 20]);
-            let h = fold(h);
-            self.buf[ip + 10..ip + 12].copy_from_slice(&(!h).to_be_bytes());
-            add(&mut sum, &self.buf[ip + 12..ip + 20]);
+            add(&mut h, &hdr[..ipv4::MIN_HLEN]);
+            let h = fold(h.into());
+            hdr[ipv4::CHECKSUM].copy_from_slice(&(!h).to_be_bytes());
+            add(&mut sum, &hdr[ipv4::ADDRS]);
         }
-        sum += 6 + tcp_total as u32;
+        sum += ip_proto::TCP as u32 + tcp_total as u32;
         // NEEDS_CSUM: the field holds the pseudo-header sum, not complemented
-        self.buf[l4 + 16..l4 + 18].copy_from_slice(&fold(sum).to_be_bytes());
+        self.buf[l4..][tcp::CHECKSUM].copy_from_slice(&fold(sum.into()).to_be_bytes());
         let vnet = VnetHdr {
-            flags: 1, // VIRTIO_NET_HDR_F_NEEDS_CSUM
-            gso_type: if self.v6 { 4 } else { 1 },
+            flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+            gso_type: if self.v6 {
+                VIRTIO_NET_HDR_GSO_TCPV6
+            } else {
+                VIRTIO_NET_HDR_GSO_TCPV4
+            },
             hdr_len: (l4 + self.tcp_len) as u16,
             gso_size: self.seg as u16,
             csum_start: l4 as u16,
-            csum_offset: 16,
+            csum_offset: tcp::CHECKSUM.start as u16,
         };
         Some((
             self.out,
@@ -232,13 +262,6 @@ impl Coalescer {
             },
         ))
     }
-}
-
-fn fold(mut s: u32) -> u16 {
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    s as u16
 }
 
 #[cfg(test)]
@@ -270,7 +293,7 @@ mod tests {
         for w in frame[start..].chunks(2) {
             s += u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]) as u32;
         }
-        frame[start + 16..start + 18].copy_from_slice(&(!fold(s)).to_be_bytes());
+        frame[start + 16..start + 18].copy_from_slice(&(!fold(s.into())).to_be_bytes());
         let p = SlicedPacket::from_ethernet(frame).unwrap();
         let Some(TransportSlice::Tcp(t)) = &p.transport else {
             panic!("not TCP")

@@ -32,8 +32,16 @@
 
 use rustc_hash::FxHashMap;
 
-use super::parse::{FlowTuple, L4, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, SCTP_ABORT};
-use super::parse::{SCTP_INIT_ACK, SCTP_SHUTDOWN_COMPLETE, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+use super::parse::{FlowTuple, L4};
+use crate::wire::ip_proto::{
+    ICMP as PROTO_ICMP, ICMPV6 as PROTO_ICMPV6, SCTP as PROTO_SCTP, TCP as PROTO_TCP,
+};
+use crate::wire::sctp::{
+    ABORT as SCTP_ABORT, INIT_ACK as SCTP_INIT_ACK, SHUTDOWN_COMPLETE as SCTP_SHUTDOWN_COMPLETE,
+};
+use crate::wire::tcp::{
+    FLG_ACK as TCP_ACK, FLG_FIN as TCP_FIN, FLG_RST as TCP_RST, FLG_SYN as TCP_SYN,
+};
 
 /// Timeouts in milliseconds.
 #[derive(Debug, Clone, Copy)]
@@ -148,8 +156,9 @@ pub struct CtRef {
 }
 
 /// Why a connection could not be created.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum CtError {
+    #[error("creating a connection: the table is full")]
     Full,
 }
 
@@ -453,7 +462,7 @@ pub fn is_icmp(proto: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::parse::PROTO_UDP;
+    use crate::wire::ip_proto::UDP as PROTO_UDP;
     use std::net::IpAddr;
 
     fn t(src: &str, dst: &str, proto: u8, sport: u16, dport: u16) -> FlowTuple {

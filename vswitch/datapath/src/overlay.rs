@@ -30,33 +30,44 @@ use ipnet::IpNet;
 use rustc_hash::FxHashMap;
 
 use super::PortId;
+use crate::wire::{eth, ipv4, ipv6, udp, vxlan};
 
 /// The IANA port for VXLAN.
-pub const VXLAN_PORT: u16 = 4789;
+pub const VXLAN_PORT: u16 = vxlan::PORT;
 /// The VXLAN header's length.
-pub const HLEN: usize = 8;
+pub const HLEN: usize = vxlan::HLEN;
 /// The VNI vswitch uses unless told otherwise.
 pub const DEFAULT_VNI: u32 = 1;
 
 /// Bytes the overlay adds around a pod's IP packet: outer IP, UDP, VXLAN
 /// and the inner Ethernet header.
 pub fn overhead(underlay_v6: bool) -> u32 {
-    let outer_ip = if underlay_v6 { 40 } else { 20 };
-    outer_ip + 8 + HLEN as u32 + 14
+    let outer_ip = if underlay_v6 {
+        ipv6::HLEN
+    } else {
+        ipv4::MIN_HLEN
+    };
+    (outer_ip + udp::HLEN + HLEN + eth::HLEN) as u32
 }
 
 /// The VXLAN header for `vni`.
 pub fn header(vni: u32) -> [u8; HLEN] {
-    let v = (vni & 0x00ff_ffff).to_be_bytes();
-    [0x08, 0, 0, 0, v[1], v[2], v[3], 0]
+    let mut h = [0; HLEN];
+    h[vxlan::FLAGS] = vxlan::FLG_I;
+    h[vxlan::VNI].copy_from_slice(&vxlan::vni_bytes(vni));
+    h
 }
 
 /// Checks a datagram's VXLAN header: the I flag set and the VNI ours.
 /// (Reserved bits are ignored on receipt, as RFC 7348 asks.)
 pub fn check(datagram: &[u8], vni: u32) -> bool {
-    datagram.len() >= HLEN + 14
-        && datagram[0] & 0x08 != 0
-        && u32::from_be_bytes([0, datagram[4], datagram[5], datagram[6]]) == vni & 0x00ff_ffff
+    let Some(h) = datagram.first_chunk::<HLEN>() else {
+        return false;
+    };
+    let got = vxlan::vni_from(h[vxlan::VNI].try_into().expect("3 bytes"));
+    datagram.len() >= HLEN + eth::HLEN
+        && h[vxlan::FLAGS] & vxlan::FLG_I != 0
+        && got == vni & 0x00ff_ffff
 }
 
 /// The MAC a remote node's port has inside the datapath (never on a pod's
@@ -64,12 +75,12 @@ pub fn check(datagram: &[u8], vni: u32) -> bool {
 pub fn node_mac(addr: IpAddr) -> [u8; 6] {
     match addr {
         IpAddr::V4(a) => {
-            let o = a.octets();
-            [0x06, 0x76, o[0], o[1], o[2], o[3]]
+            let [a, b, c, d] = a.octets();
+            [0x06, 0x76, a, b, c, d]
         }
         IpAddr::V6(a) => {
-            let o = a.octets();
-            [0x0a, 0x76, o[12], o[13], o[14], o[15]]
+            let [.., a, b, c, d] = a.octets();
+            [0x0a, 0x76, a, b, c, d]
         }
     }
 }

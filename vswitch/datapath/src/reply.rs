@@ -12,7 +12,9 @@ use smoltcp::wire::{
     NdiscNeighborFlags, NdiscRepr, RawHardwareAddress,
 };
 
-use super::parse::{ETH_HLEN, Mac};
+use super::parse::Mac;
+use crate::wire::eth::HLEN as ETH_HLEN;
+use crate::wire::{eth, icmp};
 
 fn ethernet(src: Mac, dst: Mac, ethertype: EthernetProtocol, payload_len: usize) -> Vec<u8> {
     let repr = EthernetRepr {
@@ -116,7 +118,7 @@ fn icmp_error(
     gw_v6: Ipv6Addr,
     too_big: Option<u16>,
 ) -> Option<Vec<u8>> {
-    let src_mac: Mac = frame.get(6..12)?.try_into().ok()?;
+    let src_mac: Mac = frame.get(eth::SRC)?.try_into().ok()?;
     let l3 = frame.get(ETH_HLEN..)?;
     let caps = ChecksumCapabilities::ignored();
     match l3.first()? >> 4 {
@@ -161,7 +163,7 @@ fn icmp_error(
             );
             if let Some(mtu) = too_big {
                 // the next-hop MTU (RFC 1191), which smoltcp does not write
-                icmp_buf[6..8].copy_from_slice(&mtu.to_be_bytes());
+                icmp_buf[icmp::MTU].copy_from_slice(&mtu.to_be_bytes());
                 Icmpv4Packet::new_unchecked(&mut *icmp_buf).fill_checksum();
             }
             Some(buf)

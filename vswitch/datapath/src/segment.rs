@@ -61,65 +61,41 @@
 //! * `TooBig` is also returned for too-big non-IP frames; the caller should
 //!   only answer IPv4/IPv6 with ICMP.
 
-use crate::wire::VnetHdr;
-
-/// `virtio_net_hdr.flags`: the L4 checksum must be completed.
-pub const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
-/// `virtio_net_hdr.gso_type` values.
-pub const VIRTIO_NET_HDR_GSO_NONE: u8 = 0;
-pub const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
-pub const VIRTIO_NET_HDR_GSO_UDP: u8 = 3;
-pub const VIRTIO_NET_HDR_GSO_TCPV6: u8 = 4;
-pub const VIRTIO_NET_HDR_GSO_UDP_L4: u8 = 5;
-pub const VIRTIO_NET_HDR_GSO_ECN: u8 = 0x80;
-
-const ETH_HLEN: usize = 14;
-const ETHERTYPE_IPV4: u16 = 0x0800;
-const ETHERTYPE_IPV6: u16 = 0x86dd;
-const IPV4_MIN_HLEN: usize = 20;
-const IPV6_HLEN: usize = 40;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
-const TCP_MIN_HLEN: usize = 20;
-const UDP_HLEN: usize = 8;
-
-// IPv4 flags/fragment-offset word.
-const IP_RF: u16 = 0x8000;
-const IP_DF: u16 = 0x4000;
-const IP_MF: u16 = 0x2000;
-const IP_OFFMASK: u16 = 0x1fff;
-
-// TCP flag bits (byte 13 of the header).
-const TCP_FIN: u8 = 0x01;
-const TCP_PSH: u8 = 0x08;
-const TCP_CWR: u8 = 0x80;
+use crate::wire::checksum::{self, fold};
+use crate::wire::eth::HLEN as ETH_HLEN;
+use crate::wire::ethertype::{IPV4 as ETHERTYPE_IPV4, IPV6 as ETHERTYPE_IPV6};
+use crate::wire::ip_proto::{TCP as IPPROTO_TCP, UDP as IPPROTO_UDP};
+use crate::wire::ipv4::{
+    FLG_DF as IP_DF, FLG_MF as IP_MF, FLG_RF as IP_RF, MIN_HLEN as IPV4_MIN_HLEN,
+    OFF_MASK as IP_OFFMASK,
+};
+use crate::wire::ipv6::HLEN as IPV6_HLEN;
+use crate::wire::tcp::MIN_HLEN as TCP_MIN_HLEN;
+use crate::wire::tcp::{FLG_CWR as TCP_CWR, FLG_FIN as TCP_FIN, FLG_PSH as TCP_PSH};
+use crate::wire::udp::HLEN as UDP_HLEN;
+use crate::wire::vnet::{
+    VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_NONE,
+    VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_GSO_UDP_L4,
+};
+use crate::wire::{VnetHdr, eth, ipv4, ipv6, tcp, udp};
 
 /// Why a frame could not be made fit for the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SegError {
     /// The frame (or each of its GSO segments) does not fit into `mtu` and may
     /// not be fragmented (IPv4 DF, IPv6, GSO, non-IP). The caller may answer
     /// with ICMP "fragmentation needed" / ICMPv6 "packet too big" carrying
     /// this MTU.
+    #[error("making a frame fit the wire: packet exceeds MTU {mtu}")]
     TooBig { mtu: usize },
     /// Truncated headers, inconsistent lengths, `gso_size` 0, bad offsets.
+    #[error("reading a frame for the wire: malformed frame or virtio-net header")]
     Malformed,
     /// A valid but unsupported offload (UFO, unknown GSO type, GSO on a
     /// non-IP frame).
+    #[error("segmenting a frame: unsupported offload")]
     Unsupported,
 }
-
-impl std::fmt::Display for SegError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SegError::TooBig { mtu } => write!(f, "packet exceeds MTU {mtu}"),
-            SegError::Malformed => f.write_str("malformed frame or virtio-net header"),
-            SegError::Unsupported => f.write_str("unsupported offload"),
-        }
-    }
-}
-
-impl std::error::Error for SegError {}
 
 /// Turns one frame as a pod sent it (with its virtio-net header) into frames
 /// fit for the wire: appends them to `out` back to back and pushes each one's
@@ -157,56 +133,11 @@ pub fn for_wire(
 // Checksums
 // ---------------------------------------------------------------------------
 
-/// Adds `data` to a running ones' complement sum (RFC 1071).
-///
-/// `data` is read as big-endian 16-bit words starting at `data[0]`; an odd
-/// trailing byte is padded with a zero. When summing a region in several
-/// pieces, every piece but the last must have even length. The result is
-/// only meaningful after [`fold`].
-pub fn checksum_add(sum: u64, data: &[u8]) -> u64 {
-    // Ones' complement addition of 64-bit words (end-around carry) folds to
-    // the same 16-bit result as adding the 16-bit words, because
-    // 2^64 - 1 is divisible by 2^16 - 1.
-    #[inline(always)]
-    fn add(a: u64, b: u64) -> u64 {
-        let (s, carry) = a.overflowing_add(b);
-        s + u64::from(carry)
-    }
+// In `wire::checksum`: `checksum::add` and `fold` (RFC 1071) and the IPv4
+// header checksum.
 
-    // Two independent accumulators let the CPU overlap the add-with-carry
-    // chains.
-    let mut acc0 = sum;
-    let mut acc1 = 0u64;
-    let mut blocks = data.chunks_exact(16);
-    for block in &mut blocks {
-        let (a, b) = block.split_at(8);
-        acc0 = add(acc0, u64::from_be_bytes(a.try_into().unwrap()));
-        acc1 = add(acc1, u64::from_be_bytes(b.try_into().unwrap()));
-    }
-    let mut acc = add(acc0, acc1);
-    let rest = blocks.remainder();
-    let mut words = rest.chunks_exact(2);
-    for w in &mut words {
-        acc = add(acc, u64::from(u16::from_be_bytes([w[0], w[1]])));
-    }
-    if let [last] = words.remainder() {
-        acc = add(acc, u64::from(*last) << 8);
-    }
-    acc
-}
-
-/// Folds a sum from [`checksum_add`] to 16 bits (not complemented).
-pub fn fold(sum: u64) -> u16 {
-    let mut s = (sum & 0xffff_ffff) + (sum >> 32);
-    s = (s & 0xffff_ffff) + (s >> 32);
-    s = (s & 0xffff) + (s >> 16);
-    s = (s & 0xffff) + (s >> 16);
-    s as u16
-}
-
-/// The checksum of an IPv4 header (the checksum field must be zero).
 fn ipv4_header_checksum(hdr: &[u8]) -> u16 {
-    !fold(checksum_add(0, hdr))
+    checksum::ipv4_header(hdr)
 }
 
 // ---------------------------------------------------------------------------
@@ -235,8 +166,8 @@ impl L4 {
     /// Offset of the checksum field in the L4 header.
     fn csum_offset(self) -> usize {
         match self {
-            L4::Tcp => 16,
-            L4::Udp => 6,
+            L4::Tcp => tcp::CHECKSUM.start,
+            L4::Udp => udp::CHECKSUM.start,
         }
     }
 }
@@ -253,18 +184,18 @@ fn ethertype(frame: &[u8]) -> Result<u16, SegError> {
     if frame.len() < ETH_HLEN {
         return Err(SegError::Malformed);
     }
-    Ok(get16(frame, 12))
+    Ok(get16(frame, eth::ETHERTYPE.start))
 }
 
 /// A validated IPv4 header: returns (header length, end of the IP packet in
 /// the frame). Bytes after the end are Ethernet padding.
 fn parse_ipv4(frame: &[u8]) -> Result<(usize, usize), SegError> {
     let ip = frame.get(ETH_HLEN..).ok_or(SegError::Malformed)?;
-    if ip.len() < IPV4_MIN_HLEN || ip[0] >> 4 != 4 {
+    if ip.len() < IPV4_MIN_HLEN || ip[ipv4::VER_IHL] >> 4 != 4 {
         return Err(SegError::Malformed);
     }
-    let ihl = usize::from(ip[0] & 0x0f) * 4;
-    let tot_len = usize::from(get16(ip, 2));
+    let ihl = usize::from(ip[ipv4::VER_IHL] & 0x0f) * 4;
+    let tot_len = usize::from(get16(ip, ipv4::LENGTH.start));
     if ihl < IPV4_MIN_HLEN || tot_len < ihl || tot_len > ip.len() {
         return Err(SegError::Malformed);
     }
@@ -274,10 +205,10 @@ fn parse_ipv4(frame: &[u8]) -> Result<(usize, usize), SegError> {
 /// A validated IPv6 header: returns the end of the IP packet in the frame.
 fn parse_ipv6(frame: &[u8]) -> Result<usize, SegError> {
     let ip = frame.get(ETH_HLEN..).ok_or(SegError::Malformed)?;
-    if ip.len() < IPV6_HLEN || ip[0] >> 4 != 6 {
+    if ip.len() < IPV6_HLEN || ip[ipv6::VER_TC_FLOW.start] >> 4 != 6 {
         return Err(SegError::Malformed);
     }
-    let end = ETH_HLEN + IPV6_HLEN + usize::from(get16(ip, 4));
+    let end = ETH_HLEN + IPV6_HLEN + usize::from(get16(ip, ipv6::LENGTH.start));
     if end > frame.len() {
         return Err(SegError::Malformed);
     }
@@ -373,7 +304,7 @@ fn complete_checksum(frame: &[u8], vnet: &VnetHdr, ethertype: u16) -> Result<Pat
     }
     // The field holds the pseudo-header sum, so summing it along with the
     // rest yields the full sum.
-    let mut csum = !fold(checksum_add(0, &frame[start..end]));
+    let mut csum = !fold(checksum::add(0, &frame[start..end]));
     // UDP (and UDP-Lite/DCCP, which also keep it at offset 6) transmit a
     // zero result as all ones, zero meaning "no checksum". For the others
     // 0xffff would be equally valid (ones' complement -0 == +0), so this
@@ -431,7 +362,7 @@ fn fragment_ipv4(
         emit_copy(&frame[..end], patch, out, lens);
         return Ok(());
     }
-    let frag = get16(frame, ETH_HLEN + 6);
+    let frag = get16(frame, ETH_HLEN + ipv4::FLG_OFF.start);
     if frag & IP_DF != 0 {
         return Err(SegError::TooBig { mtu });
     }
@@ -483,14 +414,18 @@ fn fragment_ipv4(
         }
 
         let ip = &mut out[start + ETH_HLEN..data_start];
-        ip[0] = 0x40 | (hlen / 4) as u8;
-        put16(ip, 2, (hlen + take) as u16);
+        ip[ipv4::VER_IHL] = 0x40 | (hlen / 4) as u8;
+        put16(ip, ipv4::LENGTH.start, (hlen + take) as u16);
         let more = if last { kept_flags & IP_MF } else { IP_MF };
         let offset = ((orig_offset + rel) / 8) as u16;
-        put16(ip, 6, (kept_flags & IP_RF) | more | offset);
-        put16(ip, 10, 0);
+        put16(
+            ip,
+            ipv4::FLG_OFF.start,
+            (kept_flags & IP_RF) | more | offset,
+        );
+        put16(ip, ipv4::CHECKSUM.start, 0);
         let csum = ipv4_header_checksum(ip);
-        put16(ip, 10, csum);
+        put16(ip, ipv4::CHECKSUM.start, csum);
         lens.push(ETH_HLEN + hlen + take);
 
         rel += take;
@@ -524,10 +459,12 @@ fn gso(
             let (ihl, end) = parse_ipv4(frame)?;
             let ip = &frame[ETH_HLEN..];
             // A super-frame is never a fragment.
-            if ip[9] != l4.proto() || get16(ip, 6) & (IP_MF | IP_OFFMASK) != 0 {
+            if ip[ipv4::PROTOCOL] != l4.proto()
+                || get16(ip, ipv4::FLG_OFF.start) & (IP_MF | IP_OFFMASK) != 0
+            {
                 return Err(SegError::Malformed);
             }
-            (ETH_HLEN + ihl, end, checksum_add(0, &ip[12..20]))
+            (ETH_HLEN + ihl, end, checksum::add(0, &ip[ipv4::ADDRS]))
         }
         Family::V6 => {
             if ethertype != ETHERTYPE_IPV6 {
@@ -542,10 +479,10 @@ fn gso(
                 0 => fixed,
                 s => s,
             };
-            if l4_start < fixed || (l4_start == fixed && ip[6] != l4.proto()) {
+            if l4_start < fixed || (l4_start == fixed && ip[ipv6::NXT_HDR] != l4.proto()) {
                 return Err(SegError::Malformed);
             }
-            (l4_start, end, checksum_add(0, &ip[8..40]))
+            (l4_start, end, checksum::add(0, &ip[ipv6::ADDRS]))
         }
     };
 
@@ -553,7 +490,7 @@ fn gso(
     let l4_hlen = match l4 {
         L4::Tcp => {
             let doff = frame
-                .get(l4_start + 12)
+                .get(l4_start + tcp::DATA_OFF)
                 .filter(|_| l4_start + TCP_MIN_HLEN <= end)
                 .map(|b| usize::from(b >> 4) * 4)
                 .ok_or(SegError::Malformed)?;
@@ -579,13 +516,13 @@ fn gso(
     }
 
     let headers = &frame[..hdr_end];
-    let pseudo = checksum_add(addr_sum, &[0, l4.proto()]);
-    let ip_id = get16(frame, ETH_HLEN + 4);
+    let pseudo = checksum::add(addr_sum, &[0, l4.proto()]);
+    let ip_id = get16(frame, ETH_HLEN + ipv4::IDENT.start);
     // Only read for TCP: a UDP header is just 8 bytes.
     let (seq, tcp_flags) = match l4 {
         L4::Tcp => (
-            u32::from_be_bytes(frame[l4_start + 4..l4_start + 8].try_into().unwrap()),
-            frame[l4_start + 13],
+            u32::from_be_bytes(frame[l4_start..][tcp::SEQ_NUM].try_into().unwrap()),
+            frame[l4_start + tcp::FLAGS],
         ),
         L4::Udp => (0, 0),
     };
@@ -608,13 +545,17 @@ fn gso(
         match family {
             Family::V4 => {
                 let ip = &mut seg[ETH_HLEN..l4_start];
-                put16(ip, 2, (seg_len - ETH_HLEN) as u16);
-                put16(ip, 4, ip_id.wrapping_add(i as u16));
-                put16(ip, 10, 0);
+                put16(ip, ipv4::LENGTH.start, (seg_len - ETH_HLEN) as u16);
+                put16(ip, ipv4::IDENT.start, ip_id.wrapping_add(i as u16));
+                put16(ip, ipv4::CHECKSUM.start, 0);
                 let csum = ipv4_header_checksum(ip);
-                put16(ip, 10, csum);
+                put16(ip, ipv4::CHECKSUM.start, csum);
             }
-            Family::V6 => put16(seg, ETH_HLEN + 4, (seg_len - ETH_HLEN - IPV6_HLEN) as u16),
+            Family::V6 => put16(
+                seg,
+                ETH_HLEN + ipv6::LENGTH.start,
+                (seg_len - ETH_HLEN - IPV6_HLEN) as u16,
+            ),
         }
 
         let l4_len = seg_len - l4_start;
@@ -622,7 +563,7 @@ fn gso(
         match l4 {
             L4::Tcp => {
                 // Sequence numbers wrap modulo 2^32.
-                th[4..8].copy_from_slice(&seq.wrapping_add(offset as u32).to_be_bytes());
+                th[tcp::SEQ_NUM].copy_from_slice(&seq.wrapping_add(offset as u32).to_be_bytes());
                 let mut flags = tcp_flags;
                 if !last {
                     flags &= !(TCP_FIN | TCP_PSH);
@@ -630,13 +571,13 @@ fn gso(
                 if i != 0 {
                     flags &= !TCP_CWR;
                 }
-                th[13] = flags;
+                th[tcp::FLAGS] = flags;
             }
-            L4::Udp => put16(th, 4, l4_len as u16),
+            L4::Udp => put16(th, udp::LENGTH.start, l4_len as u16),
         }
         let at = l4.csum_offset();
         put16(th, at, 0);
-        let mut csum = !fold(checksum_add(pseudo + l4_len as u64, th));
+        let mut csum = !fold(checksum::add(pseudo + l4_len as u64, th));
         if csum == 0 && l4 == L4::Udp {
             csum = 0xffff;
         }
@@ -653,6 +594,7 @@ fn gso(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::vnet::VIRTIO_NET_HDR_GSO_UDP;
     use etherparse::{Ipv4Header, Ipv6Header, TcpHeader, UdpHeader};
 
     const SRC4: [u8; 4] = [10, 1, 2, 3];
@@ -912,7 +854,7 @@ mod tests {
     fn checksum_rfc1071_example() {
         // RFC 1071 section 3: the sum of these bytes is 0xddf2.
         let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
-        assert_eq!(fold(checksum_add(0, &data)), 0xddf2);
+        assert_eq!(fold(checksum::add(0, &data)), 0xddf2);
     }
 
     #[test]
@@ -920,18 +862,18 @@ mod tests {
         let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
         for len in 0..300 {
             let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
-            assert_eq!(fold(checksum_add(0, &data)), naive_sum(&data), "len {len}");
+            assert_eq!(fold(checksum::add(0, &data)), naive_sum(&data), "len {len}");
             // All-ones data stresses the carries.
             let ones = vec![0xff; len];
             assert_eq!(
-                fold(checksum_add(0, &ones)),
+                fold(checksum::add(0, &ones)),
                 naive_sum(&ones),
                 "ones len {len}"
             );
         }
         // A large starting sum must carry correctly.
         let data = pattern(65535, 3);
-        let seeded = checksum_add(u64::MAX - 5, &data);
+        let seeded = checksum::add(u64::MAX - 5, &data);
         assert_eq!(fold(seeded), add16(naive_sum(&data), fold(u64::MAX - 5)));
     }
 

@@ -1,157 +1,22 @@
 //! The datapath, frame by frame: crafted frames in, actions and counters out.
 //! (Whole connections between real TCP/IP stacks are in `dataplane.rs`.)
 
+mod kit;
+
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use etherparse::{IpNumber, Ipv4Header, PacketBuilder, SlicedPacket};
-use policy::{Cluster, ContainerPort, Engine, Namespace, Pod, PodKey, Protocol, manifest};
+use etherparse::{PacketBuilder, SlicedPacket};
+use kit::{
+    A, A4, A6, B, B4, B6, GW, NODE, NODE4, OUT4, PodExt, Rig, arp_request, echo4, fragment4,
+    fragment6, neighbor_solicitation, pod, tcp4, udp4,
+};
 use vswitch_datapath::counters::Outcome;
 use vswitch_datapath::parse::{self, Mac, Payload};
-use vswitch_datapath::{Action, Config, Datapath, PortKind};
-
-const GW: Mac = [0x02, 0x76, 0x73, 0x77, 0x00, 0x01];
-const NODE: Mac = [0x02, 0x6e, 0x6f, 0x64, 0x65, 0x00];
-const A: Mac = [0x02, 0, 0, 0, 0, 1];
-const B: Mac = [0x02, 0, 0, 0, 0, 2];
-const A4: [u8; 4] = [10, 0, 0, 1];
-const B4: [u8; 4] = [10, 0, 0, 2];
-const NODE4: [u8; 4] = [192, 168, 0, 1];
-const OUT4: [u8; 4] = [203, 0, 113, 9];
-const A6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-const B6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
-
-struct Switch {
-    dp: Datapath,
-    engine: Engine,
-    t0: Instant,
-    ms: u64,
-}
-
-fn pod(name: &str, ip4: [u8; 4], ip6: [u8; 16]) -> Pod {
-    Pod {
-        key: PodKey::new("x", name),
-        labels: [("pod".to_string(), name.to_string())].into(),
-        ips: vec![IpAddr::from(ip4), IpAddr::from(ip6)],
-        ports: vec![ContainerPort {
-            name: Some("http".into()),
-            port: 80,
-            protocol: Protocol::Tcp,
-        }],
-    }
-}
-
-/// Node port 0; pods x/a on port 1 and x/b on port 2.
-fn switch(cfg: Config) -> Switch {
-    let t0 = Instant::now();
-    let mut dp = Datapath::new(cfg, t0);
-    let mut cluster = Cluster::default();
-    cluster
-        .namespaces
-        .insert("x".into(), Namespace::new("x", Default::default()));
-    for p in [pod("a", A4, A6), pod("b", B4, B6)] {
-        cluster.pods.insert(p.key.clone(), p);
-    }
-    let engine = Engine::from_cluster(cluster).unwrap();
-    dp.set_policy(Arc::new(engine.snapshot()));
-    dp.add_port(
-        0,
-        "node",
-        NODE,
-        PortKind::Node {
-            ips: vec![IpAddr::from(NODE4)],
-        },
-    );
-    for (id, mac, ip4, ip6) in [(1, A, A4, A6), (2, B, B4, B6)] {
-        dp.add_port(
-            id,
-            "pod",
-            mac,
-            PortKind::Pod {
-                ips: vec![IpAddr::from(ip4), IpAddr::from(ip6)],
-                ready_generation: engine.generation(),
-            },
-        );
-    }
-    Switch {
-        dp,
-        engine,
-        t0,
-        ms: 0,
-    }
-}
-
-impl Switch {
-    fn send(&mut self, port: u16, frame: &mut [u8]) -> Action {
-        self.ms += 1;
-        let now = self.t0 + Duration::from_millis(self.ms);
-        self.dp.process(port, frame, now)
-    }
-
-    fn apply(&mut self, yaml: &str) {
-        for o in manifest::parse(yaml) {
-            match o.unwrap() {
-                manifest::Object::NetworkPolicy(p) => self.engine.upsert_policy(p).unwrap(),
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-        self.dp.set_policy(Arc::new(self.engine.snapshot()));
-    }
-
-    fn count(&self, o: Outcome) -> u64 {
-        self.dp.counters.get(o)
-    }
-}
+use vswitch_datapath::{Action, Config, PortKind};
 
 const DENY_INGRESS_A: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec: {podSelector: {matchLabels: {pod: a}}, policyTypes: [Ingress]}\n";
-
-#[allow(clippy::too_many_arguments)] // a frame has that many fields
-fn tcp4(
-    src_mac: Mac,
-    dst_mac: Mac,
-    src: [u8; 4],
-    dst: [u8; 4],
-    sport: u16,
-    dport: u16,
-    flags: &str,
-    ttl: u8,
-) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(src_mac, dst_mac)
-        .ipv4(src, dst, ttl)
-        .tcp(sport, dport, 1000, 4096);
-    let b = flags.chars().fold(b, |b, f| match f {
-        'S' => b.syn(),
-        'A' => b.ack(1),
-        'F' => b.fin(),
-        'R' => b.rst(),
-        _ => b,
-    });
-    let mut v = Vec::new();
-    b.write(&mut v, b"data").unwrap();
-    v
-}
-
-fn udp4(src_mac: Mac, dst_mac: Mac, src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
-    let mut v = Vec::new();
-    PacketBuilder::ethernet2(src_mac, dst_mac)
-        .ipv4(src, dst, 64)
-        .udp(sport, dport)
-        .write(&mut v, b"hello")
-        .unwrap();
-    v
-}
-
-fn arp_request(src_mac: Mac, sender: [u8; 4], target: [u8; 4]) -> Vec<u8> {
-    let mut v = vec![0xff; 6];
-    v.extend_from_slice(&src_mac);
-    v.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
-    v.extend_from_slice(&src_mac);
-    v.extend_from_slice(&sender);
-    v.extend_from_slice(&[0; 6]);
-    v.extend_from_slice(&target);
-    v
-}
 
 fn parsed(frame: &[u8]) -> parse::Parsed {
     parse::parse(frame).expect("a valid frame")
@@ -159,7 +24,7 @@ fn parsed(frame: &[u8]) -> parse::Parsed {
 
 #[test]
 fn arp_is_answered_by_the_switch() {
-    let mut s = switch(Config::default());
+    let mut s = Rig::two_pods();
     // the gateway: the switch's MAC
     let Action::Reply(1, r) = s.send(1, &mut arp_request(A, A4, [169, 254, 1, 1])) else {
         panic!("no reply")
@@ -198,39 +63,9 @@ fn arp_is_answered_by_the_switch() {
     assert_eq!(s.count(Outcome::Replied), 3);
 }
 
-fn neighbor_solicitation(src_mac: Mac, src: [u8; 16], target: [u8; 16]) -> Vec<u8> {
-    use smoltcp::phy::ChecksumCapabilities;
-    use smoltcp::wire::*;
-    let icmp = Icmpv6Repr::Ndisc(NdiscRepr::NeighborSolicit {
-        target_addr: target.into(),
-        lladdr: Some(RawHardwareAddress::from_bytes(&src_mac)),
-    });
-    let mut dst = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 0];
-    dst[13..].copy_from_slice(&target[13..]);
-    let ip = Ipv6Repr {
-        src_addr: src.into(),
-        dst_addr: dst.into(),
-        next_header: IpProtocol::Icmpv6,
-        payload_len: icmp.buffer_len(),
-        hop_limit: 255,
-    };
-    let mut v = vec![0x33, 0x33, 0xff, dst[13], dst[14], dst[15]];
-    v.extend_from_slice(&src_mac);
-    v.extend_from_slice(&[0x86, 0xdd]);
-    v.resize(14 + 40 + icmp.buffer_len(), 0);
-    ip.emit(&mut Ipv6Packet::new_unchecked(&mut v[14..]));
-    icmp.emit(
-        &src.into(),
-        &dst.into(),
-        &mut Icmpv6Packet::new_unchecked(&mut v[54..]),
-        &ChecksumCapabilities::default(),
-    );
-    v
-}
-
 #[test]
 fn neighbor_solicitations_are_answered_and_dad_is_not() {
-    let mut s = switch(Config::default());
+    let mut s = Rig::two_pods();
     let gw6 = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
     let Action::Reply(1, r) = s.send(1, &mut neighbor_solicitation(A, A6, gw6)) else {
         panic!("no reply")
@@ -259,7 +94,7 @@ fn neighbor_solicitations_are_answered_and_dad_is_not() {
 
 #[test]
 fn spoofed_macs_and_addresses_are_dropped_and_counted() {
-    let mut s = switch(Config::default());
+    let mut s = Rig::two_pods();
     // source MAC of another pod
     assert_eq!(
         s.send(1, &mut tcp4(B, GW, A4, B4, 1, 80, "S", 64)),
@@ -289,7 +124,7 @@ fn spoofed_macs_and_addresses_are_dropped_and_counted() {
 
 #[test]
 fn routing_rewrites_macs_and_ttl_and_l2_delivery_does_not() {
-    let mut s = switch(Config::default());
+    let mut s = Rig::two_pods();
     let mut f = tcp4(A, GW, A4, B4, 40000, 80, "S", 64);
     assert_eq!(s.send(1, &mut f), Action::Forward(2));
     let p = SlicedPacket::from_ethernet(&f).unwrap();
@@ -334,7 +169,7 @@ fn routing_rewrites_macs_and_ttl_and_l2_delivery_does_not() {
 
 #[test]
 fn an_expired_ttl_gets_time_exceeded() {
-    let mut s = switch(Config::default());
+    let mut s = Rig::two_pods();
     let Action::Reply(1, r) = s.send(1, &mut tcp4(A, GW, A4, B4, 40000, 80, "S", 1)) else {
         panic!("no reply")
     };
@@ -362,7 +197,7 @@ fn an_expired_ttl_gets_time_exceeded() {
 }
 
 /// a's UDP datagram from `sport` to b's port 53, and b's answer; both pass.
-fn udp_exchange(s: &mut Switch, sport: u16) {
+fn udp_exchange(s: &mut Rig, sport: u16) {
     assert_eq!(
         s.send(1, &mut udp4(A, GW, A4, B4, sport, 53)),
         Action::Forward(2)
@@ -378,7 +213,7 @@ fn udp_exchange(s: &mut Switch, sport: u16) {
 /// trusts the cache.
 #[test]
 fn an_expired_connection_closes_its_fast_path() {
-    let mut s = switch(Config::default());
+    let mut s = Rig::two_pods();
     s.apply(DENY_INGRESS_A);
     // a -> b over UDP, b answers: both directions established and cached
     for _ in 0..3 {
@@ -424,7 +259,7 @@ fn an_expired_connection_closes_its_fast_path() {
 
 #[test]
 fn replies_pass_a_deny_all_ingress_and_new_connections_do_not() {
-    let mut s = switch(Config::default());
+    let mut s = Rig::two_pods();
     s.apply(DENY_INGRESS_A);
     // a opens to b: allowed (only a's ingress is isolated)
     assert_eq!(
@@ -452,21 +287,9 @@ fn replies_pass_a_deny_all_ingress_and_new_connections_do_not() {
     );
 }
 
-fn echo4(src_mac: Mac, src: [u8; 4], dst: [u8; 4], id: u16, request: bool) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(src_mac, GW).ipv4(src, dst, 64);
-    let b = if request {
-        b.icmpv4_echo_request(id, 1)
-    } else {
-        b.icmpv4_echo_reply(id, 1)
-    };
-    let mut v = Vec::new();
-    b.write(&mut v, b"ping").unwrap();
-    v
-}
-
 #[test]
 fn an_echo_reply_does_not_open_ingress() {
-    let mut s = switch(Config::default());
+    let mut s = Rig::two_pods();
     s.apply(DENY_INGRESS_A);
     // an unsolicited echo reply towards a: dropped, and it opens nothing
     assert_eq!(
@@ -493,31 +316,9 @@ fn an_echo_reply_does_not_open_ingress() {
     );
 }
 
-fn fragment4(
-    src_mac: Mac,
-    src: [u8; 4],
-    dst: [u8; 4],
-    id: u16,
-    offset8: u16,
-    more: bool,
-    payload: &[u8],
-) -> Vec<u8> {
-    let mut h = Ipv4Header::new(payload.len() as u16, 64, IpNumber::UDP, src, dst).unwrap();
-    h.identification = id;
-    h.more_fragments = more;
-    h.fragment_offset = offset8.try_into().unwrap();
-    h.header_checksum = h.calc_header_checksum();
-    let mut v = GW.to_vec();
-    v.extend_from_slice(&src_mac);
-    v.extend_from_slice(&[0x08, 0x00]);
-    h.write(&mut v).unwrap();
-    v.extend_from_slice(payload);
-    v
-}
-
 #[test]
 fn fragments_follow_their_first_fragment() {
-    let mut s = switch(Config::default());
+    let mut s = Rig::two_pods();
     s.apply(DENY_INGRESS_A);
     // a UDP header (ports 5 -> 53, length 24) and 8 bytes: the first fragment
     let first: Vec<u8> = [0, 5, 0, 53, 0, 24, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8].to_vec();
@@ -547,7 +348,7 @@ fn fragments_follow_their_first_fragment() {
 
 #[test]
 fn a_full_conntrack_table_drops_new_flows_and_keeps_old_ones() {
-    let mut s = switch(Config {
+    let mut s = Rig::two_pods_with(Config {
         conntrack_max: 2,
         ..Config::default()
     });
@@ -573,7 +374,7 @@ fn a_full_conntrack_table_drops_new_flows_and_keeps_old_ones() {
 
 #[test]
 fn malformed_frames_are_dropped_and_counted() {
-    let mut s = switch(Config::default());
+    let mut s = Rig::two_pods();
     let good = tcp4(A, GW, A4, B4, 40000, 80, "S", 64);
     let mut cases: Vec<Vec<u8>> = vec![
         A[..4].to_vec(),              // runt
@@ -604,7 +405,7 @@ fn malformed_frames_are_dropped_and_counted() {
 
 #[test]
 fn established_flows_take_the_fast_path_until_the_policy_changes() {
-    let mut s = switch(Config::default());
+    let mut s = Rig::two_pods();
     s.send(1, &mut tcp4(A, GW, A4, B4, 40000, 80, "S", 64));
     s.send(2, &mut tcp4(B, GW, B4, A4, 80, 40000, "SA", 64));
     for _ in 0..5 {
@@ -641,7 +442,7 @@ fn a_policy_change_cuts_established_connections_unless_told_to_keep_them() {
         (false, Action::Drop(Outcome::PolicyDeny)),
         (true, Action::Forward(1)),
     ] {
-        let mut s = switch(Config {
+        let mut s = Rig::two_pods_with(Config {
             established: if keep {
                 vswitch_datapath::EstablishedPolicy::Keep
             } else {
@@ -665,7 +466,7 @@ fn a_policy_change_cuts_established_connections_unless_told_to_keep_them() {
 
 #[test]
 fn a_new_pod_gets_no_traffic_before_its_policy_generation() {
-    let mut s = switch(Config::default());
+    let mut s = Rig::two_pods();
     let c: Mac = [0x02, 0, 0, 0, 0, 3];
     s.dp.add_port(
         3,
@@ -684,12 +485,9 @@ fn a_new_pod_gets_no_traffic_before_its_policy_generation() {
         s.send(1, &mut udp4(A, GW, A4, [10, 0, 0, 3], 1, 53)),
         Action::Drop(Outcome::NotReady)
     );
-    let mut p = pod(
-        "c",
-        [10, 0, 0, 3],
-        [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3],
-    );
-    p.ips.truncate(1);
+    let p = pod("x", "c", &[IpAddr::from([10, 0, 0, 3])])
+        .labelled("pod", "c")
+        .serving("http", 80);
     s.engine.upsert_pod(p).unwrap();
     s.dp.set_policy(Arc::new(s.engine.snapshot()));
     assert_eq!(
@@ -702,7 +500,7 @@ fn a_new_pod_gets_no_traffic_before_its_policy_generation() {
 /// ports never ready; the first cluster makes them ready.
 #[test]
 fn a_port_waiting_for_the_source_is_closed_until_marked_ready() {
-    let mut s = switch(Config::default());
+    let mut s = Rig::two_pods();
     s.dp.set_ready(1, u64::MAX);
     assert_eq!(
         s.send(1, &mut udp4(A, GW, A4, B4, 1, 53)),
@@ -717,7 +515,7 @@ fn a_port_waiting_for_the_source_is_closed_until_marked_ready() {
 
 #[test]
 fn the_node_reaches_isolated_pods_and_pods_reach_outside_through_it() {
-    let mut s = switch(Config::default());
+    let mut s = Rig::two_pods();
     s.apply(DENY_INGRESS_A);
     s.apply(
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: out, namespace: x}\n\
@@ -755,7 +553,7 @@ fn the_node_reaches_isolated_pods_and_pods_reach_outside_through_it() {
 
 #[test]
 fn outcomes_add_up_to_packets_received() {
-    let mut s = switch(Config {
+    let mut s = Rig::two_pods_with(Config {
         conntrack_max: 16,
         ..Config::default()
     });
@@ -818,32 +616,9 @@ fn outcomes_add_up_to_packets_received() {
     );
 }
 
-fn fragment6(
-    src_mac: Mac,
-    src: [u8; 16],
-    dst: [u8; 16],
-    id: u32,
-    offset8: u16,
-    more: bool,
-    payload: &[u8],
-) -> Vec<u8> {
-    let mut v = GW.to_vec();
-    v.extend_from_slice(&src_mac);
-    v.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
-    v.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-    v.extend_from_slice(&[44, 64]); // next header: Fragment; hop limit
-    v.extend_from_slice(&src);
-    v.extend_from_slice(&dst);
-    v.extend_from_slice(&[17, 0]);
-    v.extend_from_slice(&((offset8 << 3) | more as u16).to_be_bytes());
-    v.extend_from_slice(&id.to_be_bytes());
-    v.extend_from_slice(payload);
-    v
-}
-
 #[test]
 fn ipv6_fragments_behind_an_extension_header_follow_their_first() {
-    let mut s = switch(Config::default());
+    let mut s = Rig::two_pods();
     s.apply(DENY_INGRESS_A);
     let first: Vec<u8> = [0, 5, 0, 53, 0, 24, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8].to_vec();
     assert_eq!(
@@ -871,7 +646,7 @@ fn batches_act_exactly_like_single_frames() {
         flow_cache_max: 16,
         ..Config::default()
     };
-    let (mut one, mut many) = (switch(cfg()), switch(cfg()));
+    let (mut one, mut many) = (Rig::two_pods_with(cfg()), Rig::two_pods_with(cfg()));
     one.apply(DENY_INGRESS_A);
     many.apply(DENY_INGRESS_A);
     let mut rng = policy::synth::Rng::new(7);
@@ -921,7 +696,7 @@ fn batches_act_exactly_like_single_frames() {
     assert_eq!(one.dp.counters, many.dp.counters);
     // per port too: what each received and sent (a batch counts its hits
     // at once)
-    let ports = |s: &Switch| -> Vec<_> {
+    let ports = |s: &Rig| -> Vec<_> {
         s.dp.ports()
             .map(|(id, p)| (id, p.counters.clone()))
             .collect()

@@ -2,44 +2,29 @@
 //! for TAP devices): frames flow, and when the receiving side stops reading,
 //! frames wait for writability instead of being lost.
 
+mod kit;
+
 use std::net::IpAddr;
 use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use kit::{A, A4, B, B4, attach_pod, udp4_carrying};
 use vswitch_datapath::io::event_loop::EventLoop;
 use vswitch_datapath::io::port::SocketPort;
 use vswitch_datapath::io::worker::{PolicyHandle, Worker};
-use vswitch_datapath::{Config, Datapath, PortKind};
-
-const A: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
-const B: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
+use vswitch_datapath::{Config, Datapath};
 
 fn frame(seq: u16) -> Vec<u8> {
-    let mut v = Vec::new();
-    etherparse::PacketBuilder::ethernet2(A, B)
-        .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
-        .udp(4000, 53)
-        .write(&mut v, &seq.to_be_bytes())
-        .unwrap();
-    v
+    udp4_carrying(A, B, A4, B4, 4000, 53, &seq.to_be_bytes())
 }
 
 /// A switch with pods a and b on socket ports; returns the pods' ends.
 fn switch() -> (EventLoop, UnixDatagram, UnixDatagram) {
     let mut dp = Datapath::new(Config::default(), Instant::now());
-    for (id, mac, ip) in [(1u16, A, [10, 0, 0, 1]), (2, B, [10, 0, 0, 2])] {
-        dp.add_port(
-            id,
-            "pod",
-            mac,
-            PortKind::Pod {
-                ips: vec![IpAddr::from(ip)],
-                ready_generation: 0,
-            },
-        );
-    }
+    attach_pod(&mut dp, 1, "pod", A, &[IpAddr::from(A4)], 0);
+    attach_pod(&mut dp, 2, "pod", B, &[IpAddr::from(B4)], 0);
     let mut worker = Worker::new(dp, PolicyHandle::default());
     let (pod_a, sw_a) = UnixDatagram::pair().unwrap();
     let (pod_b, sw_b) = UnixDatagram::pair().unwrap();

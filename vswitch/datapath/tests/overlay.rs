@@ -3,21 +3,23 @@
 //! overlay's UDP ports over loopback. (Three nodes with vswitchd, kernel
 //! TCP and a real underlay are in `multinode.rs`.)
 
+mod kit;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
 use ipnet::IpNet;
-use policy::{Cluster, Engine, Namespace, Pod, PodKey, manifest};
+use kit::{GW, PodExt, Rig, attach_pod, ips, pod};
+use policy::Cluster;
 use vswitch_datapath::counters::Outcome;
 use vswitch_datapath::io::port::{Port, RxMeta, VnetHdr};
 use vswitch_datapath::io::udp::{OverlaySocket, TunnelPort};
 use vswitch_datapath::overlay::{self, HLEN};
 use vswitch_datapath::parse::Mac;
-use vswitch_datapath::{Action, Config, Datapath, PortKind};
+use vswitch_datapath::wire::checksum;
+use vswitch_datapath::{Action, Config, PortKind};
 
-const GW: Mac = [0x02, 0x76, 0x73, 0x77, 0x00, 0x01];
 const POD_MAC: Mac = [0x02, 0, 0, 0, 0, 1];
 const VNI: u32 = 7;
 /// Port ids on both nodes: the local pod, the other node, the socket.
@@ -37,29 +39,15 @@ fn net(s: &str) -> IpNet {
 }
 
 fn cluster() -> Cluster {
-    let mut c = Cluster::default();
-    c.namespaces
-        .insert("x".into(), Namespace::new("x", Default::default()));
-    for (name, v4, v6) in [("a", A, A6), ("b", B, B6)] {
-        let p = Pod {
-            key: PodKey::new("x", name),
-            labels: [("app".to_string(), name.to_string())].into(),
-            ips: vec![IpAddr::from(v4), IpAddr::from(v6)],
-            ports: vec![],
-        };
-        c.pods.insert(p.key.clone(), p);
-    }
-    c
+    kit::cluster(
+        [("a", A, A6), ("b", B, B6)]
+            .map(|(name, v4, v6)| pod("x", name, &ips(v4, v6)).labelled("app", name)),
+    )
 }
 
 /// One node: its pod on port 1, the other node on port 2, the overlay
 /// socket on port 3, and the cluster-wide policy engine.
-struct Node {
-    dp: Datapath,
-    engine: Engine,
-    t0: Instant,
-    ms: u64,
-}
+type Node = Rig;
 
 fn node(pod: [u8; 4], pod6: [u8; 16], other: [u8; 4], other_cidrs: &[&str]) -> Node {
     let cfg = Config {
@@ -68,21 +56,11 @@ fn node(pod: [u8; 4], pod6: [u8; 16], other: [u8; 4], other_cidrs: &[&str]) -> N
         cluster_cidrs: vec![net("10.244.0.0/16"), net("fd00::/16")],
         ..Config::default()
     };
-    let t0 = Instant::now();
-    let mut dp = Datapath::new(cfg, t0);
-    let engine = Engine::from_cluster(cluster()).unwrap();
-    dp.set_policy(Arc::new(engine.snapshot()));
-    dp.add_port(
-        POD,
-        "pod",
-        POD_MAC,
-        PortKind::Pod {
-            ips: vec![IpAddr::from(pod), IpAddr::from(pod6)],
-            ready_generation: engine.generation(),
-        },
-    );
+    let mut n = Rig::with_cluster(cfg, cluster());
+    let ready = n.engine.generation();
+    attach_pod(&mut n.dp, POD, "pod", POD_MAC, &ips(pod, pod6), ready);
     let addr = IpAddr::from(other);
-    dp.add_port(
+    n.dp.add_port(
         REMOTE,
         "node/other",
         overlay::node_mac(addr),
@@ -92,13 +70,8 @@ fn node(pod: [u8; 4], pod6: [u8; 16], other: [u8; 4], other_cidrs: &[&str]) -> N
             cidrs: other_cidrs.iter().map(|c| net(c)).collect(),
         },
     );
-    dp.add_port(SOCKET, "overlay", [2, 0, 0, 0, 0, 3], PortKind::Overlay);
-    Node {
-        dp,
-        engine,
-        t0,
-        ms: 0,
-    }
+    n.dp.add_port(SOCKET, "overlay", [2, 0, 0, 0, 0, 3], PortKind::Overlay);
+    n
 }
 
 /// n1 holds x/a, n2 holds x/b.
@@ -109,36 +82,22 @@ fn two_nodes() -> (Node, Node) {
     )
 }
 
-impl Node {
-    fn now(&mut self) -> Instant {
-        self.ms += 1;
-        self.t0 + Duration::from_millis(self.ms)
-    }
-
-    fn pod_sends(&mut self, frame: &mut [u8]) -> Action {
-        let now = self.now();
-        self.dp.process(POD, frame, now)
-    }
-
+/// What a node's pod and the overlay socket do.
+trait NodeExt {
+    fn pod_sends(&mut self, frame: &mut [u8]) -> Action;
     /// A datagram from `peer` on the overlay socket.
+    fn datagram_from(&mut self, peer: [u8; 4], datagram: &mut [u8]) -> Action;
+}
+
+impl NodeExt for Node {
+    fn pod_sends(&mut self, frame: &mut [u8]) -> Action {
+        self.send(POD, frame)
+    }
+
     fn datagram_from(&mut self, peer: [u8; 4], datagram: &mut [u8]) -> Action {
         let now = self.now();
         self.dp
             .process_overlay(SOCKET, Some(IpAddr::from(peer)), datagram, now)
-    }
-
-    fn apply(&mut self, yaml: &str) {
-        for o in manifest::parse(yaml) {
-            match o.unwrap() {
-                manifest::Object::NetworkPolicy(p) => self.engine.upsert_policy(p).unwrap(),
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-        self.dp.set_policy(Arc::new(self.engine.snapshot()));
-    }
-
-    fn count(&self, o: Outcome) -> u64 {
-        self.dp.counters.get(o)
     }
 }
 
@@ -149,17 +108,7 @@ fn vxlan(frame: &[u8]) -> Vec<u8> {
 }
 
 fn tcp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: &str) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(POD_MAC, GW)
-        .ipv4(src, dst, 64)
-        .tcp(sport, dport, 1000, 4096);
-    let b = flags.chars().fold(b, |b, f| match f {
-        'S' => b.syn(),
-        'A' => b.ack(1),
-        _ => b,
-    });
-    let mut v = Vec::new();
-    b.write(&mut v, b"data").unwrap();
-    v
+    kit::tcp4(POD_MAC, GW, src, dst, sport, dport, flags, 64)
 }
 
 /// Carries `frame`, sent by the pod on `from`, over the overlay to `to`;
@@ -287,11 +236,7 @@ fn big(v6: bool, df: bool, len: usize) -> Vec<u8> {
     let payload = vec![0xabu8; len];
     let mut v = Vec::new();
     if v6 {
-        PacketBuilder::ethernet2(POD_MAC, GW)
-            .ipv6(A6, B6, 64)
-            .udp(5000, 53)
-            .write(&mut v, &payload)
-            .unwrap();
+        v = kit::udp6(POD_MAC, GW, A6, B6, 5000, 53, &payload);
     } else {
         let mut ip = etherparse::Ipv4Header::new(0, 64, etherparse::IpNumber::UDP, A, B).unwrap();
         ip.dont_fragment = df;
@@ -393,17 +338,7 @@ fn tunnel_ports_cut_offload_frames_into_vxlan_datagrams() {
         csum_offset: 16,
     };
     // leave only the pseudo-header sum in the checksum field, as the kernel does
-    let pseudo = {
-        let mut s: u32 = 0;
-        for w in [A, B].concat().chunks(2) {
-            s += u16::from_be_bytes([w[0], w[1]]) as u32;
-        }
-        s += 6 + (frame.len() - 34) as u32;
-        while s > 0xffff {
-            s = (s & 0xffff) + (s >> 16);
-        }
-        s as u16
-    };
+    let pseudo = checksum::fold(checksum::add(0, &[A, B].concat()) + 6 + (frame.len() - 34) as u64);
     frame[50..52].copy_from_slice(&pseudo.to_be_bytes());
     let meta = RxMeta {
         vnet,

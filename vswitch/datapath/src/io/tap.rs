@@ -14,6 +14,21 @@ use tun_rs::{DeviceBuilder, Layer, SyncDevice};
 
 use super::port::{Port, RxMeta, VnetHdr};
 
+/// What went wrong reading a TAP device, beyond the system call's own
+/// errors (which stay `io::Error`s); carried inside an `io::Error` (kind
+/// `Other`, as before), as the [`Port`] trait returns `io::Result`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TapError {
+    #[error("reading a frame from a TAP: {len} bytes, shorter than the virtio-net header")]
+    ShortVnetHeader { len: usize },
+}
+
+impl From<TapError> for io::Error {
+    fn from(e: TapError) -> io::Error {
+        io::Error::other(e)
+    }
+}
+
 pub struct TapPort {
     dev: SyncDevice,
     vnet_hdr: bool,
@@ -99,8 +114,8 @@ impl Port for TapPort {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
             Err(e) => return Err(e),
         };
-        let vnet = VnetHdr::parse(&self.scratch[..n])
-            .ok_or_else(|| io::Error::other("short virtio-net header"))?;
+        let vnet =
+            VnetHdr::parse(&self.scratch[..n]).ok_or(TapError::ShortVnetHeader { len: n })?;
         let len = (n - VnetHdr::LEN).min(buf.len());
         buf[..len].copy_from_slice(&self.scratch[VnetHdr::LEN..VnetHdr::LEN + len]);
         Ok(Some((

@@ -7,7 +7,7 @@
 //!   node's VXLAN port. A frame sent to it goes out as one or more VXLAN
 //!   datagrams: a pod's segmentation-offload frame is cut into packets that
 //!   fit the overlay and partial checksums are completed first
-//!   ([`super::segment`]), since the far end's pods get plain frames.
+//!   ([`crate::segment`]), since the far end's pods get plain frames.
 //!
 //! Both use the kernel's UDP offloads where it has them: a tunnel port
 //! hands the datagrams of one offload frame to the kernel in one `sendmsg`

@@ -27,7 +27,8 @@ use smoltcp::socket::{tcp, udp};
 use smoltcp::time::Instant as SmolInstant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint};
 
-use vswitch_datapath::parse::{ETH_HLEN, Mac};
+use vswitch_datapath::parse::Mac;
+use vswitch_datapath::wire::eth::HLEN as ETH_HLEN;
 use vswitch_datapath::{Action, Config, Datapath, PortId, PortKind};
 
 /// A link as smoltcp sees it: two queues.

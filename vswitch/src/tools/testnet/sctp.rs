@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use vswitch_datapath::parse::PROTO_SCTP;
+use vswitch_datapath::wire::ip_proto::SCTP as PROTO_SCTP;
 
 const INIT: u8 = 1;
 const INIT_ACK: u8 = 2;

@@ -1,0 +1,63 @@
+//! How a datapath is set up: the gateway's addresses, table sizes,
+//! timeouts, the overlay's VNI and MTU, and what happens to established
+//! connections when policy changes.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+
+pub use crate::conntrack::Timeouts;
+use crate::overlay;
+use crate::parse::Mac;
+
+/// What to do with established connections that a new policy generation
+/// no longer allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EstablishedPolicy {
+    /// Re-check them at their next packet and cut the ones now denied
+    /// (default: the policy in force is the policy enforced).
+    #[default]
+    Recheck,
+    /// Keep connections that were allowed when they started.
+    Keep,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub gateway_mac: Mac,
+    pub gateway_v4: Ipv4Addr,
+    pub gateway_v6: Ipv6Addr,
+    pub established: EstablishedPolicy,
+    pub conntrack_max: usize,
+    pub flow_cache_max: usize,
+    pub frag_max: usize,
+    pub frag_ttl_ms: u64,
+    pub timeouts: Timeouts,
+    /// The cluster's pod address ranges: a destination in them that is on
+    /// no known node is dropped (counted), not sent out of the node port.
+    pub cluster_cidrs: Vec<IpNet>,
+    /// The overlay's VXLAN network identifier.
+    pub vni: u32,
+    /// The largest inner IP packet the overlay carries unsegmented.
+    pub overlay_mtu: u16,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            // locally administered, unicast
+            gateway_mac: [0x02, 0x76, 0x73, 0x77, 0x00, 0x01],
+            gateway_v4: Ipv4Addr::new(169, 254, 1, 1),
+            gateway_v6: Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1),
+            established: EstablishedPolicy::Recheck,
+            conntrack_max: 229_376, // 7/8 of 2^18: the hash table is full at its load limit
+            flow_cache_max: 65_536,
+            frag_max: 4096,
+            frag_ttl_ms: 2_000,
+            timeouts: Timeouts::default(),
+            cluster_cidrs: Vec::new(),
+            vni: overlay::DEFAULT_VNI,
+            overlay_mtu: 1450,
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! The IP packet path between parsing and output: neighbour discovery,
+//! anti-spoofing, readiness, routing, fragments, connection tracking and
+//! NetworkPolicy, and the flow-cache entry for what is allowed.
+
+use std::net::IpAddr;
+
+use policy::{Flow, Protocol};
+
+use super::Datapath;
+use crate::Action;
+use crate::config::EstablishedPolicy;
+use crate::conntrack::{self, CtError, CtRef};
+use crate::counters::Outcome;
+use crate::flow_cache::{CacheEntry, Forward};
+use crate::frag::FragKey;
+use crate::parse::{self, IpPacket, L4, Mac};
+use crate::ports::{PortId, PortKind};
+
+use super::rewrite::too_big;
+
+/// What the IP path decided for a packet.
+#[derive(Debug)]
+pub(super) enum IpVerdict {
+    /// Forward it, rewritten as this says.
+    Forward(Forward),
+    /// The switch answers instead (a neighbour advertisement, an ICMP
+    /// error), or drops the packet when it cannot build the answer: this
+    /// action, counted as this outcome.
+    Answer(Action, Outcome),
+    /// Drop it, counted as this outcome.
+    Drop(Outcome),
+}
+
+impl From<(Action, Outcome)> for IpVerdict {
+    fn from((action, outcome): (Action, Outcome)) -> Self {
+        IpVerdict::Answer(action, outcome)
+    }
+}
+
+impl Datapath {
+    pub(super) fn is_node_address(&self, ip: IpAddr) -> bool {
+        self.node_port
+            .and_then(|p| self.ports[p as usize].as_ref())
+            .is_some_and(|p| p.owns(ip))
+    }
+
+    /// The IP packet path: forward, answer or drop.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn ip(
+        &mut self,
+        in_port: PortId,
+        dst_mac: Mac,
+        ip: &IpPacket,
+        frame: &[u8],
+        gso: u16,
+        ms: u64,
+    ) -> IpVerdict {
+        let port = self.ports[in_port as usize].as_ref().expect("port");
+        let from_node = matches!(port.kind, PortKind::Node { .. });
+        let from_remote = matches!(port.kind, PortKind::Remote { .. });
+
+        // Neighbour discovery is answered here, before anything is routed.
+        if let L4::Ndp { ty } = ip.l4 {
+            if from_remote {
+                return IpVerdict::Drop(Outcome::Unsupported); // not across the overlay
+            }
+            return match self.ndp(in_port, ty, ip, frame) {
+                Ok(answer) => answer.into(),
+                Err(o) => IpVerdict::Drop(o),
+            };
+        }
+        // Anti-spoofing: a pod sends from its own addresses only, another
+        // node from its pods' and its own; the node may not impersonate a
+        // local pod.
+        let legit = if from_node {
+            !self.by_ip.contains_key(&ip.src)
+        } else {
+            port.owns(ip.src)
+        };
+        if !legit {
+            return IpVerdict::Drop(if from_remote {
+                Outcome::Forged
+            } else {
+                Outcome::Spoofed
+            });
+        }
+        if let PortKind::Pod {
+            ready_generation, ..
+        } = port.kind
+            && self.policy.generation() < ready_generation
+        {
+            return IpVerdict::Drop(Outcome::NotReady);
+        }
+
+        let fwd = match self.route(in_port, dst_mac, ip.dst) {
+            Ok(fwd) => fwd,
+            Err(o) => return IpVerdict::Drop(o),
+        };
+        if fwd.routed && ip.ttl <= 1 {
+            return self.ttl_expired(in_port, frame).into();
+        }
+        if let PortKind::Pod {
+            ready_generation, ..
+        } = self.ports[fwd.port as usize].as_ref().expect("port").kind
+            && self.policy.generation() < ready_generation
+        {
+            return IpVerdict::Drop(Outcome::NotReady);
+        }
+
+        // Later fragments follow their first fragment.
+        if let Some(f) = ip.frag.filter(|f| !f.first) {
+            let key = FragKey {
+                src: ip.src,
+                dst: ip.dst,
+                proto: ip.proto,
+                id: f.id,
+            };
+            return match self.frags.follow(&key, ms) {
+                Some(fwd) => IpVerdict::Forward(fwd),
+                None => IpVerdict::Drop(Outcome::FragmentUnknown),
+            };
+        }
+
+        let tuple = ip.tuple();
+        let node_local =
+            (from_node && self.is_node_address(ip.src)) || self.is_node_address(ip.dst);
+        let ct = if let L4::IcmpError { inner } = ip.l4 {
+            // Related to a tracked connection, and going back to its sender.
+            match self.ct.lookup(&inner, ms) {
+                Some((r, _)) if inner.src == ip.dst => r,
+                _ if node_local => CtRef::default(),
+                _ => return IpVerdict::Drop(Outcome::Untracked),
+            }
+        } else {
+            // An echo request belongs to its originator's direction and a
+            // reply to the other: a request in the reply direction is a new
+            // echo (policy decides), a reply in the originator's is untracked.
+            let found = self.ct.lookup(&tuple, ms).filter(|(_, dir)| match ip.l4 {
+                L4::Echo { request, .. } => request == (*dir == conntrack::Dir::Orig),
+                _ => true,
+            });
+            match found {
+                Some((r, dir)) => {
+                    if let Err(o) = self.recheck(r, node_local) {
+                        return IpVerdict::Drop(o);
+                    }
+                    self.ct.update(r, dir, &ip.l4, ms);
+                    r
+                }
+                None => {
+                    if !conntrack::may_start(&ip.l4) {
+                        return IpVerdict::Drop(Outcome::Untracked);
+                    }
+                    if !node_local && !self.allowed(&tuple) {
+                        return IpVerdict::Drop(Outcome::PolicyDeny);
+                    }
+                    match self.ct.create(&tuple, &ip.l4, ms, self.policy.generation()) {
+                        Ok(r) => r,
+                        Err(CtError::Full) => return IpVerdict::Drop(Outcome::TableFull),
+                    }
+                }
+            }
+        };
+
+        // Allowed, but too big for the overlay: answered as a router would
+        // (IPv4 without DF is fragmented by the overlay instead).
+        if fwd.mtu != 0 && too_big(frame, fwd.mtu, gso) {
+            return self.too_big_reply(in_port, frame, fwd.mtu).into();
+        }
+
+        if let Some(f) = ip.frag {
+            let key = FragKey {
+                src: ip.src,
+                dst: ip.dst,
+                proto: ip.proto,
+                id: f.id,
+            };
+            self.frags.remember(key, fwd, ms);
+        } else if self.ct.cacheable(ct)
+            && let Some(key) = parse::cache_key(frame, in_port)
+        {
+            self.cache.insert(
+                key,
+                CacheEntry {
+                    fwd,
+                    ct,
+                    epoch: self.epoch,
+                },
+                ms as u32,
+            );
+        }
+        IpVerdict::Forward(fwd)
+    }
+
+    /// NetworkPolicy for a new connection.
+    fn allowed(&self, t: &parse::FlowTuple) -> bool {
+        let dst_port = if conntrack::is_icmp(t.proto) {
+            0
+        } else {
+            t.dport
+        };
+        self.policy
+            .verdict(&Flow {
+                src: t.src,
+                dst: t.dst,
+                protocol: Protocol::from_number(t.proto),
+                dst_port,
+            })
+            .allowed()
+    }
+
+    /// Re-checks a tracked connection against a newer policy generation.
+    fn recheck(&mut self, r: CtRef, node_local: bool) -> Result<(), Outcome> {
+        let generation = self.policy.generation();
+        let Some(e) = self.ct.get(r) else {
+            return Ok(());
+        };
+        if e.policy_epoch == generation as u32
+            || node_local
+            || self.cfg.established == EstablishedPolicy::Keep
+        {
+            return Ok(());
+        }
+        let orig = self.ct.orig_tuple(r).expect("live entry");
+        if self.allowed(&orig) {
+            self.ct.set_policy_epoch(r, generation);
+            Ok(())
+        } else {
+            self.ct.remove(r);
+            Err(Outcome::PolicyDeny)
+        }
+    }
+}
