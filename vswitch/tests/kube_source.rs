@@ -653,14 +653,23 @@ async fn node_pod_cidrs_reads_the_node() {
         Ok(nets(&["10.1.1.0/24"])),
         "spec.podCIDR when podCIDRs is absent"
     );
-    let e = node_pod_cidrs(&client, "node-c").await.unwrap_err();
+    let e = node_pod_cidrs(&client, "node-c")
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("node-c") && e.contains("podCIDRs"), "{e}");
-    let e = node_pod_cidrs(&client, "node-d").await.unwrap_err();
+    let e = node_pod_cidrs(&client, "node-d")
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("spec.podCIDRs[0]") && e.contains("10.1.3.0/33"),
         "{e}"
     );
-    let e = node_pod_cidrs(&client, "nowhere").await.unwrap_err();
+    let e = node_pod_cidrs(&client, "nowhere")
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("nowhere") && e.contains("not found"), "{e}");
     assert!(
         fake.with(|s| s.log.iter().any(|l| l.starts_with("/api/v1/nodes/node-a?"))),
@@ -671,7 +680,9 @@ async fn node_pod_cidrs_reads_the_node() {
 
 #[test]
 fn node_pod_cidrs_blocking_names_a_missing_kubeconfig() {
-    let e = node_pod_cidrs_blocking(Some(Path::new("/nonexistent/kubeconfig")), "n").unwrap_err();
+    let e = node_pod_cidrs_blocking(Some(Path::new("/nonexistent/kubeconfig")), "n")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("/nonexistent/kubeconfig"), "{e}");
 }
 
@@ -733,7 +744,8 @@ async fn an_unreachable_api_server_is_reported_by_the_real_client() {
     let e = tokio::task::spawn_blocking(move || node_pod_cidrs_blocking(Some(&p), "node-a"))
         .await
         .expect("no panic")
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("reading Node node-a"), "{e}");
     assert!(e.contains("Connection refused"), "the cause is named: {e}");
 
