@@ -13,10 +13,13 @@
 //! - [`compile`]: the [`Engine`], which compiles the cluster into identity and
 //!   port tables, keeps them up to date incrementally, and answers verdicts in
 //!   a few lookups;
+//! - [`diff`]: the changes that turn one cluster into another, in an order
+//!   the [`Engine`] accepts;
 //! - [`synth`]: deterministic synthetic clusters for tests and benchmarks.
 
 mod compact;
 pub mod compile;
+pub mod diff;
 #[cfg(feature = "k8s")]
 pub mod k8s;
 pub mod labels;
@@ -29,6 +32,7 @@ pub mod synth;
 pub mod verdict;
 
 pub use compile::{Engine, Snapshot};
+pub use diff::diff;
 pub use labels::{Labels, Selector};
 pub use model::{
     Change, Cluster, ContainerPort, ModelError, Namespace, Node, Pod, PodKey, Protocol,

@@ -690,6 +690,96 @@ fn startup_errors_end_with_one_line_and_a_failure() {
     }
 }
 
+/// Runs a second vswitchd in `w`'s node namespace with `args`; it has to
+/// fail within a few seconds (one still running is stopped and reported).
+fn second_vswitchd(w: &World, args: &[&str]) -> String {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &w.node])
+        .arg(env!("CARGO_BIN_EXE_vswitchd"))
+        .arg("run")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if t0.elapsed() > Duration::from_secs(5) {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "a second vswitchd started ({args:?}): {err}"
+    );
+    err
+}
+
+/// A second vswitchd next to a running one fails with one line that says
+/// so: on the node TAP (naming the options that avoid it) and on the
+/// state folder (locked for the first daemon's life).
+#[test]
+fn a_second_vswitchd_is_refused_with_one_line() {
+    if skip_unless_able() {
+        return;
+    }
+    let w = World::new();
+    let socket2 = w.dir.join("run2/vswitchd.sock");
+    let state2 = w.dir.join("state2");
+    // the same node TAP (vsw0), another socket and state folder
+    let err = second_vswitchd(
+        &w,
+        &[
+            "--socket",
+            &socket2.display().to_string(),
+            "--state-dir",
+            &state2.display().to_string(),
+        ],
+    );
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("vswitchd: node TAP vsw0")
+            && last.contains("another vswitchd")
+            && last.contains("--node-tap")
+            && last.contains("--no-node-port"),
+        "{err}"
+    );
+    assert_eq!(err.matches("vswitchd:").count(), 1, "{err}");
+    // the same state folder, no node port, another socket
+    let state = w.dir.join("state");
+    let err = second_vswitchd(
+        &w,
+        &[
+            "--no-node-port",
+            "--socket",
+            &socket2.display().to_string(),
+            "--state-dir",
+            &state.display().to_string(),
+        ],
+    );
+    let last = err.lines().last().unwrap_or_default();
+    let pid = w.daemon.as_ref().unwrap().id();
+    assert_eq!(
+        last,
+        format!(
+            "vswitchd: state folder {} is in use by another vswitchd (pid {pid})",
+            state.display()
+        ),
+        "{err}"
+    );
+    // the first daemon is untouched: it still answers (`run` fails the
+    // test on an error)
+    w.ctl(&["ports"]);
+}
+
 /// With the API server as its source, vswitchd attaches pods but passes
 /// none of their traffic until the first complete cluster arrives: here
 /// the API server never answers, so the pods stay closed, vswitchctl says

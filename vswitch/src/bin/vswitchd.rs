@@ -137,6 +137,7 @@ fn main() -> ExitCode {
                 conf_name,
                 extra_plugins,
             })
+            .map_err(|e| e.to_string())
             .map(|written| {
                 for p in written {
                     println!("wrote {}", p.display());
@@ -175,7 +176,7 @@ fn run(opts: Options) -> Result<(), String> {
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone()).map_err(|e| format!("signals: {e}"))?;
     }
-    let (mut daemon, server) = Daemon::start(opts)?;
+    let (mut daemon, server) = Daemon::start(opts).map_err(|e| e.to_string())?;
     let (tx, rx) = mpsc::channel::<Event>();
     server
         .spawn_acceptor(tx.clone())

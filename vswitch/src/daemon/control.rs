@@ -13,14 +13,39 @@ use std::time::Duration;
 
 use vswitch_cni::proto::{ErrorReply, Reply, Request, code};
 
+/// Why the control socket could not be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("control socket folder {}: {source}", dir.display())]
+    CreateFolder {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("control socket {} is in use (is another vswitchd running?)", .0.display())]
+    InUse(PathBuf),
+    #[error("removing the stale control socket {}: {source}", path.display())]
+    RemoveStale {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("control socket {}: {source}", path.display())]
+    Bind {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
 pub struct Server {
     listener: UnixListener,
     path: PathBuf,
 }
 
 impl Server {
-    pub fn bind(path: &Path) -> Result<Server, String> {
-        let shown = path.display();
+    pub fn bind(path: &Path) -> Result<Server, BindError> {
+        let bind_error = |source| BindError::Bind {
+            path: path.to_path_buf(),
+            source,
+        };
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
             && !dir.exists()
@@ -29,21 +54,23 @@ impl Server {
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)
-                .map_err(|e| format!("control socket folder {}: {e}", dir.display()))?;
+                .map_err(|source| BindError::CreateFolder {
+                    dir: dir.to_path_buf(),
+                    source,
+                })?;
         }
         if path.exists() {
             if UnixStream::connect(path).is_ok() {
-                return Err(format!(
-                    "control socket {shown} is in use (is another vswitchd running?)"
-                ));
+                return Err(BindError::InUse(path.to_path_buf()));
             }
-            std::fs::remove_file(path)
-                .map_err(|e| format!("removing the stale control socket {shown}: {e}"))?;
+            std::fs::remove_file(path).map_err(|source| BindError::RemoveStale {
+                path: path.to_path_buf(),
+                source,
+            })?;
         }
-        let listener =
-            UnixListener::bind(path).map_err(|e| format!("control socket {shown}: {e}"))?;
+        let listener = UnixListener::bind(path).map_err(bind_error)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| format!("control socket {shown}: {e}"))?;
+            .map_err(bind_error)?;
         Ok(Server {
             listener,
             path: path.to_path_buf(),

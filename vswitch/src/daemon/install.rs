@@ -25,8 +25,41 @@ pub struct InstallOptions {
     pub extra_plugins: Vec<PathBuf>,
 }
 
-fn atomic_write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
-    let dir = path.parent().ok_or("no folder")?;
+/// Why `install-cni` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("--subnet: at least one pod subnet is needed for IPAM")]
+    NoSubnet,
+    #[error("plugin {}: {source}", path.display())]
+    ReadPlugin {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--extra-plugin {}: not a file", .0.display())]
+    ExtraNotAFile(PathBuf),
+    #[error("{}: {source}", path.display())]
+    ReadExtra {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    CreateFolder {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: no folder", .0.display())]
+    NoFolder(PathBuf),
+    #[error("{}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn atomic_write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| InstallError::NoFolder(path.to_path_buf()))?;
     let tmp = dir.join(format!(
         ".{}.tmp",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("x")
@@ -38,9 +71,12 @@ fn atomic_write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
         f.sync_all()?;
         fs::rename(&tmp, path)
     })();
-    r.map_err(|e| {
+    r.map_err(|source| {
         let _ = fs::remove_file(&tmp);
-        format!("{}: {e}", path.display())
+        InstallError::Write {
+            path: path.to_path_buf(),
+            source,
+        }
     })
 }
 
@@ -75,21 +111,31 @@ pub fn conflist(o: &InstallOptions) -> serde_json::Value {
     })
 }
 
-pub fn install(o: &InstallOptions) -> Result<Vec<PathBuf>, String> {
+pub fn install(o: &InstallOptions) -> Result<Vec<PathBuf>, InstallError> {
     if o.subnets.is_empty() {
-        return Err("--subnet: at least one pod subnet is needed for IPAM".into());
+        return Err(InstallError::NoSubnet);
     }
-    let bin = fs::read(&o.plugin).map_err(|e| format!("plugin {}: {e}", o.plugin.display()))?;
-    fs::create_dir_all(&o.bin_dir).map_err(|e| format!("{}: {e}", o.bin_dir.display()))?;
-    fs::create_dir_all(&o.conf_dir).map_err(|e| format!("{}: {e}", o.conf_dir.display()))?;
+    let bin = fs::read(&o.plugin).map_err(|source| InstallError::ReadPlugin {
+        path: o.plugin.clone(),
+        source,
+    })?;
+    for dir in [&o.bin_dir, &o.conf_dir] {
+        fs::create_dir_all(dir).map_err(|source| InstallError::CreateFolder {
+            path: dir.clone(),
+            source,
+        })?;
+    }
     let bin_path = o.bin_dir.join("vswitch-cni");
     atomic_write(&bin_path, &bin, 0o755)?;
     let mut written = vec![bin_path];
     for extra in &o.extra_plugins {
         let name = extra
             .file_name()
-            .ok_or_else(|| format!("--extra-plugin {}: not a file", extra.display()))?;
-        let bytes = fs::read(extra).map_err(|e| format!("{}: {e}", extra.display()))?;
+            .ok_or_else(|| InstallError::ExtraNotAFile(extra.clone()))?;
+        let bytes = fs::read(extra).map_err(|source| InstallError::ReadExtra {
+            path: extra.clone(),
+            source,
+        })?;
         let to = o.bin_dir.join(name);
         atomic_write(&to, &bytes, 0o755)?;
         written.push(to);

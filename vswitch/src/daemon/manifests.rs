@@ -14,6 +14,28 @@ use std::time::SystemTime;
 use policy::manifest::{self, Object};
 use policy::{Cluster, Namespace, Node, Pod, PodKey};
 
+/// Why the manifest folder could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{}: {source}", dir.display())]
+    ListFolder {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", file.display())]
+    ReadFile {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The tools report errors as text: `?` takes this one there too.
+impl From<ManifestError> for String {
+    fn from(e: ManifestError) -> String {
+        e.to_string()
+    }
+}
+
 /// What the folder holds, as the cluster model wants it.
 #[derive(Debug, Clone, Default)]
 pub struct Desired {
@@ -25,7 +47,7 @@ pub struct Desired {
 
 /// Reads the folder. Pods keep only the addresses their manifests give
 /// (local pods get theirs from IPAM when they are attached).
-pub fn load(dir: &Path) -> Result<Desired, String> {
+pub fn load(dir: &Path) -> Result<Desired, ManifestError> {
     let (objects, mut notes) = read_objects(dir)?;
     let mut cluster = Cluster::default();
     let mut nodes: Vec<Node> = Vec::new();
@@ -153,12 +175,18 @@ fn manifest_files(dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
 
 /// Every object of every manifest under `dir` (recursively), and a note for
 /// each document that was rejected (file, object, field).
-pub fn read_objects(dir: &Path) -> Result<(Vec<Object>, Vec<String>), String> {
-    let files = manifest_files(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+pub fn read_objects(dir: &Path) -> Result<(Vec<Object>, Vec<String>), ManifestError> {
+    let files = manifest_files(dir).map_err(|source| ManifestError::ListFolder {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
     let mut objects = Vec::new();
     let mut notes = Vec::new();
     for f in &files {
-        let text = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
+        let text = std::fs::read_to_string(f).map_err(|source| ManifestError::ReadFile {
+            file: f.clone(),
+            source,
+        })?;
         for r in manifest::parse(&text) {
             match r {
                 Ok(o) => objects.push(o),

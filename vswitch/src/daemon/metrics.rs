@@ -30,8 +30,24 @@ pub struct Gauges {
     pub source_updates: AtomicU64,
 }
 
-pub fn serve(addr: SocketAddr, switch: SwitchHandle, gauges: Arc<Gauges>) -> Result<(), String> {
-    let listener = TcpListener::bind(addr).map_err(|e| format!("--metrics-addr {addr}: {e}"))?;
+/// Why the metrics endpoint could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("--metrics-addr {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("metrics: {0}")]
+    SpawnThread(#[source] std::io::Error),
+}
+
+pub fn serve(
+    addr: SocketAddr,
+    switch: SwitchHandle,
+    gauges: Arc<Gauges>,
+) -> Result<(), ServeError> {
+    let listener = TcpListener::bind(addr).map_err(|source| ServeError::Bind { addr, source })?;
     std::thread::Builder::new()
         .name("metrics".into())
         .spawn(move || {
@@ -39,7 +55,7 @@ pub fn serve(addr: SocketAddr, switch: SwitchHandle, gauges: Arc<Gauges>) -> Res
                 let _ = answer(conn, &switch, &gauges);
             }
         })
-        .map_err(|e| format!("metrics: {e}"))?;
+        .map_err(ServeError::SpawnThread)?;
     Ok(())
 }
 

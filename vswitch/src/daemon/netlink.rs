@@ -17,7 +17,7 @@ use rtnetlink::packet_route::route::RouteScope;
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
 /// How a pod's (or the node's) interface is to be configured.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkConfig {
     pub name: String,
     pub mac: [u8; 6],

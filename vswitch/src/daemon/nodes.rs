@@ -60,6 +60,16 @@ fn reachable(n: &Node, v6: bool) -> Option<IpAddr> {
     n.addresses.iter().copied().find(|a| a.is_ipv6() == v6)
 }
 
+/// Why the overlay could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum OverlayError {
+    #[error("overlay: cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
 impl Overlay {
     /// Binds the overlay socket and attaches it as port `id`.
     pub fn start(
@@ -68,13 +78,12 @@ impl Overlay {
         id: PortId,
         node_tap: Option<String>,
         switch: &SwitchHandle,
-    ) -> Result<Overlay, String> {
-        let sock = OverlaySocket::bind(opts.addr, opts.port).map_err(|e| {
-            format!(
-                "overlay: cannot bind {}: {e}",
-                SocketAddr::new(opts.addr, opts.port)
-            )
-        })?;
+    ) -> Result<Overlay, OverlayError> {
+        let sock =
+            OverlaySocket::bind(opts.addr, opts.port).map_err(|source| OverlayError::Bind {
+                addr: SocketAddr::new(opts.addr, opts.port),
+                source,
+            })?;
         tracing::info!(
             "overlay: VXLAN VNI {} on {}, pod MTU {mtu}",
             opts.vni,

@@ -49,7 +49,7 @@ use tokio::time::Instant;
 use super::manifests::Desired;
 use super::source::{Source, Update};
 pub use cluster::build;
-pub use connect::{client, node_pod_cidrs, node_pod_cidrs_blocking};
+pub use connect::{ConnectError, client, node_pod_cidrs, node_pod_cidrs_blocking};
 pub use trim::Trim;
 use watch::{Kind, Signal};
 
