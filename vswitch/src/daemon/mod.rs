@@ -56,7 +56,7 @@ pub(crate) mod manifests;
 pub(crate) mod metrics;
 mod model;
 pub(crate) mod netlink;
-pub(crate) mod netns;
+pub mod netns;
 pub mod nodes;
 mod query;
 pub mod source;
