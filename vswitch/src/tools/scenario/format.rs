@@ -120,7 +120,7 @@ struct ProbeTarget {
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum PortValue {
-    Number(u16),
+    Number(u64),
     Name(String),
 }
 
@@ -237,6 +237,46 @@ pub struct Except {
 pub enum ProbePort {
     Number(u16),
     Named(String),
+}
+
+/// A port as a user writes it that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PortError {
+    #[error("{0}: must be a number between 1 and 65535, or a container port's name")]
+    OutOfRange(String),
+    #[error("{0:?}: expected PORT/PROTOCOL, for example 80/TCP (PORT 1-65535; TCP, UDP or SCTP)")]
+    PortProtocol(String),
+}
+
+impl ProbePort {
+    /// A port as a user writes it: a number 1-65535 or a container port's
+    /// name (a word with a letter in it).
+    pub fn parse(s: &str) -> Result<ProbePort, PortError> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err(PortError::OutOfRange(format!("{s:?}")));
+        }
+        if s.bytes().all(|b| b.is_ascii_digit()) {
+            return match s.parse::<u16>() {
+                Ok(n) if n > 0 => Ok(ProbePort::Number(n)),
+                _ => Err(PortError::OutOfRange(s.to_string())),
+            };
+        }
+        Ok(ProbePort::Named(s.to_string()))
+    }
+}
+
+/// `PORT/PROTOCOL` (`80/TCP`; the protocol defaults to TCP and may be in
+/// lower case): a numeric port, as `vswitchctl explain` takes it.
+pub fn parse_port_protocol(s: &str) -> Result<(u16, Protocol), PortError> {
+    let bad = || PortError::PortProtocol(s.to_string());
+    let (num, proto) = s.split_once('/').unwrap_or((s, "TCP"));
+    let port = match ProbePort::parse(num).map_err(|_| bad())? {
+        ProbePort::Number(n) => n,
+        ProbePort::Named(_) => return Err(bad()),
+    };
+    let protocol = Protocol::parse(&proto.to_ascii_uppercase()).ok_or_else(bad)?;
+    Ok((port, protocol))
 }
 
 impl std::fmt::Display for ProbePort {
@@ -429,15 +469,10 @@ fn except(field: &str, e: ExceptSpec) -> Result<Except, String> {
 
 fn probe(field: &str, p: ProbeSpec) -> Result<Probe, String> {
     let port = match p.probe.port {
-        PortValue::Number(0) => {
-            return Err(format!("{field}.probe.port: must be between 1 and 65535"));
-        }
-        PortValue::Number(n) => ProbePort::Number(n),
-        PortValue::Name(s) => match s.parse::<u16>() {
-            Ok(n) if n > 0 => ProbePort::Number(n),
-            _ => ProbePort::Named(s),
-        },
-    };
+        PortValue::Number(n) => ProbePort::parse(&n.to_string()),
+        PortValue::Name(s) => ProbePort::parse(&s),
+    }
+    .map_err(|e| format!("{field}.probe.port: {e}"))?;
     let protocol = protocol(&format!("{field}.probe.protocol"), &p.probe.protocol)?;
     let except = p
         .except

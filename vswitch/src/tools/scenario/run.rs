@@ -270,6 +270,11 @@ impl FileReport {
     /// The human-readable report: PASS/FAIL line, then every difference.
     pub fn render(&self, file: &str) -> String {
         let mut out = String::new();
+        // a file that cannot be run at all: one line, the field and what is wrong
+        if let (Some(e), true) = (&self.error, self.probes.is_empty()) {
+            let _ = writeln!(out, "FAIL {file}: {e}");
+            return out;
+        }
         let verdict = if self.passed() { "PASS" } else { "FAIL" };
         let skipped = match self.skipped() {
             0 => String::new(),
@@ -282,7 +287,7 @@ impl FileReport {
             self.pairs()
         );
         if let Some(e) = &self.error {
-            let _ = writeln!(out, "  error: {file}: {e}");
+            let _ = writeln!(out, "  error: {e}");
         }
         for p in &self.probes {
             if !p.mismatches.is_empty() {
