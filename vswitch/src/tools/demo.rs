@@ -20,8 +20,8 @@ use policy::{Change, Cluster, Protocol};
 
 use crate::tools::scenario::dataplane::DataplaneProber;
 use crate::tools::scenario::format::External;
-use crate::tools::scenario::netns::{NetnsProber, can_make_namespaces};
-use crate::tools::scenario::run::{Attempt, Endpoint, Observed, Prober, endpoints};
+use crate::tools::scenario::netns::{NetnsError, NetnsProber, can_make_namespaces};
+use crate::tools::scenario::run::{Attempt, Endpoint, Observed, Prober, ProberError, endpoints};
 use crate::tools::simulate::Matrix;
 use crate::tools::term;
 use crate::{out, outln};
@@ -46,15 +46,17 @@ pub enum Pods {
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     #[error("the built-in example cluster: {0}")]
-    BuiltIn(String),
+    BuiltIn(#[from] manifest::ManifestError),
+    #[error("the built-in example cluster: its policy is missing")]
+    NoPolicy,
     #[error(
         "--pods netns: no network namespaces here ({0}); run as root, or use --pods in-process"
     )]
-    NoNamespaces(String),
+    NoNamespaces(NetnsError),
     #[error("starting the pods: {0}")]
-    Start(String),
+    Start(ProberError),
     #[error("applying test-network-policy: {0}")]
-    Apply(String),
+    Apply(ProberError),
     /// Ctrl-C (or SIGTERM): everything the demo made is gone by the time
     /// this is returned.
     #[error("interrupted; {0}")]
@@ -68,7 +70,7 @@ fn built_in() -> Result<(Cluster, Change), DemoError> {
         .into_iter()
         .chain(manifest::parse(POLICY))
     {
-        match o.map_err(|e| DemoError::BuiltIn(e.to_string()))? {
+        match o? {
             Object::Namespace(ns) => {
                 cluster.namespaces.insert(ns.name.clone(), ns);
             }
@@ -79,7 +81,7 @@ fn built_in() -> Result<(Cluster, Change), DemoError> {
             Object::HostNetworkPod(_) | Object::Node(_) => {}
         }
     }
-    let policy = policy.ok_or_else(|| DemoError::BuiltIn("the policy is missing".into()))?;
+    let policy = policy.ok_or(DemoError::NoPolicy)?;
     Ok((cluster, policy))
 }
 
