@@ -490,6 +490,39 @@ fn no_command_panics_when_stdout_is_closed() {
     }
 }
 
+#[test]
+fn the_daemon_does_not_panic_when_its_log_pipe_is_closed() {
+    // `vswitchd run 2>&1 | head -0`: every log line fails to be written
+    let dir = std::env::temp_dir().join(format!("vswitchd-closed-{}", std::process::id()));
+    let socket = dir.join("vswitch.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vswitchd"))
+        .args(["run", "--no-node-port", "--manifests"])
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/seed-db"))
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    let start = Instant::now();
+    while !socket.exists() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // "ready" is logged just after the socket appears
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
 /// `vswitchd demo`, interrupted by SIGINT once it has said how it makes
 /// its pods (its signal handlers are in place by then) and `delay` later:
 /// the status, stdout and stderr, and how long it took to stop.
@@ -562,7 +595,7 @@ fn ctrl_c_stops_the_netns_demo_and_removes_its_namespaces_and_taps() {
         "{err}"
     );
     assert!(!out.contains("with test-network-policy"), "{out}");
-    assert!(took < Duration::from_secs(8), "stopped soon: {took:?}");
+    assert!(took < Duration::from_secs(4), "stopped soon: {took:?}");
     // the demo's names carry its process id: vs<pid>-<run>, v<pid>x<run>
     let listing = |args: &[&str]| {
         String::from_utf8_lossy(&Command::new("ip").args(args).output().unwrap().stdout)

@@ -254,9 +254,13 @@ fn policy_simulate(
     }
     if loaded.rejected > 0 {
         // the matrix is of what was left: a policy with a typo is not in it
+        let objects = if loaded.rejected == 1 {
+            "1 object"
+        } else {
+            &format!("{} objects", loaded.rejected)
+        };
         errln!(
-            "vswitchctl: {} objects rejected and left out of the simulation (see above); fix them for a matrix of every object",
-            loaded.rejected
+            "vswitchctl: {objects} rejected and left out of the simulation (see above); fix them for a matrix of every object"
         );
         return ExitCode::FAILURE;
     }

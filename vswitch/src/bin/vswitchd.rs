@@ -56,6 +56,8 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .with_ansi(vswitch::tools::term::log_ansi())
+        // a closed stderr drops log lines; reporting that on stderr would panic
+        .log_internal_errors(false)
         .init();
     let cli = Cli::parse();
     let r = match cli.command {

@@ -12,6 +12,7 @@
 //! after Ctrl-C (which stops the demo at the next step and says so).
 
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -209,14 +210,19 @@ fn describe(o: Outcome) -> &'static str {
 /// step, removes what it made and returns [`DemoError::Interrupted`].
 /// `pause`: how long to wait after each step. A closed stdout ends the demo
 /// early and quietly.
-pub fn run(pods: Pods, color: bool, stop: &AtomicBool, pause: Duration) -> Result<(), DemoError> {
+pub fn run(
+    pods: Pods,
+    color: bool,
+    stop: &Arc<AtomicBool>,
+    pause: Duration,
+) -> Result<(), DemoError> {
     let (cluster, policy) = built_in()?;
     let (mut prober, cleaned): (Box<dyn Prober>, &str) = match (pods, can_make_namespaces()) {
         (Pods::Netns, Err(e)) => return Err(DemoError::NoNamespaces(e)),
         (Pods::Netns | Pods::Auto, Ok(())) => {
             outln!("pods: network namespaces behind TAP ports, probed with kernel TCP");
             (
-                Box::new(NetnsProber::default()),
+                Box::new(NetnsProber::default().stop_on(stop.clone())),
                 "removed the demo's network namespaces and TAP devices",
             )
         }
@@ -248,7 +254,10 @@ pub fn run(pods: Pods, color: bool, stop: &AtomicBool, pause: Duration) -> Resul
     );
     prober
         .start(&cluster, &externals)
-        .map_err(DemoError::Start)?;
+        .map_err(|e| match stop.load(Ordering::Relaxed) {
+            true => DemoError::Interrupted(cleaned),
+            false => DemoError::Start(e),
+        })?;
     let endpoints = endpoints(&cluster, &externals);
     if !step()? {
         return Ok(());

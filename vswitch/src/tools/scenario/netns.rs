@@ -23,7 +23,8 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::IpAddr;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use policy::{Change, Cluster, Engine, Pod, PodKey, Protocol};
@@ -72,6 +73,9 @@ pub enum NetnsError {
     },
     #[error("switch: {0}")]
     Switch(std::io::Error),
+    /// The stop flag was set (Ctrl-C) while the pods were being made.
+    #[error("interrupted")]
+    Interrupted,
     #[error(transparent)]
     Policy(Box<policy::ModelError>),
 }
@@ -337,6 +341,8 @@ pub struct NetnsProber {
     next_port: PortId,
     /// Pods placed so far (round-robin over the nodes).
     placed: usize,
+    /// Set by Ctrl-C: making namespaces stops at the next one.
+    stop: Option<Arc<AtomicBool>>,
 }
 
 impl Default for NetnsProber {
@@ -362,7 +368,15 @@ impl NetnsProber {
             ports: BTreeMap::new(),
             next_port: 1,
             placed: 0,
+            stop: None,
         }
+    }
+
+    /// Stops making namespaces (with [`NetnsError::Interrupted`]) once
+    /// `stop` is set, so that Ctrl-C need not wait for the whole cluster.
+    pub fn stop_on(mut self, stop: Arc<AtomicBool>) -> NetnsProber {
+        self.stop = Some(stop);
+        self
     }
 }
 
@@ -382,6 +396,13 @@ fn mac_of(port: PortId) -> [u8; 6] {
 
 impl NetnsProber {
     fn new_ns(&mut self, tag: &str) -> Result<String, NetnsError> {
+        if self
+            .stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::Relaxed))
+        {
+            return Err(NetnsError::Interrupted);
+        }
         let ns = format!("{}-{tag}", self.prefix);
         ip(&["netns", "add", &ns])?;
         self.namespaces.push(ns.clone());
