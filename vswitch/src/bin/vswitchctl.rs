@@ -5,9 +5,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use policy::Protocol;
+use vswitch::tools::scenario::format::{ProbePort, parse_port_protocol};
 use vswitch::tools::scenario::{self, Mode};
-use vswitch::tools::simulate::{self, PortArg};
+use vswitch::tools::simulate;
 use vswitch::tools::term::Color;
+use vswitch::{errln, out};
 use vswitch_cni::proto::Request;
 
 #[derive(Parser)]
@@ -38,6 +40,7 @@ enum Command {
     Flows {
         #[command(flatten)]
         daemon: Daemon,
+        /// Show at most this many entries.
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
@@ -45,6 +48,7 @@ enum Command {
     Conntrack {
         #[command(flatten)]
         daemon: Daemon,
+        /// Show at most this many connections.
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
@@ -57,7 +61,8 @@ enum Command {
         src: String,
         /// A pod (namespace/name) or an address.
         dst: String,
-        /// PORT/PROTOCOL, for example 80/TCP.
+        /// PORT/PROTOCOL, for example 80/TCP (PORT 1-65535; TCP, UDP or
+        /// SCTP; TCP when left out).
         port: String,
     },
 }
@@ -95,27 +100,21 @@ enum PolicyCommand {
     /// Prints who can reach whom, from a folder of Pod, Namespace and
     /// NetworkPolicy manifests.
     Simulate {
+        /// A folder of Pod, Namespace and NetworkPolicy manifests (YAML or
+        /// JSON, read recursively).
         #[arg(long)]
         manifests: PathBuf,
-        /// Port number or name (default: every container port of the pods).
+        /// Port number (1-65535) or the name of a pod's container port
+        /// (default: every container port of the pods).
         #[arg(long)]
         port: Option<String>,
         /// TCP, UDP or SCTP.
         #[arg(long, default_value = "TCP")]
         protocol: String,
+        /// Colour the matrices: auto (on a terminal, unless NO_COLOR is set), always, never.
         #[arg(long, value_enum, default_value = "auto")]
         color: Color,
     },
-}
-
-/// `print!` that ends the program quietly when stdout is closed (`| head`).
-macro_rules! out {
-    ($($t:tt)*) => {{
-        use std::io::Write as _;
-        if write!(std::io::stdout().lock(), $($t)*).is_err() {
-            std::process::exit(1);
-        }
-    }};
 }
 
 fn main() -> ExitCode {
@@ -141,10 +140,12 @@ fn main() -> ExitCode {
             dst,
             port,
         } => {
-            let (num, proto) = port.split_once('/').unwrap_or((port.as_str(), "TCP"));
-            let Ok(num) = num.parse::<u16>() else {
-                eprintln!("vswitchctl: {port:?}: expected PORT/PROTOCOL, for example 80/TCP");
-                return ExitCode::from(2);
+            let (num, proto) = match parse_port_protocol(&port) {
+                Ok(p) => p,
+                Err(e) => {
+                    errln!("vswitchctl: explain: {e}");
+                    return ExitCode::from(2);
+                }
             };
             live(
                 &daemon,
@@ -173,7 +174,7 @@ fn live(daemon: &Daemon, req: Request) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("vswitchctl: {e}");
+            errln!("vswitchctl: {e}");
             ExitCode::FAILURE
         }
     }
@@ -206,28 +207,34 @@ fn policy_simulate(
     color: Color,
 ) -> ExitCode {
     let Some(protocol) = Protocol::parse(&protocol.to_ascii_uppercase()) else {
-        eprintln!("vswitchctl: --protocol {protocol:?}: must be TCP, UDP or SCTP");
+        errln!("vswitchctl: --protocol {protocol:?}: must be TCP, UDP or SCTP");
         return ExitCode::from(2);
+    };
+    let port = match port.as_deref().map(ProbePort::parse).transpose() {
+        Ok(p) => p,
+        Err(e) => {
+            errln!("vswitchctl: --port {e}");
+            return ExitCode::from(2);
+        }
     };
     let loaded = match simulate::load_dir(dir) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("vswitchctl: {e}");
+            errln!("vswitchctl: {e}");
             return ExitCode::FAILURE;
         }
     };
     for n in &loaded.notes {
-        eprintln!("{n}");
+        errln!("{n}");
     }
     let ports = match port {
-        Some(p) => match p.parse::<u16>() {
-            Ok(n) if n > 0 => vec![(PortArg::Number(n), protocol)],
-            Ok(_) => {
-                eprintln!("vswitchctl: --port 0: must be between 1 and 65535");
-                return ExitCode::from(2);
+        Some(p) => {
+            if let Err(e) = simulate::check_port(&loaded.engine, &p, protocol) {
+                errln!("vswitchctl: {e}");
+                return ExitCode::FAILURE;
             }
-            Err(_) => vec![(PortArg::Named(p), protocol)],
-        },
+            vec![(p, protocol)]
+        }
         None => simulate::default_ports(&loaded.engine),
     };
     let color = color.enabled();
@@ -244,6 +251,18 @@ fn policy_simulate(
             "\n{}",
             simulate::matrix(&loaded.engine, &port, proto).render(color)
         );
+    }
+    if loaded.rejected > 0 {
+        // the matrix is of what was left: a policy with a typo is not in it
+        let objects = if loaded.rejected == 1 {
+            "1 object"
+        } else {
+            &format!("{} objects", loaded.rejected)
+        };
+        errln!(
+            "vswitchctl: {objects} rejected and left out of the simulation (see above); fix them for a matrix of every object"
+        );
+        return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
 }

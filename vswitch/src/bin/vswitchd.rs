@@ -11,8 +11,9 @@ use clap::{Parser, Subcommand};
 use vswitch::daemon::cli::Cmd;
 use vswitch::daemon::nodes::OverlayOptions;
 use vswitch::daemon::{Daemon, Event, Options, install};
-use vswitch::tools::demo::Pods;
+use vswitch::tools::demo::{DemoError, Pods};
 use vswitch::tools::term::Color;
+use vswitch::{errln, outln};
 use vswitch_datapath::overlay;
 
 #[derive(Parser)]
@@ -39,6 +40,10 @@ enum Top {
         /// Colour the matrices: auto (on a terminal, unless NO_COLOR is set), always, never.
         #[arg(long, value_enum, default_value = "auto")]
         color: Color,
+        /// Pause this many milliseconds after each step (to read along, or
+        /// for tests that interrupt the demo).
+        #[arg(long, value_name = "MS", default_value_t = 0, hide = true)]
+        pause_ms: u64,
     },
     #[command(flatten)]
     Daemon(Cmd),
@@ -50,10 +55,17 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(vswitch::tools::term::log_ansi())
+        // a closed stderr drops log lines; reporting that on stderr would panic
+        .log_internal_errors(false)
         .init();
     let cli = Cli::parse();
     let r = match cli.command {
-        Top::Demo { pods, color } => demo(pods, color),
+        Top::Demo {
+            pods,
+            color,
+            pause_ms,
+        } => return demo(pods, color, Duration::from_millis(pause_ms)),
         Top::Daemon(Cmd::Run {
             socket,
             state_dir,
@@ -119,7 +131,7 @@ fn main() -> ExitCode {
                     ) {
                         Ok(s) => s,
                         Err(e) => {
-                            eprintln!("vswitchd: Node {node}: {e}");
+                            errln!("vswitchd: Node {node}: {e}");
                             return ExitCode::FAILURE;
                         }
                     }
@@ -140,7 +152,7 @@ fn main() -> ExitCode {
             .map_err(|e| e.to_string())
             .map(|written| {
                 for p in written {
-                    println!("wrote {}", p.display());
+                    outln!("wrote {}", p.display());
                 }
             })
         }
@@ -148,7 +160,7 @@ fn main() -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("vswitchd: {e}");
+            errln!("vswitchd: {e}");
             ExitCode::FAILURE
         }
     }
@@ -161,14 +173,29 @@ fn host_name() -> String {
         .unwrap_or_default()
 }
 
-fn demo(pods: Pods, color: Color) -> Result<(), String> {
+/// The demo's exit status: 0, 1 on an error, 130 (as a shell reports
+/// SIGINT) after Ctrl-C, once what the demo made is removed.
+fn demo(pods: Pods, color: Color, pause: Duration) -> ExitCode {
     let color = color.enabled();
-    // Ctrl-C ends the demo between steps, so that it cleans up after itself
+    // Ctrl-C stops the demo at its next step, so that it cleans up after itself
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, stop.clone()).map_err(|e| format!("signals: {e}"))?;
+        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
+            errln!("vswitchd: demo: signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
     }
-    vswitch::tools::demo::run(pods, color, &stop)
+    match vswitch::tools::demo::run(pods, color, &stop, pause) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ DemoError::Interrupted(_)) => {
+            errln!("vswitchd demo: {e}");
+            ExitCode::from(130)
+        }
+        Err(e) => {
+            errln!("vswitchd demo: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn run(opts: Options) -> Result<(), String> {

@@ -82,14 +82,23 @@ pub enum Cmd {
         /// The plugin binary to install (default: vswitch-cni next to vswitchd).
         #[arg(long)]
         plugin: Option<PathBuf>,
+        /// Where the CNI plugins are installed (the container runtime's CNI
+        /// bin directory).
         #[arg(long, default_value = "/opt/cni/bin")]
         bin_dir: PathBuf,
+        /// Where the network configuration list is written (the container
+        /// runtime's CNI configuration directory).
         #[arg(long, default_value = "/etc/cni/net.d")]
         conf_dir: PathBuf,
+        /// The configuration list's file name in --conf-dir (the runtime uses
+        /// the first in lexical order).
         #[arg(long, default_value = "10-vswitch.conflist")]
         conf_name: String,
+        /// The network's name in the configuration list.
         #[arg(long, default_value = "vswitch")]
         network: String,
+        /// vswitchd's control socket, as the plugin is to reach it (the same
+        /// as `run --socket`).
         #[arg(long, default_value = vswitch_cni::proto::DEFAULT_SOCKET)]
         socket: PathBuf,
         /// The pods' MTU in the configuration (default: none, vswitchd's

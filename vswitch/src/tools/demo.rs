@@ -9,20 +9,24 @@
 //! a network namespace behind a TAP port, probed with kernel sockets;
 //! otherwise each pod is an in-process TCP/IP stack (smoltcp) behind an
 //! in-memory port. It says which. Namespaces are removed at the end, also
-//! after Ctrl-C.
+//! after Ctrl-C (which stops the demo at the next step and says so).
 
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use policy::manifest::{self, Object};
 use policy::{Change, Cluster, Protocol};
 
 use crate::tools::scenario::dataplane::DataplaneProber;
 use crate::tools::scenario::format::External;
-use crate::tools::scenario::netns::{NetnsProber, can_make_namespaces};
-use crate::tools::scenario::run::{Attempt, Endpoint, Observed, Prober, endpoints};
+use crate::tools::scenario::netns::{NetnsError, NetnsProber, can_make_namespaces};
+use crate::tools::scenario::run::{Attempt, Endpoint, Observed, Prober, ProberError, endpoints};
 use crate::tools::simulate::Matrix;
-use vswitch_datapath::counters::Outcome;
+use crate::tools::term;
+use crate::{out, outln};
+use vswitch_datapath::counters::{Counters, Outcome};
 
 const CLUSTER: &str = include_str!("../../../deploy/examples/seed-db/cluster.yaml");
 const POLICY: &str = include_str!("../../../deploy/examples/seed-db/policy.yaml");
@@ -39,14 +43,35 @@ pub enum Pods {
     InProcess,
 }
 
-fn built_in() -> Result<(Cluster, Change), String> {
+/// Why the demo stopped short.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("the built-in example cluster: {0}")]
+    BuiltIn(#[from] manifest::ManifestError),
+    #[error("the built-in example cluster: its policy is missing")]
+    NoPolicy,
+    #[error(
+        "--pods netns: no network namespaces here ({0}); run as root, or use --pods in-process"
+    )]
+    NoNamespaces(NetnsError),
+    #[error("starting the pods: {0}")]
+    Start(ProberError),
+    #[error("applying test-network-policy: {0}")]
+    Apply(ProberError),
+    /// Ctrl-C (or SIGTERM): everything the demo made is gone by the time
+    /// this is returned.
+    #[error("interrupted; {0}")]
+    Interrupted(&'static str),
+}
+
+fn built_in() -> Result<(Cluster, Change), DemoError> {
     let mut cluster = Cluster::default();
     let mut policy = None;
     for o in manifest::parse(CLUSTER)
         .into_iter()
         .chain(manifest::parse(POLICY))
     {
-        match o.map_err(|e| e.to_string())? {
+        match o? {
             Object::Namespace(ns) => {
                 cluster.namespaces.insert(ns.name.clone(), ns);
             }
@@ -57,7 +82,8 @@ fn built_in() -> Result<(Cluster, Change), String> {
             Object::HostNetworkPod(_) | Object::Node(_) => {}
         }
     }
-    Ok((cluster, policy.ok_or("the built-in policy is missing")?))
+    let policy = policy.ok_or(DemoError::NoPolicy)?;
+    Ok((cluster, policy))
 }
 
 fn externals() -> Vec<External> {
@@ -105,84 +131,193 @@ fn observe(prober: &mut dyn Prober, endpoints: &[Endpoint], title: &str) -> Matr
     }
 }
 
-/// Runs the demo; `stop` is set by Ctrl-C (checked between steps, so that
-/// what was created is removed).
-pub fn run(pods: Pods, color: bool, stop: &AtomicBool) -> Result<(), String> {
+/// Whether to go on after a step: `Ok(true)` to go on, `Ok(false)` when
+/// stdout was closed (`| head`: the reader has seen enough, so stop
+/// quietly), `Err(Interrupted)` after Ctrl-C. Waits `pause` first, watching
+/// `stop`.
+fn go_on(stop: &AtomicBool, pause: Duration, cleaned: &'static str) -> Result<bool, DemoError> {
+    let until = Instant::now() + pause;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return Err(DemoError::Interrupted(cleaned));
+        }
+        if term::stdout_closed() {
+            return Ok(false);
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(true);
+        }
+        std::thread::sleep(left.min(Duration::from_millis(20)));
+    }
+}
+
+/// The demo's counters: the four outcomes a reader looks for, always, and
+/// every other outcome that happened, by name.
+fn counter_lines(c: &Counters) -> String {
+    use std::fmt::Write as _;
+    let main = [
+        Outcome::FastForward,
+        Outcome::SlowForward,
+        Outcome::PolicyDeny,
+        Outcome::Replied,
+    ];
+    let mut out = String::new();
+    let width = Outcome::ALL
+        .iter()
+        .map(|o| o.name().len())
+        .max()
+        .unwrap_or(0);
+    for o in main
+        .into_iter()
+        .chain(Outcome::ALL.into_iter().filter(|o| !main.contains(o)))
+    {
+        let n = c.get(o);
+        if n > 0 || main.contains(&o) {
+            let _ = writeln!(out, "  {n:>8}  {:<width$}  {}", o.name(), describe(o));
+        }
+    }
+    let _ = writeln!(out, "  {:>8}  frames in all", c.outcome_total());
+    out
+}
+
+/// What an outcome means, for a reader who does not know the datapath.
+fn describe(o: Outcome) -> &'static str {
+    match o {
+        Outcome::FastForward => "forwarded by a flow-cache hit",
+        Outcome::SlowForward => "forwarded after the slow path (parse, conntrack, policy)",
+        Outcome::Replied => "answered by the switch (ARP, NDP, ICMP errors)",
+        Outcome::PolicyDeny => "dropped: denied by NetworkPolicy",
+        Outcome::Spoofed => "dropped: source MAC or IP is not the port's",
+        Outcome::Malformed => "dropped: the frame does not parse",
+        Outcome::NoRoute => "dropped: no port serves the destination",
+        Outcome::TableFull => "dropped: the conntrack table is full",
+        Outcome::TtlExpired => "dropped: TTL or hop limit expired",
+        Outcome::FragmentUnknown => "dropped: a fragment whose first fragment is unknown",
+        Outcome::Untracked => "dropped: not a connection start and not part of a tracked one",
+        Outcome::NotReady => "dropped: the pod's policy is not installed yet",
+        Outcome::Unsupported => {
+            "dropped: traffic the switch does not carry (other ethertypes, \
+             multicast it does not answer, DAD probes)"
+        }
+        Outcome::Forged => "dropped: an overlay packet from no known node",
+        Outcome::NoNode => "dropped: in the cluster's pod range but on no known node",
+        Outcome::TooBig => "dropped: too big for the overlay",
+    }
+}
+
+/// Runs the demo. `stop` is set by Ctrl-C: the demo then stops at the next
+/// step, removes what it made and returns [`DemoError::Interrupted`].
+/// `pause`: how long to wait after each step. A closed stdout ends the demo
+/// early and quietly.
+pub fn run(
+    pods: Pods,
+    color: bool,
+    stop: &Arc<AtomicBool>,
+    pause: Duration,
+) -> Result<(), DemoError> {
     let (cluster, policy) = built_in()?;
-    let mut prober: Box<dyn Prober> = match (pods, can_make_namespaces()) {
-        (Pods::Netns, Err(e)) => return Err(format!("network namespaces: {e}")),
+    let (mut prober, cleaned): (Box<dyn Prober>, &str) = match (pods, can_make_namespaces()) {
+        (Pods::Netns, Err(e)) => return Err(DemoError::NoNamespaces(e)),
         (Pods::Netns | Pods::Auto, Ok(())) => {
-            println!("pods: network namespaces behind TAP ports, probed with kernel TCP");
-            Box::new(NetnsProber::default())
+            outln!("pods: network namespaces behind TAP ports, probed with kernel TCP");
+            (
+                Box::new(NetnsProber::default().stop_on(stop.clone())),
+                "removed the demo's network namespaces and TAP devices",
+            )
         }
         (Pods::Auto, Err(why)) => {
-            println!("pods: in-process TCP/IP stacks (smoltcp) behind in-memory ports");
-            println!("      (no network namespaces here: {why}; run as root for real ones)");
-            Box::new(DataplaneProber::default())
+            outln!("pods: in-process TCP/IP stacks (smoltcp) behind in-memory ports");
+            outln!("      (no network namespaces here: {why}; run as root for real ones)");
+            (
+                Box::new(DataplaneProber::default()),
+                "stopped the in-process pods (nothing on the host to remove)",
+            )
         }
         (Pods::InProcess, _) => {
-            println!("pods: in-process TCP/IP stacks (smoltcp) behind in-memory ports");
-            Box::new(DataplaneProber::default())
+            outln!("pods: in-process TCP/IP stacks (smoltcp) behind in-memory ports");
+            (
+                Box::new(DataplaneProber::default()),
+                "stopped the in-process pods (nothing on the host to remove)",
+            )
         }
     };
+    // every return below drops the prober first: namespaces and TAP devices
+    // are removed before the caller reports
+    let step = || go_on(stop, pause, cleaned);
     let externals = externals();
-    println!(
+    outln!(
         "cluster: {} namespaces, {} pods (the NetworkPolicy example of the Kubernetes documentation), \
          and two hosts outside: office 172.17.0.5, quarantined 172.17.1.5",
         cluster.namespaces.len(),
         cluster.pods.len()
     );
-    prober.start(&cluster, &externals)?;
+    prober
+        .start(&cluster, &externals)
+        .map_err(|e| match stop.load(Ordering::Relaxed) {
+            true => DemoError::Interrupted(cleaned),
+            false => DemoError::Start(e),
+        })?;
     let endpoints = endpoints(&cluster, &externals);
-    if stop.load(Ordering::Relaxed) {
+    if !step()? {
         return Ok(());
     }
-    println!("\nBefore any NetworkPolicy: every pod accepts everything.");
-    print!(
-        "{}",
-        observe(
-            prober.as_mut(),
-            &endpoints,
-            &format!("{PORT}/TCP, no policy")
-        )
-        .render(color)
+    let before = observe(
+        prober.as_mut(),
+        &endpoints,
+        &format!("{PORT}/TCP, no policy"),
     );
-    if stop.load(Ordering::Relaxed) {
+    if !step()? {
         return Ok(());
     }
-    println!(
+    outln!("\nBefore any NetworkPolicy: every pod accepts everything.");
+    out!("{}", before.render(color));
+    outln!(
         "\nApplying test-network-policy: role=db pods accept 6379/TCP only from \
          172.17.0.0/16 except 172.17.1.0/24, from namespaces labelled \
          project=myproject, and from role=frontend pods of their own namespace; \
          they may open only 5978/TCP to 10.0.0.0/24."
     );
-    prober.change(&policy)?;
-    print!(
-        "{}",
-        observe(
-            prober.as_mut(),
-            &endpoints,
-            &format!("{PORT}/TCP, with test-network-policy")
-        )
-        .render(color)
+    prober.change(&policy).map_err(DemoError::Apply)?;
+    if !step()? {
+        return Ok(());
+    }
+    let after = observe(
+        prober.as_mut(),
+        &endpoints,
+        &format!("{PORT}/TCP, with test-network-policy"),
     );
+    if !step()? {
+        return Ok(());
+    }
+    out!("{}", after.render(color));
     if let Some(c) = prober.counters() {
-        println!("\nDatapath counters (every frame counts once):");
-        let shown = [
-            (Outcome::FastForward, "forwarded by a flow-cache hit"),
-            (
-                Outcome::SlowForward,
-                "forwarded after the slow path (parse, conntrack, policy)",
-            ),
-            (Outcome::PolicyDeny, "dropped: denied by NetworkPolicy"),
-            (Outcome::Replied, "answered by the switch (ARP, NDP)"),
-        ];
-        for (o, what) in shown {
-            println!("  {:>8}  {what}", c.get(o));
-        }
-        let other = c.outcome_total() - shown.iter().map(|(o, _)| c.get(*o)).sum::<u64>();
-        println!("  {other:>8}  other outcomes");
-        println!("  {:>8}  frames in all", c.outcome_total());
+        outln!("\nDatapath counters (every frame counts once):");
+        out!("{}", counter_lines(&c));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_name_every_outcome_that_happened() {
+        let mut c = Counters::default();
+        c.received(Outcome::SlowForward, 1, 60);
+        c.received(Outcome::Unsupported, 2, 120);
+        let text = counter_lines(&c);
+        assert!(!text.contains("other outcomes"), "{text}");
+        let line = text
+            .lines()
+            .find(|l| l.contains("unsupported"))
+            .expect("the unsupported line");
+        assert!(line.trim_start().starts_with("2 "), "{text}");
+        assert!(line.contains("traffic the switch does not carry"), "{text}");
+        // the main four are always there, others only when they happened
+        assert!(text.contains("policy_deny"), "{text}");
+        assert!(!text.contains("spoofed"), "{text}");
+        assert_eq!(text.lines().last().map(str::trim), Some("3  frames in all"));
+    }
 }

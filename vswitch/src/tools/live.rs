@@ -9,16 +9,25 @@ use std::time::Duration;
 use vswitch_cni::client;
 use vswitch_cni::proto::{Reply, Request};
 
+/// Why vswitchd gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    /// vswitchd answered with an error (what it said, and its details).
+    #[error("vswitchd refused: {msg}{}", if details.is_empty() { String::new() } else { format!(": {details}") })]
+    Refused { msg: String, details: String },
+    /// vswitchd could not be reached or its answer not read.
+    #[error(transparent)]
+    Unreachable(#[from] client::ClientError),
+}
+
 /// Asks vswitchd; a refusal or an unreachable daemon is an error line.
-pub fn ask(socket: &Path, req: &Request) -> Result<Reply, String> {
-    match client::call(socket, req, Duration::from_secs(10)) {
-        Ok(Reply::Error(e)) => Err(if e.details.is_empty() {
-            e.msg
-        } else {
-            format!("{}: {}", e.msg, e.details)
+pub fn ask(socket: &Path, req: &Request) -> Result<Reply, LiveError> {
+    match client::call(socket, req, Duration::from_secs(10))? {
+        Reply::Error(e) => Err(LiveError::Refused {
+            msg: e.msg,
+            details: e.details,
         }),
-        Ok(r) => Ok(r),
-        Err(e) => Err(e.to_string()),
+        r => Ok(r),
     }
 }
 

@@ -16,6 +16,24 @@ use policy::manifest::Object;
 use crate::daemon::manifests::read_objects;
 use policy::{Cluster, Engine, Flow, Namespace, Protocol};
 
+/// Why a simulation cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum SimulateError {
+    /// The folder cannot be read (its name is in the message).
+    #[error("{0}")]
+    Read(String),
+    #[error("compiling the policies: {0}")]
+    Compile(String),
+    #[error(
+        "--port {name}: no container port of any pod is named {name:?} for {protocol}; the named ports are: {known}"
+    )]
+    UnknownPortName {
+        name: String,
+        protocol: Protocol,
+        known: String,
+    },
+}
+
 /// What loading a folder produced.
 pub struct Loaded {
     pub engine: Engine,
@@ -25,8 +43,8 @@ pub struct Loaded {
 }
 
 /// Reads every manifest under `dir` (recursively).
-pub fn load_dir(dir: &Path) -> Result<Loaded, String> {
-    let (objects, mut notes) = read_objects(dir)?;
+pub fn load_dir(dir: &Path) -> Result<Loaded, SimulateError> {
+    let (objects, mut notes) = read_objects(dir).map_err(SimulateError::Read)?;
     let mut rejected = notes.len();
     let mut cluster = Cluster::default();
     for o in &objects {
@@ -84,7 +102,8 @@ pub fn load_dir(dir: &Path) -> Result<Loaded, String> {
             "note: namespace {ns} has no Namespace object; simulated with no labels"
         ));
     }
-    let engine = Engine::from_cluster(cluster).map_err(|e| e.to_string())?;
+    let engine =
+        Engine::from_cluster(cluster).map_err(|e| SimulateError::Compile(e.to_string()))?;
     Ok(Loaded {
         engine,
         notes,
@@ -111,6 +130,36 @@ pub fn default_ports(engine: &Engine) -> Vec<(PortArg, Protocol)> {
     set.into_iter()
         .map(|(p, proto)| (PortArg::Number(p), proto))
         .collect()
+}
+
+/// A port named on the command line must be some pod's container port
+/// name (with that protocol): otherwise every pair would show as denied for
+/// a typo.
+pub fn check_port(
+    engine: &Engine,
+    port: &PortArg,
+    protocol: Protocol,
+) -> Result<(), SimulateError> {
+    let PortArg::Named(name) = port else {
+        return Ok(());
+    };
+    let pods = &engine.cluster().pods;
+    let all = || pods.values().flat_map(|p| p.ports.iter());
+    if all().any(|c| c.protocol == protocol && c.name.as_deref() == Some(name.as_str())) {
+        return Ok(());
+    }
+    let known: BTreeSet<String> = all()
+        .filter_map(|c| c.name.as_ref().map(|n| format!("{n} ({})", c.protocol)))
+        .collect();
+    Err(SimulateError::UnknownPortName {
+        name: name.clone(),
+        protocol,
+        known: if known.is_empty() {
+            "none".into()
+        } else {
+            known.into_iter().collect::<Vec<_>>().join(", ")
+        },
+    })
 }
 
 /// The reachability matrix of one port: `cells[from][to]`, `None` on the
@@ -167,8 +216,10 @@ pub fn matrix(engine: &Engine, port: &PortArg, protocol: Protocol) -> Matrix {
 }
 
 impl Matrix {
-    /// Rows are sources, columns destinations; `.` allowed, `X` denied.
-    /// With `color`, allowed cells are green and denied ones red.
+    /// Rows are sources, columns destinations; `.` allowed, `X` denied,
+    /// `-` not probed (a pod to itself, or two hosts outside the cluster),
+    /// as the legend under the matrix says. With `color`, allowed cells are
+    /// green and denied ones red.
     pub fn render(&self, color: bool) -> String {
         let (green, red, reset) = if color {
             ("\x1b[32m", "\x1b[31m", "\x1b[0m")
@@ -198,6 +249,42 @@ impl Matrix {
             }
             out.push('\n');
         }
+        out.push_str(&self.legend());
         out
+    }
+
+    /// The line under the matrix that says what its symbols mean (`-` only
+    /// where the matrix has one).
+    fn legend(&self) -> String {
+        let mut s = String::from("  . allowed   X denied");
+        if self.cells.iter().flatten().any(Option::is_none) {
+            let externals = self.pods.iter().filter(|p| !p.contains('/')).count();
+            s.push_str(if externals > 1 {
+                "   - not probed (a pod to itself, or between two hosts outside the cluster)"
+            } else {
+                "   - not probed (a pod to itself)"
+            });
+        }
+        s.push('\n');
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_legend_explains_every_symbol_of_the_matrix() {
+        let m = Matrix {
+            title: "80/TCP".into(),
+            pods: vec!["a/x".into(), "a/y".into()],
+            cells: vec![vec![None, Some(true)], vec![Some(false), None]],
+        };
+        let text = m.render(false);
+        let legend = text.lines().last().unwrap();
+        assert!(legend.contains(". allowed"), "{text}");
+        assert!(legend.contains("X denied"), "{text}");
+        assert!(legend.contains("- not probed (a pod to itself)"), "{text}");
     }
 }

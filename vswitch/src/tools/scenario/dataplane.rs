@@ -10,7 +10,7 @@ use std::sync::Arc;
 use policy::{Change, Cluster, Engine, Flow, Pod, PodKey};
 
 use super::format::External;
-use super::run::{Attempt, Observed, Prober};
+use super::run::{Attempt, Observed, Prober, ProberError};
 use crate::tools::testnet::{self, HostId, Net};
 use vswitch_datapath::{Config, PortId};
 
@@ -68,8 +68,8 @@ impl Prober for DataplaneProber {
         Some(self.net.dp.counters.clone())
     }
 
-    fn start(&mut self, cluster: &Cluster, externals: &[External]) -> Result<(), String> {
-        self.engine = Engine::from_cluster(cluster.clone()).map_err(|e| e.to_string())?;
+    fn start(&mut self, cluster: &Cluster, externals: &[External]) -> Result<(), ProberError> {
+        self.engine = Engine::from_cluster(cluster.clone())?;
         self.publish();
         for pod in cluster.pods.values() {
             self.add_pod(pod);
@@ -87,10 +87,8 @@ impl Prober for DataplaneProber {
         Ok(())
     }
 
-    fn change(&mut self, change: &Change) -> Result<(), String> {
-        self.engine
-            .apply(change.clone())
-            .map_err(|e| e.to_string())?;
+    fn change(&mut self, change: &Change) -> Result<(), ProberError> {
+        self.engine.apply(change.clone())?;
         // Policy first, then ports: a new pod's port only opens once the
         // generation that knows it is installed.
         self.publish();

@@ -4,7 +4,7 @@
 use policy::{Change, Cluster, Engine, Flow};
 
 use super::format::External;
-use super::run::{Attempt, Observed, Prober};
+use super::run::{Attempt, Observed, Prober, ProberError};
 
 #[derive(Default)]
 pub struct EngineProber {
@@ -12,13 +12,13 @@ pub struct EngineProber {
 }
 
 impl Prober for EngineProber {
-    fn start(&mut self, cluster: &Cluster, _externals: &[External]) -> Result<(), String> {
-        self.engine = Engine::from_cluster(cluster.clone()).map_err(|e| e.to_string())?;
+    fn start(&mut self, cluster: &Cluster, _externals: &[External]) -> Result<(), ProberError> {
+        self.engine = Engine::from_cluster(cluster.clone())?;
         Ok(())
     }
 
-    fn change(&mut self, change: &Change) -> Result<(), String> {
-        self.engine.apply(change.clone()).map_err(|e| e.to_string())
+    fn change(&mut self, change: &Change) -> Result<(), ProberError> {
+        Ok(self.engine.apply(change.clone())?)
     }
 
     fn probe(&mut self, attempts: &[Attempt<'_>]) -> Vec<Observed> {

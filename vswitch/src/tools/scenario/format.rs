@@ -120,7 +120,7 @@ struct ProbeTarget {
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum PortValue {
-    Number(u16),
+    Number(u64),
     Name(String),
 }
 
@@ -194,7 +194,7 @@ pub enum Pattern {
 }
 
 impl Pattern {
-    fn parse(s: &str) -> Result<Pattern, String> {
+    fn parse(s: &str) -> Result<Pattern, Problem> {
         let s = s.trim();
         if s == "*" {
             return Ok(Pattern::Any);
@@ -203,11 +203,11 @@ impl Pattern {
             Some((ns, "*")) if !ns.is_empty() => Ok(Pattern::Namespace(ns.to_string())),
             Some(_) => PodKey::parse(s)
                 .map(Pattern::Pod)
-                .ok_or_else(|| format!("{s:?} is not a pod (namespace/name), namespace/* or *")),
+                .ok_or_else(|| Problem::NotPattern(s.to_string())),
             None if !s.is_empty() && !s.contains(char::is_whitespace) => {
                 Ok(Pattern::External(s.to_string()))
             }
-            None => Err(format!("{s:?} is not an endpoint name")),
+            None => Err(Problem::NotEndpoint(s.to_string())),
         }
     }
 }
@@ -237,6 +237,117 @@ pub struct Except {
 pub enum ProbePort {
     Number(u16),
     Named(String),
+}
+
+/// What is wrong with a scenario file: where (the field's path, as in
+/// `steps[1].expect[0].probe.port`) and what.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    /// The file does not have the format's shape (a missing or unknown
+    /// field, a value of the wrong type), as the YAML reader says.
+    #[error("{0}")]
+    Shape(String),
+    /// A field whose value is wrong.
+    #[error("{field}: {problem}")]
+    Field { field: String, problem: Problem },
+    #[error("steps: at least one step is required")]
+    NoSteps,
+}
+
+/// What is wrong with one field of a scenario file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    #[error("unknown protocol {0:?} (TCP, UDP or SCTP)")]
+    Protocol(String),
+    #[error("must be between 1 and 65535")]
+    PortZero,
+    #[error(transparent)]
+    Port(#[from] PortError),
+    #[error("pod {0} has neither ipv4 nor ipv6")]
+    PodWithoutAddress(String),
+    #[error("external {0} has neither ipv4 nor ipv6")]
+    ExternalWithoutAddress(String),
+    #[error("{0:?} may not contain '/' or be '*'")]
+    ExternalName(String),
+    #[error("only NetworkPolicy objects can be applied")]
+    NotNetworkPolicy,
+    #[error("{0} is not supported by this engine (supported: networking.k8s.io/v1 NetworkPolicy)")]
+    Unsupported(String),
+    #[error("rejected: {0}")]
+    Rejected(String),
+    #[error("{0}")]
+    Manifest(String),
+    #[error("empty object")]
+    Empty,
+    #[error("{0:?} is not of the form \"FROM -> TO\"")]
+    NotPair(String),
+    #[error("{0:?} is not a pod (namespace/name), namespace/* or *")]
+    NotPattern(String),
+    #[error("{0:?} is not an endpoint name")]
+    NotEndpoint(String),
+    #[error("verdict {0:?} must be allow or deny")]
+    Verdict(String),
+    #[error("expected \"FROM -> TO\" or \"FROM -> TO: allow|deny\"")]
+    ExceptShape,
+    #[error("{0}")]
+    Value(String),
+    #[error("an action is a one-key map such as {{apply: ...}}")]
+    ActionShape,
+    #[error("{0:?} is not namespace/name")]
+    NotKey(String),
+    #[error(
+        "unknown action {0:?} (apply, delete-policy, set-pod-labels, set-namespace-labels, create-pod, delete-pod, create-namespace)"
+    )]
+    UnknownAction(String),
+}
+
+impl Problem {
+    fn at(self, field: &str) -> FormatError {
+        FormatError::Field {
+            field: field.to_string(),
+            problem: self,
+        }
+    }
+}
+
+/// A port as a user writes it that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PortError {
+    #[error("{0}: must be a number between 1 and 65535, or a container port's name")]
+    OutOfRange(String),
+    #[error("{0:?}: expected PORT/PROTOCOL, for example 80/TCP (PORT 1-65535; TCP, UDP or SCTP)")]
+    PortProtocol(String),
+}
+
+impl ProbePort {
+    /// A port as a user writes it: a number 1-65535 or a container port's
+    /// name (a word with a letter in it).
+    pub fn parse(s: &str) -> Result<ProbePort, PortError> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err(PortError::OutOfRange(format!("{s:?}")));
+        }
+        if s.bytes().all(|b| b.is_ascii_digit()) {
+            return match s.parse::<u16>() {
+                Ok(n) if n > 0 => Ok(ProbePort::Number(n)),
+                _ => Err(PortError::OutOfRange(s.to_string())),
+            };
+        }
+        Ok(ProbePort::Named(s.to_string()))
+    }
+}
+
+/// `PORT/PROTOCOL` (`80/TCP`; the protocol defaults to TCP and may be in
+/// lower case): a numeric port, as `vswitchctl explain` takes it.
+pub fn parse_port_protocol(s: &str) -> Result<(u16, Protocol), PortError> {
+    let bad = || PortError::PortProtocol(s.to_string());
+    let (num, proto) = s.split_once('/').unwrap_or((s, "TCP"));
+    let port = match ProbePort::parse(num).map_err(|_| bad())? {
+        ProbePort::Number(n) => n,
+        ProbePort::Named(_) => return Err(bad()),
+    };
+    let protocol = Protocol::parse(&proto.to_ascii_uppercase()).ok_or_else(bad)?;
+    Ok((port, protocol))
 }
 
 impl std::fmt::Display for ProbePort {
@@ -321,11 +432,11 @@ fn standard_cluster() -> (Vec<Namespace>, Vec<Pod>) {
     (namespaces, pods)
 }
 
-fn protocol(field: &str, s: &str) -> Result<Protocol, String> {
-    Protocol::parse(s).ok_or_else(|| format!("{field}: unknown protocol {s:?} (TCP, UDP or SCTP)"))
+fn protocol(field: &str, s: &str) -> Result<Protocol, FormatError> {
+    Protocol::parse(s).ok_or_else(|| Problem::Protocol(s.to_string()).at(field))
 }
 
-fn ports(field: &str, spec: Option<Vec<PortSpec>>) -> Result<Vec<ContainerPort>, String> {
+fn ports(field: &str, spec: Option<Vec<PortSpec>>) -> Result<Vec<ContainerPort>, FormatError> {
     let Some(spec) = spec else {
         return Ok(standard_ports());
     };
@@ -334,7 +445,7 @@ fn ports(field: &str, spec: Option<Vec<PortSpec>>) -> Result<Vec<ContainerPort>,
         .map(|(i, p)| {
             let f = format!("{field}.ports[{i}]");
             if p.port == 0 {
-                return Err(format!("{f}.port: must be between 1 and 65535"));
+                return Err(Problem::PortZero.at(&format!("{f}.port")));
             }
             Ok(ContainerPort {
                 name: p.name,
@@ -345,15 +456,12 @@ fn ports(field: &str, spec: Option<Vec<PortSpec>>) -> Result<Vec<ContainerPort>,
         .collect()
 }
 
-fn pod(field: &str, p: PodSpec) -> Result<Pod, String> {
+fn pod(field: &str, p: PodSpec) -> Result<Pod, FormatError> {
     let mut ips = Vec::new();
     ips.extend(p.ipv4.map(IpAddr::V4));
     ips.extend(p.ipv6.map(IpAddr::V6));
     if ips.is_empty() {
-        return Err(format!(
-            "{field}: pod {}/{} has neither ipv4 nor ipv6",
-            p.namespace, p.name
-        ));
+        return Err(Problem::PodWithoutAddress(format!("{}/{}", p.namespace, p.name)).at(field));
     }
     Ok(Pod {
         key: PodKey::new(p.namespace, p.name),
@@ -363,46 +471,43 @@ fn pod(field: &str, p: PodSpec) -> Result<Pod, String> {
     })
 }
 
-fn policy_from_value(field: &str, value: serde_norway::Value) -> Result<Policy, String> {
+fn policy_from_value(field: &str, value: serde_norway::Value) -> Result<Policy, FormatError> {
     let mut out = Vec::new();
     manifest::parse_value(1, value, &mut out);
     match out.pop() {
         Some(Ok(Object::NetworkPolicy(p))) if out.is_empty() => Ok(p),
-        Some(Ok(_)) => Err(format!(
-            "{field}: only NetworkPolicy objects can be applied"
-        )),
-        Some(Err(manifest::ManifestError::Unsupported { kind, .. })) => Err(format!(
-            "{field}: {kind} is not supported by this engine (supported: networking.k8s.io/v1 NetworkPolicy)"
-        )),
-        Some(Err(manifest::ManifestError::Invalid(e, _))) => Err(format!("{field}: rejected: {e}")),
-        Some(Err(e)) => Err(format!(
-            "{field}: {}",
-            e.to_string().trim_start_matches("document 1: ")
-        )),
-        None => Err(format!("{field}: empty object")),
+        Some(Ok(_)) => Err(Problem::NotNetworkPolicy.at(field)),
+        Some(Err(manifest::ManifestError::Unsupported { kind, .. })) => {
+            Err(Problem::Unsupported(kind.to_string()).at(field))
+        }
+        Some(Err(manifest::ManifestError::Invalid(e, _))) => {
+            Err(Problem::Rejected(e.to_string()).at(field))
+        }
+        Some(Err(e)) => Err(Problem::Manifest(
+            e.to_string().trim_start_matches("document 1: ").to_string(),
+        )
+        .at(field)),
+        None => Err(Problem::Empty.at(field)),
     }
 }
 
-fn pair(field: &str, s: &str) -> Result<(Pattern, Pattern), String> {
+fn pair(field: &str, s: &str) -> Result<(Pattern, Pattern), FormatError> {
     let (from, to) = s
         .split_once("->")
-        .ok_or_else(|| format!("{field}: {s:?} is not of the form \"FROM -> TO\""))?;
-    let from = Pattern::parse(from).map_err(|e| format!("{field}: {e}"))?;
-    let to = Pattern::parse(to).map_err(|e| format!("{field}: {e}"))?;
+        .ok_or_else(|| Problem::NotPair(s.to_string()).at(field))?;
+    let from = Pattern::parse(from).map_err(|e| e.at(field))?;
+    let to = Pattern::parse(to).map_err(|e| e.at(field))?;
     Ok((from, to))
 }
 
-fn except(field: &str, e: ExceptSpec) -> Result<Except, String> {
+fn except(field: &str, e: ExceptSpec) -> Result<Except, FormatError> {
     let (text, verdict) = match e {
         ExceptSpec::Pair(s) => match s.rsplit_once(':') {
             Some((p, v)) if matches!(v.trim(), "allow" | "deny") => {
                 (p.to_string(), Some(v.trim() == "allow"))
             }
             Some((_, v)) => {
-                return Err(format!(
-                    "{field}: verdict {:?} must be allow or deny",
-                    v.trim()
-                ));
+                return Err(Problem::Verdict(v.trim().to_string()).at(field));
             }
             None => (s, None),
         },
@@ -411,9 +516,7 @@ fn except(field: &str, e: ExceptSpec) -> Result<Except, String> {
             match (it.next(), it.next()) {
                 (Some((k, v)), None) => (k, Some(v == VerdictSpec::Allow)),
                 _ => {
-                    return Err(format!(
-                        "{field}: expected \"FROM -> TO\" or \"FROM -> TO: allow|deny\""
-                    ));
+                    return Err(Problem::ExceptShape.at(field));
                 }
             }
         }
@@ -427,17 +530,12 @@ fn except(field: &str, e: ExceptSpec) -> Result<Except, String> {
     })
 }
 
-fn probe(field: &str, p: ProbeSpec) -> Result<Probe, String> {
+fn probe(field: &str, p: ProbeSpec) -> Result<Probe, FormatError> {
     let port = match p.probe.port {
-        PortValue::Number(0) => {
-            return Err(format!("{field}.probe.port: must be between 1 and 65535"));
-        }
-        PortValue::Number(n) => ProbePort::Number(n),
-        PortValue::Name(s) => match s.parse::<u16>() {
-            Ok(n) if n > 0 => ProbePort::Number(n),
-            _ => ProbePort::Named(s),
-        },
-    };
+        PortValue::Number(n) => ProbePort::parse(&n.to_string()),
+        PortValue::Name(s) => ProbePort::parse(&s),
+    }
+    .map_err(|e| Problem::Port(e).at(&format!("{field}.probe.port")))?;
     let protocol = protocol(&format!("{field}.probe.protocol"), &p.probe.protocol)?;
     let except = p
         .except
@@ -470,32 +568,27 @@ fn probe(field: &str, p: ProbeSpec) -> Result<Probe, String> {
 fn decode<T: serde::de::DeserializeOwned>(
     field: &str,
     v: serde_norway::Value,
-) -> Result<T, String> {
+) -> Result<T, FormatError> {
     serde_path_to_error::deserialize(v).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.inner().to_string();
+        let problem = Problem::Value(e.inner().to_string());
         if path == "." {
-            format!("{field}: {inner}")
+            problem.at(field)
         } else {
-            format!("{field}.{path}: {inner}")
+            problem.at(&format!("{field}.{path}"))
         }
     })
 }
 
-fn action(field: &str, a: serde_norway::Value) -> Result<Action, String> {
+fn action(field: &str, a: serde_norway::Value) -> Result<Action, FormatError> {
     let map = match a {
         serde_norway::Value::Mapping(m) if m.len() == 1 => m,
-        _ => {
-            return Err(format!(
-                "{field}: an action is a one-key map such as {{apply: ...}}"
-            ));
-        }
+        _ => return Err(Problem::ActionShape.at(field)),
     };
     let (k, v) = map.into_iter().next().expect("one entry");
     let verb = k.as_str().unwrap_or("").to_string();
     let at = format!("{field}.{verb}");
-    let key =
-        |s: &str| PodKey::parse(s).ok_or_else(|| format!("{at}: {s:?} is not namespace/name"));
+    let key = |s: &str| PodKey::parse(s).ok_or_else(|| Problem::NotKey(s.to_string()).at(&at));
     Ok(match verb.as_str() {
         "apply" => Action::Apply(policy_from_value(&at, v)?),
         "delete-policy" => {
@@ -516,26 +609,21 @@ fn action(field: &str, a: serde_norway::Value) -> Result<Action, String> {
             let n: NamespaceSpec = decode(&at, v)?;
             Action::CreateNamespace(Namespace::new(n.name, n.labels))
         }
-        other => {
-            return Err(format!(
-                "{field}: unknown action {other:?} (apply, delete-policy, set-pod-labels, \
-                 set-namespace-labels, create-pod, delete-pod, create-namespace)"
-            ));
-        }
+        other => return Err(Problem::UnknownAction(other.to_string()).at(field)),
     })
 }
 
 /// Parses and checks a scenario file. The error names the field (with its
 /// path: `steps[1].expect[0].probe.port`) and what is wrong with it.
-pub fn parse(text: &str) -> Result<Scenario, String> {
+pub fn parse(text: &str) -> Result<Scenario, FormatError> {
     let de = serde_norway::Deserializer::from_str(text);
     let spec: FileSpec = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.inner().to_string();
         if path == "." || path.is_empty() || inner.starts_with(&path) {
-            inner
+            FormatError::Shape(inner)
         } else {
-            format!("{path}: {inner}")
+            Problem::Value(inner).at(&path)
         }
     })?;
     let (namespaces, pods, externals) = match spec.cluster {
@@ -562,16 +650,10 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                 .map(|(i, e)| {
                     let f = format!("cluster.externals[{i}]");
                     if e.name.contains('/') || e.name == "*" {
-                        return Err(format!(
-                            "{f}.name: {:?} may not contain '/' or be '*'",
-                            e.name
-                        ));
+                        return Err(Problem::ExternalName(e.name).at(&format!("{f}.name")));
                     }
                     if e.ipv4.is_none() && e.ipv6.is_none() {
-                        return Err(format!(
-                            "{f}: external {} has neither ipv4 nor ipv6",
-                            e.name
-                        ));
+                        return Err(Problem::ExternalWithoutAddress(e.name).at(&f));
                     }
                     Ok(External {
                         name: e.name,
@@ -585,7 +667,7 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
         }
     };
     if spec.steps.is_empty() {
-        return Err("steps: at least one step is required".into());
+        return Err(FormatError::NoSteps);
     }
     let mut steps = Vec::new();
     for (i, s) in spec.steps.into_iter().enumerate() {
@@ -638,22 +720,28 @@ mod tests {
         let e = parse(
             "name: t\nsteps: [{expect: [{probe: {port: 80, protocol: TCP}, default: maybe}]}]",
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.starts_with("steps[0].expect[0].default"), "{e}");
         let e = parse(
             "name: t\nsteps: [{expect: [{probe: {port: 80, protocol: ICMP}, default: allow}]}]",
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.starts_with("steps[0].expect[0].probe.protocol"), "{e}");
         let e = parse("name: t\nsteps: [{expect: [{probe: {port: 80}, default: allow, except: [\"x/a y/b\"]}]}]")
-            .unwrap_err();
+            .unwrap_err()
+        .to_string();
         assert!(e.starts_with("steps[0].expect[0].except[0]"), "{e}");
-        let e = parse("name: t\nsteps: [{expekt: []}]").unwrap_err();
+        let e = parse("name: t\nsteps: [{expekt: []}]")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("steps[0]"), "{e}");
         let e = parse(
             "name: t\nsteps: [{do: [{apply: {apiVersion: policy.networking.k8s.io/v1alpha1, kind: AdminNetworkPolicy, metadata: {name: a}}}], expect: []}]",
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains("steps[0].do[0].apply") && e.contains("not supported"),
             "{e}"

@@ -38,7 +38,7 @@ pub fn run_file(path: &Path, mode: Mode, nodes: usize) -> FileReport {
     };
     let scenario = match format::parse(&text) {
         Ok(s) => s,
-        Err(e) => return failed("?".into(), e),
+        Err(e) => return failed("?".into(), e.to_string()),
     };
     let mut prober: Box<dyn Prober> = match mode {
         Mode::Engine => Box::new(engine::EngineProber::default()),

@@ -23,13 +23,14 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::IpAddr;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use policy::{Change, Cluster, Engine, Pod, PodKey, Protocol};
 
 use super::format::External;
-use super::run::{Attempt, Observed, Prober};
+use super::run::{Attempt, Observed, Prober, ProberError};
 use crate::daemon::switch::{Answer, Command as SwitchCommand, Query, Switch};
 use vswitch_datapath::counters::Counters;
 use vswitch_datapath::io::tap::TapPort;
@@ -38,6 +39,52 @@ use vswitch_datapath::io::worker::PolicyHandle;
 use vswitch_datapath::overlay;
 use vswitch_datapath::parse::mac_text;
 use vswitch_datapath::{Config, PortId, PortKind};
+
+/// What went wrong making or probing the pods, by operation.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error("not root (nor in a user namespace)")]
+    NotRoot,
+    #[error("id -u: {0}")]
+    Id(std::io::Error),
+    #[error("/dev/net/tun: {0}")]
+    Tun(std::io::Error),
+    #[error("netns mode needs root (network namespaces, /dev/net/tun): {0}")]
+    NotPermitted(Box<NetnsError>),
+    #[error("starting the agent in {ns}: {source}")]
+    AgentStart { ns: String, source: std::io::Error },
+    #[error("agent: {0}")]
+    Agent(std::io::Error),
+    #[error("the agent exited")]
+    AgentExited,
+    #[error("ip: {0}")]
+    IpSpawn(std::io::Error),
+    #[error("ip {args}: {stderr}")]
+    Ip { args: String, stderr: String },
+    #[error("TAP {tap}: {source}")]
+    Tap { tap: String, source: std::io::Error },
+    #[error("overlay socket of node {node}: {source}")]
+    OverlaySocket { node: usize, source: std::io::Error },
+    #[error("tunnel from node {from} to node {to}: {source}")]
+    Tunnel {
+        from: usize,
+        to: usize,
+        source: std::io::Error,
+    },
+    #[error("switch: {0}")]
+    Switch(std::io::Error),
+    /// The stop flag was set (Ctrl-C) while the pods were being made.
+    #[error("interrupted")]
+    Interrupted,
+    #[error(transparent)]
+    Policy(Box<policy::ModelError>),
+}
+
+impl From<policy::ModelError> for NetnsError {
+    fn from(e: policy::ModelError) -> Self {
+        NetnsError::Policy(Box::new(e))
+    }
+}
 
 /// How long a denied attempt is given.
 const TIMEOUT_S: &str = "1.0";
@@ -126,13 +173,16 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(ns: &str) -> Result<Agent, String> {
+    fn start(ns: &str) -> Result<Agent, NetnsError> {
         let mut child = Command::new("ip")
             .args(["netns", "exec", ns, "python3", "-u", "-c", AGENT])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
-            .map_err(|e| format!("starting the agent in {ns}: {e}"))?;
+            .map_err(|source| NetnsError::AgentStart {
+                ns: ns.to_string(),
+                source,
+            })?;
         let stdin = child.stdin.take().expect("piped");
         let stdout = BufReader::new(child.stdout.take().expect("piped"));
         Ok(Agent {
@@ -142,17 +192,17 @@ impl Agent {
         })
     }
 
-    fn send(&mut self, req: &str) -> Result<(), String> {
-        writeln!(self.stdin, "{req}").map_err(|e| format!("agent: {e}"))
+    fn send(&mut self, req: &str) -> Result<(), NetnsError> {
+        writeln!(self.stdin, "{req}").map_err(NetnsError::Agent)
     }
 
-    fn reply(&mut self) -> Result<String, String> {
+    fn reply(&mut self) -> Result<String, NetnsError> {
         let mut line = String::new();
         self.stdout
             .read_line(&mut line)
-            .map_err(|e| format!("agent: {e}"))?;
+            .map_err(NetnsError::Agent)?;
         if line.is_empty() {
-            return Err("the agent exited".into());
+            return Err(NetnsError::AgentExited);
         }
         Ok(line)
     }
@@ -165,23 +215,22 @@ impl Drop for Agent {
     }
 }
 
-fn ip(args: &[&str]) -> Result<(), String> {
+fn ip(args: &[&str]) -> Result<(), NetnsError> {
     let out = Command::new("ip")
         .args(args)
         .output()
-        .map_err(|e| format!("ip: {e}"))?;
+        .map_err(NetnsError::IpSpawn)?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(NetnsError::Ip {
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
     }
 }
 
-fn in_ns(ns: &str, args: &[&str]) -> Result<(), String> {
+fn in_ns(ns: &str, args: &[&str]) -> Result<(), NetnsError> {
     let mut a = vec!["netns", "exec", ns];
     a.extend_from_slice(args);
     ip(&a)
@@ -190,9 +239,13 @@ fn in_ns(ns: &str, args: &[&str]) -> Result<(), String> {
 /// Creates a TAP device and makes it `ns`'s eth0 as the CNI plugin will for
 /// a pod: its MAC, each address as a /32 or /128 (no DAD), and the switch's
 /// link-local gateways 169.254.1.1 and fe80::1 as default routes.
-fn tap_into(ns: &str, tap: &str, mac: [u8; 6], addrs: &[IpAddr]) -> Result<TapPort, String> {
-    let dev = TapPort::create(tap, true).map_err(|e| format!("TAP {tap}: {e}"))?;
-    let name = dev.name().map_err(|e| e.to_string())?;
+fn tap_into(ns: &str, tap: &str, mac: [u8; 6], addrs: &[IpAddr]) -> Result<TapPort, NetnsError> {
+    let tap_error = |source| NetnsError::Tap {
+        tap: tap.to_string(),
+        source,
+    };
+    let dev = TapPort::create(tap, true).map_err(tap_error)?;
+    let name = dev.name().map_err(tap_error)?;
     ip(&["link", "set", &name, "netns", ns])?;
     in_ns(
         ns,
@@ -288,6 +341,8 @@ pub struct NetnsProber {
     next_port: PortId,
     /// Pods placed so far (round-robin over the nodes).
     placed: usize,
+    /// Set by Ctrl-C: making namespaces stops at the next one.
+    stop: Option<Arc<AtomicBool>>,
 }
 
 impl Default for NetnsProber {
@@ -313,7 +368,15 @@ impl NetnsProber {
             ports: BTreeMap::new(),
             next_port: 1,
             placed: 0,
+            stop: None,
         }
+    }
+
+    /// Stops making namespaces (with [`NetnsError::Interrupted`]) once
+    /// `stop` is set, so that Ctrl-C need not wait for the whole cluster.
+    pub fn stop_on(mut self, stop: Arc<AtomicBool>) -> NetnsProber {
+        self.stop = Some(stop);
+        self
     }
 }
 
@@ -332,7 +395,14 @@ fn mac_of(port: PortId) -> [u8; 6] {
 }
 
 impl NetnsProber {
-    fn new_ns(&mut self, tag: &str) -> Result<String, String> {
+    fn new_ns(&mut self, tag: &str) -> Result<String, NetnsError> {
+        if self
+            .stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::Relaxed))
+        {
+            return Err(NetnsError::Interrupted);
+        }
         let ns = format!("{}-{tag}", self.prefix);
         ip(&["netns", "add", &ns])?;
         self.namespaces.push(ns.clone());
@@ -347,7 +417,7 @@ impl NetnsProber {
     }
 
     /// A pod: its namespace, its TAP as eth0, its port on its node's switch.
-    fn add_pod(&mut self, pod: &Pod) -> Result<(), String> {
+    fn add_pod(&mut self, pod: &Pod) -> Result<(), NetnsError> {
         let port = self.next_port();
         let node = self.placed % self.nodes;
         self.placed += 1;
@@ -366,7 +436,7 @@ impl NetnsProber {
         self.refresh_remotes(node)
     }
 
-    fn remove_pod(&mut self, key: &PodKey) -> Result<(), String> {
+    fn remove_pod(&mut self, key: &PodKey) -> Result<(), NetnsError> {
         if let Some((port, ns, _, node)) = self.ports.remove(key) {
             self.agents.remove(&key.to_string());
             self.switches[node].detach(port);
@@ -379,7 +449,7 @@ impl NetnsProber {
 
     /// The simulated nodes: an underlay bridge, each node a namespace on it
     /// with its overlay socket attached to its switch.
-    fn add_nodes(&mut self) -> Result<(), String> {
+    fn add_nodes(&mut self) -> Result<(), NetnsError> {
         let underlay = self.new_ns("u")?;
         in_ns(&underlay, &["ip", "link", "add", "br0", "type", "bridge"])?;
         in_ns(&underlay, &["ip", "link", "set", "br0", "up"])?;
@@ -405,7 +475,7 @@ impl NetnsProber {
                 OverlaySocket::bind(addr, overlay::VXLAN_PORT)
             })
             .and_then(|r| r)
-            .map_err(|e| format!("overlay socket of node {i}: {e}"))?;
+            .map_err(|source| NetnsError::OverlaySocket { node: i, source })?;
             let id = self.next_port();
             self.attach(
                 i,
@@ -426,7 +496,7 @@ impl NetnsProber {
 
     /// Re-attaches `node`'s port on every other node, with the addresses of
     /// the pods it holds now (the simulated nodes' "pod CIDRs").
-    fn refresh_remotes(&mut self, node: usize) -> Result<(), String> {
+    fn refresh_remotes(&mut self, node: usize) -> Result<(), NetnsError> {
         if self.nodes < 2 {
             return Ok(());
         }
@@ -451,7 +521,11 @@ impl NetnsProber {
                 TunnelPort::connect(local, peer, overlay::DEFAULT_VNI, OVERLAY_MTU as usize)
             })
             .and_then(|r| r)
-            .map_err(|e| format!("tunnel from node {other} to node {node}: {e}"))?;
+            .map_err(|source| NetnsError::Tunnel {
+                from: other,
+                to: node,
+                source,
+            })?;
             let id = self.next_port();
             let kind = PortKind::Remote {
                 addr,
@@ -468,7 +542,7 @@ impl NetnsProber {
 
     /// The outside of `node`: one namespace behind its node port with every
     /// external's addresses, and routes to the pods through the switch.
-    fn add_outside(&mut self, node: usize, externals: &[External]) -> Result<(), String> {
+    fn add_outside(&mut self, node: usize, externals: &[External]) -> Result<(), NetnsError> {
         let ns = self.new_ns(&format!("out{node}"))?;
         let tap = format!("{}o{node}", self.tap_prefix);
         let mac = mac_of(0);
@@ -488,14 +562,13 @@ impl NetnsProber {
         Ok(())
     }
 
-    fn start_switches(&mut self) -> Result<(), String> {
+    fn start_switches(&mut self) -> Result<(), NetnsError> {
         for _ in 0..self.nodes {
             let cfg = Config {
                 overlay_mtu: OVERLAY_MTU,
                 ..Config::default()
             };
-            let switch =
-                Switch::start(cfg, self.handle.clone()).map_err(|e| format!("switch: {e}"))?;
+            let switch = Switch::start(cfg, self.handle.clone()).map_err(NetnsError::Switch)?;
             self.switches.push(switch);
         }
         Ok(())
@@ -552,23 +625,23 @@ impl NetnsProber {
 
 /// Whether this process may make pods of network namespaces and TAP
 /// devices (root, or root in a user namespace), and if not, why.
-pub fn can_make_namespaces() -> Result<(), String> {
+pub fn can_make_namespaces() -> Result<(), NetnsError> {
     let uid = Command::new("id")
         .arg("-u")
         .output()
-        .map_err(|e| e.to_string())?;
+        .map_err(NetnsError::Id)?;
     if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        return Err("not root (nor in a user namespace)".into());
+        return Err(NetnsError::NotRoot);
     }
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/net/tun")
-        .map_err(|e| format!("/dev/net/tun: {e}"))?;
+        .map_err(NetnsError::Tun)?;
     Command::new("ip")
         .arg("-V")
         .output()
-        .map_err(|e| format!("ip: {e}"))?;
+        .map_err(NetnsError::IpSpawn)?;
     Ok(())
 }
 
@@ -592,11 +665,9 @@ impl Prober for NetnsProber {
         Some(sum)
     }
 
-    fn start(&mut self, cluster: &Cluster, externals: &[External]) -> Result<(), String> {
-        can_make_namespaces().map_err(|why| {
-            format!("netns mode needs root (network namespaces, /dev/net/tun): {why}")
-        })?;
-        self.engine = Engine::from_cluster(cluster.clone()).map_err(|e| e.to_string())?;
+    fn start(&mut self, cluster: &Cluster, externals: &[External]) -> Result<(), ProberError> {
+        can_make_namespaces().map_err(|why| NetnsError::NotPermitted(Box::new(why)))?;
+        self.engine = Engine::from_cluster(cluster.clone()).map_err(NetnsError::from)?;
         self.handle.publish(self.engine.snapshot());
         self.start_switches()?;
         if self.nodes > 1 {
@@ -611,10 +682,10 @@ impl Prober for NetnsProber {
         Ok(())
     }
 
-    fn change(&mut self, change: &Change) -> Result<(), String> {
+    fn change(&mut self, change: &Change) -> Result<(), ProberError> {
         self.engine
             .apply(change.clone())
-            .map_err(|e| e.to_string())?;
+            .map_err(NetnsError::from)?;
         self.handle.publish(self.engine.snapshot());
         let (detach, attach) = super::run::port_changes(change, &self.ports, |p| &p.2);
         for k in detach {
@@ -679,7 +750,7 @@ impl Prober for NetnsProber {
                 && let Err(e) = agent.send(&req)
             {
                 for &i in idx {
-                    results[i] = Observed::Skipped(e.clone());
+                    results[i] = Observed::Skipped(e.to_string());
                 }
             }
         }
@@ -691,7 +762,7 @@ impl Prober for NetnsProber {
                 Ok(l) => l,
                 Err(e) => {
                     for &i in idx {
-                        results[i] = Observed::Skipped(e.clone());
+                        results[i] = Observed::Skipped(e.to_string());
                     }
                     continue;
                 }

@@ -10,6 +10,74 @@ use policy::{Change, Cluster, ContainerPort, Namespace, Pod, PodKey, Protocol};
 
 use super::format::{Action, Except, External, Family, Pattern, Probe, ProbePort, Scenario};
 
+/// Why a prober could not make or change the cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ProberError {
+    /// The policy engine refused the cluster or the change.
+    #[error(transparent)]
+    Policy(Box<policy::ModelError>),
+    /// Making or changing the network namespaces failed.
+    #[error(transparent)]
+    Netns(Box<super::netns::NetnsError>),
+}
+
+impl From<policy::ModelError> for ProberError {
+    fn from(e: policy::ModelError) -> Self {
+        ProberError::Policy(Box::new(e))
+    }
+}
+
+impl From<super::netns::NetnsError> for ProberError {
+    fn from(e: super::netns::NetnsError) -> Self {
+        ProberError::Netns(Box::new(e))
+    }
+}
+
+/// What the model of the cluster refuses, as the API server would.
+#[derive(Debug, thiserror::Error)]
+pub enum WorldError {
+    #[error("pod {0} does not exist")]
+    NoPod(PodKey),
+    #[error("namespace {0} does not exist")]
+    NoNamespace(String),
+    #[error("NetworkPolicy {0} does not exist")]
+    NoPolicy(String),
+    #[error("pod {0} already exists")]
+    PodExists(PodKey),
+    #[error("namespace {0} already exists")]
+    NamespaceExists(String),
+    #[error("pod {pod}: address {ip} is already used by {owner}")]
+    AddressInUse {
+        pod: PodKey,
+        ip: IpAddr,
+        owner: String,
+    },
+    #[error("namespace {0} is not in cluster.namespaces")]
+    NamespaceNotListed(String),
+    #[error("pod {0} is listed twice")]
+    PodListedTwice(PodKey),
+    /// The prober could not make the change.
+    #[error(transparent)]
+    Prober(#[from] ProberError),
+}
+
+/// Why a scenario stopped before its end (its probes so far are reported).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cluster.namespaces: namespace {0} is listed twice")]
+    NamespaceListedTwice(String),
+    #[error("cluster.externals: {0} is listed twice")]
+    ExternalListedTwice(String),
+    /// A field of the cluster or an action of a step (its path) that the
+    /// model or the prober refused.
+    #[error("{field}: {source}")]
+    At { field: String, source: WorldError },
+    #[error("starting the cluster: {0}")]
+    Start(ProberError),
+    #[error("{field}: {pattern} names no pod or external of the cluster at this step")]
+    NoMatch { field: String, pattern: String },
+}
+
 /// Something that can be probed: a pod or an external host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
@@ -89,9 +157,9 @@ pub enum Observed {
 /// A way of running probes: the policy engine, the datapath, real pods.
 pub trait Prober {
     /// Creates the starting cluster (namespaces, pods and externals).
-    fn start(&mut self, cluster: &Cluster, externals: &[External]) -> Result<(), String>;
+    fn start(&mut self, cluster: &Cluster, externals: &[External]) -> Result<(), ProberError>;
     /// Applies one change of the cluster.
-    fn change(&mut self, change: &Change) -> Result<(), String>;
+    fn change(&mut self, change: &Change) -> Result<(), ProberError>;
     /// Makes the attempts (possibly concurrently) and reports each, in order.
     fn probe(&mut self, attempts: &[Attempt<'_>]) -> Vec<Observed>;
     /// The datapath's counters, for probers that run one.
@@ -147,18 +215,18 @@ impl World {
 
     /// Turns an action into the change it makes, checking it against the
     /// current state as the API server would.
-    fn change_for(&self, action: &Action) -> Result<Change, String> {
+    fn change_for(&self, action: &Action) -> Result<Change, WorldError> {
         let pod = |k: &PodKey| {
             self.cluster
                 .pods
                 .get(k)
-                .ok_or_else(|| format!("pod {k} does not exist"))
+                .ok_or_else(|| WorldError::NoPod(k.clone()))
         };
         let ns = |n: &str| {
             self.cluster
                 .namespaces
                 .get(n)
-                .ok_or_else(|| format!("namespace {n} does not exist"))
+                .ok_or_else(|| WorldError::NoNamespace(n.to_string()))
         };
         Ok(match action {
             Action::Apply(p) => {
@@ -167,7 +235,7 @@ impl World {
             }
             Action::DeletePolicy(k) => {
                 if !self.cluster.policies.contains_key(k) {
-                    return Err(format!("NetworkPolicy {k} does not exist"));
+                    return Err(WorldError::NoPolicy(k.to_string()));
                 }
                 Change::DeletePolicy(k.clone())
             }
@@ -183,7 +251,7 @@ impl World {
             Action::CreatePod(p) => {
                 ns(&p.key.namespace)?;
                 if self.cluster.pods.contains_key(&p.key) {
-                    return Err(format!("pod {} already exists", p.key));
+                    return Err(WorldError::PodExists(p.key.clone()));
                 }
                 self.check_addresses(p)?;
                 Change::UpsertPod(p.clone())
@@ -194,14 +262,14 @@ impl World {
             }
             Action::CreateNamespace(n) => {
                 if self.cluster.namespaces.contains_key(&n.name) {
-                    return Err(format!("namespace {} already exists", n.name));
+                    return Err(WorldError::NamespaceExists(n.name.clone()));
                 }
                 Change::UpsertNamespace(n.clone())
             }
         })
     }
 
-    fn check_addresses(&self, pod: &Pod) -> Result<(), String> {
+    fn check_addresses(&self, pod: &Pod) -> Result<(), WorldError> {
         for ip in &pod.ips {
             let by_pod = self
                 .cluster
@@ -215,10 +283,11 @@ impl World {
                 .map(|p| p.key.to_string())
                 .or(by_ext.map(|e| e.name.clone()))
             {
-                return Err(format!(
-                    "pod {}: address {ip} is already used by {owner}",
-                    pod.key
-                ));
+                return Err(WorldError::AddressInUse {
+                    pod: pod.key.clone(),
+                    ip: *ip,
+                    owner,
+                });
             }
         }
         Ok(())
@@ -270,6 +339,11 @@ impl FileReport {
     /// The human-readable report: PASS/FAIL line, then every difference.
     pub fn render(&self, file: &str) -> String {
         let mut out = String::new();
+        // a file that cannot be run at all: one line, the field and what is wrong
+        if let (Some(e), true) = (&self.error, self.probes.is_empty()) {
+            let _ = writeln!(out, "FAIL {file}: {e}");
+            return out;
+        }
         let verdict = if self.passed() { "PASS" } else { "FAIL" };
         let skipped = match self.skipped() {
             0 => String::new(),
@@ -282,7 +356,7 @@ impl FileReport {
             self.pairs()
         );
         if let Some(e) = &self.error {
-            let _ = writeln!(out, "  error: {file}: {e}");
+            let _ = writeln!(out, "  error: {e}");
         }
         for p in &self.probes {
             if !p.mismatches.is_empty() {
@@ -326,12 +400,13 @@ impl FileReport {
     }
 }
 
-fn check_names(patterns: &[(&Pattern, &str)], endpoints: &[Endpoint]) -> Result<(), String> {
+fn check_names(patterns: &[(&Pattern, &str)], endpoints: &[Endpoint]) -> Result<(), RunError> {
     for (p, field) in patterns {
         if !endpoints.iter().any(|e| e.matches(p)) {
-            return Err(format!(
-                "{field}: {p} names no pod or external of the cluster at this step"
-            ));
+            return Err(RunError::NoMatch {
+                field: field.to_string(),
+                pattern: p.to_string(),
+            });
         }
     }
     Ok(())
@@ -378,7 +453,7 @@ pub fn run(scenario: &Scenario, prober: &mut dyn Prober) -> FileReport {
         probes: Vec::new(),
     };
     if let Err(e) = run_steps(scenario, prober, &mut report) {
-        report.error = Some(e);
+        report.error = Some(e.to_string());
     }
     report
 }
@@ -387,7 +462,7 @@ fn run_steps(
     scenario: &Scenario,
     prober: &mut dyn Prober,
     report: &mut FileReport,
-) -> Result<(), String> {
+) -> Result<(), RunError> {
     let mut world = World {
         cluster: Cluster::default(),
         externals: scenario.externals.clone(),
@@ -399,47 +474,45 @@ fn run_steps(
             .insert(ns.name.clone(), ns.clone())
             .is_some()
         {
-            return Err(format!(
-                "cluster.namespaces: namespace {} is listed twice",
-                ns.name
-            ));
+            return Err(RunError::NamespaceListedTwice(ns.name.clone()));
         }
     }
     for (i, pod) in scenario.pods.iter().enumerate() {
-        let field = format!("cluster.pods[{i}]");
+        let at = |source| RunError::At {
+            field: format!("cluster.pods[{i}]"),
+            source,
+        };
         if !world.cluster.namespaces.contains_key(&pod.key.namespace) {
-            return Err(format!(
-                "{field}: namespace {} is not in cluster.namespaces",
-                pod.key.namespace
-            ));
+            return Err(at(WorldError::NamespaceNotListed(
+                pod.key.namespace.clone(),
+            )));
         }
         if world.cluster.pods.contains_key(&pod.key) {
-            return Err(format!("{field}: pod {} is listed twice", pod.key));
+            return Err(at(WorldError::PodListedTwice(pod.key.clone())));
         }
-        world
-            .check_addresses(pod)
-            .map_err(|e| format!("{field}: {e}"))?;
+        world.check_addresses(pod).map_err(at)?;
         world.cluster.pods.insert(pod.key.clone(), pod.clone());
     }
     let mut names = std::collections::BTreeSet::new();
     for e in &world.externals {
         if !names.insert(e.name.clone()) {
-            return Err(format!("cluster.externals: {} is listed twice", e.name));
+            return Err(RunError::ExternalListedTwice(e.name.clone()));
         }
     }
     prober
         .start(&world.cluster, &world.externals)
-        .map_err(|e| format!("starting the cluster: {e}"))?;
+        .map_err(RunError::Start)?;
 
     for (si, step) in scenario.steps.iter().enumerate() {
         for (ai, action) in step.actions.iter().enumerate() {
-            let field = format!("steps[{si}].do[{ai}]");
-            let change = world
-                .change_for(action)
-                .map_err(|e| format!("{field}: {e}"))?;
+            let at = |source| RunError::At {
+                field: format!("steps[{si}].do[{ai}]"),
+                source,
+            };
+            let change = world.change_for(action).map_err(at)?;
             prober
                 .change(&change)
-                .map_err(|e| format!("{field}: {e}"))?;
+                .map_err(|e| at(WorldError::Prober(e)))?;
             world.cluster.apply(&change);
         }
         let endpoints = world.endpoints();
