@@ -29,13 +29,6 @@ pub enum ManifestError {
     },
 }
 
-/// The tools report errors as text: `?` takes this one there too.
-impl From<ManifestError> for String {
-    fn from(e: ManifestError) -> String {
-        e.to_string()
-    }
-}
-
 /// What the folder holds, as the cluster model wants it.
 #[derive(Debug, Clone, Default)]
 pub struct Desired {

@@ -20,8 +20,8 @@ use policy::{Cluster, Engine, Flow, Namespace, Protocol};
 #[derive(Debug, thiserror::Error)]
 pub enum SimulateError {
     /// The folder cannot be read (its name is in the message).
-    #[error("{0}")]
-    Read(String),
+    #[error(transparent)]
+    Read(#[from] crate::daemon::manifests::ManifestError),
     #[error("compiling the policies: {0}")]
     Compile(String),
     #[error(
@@ -44,7 +44,7 @@ pub struct Loaded {
 
 /// Reads every manifest under `dir` (recursively).
 pub fn load_dir(dir: &Path) -> Result<Loaded, SimulateError> {
-    let (objects, mut notes) = read_objects(dir).map_err(SimulateError::Read)?;
+    let (objects, mut notes) = read_objects(dir)?;
     let mut rejected = notes.len();
     let mut cluster = Cluster::default();
     for o in &objects {
