@@ -8,12 +8,12 @@
 //! spec's data.
 
 pub mod client;
-pub mod config;
+mod config;
 pub mod error;
 pub mod exec;
-pub mod ipam;
-pub mod plugin;
+mod ipam;
+mod plugin;
 pub mod proto;
-pub mod result;
+mod result;
 pub mod skel;
 pub mod version;

@@ -120,7 +120,8 @@ fn shape(f: &[u8]) -> Option<(bool, usize, usize, usize, u32, bool)> {
 
 impl Coalescer {
     /// Whether a run is being merged.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.count == 0
     }
 

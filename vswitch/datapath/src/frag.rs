@@ -63,12 +63,4 @@ impl FragTable {
     pub fn expire(&mut self, now: u64) {
         self.map.retain(|_, (_, until)| *until >= now);
     }
-
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
 }

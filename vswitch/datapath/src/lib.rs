@@ -51,20 +51,20 @@
 //!
 //! The layer rule: **the core never imports `io`**; `io` uses the core.
 
-pub mod coalesce;
-pub mod config;
+mod coalesce;
+mod config;
 pub mod conntrack;
 pub mod counters;
-pub mod datapath;
-pub mod flow_cache;
-pub mod frag;
+mod datapath;
+mod flow_cache;
+mod frag;
 pub mod io;
 pub mod mem_hints;
 pub mod overlay;
 pub mod parse;
-pub mod ports;
-pub mod reply;
-pub mod segment;
+mod ports;
+mod reply;
+mod segment;
 pub mod wire;
 
 pub use config::{Config, EstablishedPolicy};

@@ -47,7 +47,7 @@
 
 mod attach;
 pub mod cli;
-pub mod control;
+mod control;
 mod device;
 mod error;
 pub mod install;

@@ -3,7 +3,7 @@
 //! prober per mode ([`engine`], [`dataplane`]).
 
 pub mod dataplane;
-pub mod engine;
+mod engine;
 pub mod format;
 pub mod netns;
 pub mod run;

@@ -14,7 +14,7 @@
 //! advances the clock. A probe is a real connection attempt; a denied one
 //! is an attempt that has not completed when its time is up.
 
-pub mod sctp;
+mod sctp;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
