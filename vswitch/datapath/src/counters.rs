@@ -146,3 +146,25 @@ impl Counters {
             .collect()
     }
 }
+
+/// Frames a port's worker dropped at send time, after the datapath decided
+/// to forward them. Kept apart from [`Outcome`]: a frame's outcome is
+/// counted once, when it is received (and tests assert that the outcomes
+/// add up to the frames received); a send that fails later would have to
+/// count that frame twice, or change its outcome after the fact. So these
+/// are the destination port's own counters, like `tx_packets` (which counts
+/// what the datapath handed to the port, dropped here or not).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TxDrops {
+    /// The port refused the frame with an error other than "would block"
+    /// (link down, device gone): dropped at once, never queued.
+    pub tx_error: u64,
+    /// The port would block and its pending queue was at its bound.
+    pub tx_queue_full: u64,
+}
+
+impl TxDrops {
+    pub fn total(&self) -> u64 {
+        self.tx_error + self.tx_queue_full
+    }
+}

@@ -15,6 +15,7 @@ use policy::Snapshot;
 
 use super::port::{Port, RxMeta};
 use crate::coalesce::Coalescer;
+use crate::counters::TxDrops;
 use crate::{Action, Datapath, PortId, PortKind, overlay};
 
 /// Where the control plane publishes policy generations for workers.
@@ -42,12 +43,85 @@ impl PolicyHandle {
 #[derive(Default)]
 struct Pending {
     frames: VecDeque<(Vec<u8>, RxMeta)>,
+    /// The bytes of `frames`.
+    bytes: usize,
+    drops: TxDrops,
 }
+
+impl Pending {
+    /// Queues a copy of `frame` if the bound allows, in a buffer from
+    /// `spare`; otherwise drops it and counts it.
+    fn push(&mut self, spare: &mut Spare, frame: &[u8], meta: RxMeta) {
+        if self.frames.len() >= PENDING_FRAMES || self.bytes + frame.len() > PENDING_BYTES {
+            self.drops.tx_queue_full += 1;
+            return;
+        }
+        let mut b = spare.take();
+        b.extend_from_slice(frame);
+        self.bytes += b.len();
+        self.frames.push_back((b, meta));
+    }
+
+    /// Takes the oldest frame off the queue and gives its buffer back.
+    fn pop(&mut self, spare: &mut Spare) {
+        if let Some((b, _)) = self.frames.pop_front() {
+            self.bytes -= b.len();
+            spare.give(b);
+        }
+    }
+
+    /// Drops everything that waits (the port is gone), buffers back.
+    fn clear(&mut self, spare: &mut Spare) {
+        while !self.frames.is_empty() {
+            self.pop(spare);
+        }
+    }
+}
+
+/// Buffers of pending frames that were sent or dropped, for the next
+/// frames that must wait. Bounded too, to one queue's worth (frames, and
+/// bytes counted by capacity so that large buffers are not all kept); the
+/// rest is freed.
+#[derive(Default)]
+struct Spare {
+    bufs: Vec<Vec<u8>>,
+    /// The capacity of `bufs`, in all.
+    bytes: usize,
+}
+
+impl Spare {
+    fn take(&mut self) -> Vec<u8> {
+        let b = self.bufs.pop().unwrap_or_default();
+        self.bytes -= b.capacity();
+        b
+    }
+
+    fn give(&mut self, mut b: Vec<u8>) {
+        if self.bufs.len() < PENDING_FRAMES && self.bytes + b.capacity() <= PENDING_BYTES {
+            b.clear();
+            self.bytes += b.capacity();
+            self.bufs.push(b);
+        }
+    }
+}
+
+/// The bound of one port's pending queue, in frames and in bytes. A port
+/// that never drains (its pod stopped reading, its link is down) must cost
+/// only its own frames: beyond the bound, frames to it are dropped and
+/// counted. 256 frames is four full receive batches ([`Datapath::BATCH`]),
+/// enough to ride out a burst while a TAP's queue empties; 1 MiB caps the
+/// memory when the frames are large (16 GSO frames of 64 KiB), so the
+/// worst case over 1,000 ports stays about 1 GiB instead of growing without
+/// limit. What waits is also what a port gets late when it comes back, so
+/// the bound is also the most stale frames it can receive.
+pub const PENDING_FRAMES: usize = 256;
+pub const PENDING_BYTES: usize = 1 << 20;
 
 pub struct Worker {
     pub datapath: Datapath,
     ports: Vec<Option<Box<dyn Port>>>,
     pending: Vec<Pending>,
+    spare: Spare,
     policy: PolicyHandle,
     /// Receive buffers, one per frame of a batch.
     bufs: Vec<Vec<u8>>,
@@ -65,6 +139,7 @@ impl Worker {
             datapath,
             ports: Vec::new(),
             pending: Vec::new(),
+            spare: Spare::default(),
             policy,
             bufs: (0..Datapath::BATCH).map(|_| vec![0; 65_536]).collect(),
             lens: Vec::with_capacity(Datapath::BATCH),
@@ -85,7 +160,7 @@ impl Worker {
 
     pub fn detach(&mut self, id: PortId) -> Option<Box<dyn Port>> {
         if let Some(p) = self.pending.get_mut(id as usize) {
-            p.frames.clear();
+            p.clear(&mut self.spare);
         }
         self.ports.get_mut(id as usize)?.take()
     }
@@ -97,6 +172,18 @@ impl Worker {
     /// Frames waiting for a port to become writable.
     pub fn pending(&self, id: PortId) -> usize {
         self.pending.get(id as usize).map_or(0, |p| p.frames.len())
+    }
+
+    /// The bytes of the frames waiting for a port.
+    pub fn pending_bytes(&self, id: PortId) -> usize {
+        self.pending.get(id as usize).map_or(0, |p| p.bytes)
+    }
+
+    /// Frames dropped at send time on a port.
+    pub fn tx_drops(&self, id: PortId) -> TxDrops {
+        self.pending
+            .get(id as usize)
+            .map_or_else(TxDrops::default, |p| p.drops)
     }
 
     /// One round: pick up a new policy generation, flush what waits, then
@@ -178,7 +265,12 @@ impl Worker {
                     {
                         continue;
                     }
-                    Self::flush_merged(&mut self.merge, &mut self.ports, &mut self.pending);
+                    Self::flush_merged(
+                        &mut self.merge,
+                        &mut self.ports,
+                        &mut self.pending,
+                        &mut self.spare,
+                    );
                     if let Action::Forward(out) = action
                         && self.merge.push(out, frame)
                     {
@@ -189,6 +281,7 @@ impl Worker {
                     Action::Forward(out) => Self::send(
                         &mut self.ports,
                         &mut self.pending,
+                        &mut self.spare,
                         out as usize,
                         &self.bufs[k][start..n],
                         meta,
@@ -196,6 +289,7 @@ impl Worker {
                     Action::Reply(out, reply) => Self::send(
                         &mut self.ports,
                         &mut self.pending,
+                        &mut self.spare,
                         out as usize,
                         &reply,
                         RxMeta::default(),
@@ -203,7 +297,12 @@ impl Worker {
                     Action::Drop(_) => {}
                 }
             }
-            Self::flush_merged(&mut self.merge, &mut self.ports, &mut self.pending);
+            Self::flush_merged(
+                &mut self.merge,
+                &mut self.ports,
+                &mut self.pending,
+                &mut self.spare,
+            );
         }
         received
     }
@@ -212,17 +311,21 @@ impl Worker {
         merge: &mut Coalescer,
         ports: &mut [Option<Box<dyn Port>>],
         pending: &mut [Pending],
+        spare: &mut Spare,
     ) {
         if let Some((out, frame, meta)) = merge.take() {
-            Self::send(ports, pending, out as usize, frame, meta);
+            Self::send(ports, pending, spare, out as usize, frame, meta);
         }
     }
 
     /// Sends now, or copies the frame behind what already waits (order is
-    /// kept; the common case copies nothing).
+    /// kept; the common case copies nothing). Only "would block" queues a
+    /// frame, up to the bound; a port that fails otherwise (link down,
+    /// device gone) would fail again, so its frame is dropped and counted.
     fn send(
         ports: &mut [Option<Box<dyn Port>>],
         pending: &mut [Pending],
+        spare: &mut Spare,
         id: usize,
         frame: &[u8],
         meta: RxMeta,
@@ -230,25 +333,33 @@ impl Worker {
         let Some(port) = ports.get_mut(id).and_then(Option::as_mut) else {
             return;
         };
-        let q = &mut pending[id].frames;
-        if q.is_empty() && matches!(port.send(frame, &meta), Ok(true)) {
-            return;
+        let p = &mut pending[id];
+        if p.frames.is_empty() {
+            match port.send(frame, &meta) {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(_) => {
+                    p.drops.tx_error += 1;
+                    return;
+                }
+            }
         }
-        q.push_back((frame.to_vec(), meta));
+        p.push(spare, frame, meta);
     }
 
+    /// Sends what waits for a port, oldest first, until it would block.
     fn flush(&mut self, id: usize) {
         let Some(port) = self.ports[id].as_mut() else {
             return;
         };
-        let q = &mut self.pending[id].frames;
-        while let Some((f, m)) = q.front() {
+        let p = &mut self.pending[id];
+        while let Some((f, m)) = p.frames.front() {
             match port.send(f, m) {
-                Ok(true) => {
-                    q.pop_front();
-                }
-                _ => break,
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(_) => p.drops.tx_error += 1,
             }
+            p.pop(&mut self.spare);
         }
     }
 }
