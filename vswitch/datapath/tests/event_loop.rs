@@ -103,3 +103,17 @@ fn a_full_receiver_gets_every_frame_later_in_order() {
     assert_eq!(el.worker.pending(2), 0);
     assert_eq!(el.worker.tx_drops(2).total(), 0);
 }
+
+#[test]
+fn a_receiver_that_is_gone_gets_no_queue_its_frames_are_counted() {
+    let (mut el, pod_a, pod_b) = switch();
+    drop(pod_b); // b's link is down: every send to it fails (not EAGAIN)
+    for seq in 0..100u16 {
+        pod_a.send(&frame(seq)).unwrap();
+        el.run_once(Duration::from_millis(10)).unwrap();
+    }
+    assert_eq!(el.worker.datapath.counters.rx_packets, 100);
+    assert_eq!(el.worker.pending(2), 0, "nothing waits for a dead port");
+    assert_eq!(el.worker.tx_drops(2).tx_error, 100);
+    assert_eq!(el.worker.tx_drops(2).tx_queue_full, 0);
+}
