@@ -120,6 +120,14 @@ pub struct PortInfo {
     pub rx_bytes: u64,
     pub tx_packets: u64,
     pub tx_bytes: u64,
+    /// Frames for this port dropped because sending failed (the port's
+    /// device is gone or down).
+    #[serde(default)]
+    pub tx_error: u64,
+    /// Frames for this port dropped because its queue of frames waiting
+    /// for the port to take them was full.
+    #[serde(default)]
+    pub tx_queue_full: u64,
     /// Packets by outcome (fast_forward, policy_deny, ...), non-zero only.
     pub outcomes: std::collections::BTreeMap<String, u64>,
 }

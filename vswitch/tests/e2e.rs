@@ -384,6 +384,15 @@ fn pods_talk_policy_denies_then_allows_and_the_node_always_passes() {
     };
     assert!(value("vswitch_packets_total{outcome=\"policy_deny\"}") > 0);
     assert!(value("vswitch_port_rx_packets_total{port=\"1\",name=\"default/a/eth0\"}") > 0);
+    // send-side drops are exported per port (none here: every port drains)
+    assert_eq!(
+        value("vswitch_port_tx_queue_full_total{port=\"1\",name=\"default/a/eth0\"}"),
+        0
+    );
+    assert_eq!(
+        value("vswitch_port_tx_error_total{port=\"1\",name=\"default/a/eth0\"}"),
+        0
+    );
     assert_eq!(value("vswitch_attachments"), 2);
     assert_eq!(value("vswitch_source_in_sync"), 1);
     assert!(value("vswitch_policy_generation") > 1);

@@ -106,7 +106,7 @@ pub fn render(switch: &SwitchHandle, g: &Gauges) -> String {
     };
     let mut s = String::new();
     type Field = fn(&PortInfo) -> u64;
-    let per_port: [(&str, &str, Field); 4] = [
+    let per_port: [(&str, &str, Field); 6] = [
         (
             "vswitch_port_rx_packets_total",
             "Frames received from the port.",
@@ -126,6 +126,16 @@ pub fn render(switch: &SwitchHandle, g: &Gauges) -> String {
             "vswitch_port_tx_bytes_total",
             "Bytes sent to the port.",
             |c| c.tx_bytes,
+        ),
+        (
+            "vswitch_port_tx_error_total",
+            "Frames for the port dropped because sending failed.",
+            |c| c.tx_error,
+        ),
+        (
+            "vswitch_port_tx_queue_full_total",
+            "Frames for the port dropped because its send queue was full.",
+            |c| c.tx_queue_full,
         ),
     ];
     for (name, help, get) in per_port {

@@ -168,7 +168,7 @@ fn handle(el: &mut EventLoop, c: Command) {
             let _ = done.send(());
         }
         Command::Query(q, reply) => {
-            let _ = reply.send(answer(&el.worker.datapath, q));
+            let _ = reply.send(answer(&el.worker, q));
         }
     }
 }
@@ -181,7 +181,8 @@ fn ip_of(v: u128, v6: bool) -> IpAddr {
     }
 }
 
-fn answer(dp: &Datapath, q: Query) -> Answer {
+fn answer(worker: &Worker, q: Query) -> Answer {
+    let dp = &worker.datapath;
     match q {
         Query::Totals => Answer::Totals(Totals {
             datapath: dp.counters.clone(),
@@ -222,6 +223,8 @@ fn answer(dp: &Datapath, q: Query) -> Answer {
                         rx_bytes: p.counters.rx_bytes,
                         tx_packets: p.counters.tx_packets,
                         tx_bytes: p.counters.tx_bytes,
+                        tx_error: worker.tx_drops(id).tx_error,
+                        tx_queue_full: worker.tx_drops(id).tx_queue_full,
                         outcomes: p
                             .counters
                             .nonzero()

@@ -54,8 +54,15 @@ pub fn render(reply: &Reply) -> String {
             );
             for p in ports {
                 let ips: Vec<String> = p.ips.iter().map(|i| i.to_string()).collect();
-                let outcomes: Vec<String> =
-                    p.outcomes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                // send-side drops follow the outcomes of what was received
+                let tx_drops = [("tx_error", p.tx_error), ("tx_queue_full", p.tx_queue_full)];
+                let outcomes: Vec<String> = p
+                    .outcomes
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), *v))
+                    .chain(tx_drops.into_iter().filter(|(_, v)| *v > 0))
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
                 let _ = writeln!(
                     s,
                     "{:>4}  {:<32} {:<5} {:<17} {:<6} {:>10} {:>10}  {:<28} {}",
