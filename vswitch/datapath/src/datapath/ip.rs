@@ -135,10 +135,20 @@ impl Datapath {
             // An echo request belongs to its originator's direction and a
             // reply to the other: a request in the reply direction is a new
             // echo (policy decides), a reply in the originator's is untracked.
-            let found = self.ct.lookup(&tuple, ms).filter(|(_, dir)| match ip.l4 {
+            let mut found = self.ct.lookup(&tuple, ms).filter(|(_, dir)| match ip.l4 {
                 L4::Echo { request, .. } => request == (*dir == conntrack::Dir::Orig),
                 _ => true,
             });
+            // A new SYN on a connection that has ended is a new connection
+            // (whatever kept the old one across policy changes): the old
+            // entry goes, and policy judges the SYN.
+            let mut reopened = false;
+            if let Some((r, _)) = found
+                && self.ct.reopens(r, &ip.l4)
+            {
+                self.ct.remove(r);
+                (found, reopened) = (None, true);
+            }
             match found {
                 Some((r, dir)) => {
                     if let Err(o) = self.recheck(r, node_local) {
@@ -152,6 +162,14 @@ impl Datapath {
                         return IpVerdict::Drop(Outcome::Untracked);
                     }
                     if !node_local && !self.allowed(&tuple) {
+                        if reopened {
+                            // The old connection's flow-cache entries (of
+                            // either direction) would carry its packets
+                            // until their next refresh finds it gone: a new
+                            // epoch makes them misses now. Once per
+                            // ended connection at most: its entry is gone.
+                            self.epoch += 1;
+                        }
                         return IpVerdict::Drop(Outcome::PolicyDeny);
                     }
                     match self.ct.create(&tuple, &ip.l4, ms, self.policy.generation()) {
