@@ -109,12 +109,7 @@ impl Datapath {
 
         // Later fragments follow their first fragment.
         if let Some(f) = ip.frag.filter(|f| !f.first) {
-            let key = FragKey {
-                src: ip.src,
-                dst: ip.dst,
-                proto: ip.proto,
-                id: f.id,
-            };
+            let key = FragKey::of(ip, f);
             return match self.frags.follow(&key, ms) {
                 Some(fwd) => IpVerdict::Forward(fwd),
                 None => IpVerdict::Drop(Outcome::FragmentUnknown),
@@ -187,12 +182,7 @@ impl Datapath {
         }
 
         if let Some(f) = ip.frag {
-            let key = FragKey {
-                src: ip.src,
-                dst: ip.dst,
-                proto: ip.proto,
-                id: f.id,
-            };
+            let key = FragKey::of(ip, f);
             self.frags.remember(key, fwd, ms);
         } else if self.ct.cacheable(ct)
             && let Some(key) = parse::cache_key(frame, in_port)
