@@ -343,6 +343,20 @@ impl Conntrack {
         e.timeout = timeout_of(&timeouts, e.key.proto, state);
     }
 
+    /// Whether a packet ends a connection that is over and starts a new one
+    /// under its 5-tuple: a bare SYN (no ACK) on a TCP connection that has
+    /// seen FIN or RST. The caller removes the old entry and judges the
+    /// packet as the first of a new connection, by the policy in force now.
+    pub fn reopens(&self, r: CtRef, l4: &L4) -> bool {
+        let L4::Tcp { flags, .. } = *l4 else {
+            return false;
+        };
+        flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN
+            && self
+                .get(r)
+                .is_some_and(|e| matches!(e.state, State::Closing | State::Closed))
+    }
+
     /// Whether a packet in this state and direction may use the flow cache.
     pub fn cacheable(&self, r: CtRef) -> bool {
         self.get(r).is_some_and(|e| e.state == State::Established)

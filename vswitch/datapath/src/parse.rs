@@ -1,8 +1,9 @@
 //! Frame parsing, in two depths:
 //!
-//! - [`parse`], the slow path: Ethernet, ARP, IPv4, IPv6 with its extension
-//!   headers (etherparse), then TCP, UDP, ICMPv4 and ICMPv6 (etherparse) and
-//!   SCTP (its common header and first chunk type, here). ICMP errors are
+//! - [`parse`], the slow path: Ethernet, ARP, IPv4 (etherparse), IPv6 with
+//!   its extension headers (here: a fragment's fragmentable part is data,
+//!   not headers), then TCP, UDP, ICMPv4 and ICMPv6 (etherparse) and SCTP
+//!   (its common header and first chunk type, here). ICMP errors are
 //!   parsed down to the flow of the packet they quote. Any inconsistency is
 //!   an error: the caller drops and counts the frame, never panics.
 //! - [`fast_key`]: the flow-cache key of an ordinary unfragmented TCP or UDP
@@ -14,7 +15,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use etherparse::err::{LenError, ipv4, ipv6, packet::SliceError, tcp as tcp_err};
 use etherparse::{
     ArpPacketSlice, EtherType, Icmpv4Slice, Icmpv6Slice, IpNumber, Ipv4HeaderSlice,
-    Ipv6ExtensionSlice, Ipv6HeaderSlice, NetSlice, SlicedPacket, TcpHeaderSlice, UdpHeaderSlice,
+    Ipv6HeaderSlice, NetSlice, SlicedPacket, TcpHeaderSlice, UdpHeaderSlice,
 };
 
 use crate::wire::{self, be16, eth, ethertype, icmp, ip_proto, ipv4 as v4, ipv6 as v6, sctp, tcp};
@@ -156,12 +157,22 @@ pub enum ParseError {
 /// variant names the header whose reading failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Malformed {
-    /// etherparse's slicing of the whole frame: Ethernet, ARP, IP with its
-    /// extension headers, and the transport header's length.
+    /// etherparse's slicing of the whole frame: Ethernet, ARP, IPv4, and
+    /// the transport header's length.
     #[error("slicing the frame's headers: {0}")]
     Headers(SliceError),
     // (The slicing checks the transport header's length first, so the
     // next four are what reading it again could still find.)
+    #[error("reading the IPv6 header: {0}")]
+    Ipv6(ipv6::HeaderSliceError),
+    #[error("an IPv6 payload of {len} bytes where the header says {need}")]
+    Ipv6Length { len: usize, need: usize },
+    #[error("reading IPv6 extension header {header}: {len} bytes of the {need} needed")]
+    Ipv6Extension { header: u8, len: usize, need: usize },
+    #[error("an IPv6 Hop-by-Hop Options header other than first")]
+    Ipv6HopByHopNotFirst,
+    #[error("an IPv6 Fragment header in a fragment's fragmentable part")]
+    Ipv6NestedFragment,
     #[error("reading the TCP header: {0}")]
     Tcp(tcp_err::HeaderSliceError),
     #[error("reading the UDP header: {0}")]
@@ -203,6 +214,15 @@ fn mac(b: &[u8]) -> Mac {
 
 /// Parses a whole frame (slow path).
 pub fn parse(frame: &[u8]) -> Result<Parsed, ParseError> {
+    // IPv6's extension headers are walked here, not by etherparse: it reads
+    // on past a Fragment header, into what is the fragment's data.
+    if eth::ethertype(frame) == Some(ethertype::IPV6) {
+        return Ok(Parsed {
+            dst_mac: mac(&frame[eth::DST]),
+            src_mac: mac(&frame[eth::SRC]),
+            payload: Payload::Ip(parse_ipv6(&frame[eth::HLEN..])?),
+        });
+    }
     let sliced =
         SlicedPacket::from_ethernet(frame).map_err(|e| malformed(Malformed::Headers(e)))?;
     if !sliced.link_exts.is_empty() {
@@ -230,31 +250,8 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, ParseError> {
                 l4,
             })
         }
-        Some(NetSlice::Ipv6(ip)) => {
-            let h = ip.header();
-            let mut frag = None;
-            for ext in ip.extensions().clone().into_iter() {
-                if let Ipv6ExtensionSlice::Fragment(f) = ext {
-                    let offset = f.fragment_offset().value();
-                    if f.more_fragments() || offset != 0 {
-                        frag = Some(Frag {
-                            id: f.identification(),
-                            first: offset == 0,
-                        });
-                    }
-                }
-            }
-            let proto = ip.payload().ip_number.0;
-            let l4 = transport(proto, ip.payload().payload, frag, true)?;
-            Payload::Ip(IpPacket {
-                src: IpAddr::V6(h.source_addr()),
-                dst: IpAddr::V6(h.destination_addr()),
-                proto,
-                ttl: h.hop_limit(),
-                frag,
-                l4,
-            })
-        }
+        // (taken above: the frame's EtherType is IPv6's)
+        Some(NetSlice::Ipv6(_)) => Payload::Ip(parse_ipv6(&frame[eth::HLEN..])?),
         None => {
             return Err(Unsupported::Ethertype(be16(frame, eth::ETHERTYPE)).into());
         }
@@ -263,6 +260,90 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, ParseError> {
         dst_mac,
         src_mac,
         payload,
+    })
+}
+
+/// An IPv6 packet (from its header on): the extension-header chain walked
+/// as a receiver does (RFC 8200 section 4.5). The first Fragment header
+/// that fragments (more fragments, or an offset) is the packet's: what
+/// follows it is the fragmentable part. A first fragment is judged by the
+/// upper-layer header found in it; in a later fragment nothing after the
+/// Fragment header is a header. An atomic fragment (offset 0, no more) is
+/// a whole packet and read on, as a receiver does.
+fn parse_ipv6(packet: &[u8]) -> Result<IpPacket, ParseError> {
+    use wire::ipv6_ext as x;
+    let h = Ipv6HeaderSlice::from_slice(packet).map_err(|e| malformed(Malformed::Ipv6(e)))?;
+    let after = &packet[v6::HLEN..];
+    // (a length of 0, a jumbogram's, is read as the rest of the frame)
+    let len = match h.payload_length() as usize {
+        0 => after.len(),
+        n => n,
+    };
+    let mut rest = after.get(..len).ok_or(Malformed::Ipv6Length {
+        len: after.len(),
+        need: len,
+    })?;
+    let mut next = h.next_header().0;
+    let mut frag: Option<Frag> = None;
+    let mut first_header = true;
+    loop {
+        let header = next;
+        let short = |need: usize| Malformed::Ipv6Extension {
+            header,
+            len: rest.len(),
+            need,
+        };
+        match header {
+            x::HOP_BY_HOP if !first_header => {
+                return Err(Malformed::Ipv6HopByHopNotFirst.into());
+            }
+            x::HOP_BY_HOP | x::ROUTING | x::DST_OPTS | x::AUTH => {
+                let b = rest.get(..x::MIN_HLEN).ok_or(short(x::MIN_HLEN))?;
+                let hlen = if header == x::AUTH {
+                    (b[x::HDR_LEN] as usize + 2) * 4
+                } else {
+                    (b[x::HDR_LEN] as usize + 1) * 8
+                };
+                if rest.len() < hlen {
+                    return Err(short(hlen).into());
+                }
+                next = b[x::NXT_HDR];
+                rest = &rest[hlen..];
+            }
+            x::FRAGMENT => {
+                if frag.is_some() {
+                    // a Fragment header in a first fragment's fragmentable
+                    // part: fragments of fragments, nothing to carry
+                    return Err(Malformed::Ipv6NestedFragment.into());
+                }
+                let b = rest.get(..x::FRAG_HLEN).ok_or(short(x::FRAG_HLEN))?;
+                let off_mf = be16(b, x::FRAG_OFF);
+                let offset = off_mf >> x::FRAG_OFF_SHIFT;
+                let id = u32::from_be_bytes(b[x::FRAG_IDENT].try_into().expect("4 bytes"));
+                next = b[x::NXT_HDR];
+                rest = &rest[x::FRAG_HLEN..];
+                if off_mf & x::FRAG_MF != 0 || offset != 0 {
+                    frag = Some(Frag {
+                        id,
+                        first: offset == 0,
+                    });
+                    if offset != 0 {
+                        break; // the rest is data
+                    }
+                }
+            }
+            _ => break,
+        }
+        first_header = false;
+    }
+    let l4 = transport(next, rest, frag, true)?;
+    Ok(IpPacket {
+        src: IpAddr::V6(h.source_addr()),
+        dst: IpAddr::V6(h.destination_addr()),
+        proto: next,
+        ttl: h.hop_limit(),
+        frag,
+        l4,
     })
 }
 
@@ -585,6 +666,17 @@ mod tests {
         0x00, 0x00, 0x11, 0x00, 0x00, 0x01, 0x12, 0x34, 0x56, 0x78, 0x14, 0xe9, 0x00, 0x35, 0x00,
         0x10, 0xe0, 0x97, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08,
     ];
+    // fd00::1 > fd00::2: hop-by-hop options (PadN), a fragment header (id
+    // 0xcafef00d, offset 0, more fragments), then the fragmentable part:
+    // destination options (PadN), UDP 5353 > 53, 4 bytes.
+    const IPV6_HBH_FRAGMENT_DSTOPTS: &[u8] = &[
+        0x02, 0x76, 0x73, 0x77, 0x00, 0x01, 0x02, 0x00, 0x00, 0x00, 0x00, 0x01, 0x86, 0xdd, 0x60,
+        0x00, 0x00, 0x00, 0x00, 0x24, 0x00, 0x40, 0xfd, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0xfd, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0x2c, 0x00, 0x01, 0x04, 0x00, 0x00,
+        0x00, 0x00, 0x3c, 0x00, 0x00, 0x01, 0xca, 0xfe, 0xf0, 0x0d, 0x11, 0x00, 0x01, 0x04, 0x00,
+        0x00, 0x00, 0x00, 0x14, 0xe9, 0x00, 0x35, 0x00, 0x14, 0x00, 0x00, 0xde, 0xad, 0xbe, 0xef,
+    ];
     // 10.0.0.1 > 10.0.0.2 ICMP echo request, id 0x1234, seq 1, TTL 63.
     const ICMP_ECHO: &[u8] = &[
         0x02, 0x76, 0x73, 0x77, 0x00, 0x01, 0x02, 0x00, 0x00, 0x00, 0x00, 0x01, 0x08, 0x00, 0x45,
@@ -742,6 +834,73 @@ mod tests {
             })
         );
         assert_eq!(ip.l4, L4::Fragment);
+    }
+
+    #[test]
+    fn an_ipv6_fragment_is_the_first_fragment_header_and_its_fragmentable_part_is_data() {
+        let frag = Some(Frag {
+            id: 0xcafe_f00d,
+            first: true,
+        });
+        // the first fragment: judged by the UDP header behind the
+        // destination options
+        assert_eq!(
+            ip(IPV6_HBH_FRAGMENT_DSTOPTS),
+            IpPacket {
+                src: IpAddr::V6(A6),
+                dst: IpAddr::V6(B6),
+                proto: ip_proto::UDP,
+                ttl: 64,
+                frag,
+                l4: L4::Udp {
+                    sport: 5353,
+                    dport: 53
+                },
+            }
+        );
+        let frag_hdr = eth::HLEN + v6::HLEN + 8;
+        let part = frag_hdr + 8;
+        // a later fragment (offset 16 bytes): what follows the Fragment
+        // header is data, whatever it looks like: bytes that would not
+        // parse as destination options, or a decoy Fragment header claiming
+        // offset 0 followed by a TCP SYN
+        let mut later = IPV6_HBH_FRAGMENT_DSTOPTS.to_vec();
+        later[frag_hdr + 2..frag_hdr + 4].copy_from_slice(&[0x00, 0x10]);
+        later[part..].fill(0xff);
+        let mut decoy = later.clone();
+        decoy[frag_hdr] = 44;
+        decoy[part..part + 8].copy_from_slice(&[6, 0, 0, 1, 0, 0, 0, 5]);
+        decoy[part + 8..part + 12].copy_from_slice(&[0x9c, 0x40, 0x00, 0x16]);
+        decoy[part + 12..].fill(0);
+        for (f, proto) in [(&later, 60), (&decoy, 44)] {
+            let ip = ip(f);
+            assert_eq!(
+                ip.frag,
+                Some(Frag {
+                    id: 0xcafe_f00d,
+                    first: false
+                })
+            );
+            assert_eq!((ip.proto, ip.l4), (proto, L4::Fragment));
+        }
+        // a Fragment header inside a first fragment's fragmentable part
+        let mut nested = IPV6_HBH_FRAGMENT_DSTOPTS.to_vec();
+        nested[part] = 44;
+        assert_eq!(
+            parse(&nested),
+            Err(ParseError::Malformed(Malformed::Ipv6NestedFragment))
+        );
+        // destination options longer than the packet
+        let mut long = IPV6_HBH_FRAGMENT_DSTOPTS.to_vec();
+        long[part + 1] = 9;
+        assert!(matches!(
+            parse(&long),
+            Err(ParseError::Malformed(Malformed::Ipv6Extension {
+                header: 60,
+                need: 80,
+                ..
+            }))
+        ));
     }
 
     #[test]

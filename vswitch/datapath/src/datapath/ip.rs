@@ -109,12 +109,7 @@ impl Datapath {
 
         // Later fragments follow their first fragment.
         if let Some(f) = ip.frag.filter(|f| !f.first) {
-            let key = FragKey {
-                src: ip.src,
-                dst: ip.dst,
-                proto: ip.proto,
-                id: f.id,
-            };
+            let key = FragKey::of(ip, f);
             return match self.frags.follow(&key, ms) {
                 Some(fwd) => IpVerdict::Forward(fwd),
                 None => IpVerdict::Drop(Outcome::FragmentUnknown),
@@ -135,10 +130,20 @@ impl Datapath {
             // An echo request belongs to its originator's direction and a
             // reply to the other: a request in the reply direction is a new
             // echo (policy decides), a reply in the originator's is untracked.
-            let found = self.ct.lookup(&tuple, ms).filter(|(_, dir)| match ip.l4 {
+            let mut found = self.ct.lookup(&tuple, ms).filter(|(_, dir)| match ip.l4 {
                 L4::Echo { request, .. } => request == (*dir == conntrack::Dir::Orig),
                 _ => true,
             });
+            // A new SYN on a connection that has ended is a new connection
+            // (whatever kept the old one across policy changes): the old
+            // entry goes, and policy judges the SYN.
+            let mut reopened = false;
+            if let Some((r, _)) = found
+                && self.ct.reopens(r, &ip.l4)
+            {
+                self.ct.remove(r);
+                (found, reopened) = (None, true);
+            }
             match found {
                 Some((r, dir)) => {
                     if let Err(o) = self.recheck(r, node_local) {
@@ -152,6 +157,14 @@ impl Datapath {
                         return IpVerdict::Drop(Outcome::Untracked);
                     }
                     if !node_local && !self.allowed(&tuple) {
+                        if reopened {
+                            // The old connection's flow-cache entries (of
+                            // either direction) would carry its packets
+                            // until their next refresh finds it gone: a new
+                            // epoch makes them misses now. Once per
+                            // ended connection at most: its entry is gone.
+                            self.epoch += 1;
+                        }
                         return IpVerdict::Drop(Outcome::PolicyDeny);
                     }
                     match self.ct.create(&tuple, &ip.l4, ms, self.policy.generation()) {
@@ -169,12 +182,7 @@ impl Datapath {
         }
 
         if let Some(f) = ip.frag {
-            let key = FragKey {
-                src: ip.src,
-                dst: ip.dst,
-                proto: ip.proto,
-                id: f.id,
-            };
+            let key = FragKey::of(ip, f);
             self.frags.remember(key, fwd, ms);
         } else if self.ct.cacheable(ct)
             && let Some(key) = parse::cache_key(frame, in_port)

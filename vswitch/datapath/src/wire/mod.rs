@@ -11,8 +11,9 @@
 //! rule is: **whoever indexes has checked the length first**, in one of
 //! three ways, all in the datapath already:
 //!
-//! - the slow path: [`crate::parse::parse`] accepted the frame (etherparse
-//!   checked every header length it reports), or the frame is at least
+//! - the slow path: [`crate::parse::parse`] accepted the frame (etherparse,
+//!   or its own walk of IPv6's extension headers, checked every header
+//!   length it reports), or the frame is at least
 //!   [`eth::HLEN`] long (the slow path checks that before anything);
 //! - the fast path: [`crate::parse::cache_key`] reads through
 //!   `first_chunk::<N>()`, which proves the length once for all the
@@ -119,6 +120,37 @@ pub mod ipv6 {
     /// Both addresses, as the pseudo-header sums them.
     pub const ADDRS: Range<usize> = 8..40;
     pub const HLEN: usize = 40;
+}
+
+/// IPv6 extension headers (RFC 8200, RFC 4302): the chain between the
+/// IPv6 header and the upper-layer header.
+pub mod ipv6_ext {
+    use core::ops::Range;
+
+    /// Next-header values naming extension headers.
+    pub const HOP_BY_HOP: u8 = 0;
+    pub const ROUTING: u8 = 43;
+    pub const FRAGMENT: u8 = 44;
+    pub const AUTH: u8 = 51;
+    pub const DST_OPTS: u8 = 60;
+
+    /// Every extension header starts with its next header; all but the
+    /// Fragment header then give their length.
+    pub const NXT_HDR: usize = 0;
+    /// Hop-by-Hop, Routing, Destination Options: in 8-byte units, not
+    /// counting the first 8; Authentication: in 4-byte units, not counting
+    /// the first 8.
+    pub const HDR_LEN: usize = 1;
+    /// The bytes before the length is known.
+    pub const MIN_HLEN: usize = 2;
+
+    /// Fragment header: offset (in 8-byte units, the high 13 bits) and
+    /// more-fragments (the low bit).
+    pub const FRAG_OFF: Range<usize> = 2..4;
+    pub const FRAG_IDENT: Range<usize> = 4..8;
+    pub const FRAG_HLEN: usize = 8;
+    pub const FRAG_MF: u16 = 0x0001;
+    pub const FRAG_OFF_SHIFT: u32 = 3;
 }
 
 /// TCP (RFC 9293).

@@ -212,6 +212,28 @@ pub fn fragment6(
     v
 }
 
+/// An IPv6 packet to the gateway whose header names `next` and whose
+/// payload is `chain`, byte for byte (extension headers and what follows).
+pub fn ipv6_raw(src_mac: Mac, src: [u8; 16], dst: [u8; 16], next: u8, chain: &[u8]) -> Vec<u8> {
+    let mut v = GW.to_vec();
+    v.extend_from_slice(&src_mac);
+    v.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+    v.extend_from_slice(&(chain.len() as u16).to_be_bytes());
+    v.extend_from_slice(&[next, 64]);
+    v.extend_from_slice(&src);
+    v.extend_from_slice(&dst);
+    v.extend_from_slice(chain);
+    v
+}
+
+/// An IPv6 Fragment header (`offset8`: in 8-byte units).
+pub fn frag6_header(next: u8, id: u32, offset8: u16, more: bool) -> [u8; 8] {
+    let mut h = [next, 0, 0, 0, 0, 0, 0, 0];
+    h[2..4].copy_from_slice(&((offset8 << 3) | more as u16).to_be_bytes());
+    h[4..].copy_from_slice(&id.to_be_bytes());
+    h
+}
+
 // ----- clusters and ports ----------------------------------------------------
 
 /// A pod with addresses, no labels and no named ports.
