@@ -121,6 +121,12 @@ impl Server {
         })
     }
 
+    /// Counts the connections refused for want of a reader in `counter`
+    /// (the metrics' `vswitch_control_refused_total`).
+    pub(super) fn count_refusals_in(&mut self, counter: Arc<AtomicU64>) {
+        self.refused = counter;
+    }
+
     /// Accepts connections on a thread of its own and hands them over.
     pub fn spawn_acceptor(&self, tx: std::sync::mpsc::Sender<super::Event>) -> std::io::Result<()> {
         let listener = self.listener.try_clone()?;
