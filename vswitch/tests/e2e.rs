@@ -80,6 +80,8 @@ impl World {
     }
 
     fn start_daemon(&mut self) {
+        // the log is appended to across restarts: wait for this run's line
+        let started = self.log().matches("vswitchd: ready").count();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -109,7 +111,7 @@ impl World {
             .expect("start vswitchd");
         self.daemon = Some(child);
         let t0 = Instant::now();
-        while !self.socket().exists() || !self.log().contains("ready") {
+        while !self.socket().exists() || self.log().matches("vswitchd: ready").count() <= started {
             assert!(
                 t0.elapsed() < Duration::from_secs(10),
                 "vswitchd did not start: {}",
