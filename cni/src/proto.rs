@@ -65,8 +65,16 @@ pub struct AddRequest {
     pub mtu: Option<u32>,
 }
 
+/// A request. Read through [`WireRequest`], which refuses unknown fields in
+/// every variant: serde lets a unit variant of an internally tagged enum
+/// (`{"op":"status","bogus":1}`) through despite `deny_unknown_fields`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(
+    tag = "op",
+    rename_all = "kebab-case",
+    deny_unknown_fields,
+    from = "WireRequest"
+)]
 pub enum Request {
     /// Creates the pod's TAP in its namespace and attaches it to the switch.
     /// The reply is the attachment. Adding an attachment that exists with
@@ -99,6 +107,61 @@ pub enum Request {
         port: u16,
         protocol: String,
     },
+}
+
+/// [`Request`] as it is read: the same, with the unit variants as struct
+/// variants without fields, so that an unknown field is an error naming it.
+#[derive(Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
+enum WireRequest {
+    Add(AddRequest),
+    Del(AttachmentKey),
+    Check(AttachmentKey),
+    Status {},
+    List {},
+    Gc {
+        valid: Vec<AttachmentKey>,
+    },
+    Ports {},
+    Flows {
+        limit: usize,
+    },
+    Conntrack {
+        limit: usize,
+    },
+    Explain {
+        src: String,
+        dst: String,
+        port: u16,
+        protocol: String,
+    },
+}
+
+impl From<WireRequest> for Request {
+    fn from(w: WireRequest) -> Request {
+        match w {
+            WireRequest::Add(a) => Request::Add(a),
+            WireRequest::Del(k) => Request::Del(k),
+            WireRequest::Check(k) => Request::Check(k),
+            WireRequest::Status {} => Request::Status,
+            WireRequest::List {} => Request::List,
+            WireRequest::Gc { valid } => Request::Gc { valid },
+            WireRequest::Ports {} => Request::Ports,
+            WireRequest::Flows { limit } => Request::Flows { limit },
+            WireRequest::Conntrack { limit } => Request::Conntrack { limit },
+            WireRequest::Explain {
+                src,
+                dst,
+                port,
+                protocol,
+            } => Request::Explain {
+                src,
+                dst,
+                port,
+                protocol,
+            },
+        }
+    }
 }
 
 /// A switch port as vswitchctl shows it.
@@ -229,4 +292,112 @@ pub enum Reply {
         text: String,
     },
     Error(ErrorReply),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Why `line` was not refused with an error naming `field`, if it was not.
+    fn refused_field(line: &str, field: &str) -> Option<String> {
+        match serde_json::from_str::<Request>(line) {
+            Ok(r) => Some(format!("accepted {line} as {r:?}")),
+            Err(e) if !e.to_string().contains(&format!("`{field}`")) => {
+                Some(format!("{line}: the error does not name `{field}`: {e}"))
+            }
+            Err(_) => None,
+        }
+    }
+
+    #[test]
+    fn unknown_request_fields_are_refused_by_name() {
+        let lines = [
+            (r#"{"op":"status","bogus":1}"#, "bogus"),
+            (r#"{"op":"list","bogus":1}"#, "bogus"),
+            (r#"{"op":"ports","bogus":1}"#, "bogus"),
+            (
+                r#"{"op":"explain","src":"a","dst":"b","port":1,"protocol":"tcp","x":1}"#,
+                "x",
+            ),
+            (
+                r#"{"op":"del","container_id":"c","ifname":"eth0","bogus":1}"#,
+                "bogus",
+            ),
+            (
+                r#"{"op":"check","container_id":"c","ifname":"eth0","bogus":1}"#,
+                "bogus",
+            ),
+            (
+                r#"{"op":"add","container_id":"c","ifname":"eth0","netns":"/n","ips":[],"bogus":1}"#,
+                "bogus",
+            ),
+            (
+                r#"{"op":"add","container_id":"c","ifname":"eth0","netns":"/n","ips":[{"address":"10.0.0.2/24","bogus":1}]}"#,
+                "bogus",
+            ),
+            (r#"{"op":"flows","limit":3,"bogus":1}"#, "bogus"),
+            (
+                r#"{"op":"gc","valid":[{"container_id":"c","ifname":"eth0","bogus":1}]}"#,
+                "bogus",
+            ),
+        ];
+        let failures: Vec<String> = lines
+            .iter()
+            .filter_map(|(line, field)| refused_field(line, field))
+            .collect();
+        assert!(failures.is_empty(), "{failures:#?}");
+    }
+
+    /// Every request the plugin and vswitchctl send reads back as itself.
+    #[test]
+    fn every_request_round_trips() {
+        let key = AttachmentKey {
+            container_id: "c".into(),
+            ifname: "eth0".into(),
+        };
+        let requests = [
+            Request::Add(AddRequest {
+                key: key.clone(),
+                netns: "/var/run/netns/x".into(),
+                pod_namespace: Some("ns".into()),
+                pod_name: Some("p".into()),
+                ips: vec![IpConfig {
+                    address: "10.244.1.5/24".parse().unwrap(),
+                    gateway: Some("10.244.1.1".parse().unwrap()),
+                }],
+                routes: vec![RouteConfig {
+                    dst: "0.0.0.0/0".parse().unwrap(),
+                    gw: None,
+                }],
+                mtu: Some(1450),
+            }),
+            Request::Add(AddRequest {
+                key: key.clone(),
+                netns: "/n".into(),
+                pod_namespace: None,
+                pod_name: None,
+                ips: vec![],
+                routes: vec![],
+                mtu: None,
+            }),
+            Request::Del(key.clone()),
+            Request::Check(key.clone()),
+            Request::Status,
+            Request::List,
+            Request::Gc { valid: vec![key] },
+            Request::Ports,
+            Request::Flows { limit: 10 },
+            Request::Conntrack { limit: 10 },
+            Request::Explain {
+                src: "a/b".into(),
+                dst: "10.0.0.1".into(),
+                port: 80,
+                protocol: "tcp".into(),
+            },
+        ];
+        for r in requests {
+            let line = serde_json::to_string(&r).unwrap();
+            assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), r, "{line}");
+        }
+    }
 }

@@ -28,6 +28,8 @@ pub struct Gauges {
     /// 1 while the policy source is in sync with its origin.
     pub source_in_sync: AtomicU64,
     pub source_updates: AtomicU64,
+    /// Control connections told "busy" (the control socket counts them).
+    pub control_refused: Arc<AtomicU64>,
 }
 
 /// Why the metrics endpoint could not be served.
@@ -177,7 +179,7 @@ pub fn render(switch: &SwitchHandle, g: &Gauges) -> String {
         ));
     }
     let hits = stats.datapath.get(Outcome::FastForward);
-    let gauges: [(&str, &str, &str, u64); 10] = [
+    let gauges: [(&str, &str, &str, u64); 11] = [
         (
             "vswitch_flow_cache_hits_total",
             "counter",
@@ -237,6 +239,12 @@ pub fn render(switch: &SwitchHandle, g: &Gauges) -> String {
             "counter",
             "Complete clusters received from the policy source.",
             g.source_updates.load(Ordering::Relaxed),
+        ),
+        (
+            "vswitch_control_refused_total",
+            "counter",
+            "Control socket connections told to try again because too many requests were being read.",
+            g.control_refused.load(Ordering::Relaxed),
         ),
     ];
     for (name, kind, help, v) in gauges {

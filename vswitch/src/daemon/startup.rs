@@ -75,7 +75,7 @@ impl Daemon {
             path: opts.state_dir.clone(),
             source: e,
         })?;
-        let server = control::Server::bind(&opts.socket)?;
+        let mut server = control::Server::bind(&opts.socket)?;
         let cfg = Config {
             established: opts.established,
             cluster_cidrs: opts.cluster_cidrs.clone(),
@@ -103,6 +103,7 @@ impl Daemon {
             synced: !opts_wait,
             gauges: Default::default(),
         };
+        server.count_refusals_in(d.gauges.control_refused.clone());
         d.set_in_sync(!opts_wait);
         d.sync_model();
         if let Some(addr) = d.opts.metrics_addr {
