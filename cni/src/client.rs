@@ -130,7 +130,7 @@ mod tests {
     fn round_trip() {
         let (sock, _g) = temp_socket("rt");
         let server = serve_once(&sock, b"{\"status\":{\"ready\":true,\"message\":\"ok\"}}\n");
-        let reply = call(&sock, &Request::Status, Duration::from_secs(5)).unwrap();
+        let reply = call(&sock, &Request::Status {}, Duration::from_secs(5)).unwrap();
         assert_eq!(
             reply,
             Reply::Status {
@@ -144,7 +144,7 @@ mod tests {
     #[test]
     fn missing_socket_is_unreachable() {
         let (sock, _g) = temp_socket("missing");
-        let err = call(&sock, &Request::Status, Duration::from_secs(1)).unwrap_err();
+        let err = call(&sock, &Request::Status {}, Duration::from_secs(1)).unwrap_err();
         assert!(matches!(err, ClientError::Unreachable { .. }), "{err:?}");
     }
 
@@ -153,7 +153,7 @@ mod tests {
         let (sock, _g) = temp_socket("refused");
         // A socket file nobody listens on any more refuses connections.
         drop(UnixListener::bind(&sock).unwrap());
-        let err = call(&sock, &Request::Status, Duration::from_secs(1)).unwrap_err();
+        let err = call(&sock, &Request::Status {}, Duration::from_secs(1)).unwrap_err();
         assert!(matches!(err, ClientError::Unreachable { .. }), "{err:?}");
     }
 
@@ -161,7 +161,7 @@ mod tests {
     fn silent_daemon_times_out() {
         let (sock, _g) = temp_socket("silent");
         let listener = UnixListener::bind(&sock).unwrap();
-        let err = call(&sock, &Request::Status, Duration::from_millis(100)).unwrap_err();
+        let err = call(&sock, &Request::Status {}, Duration::from_millis(100)).unwrap_err();
         assert!(matches!(err, ClientError::Timeout { .. }), "{err:?}");
         drop(listener);
     }
@@ -176,7 +176,7 @@ mod tests {
             let (sock, _g) = temp_socket("bad");
             let answer: &'static [u8] = Box::leak(answer.to_vec().into_boxed_slice());
             let server = serve_once(&sock, answer);
-            let err = call(&sock, &Request::List, Duration::from_secs(5)).unwrap_err();
+            let err = call(&sock, &Request::List {}, Duration::from_secs(5)).unwrap_err();
             assert!(
                 matches!(err, ClientError::Protocol { .. }),
                 "{answer:?}: {err:?}"

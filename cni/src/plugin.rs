@@ -253,7 +253,7 @@ fn compare(inv: &Invocation, prev: &CniResult, att: &Attachment) -> Result<(), C
 
 pub fn status(inv: &Invocation) -> Result<(), CniError> {
     let not_ready = |msg: String| CniError::new(code::NOT_READY, msg);
-    match client::call(&inv.conf.socket, &Request::Status, DAEMON_TIMEOUT) {
+    match client::call(&inv.conf.socket, &Request::Status {}, DAEMON_TIMEOUT) {
         Ok(Reply::Status { ready: true, .. }) => {}
         Ok(Reply::Status {
             ready: false,
@@ -299,7 +299,7 @@ pub fn gc(inv: &Invocation) -> Result<(), CniError> {
         )?),
         None => None,
     };
-    let attachments = match call(inv, &Request::List) {
+    let attachments = match call(inv, &Request::List {}) {
         Ok(Reply::Attachments(list)) => list,
         outcome => return Err(reply_error(outcome, "list")),
     };

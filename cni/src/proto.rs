@@ -65,16 +65,12 @@ pub struct AddRequest {
     pub mtu: Option<u32>,
 }
 
-/// A request. Read through [`WireRequest`], which refuses unknown fields in
-/// every variant: serde lets a unit variant of an internally tagged enum
-/// (`{"op":"status","bogus":1}`) through despite `deny_unknown_fields`.
+/// A request. Variants without fields are written `Status {}`, not
+/// `Status`: serde lets a unit variant of an internally tagged enum
+/// (`{"op":"status","bogus":1}`) through despite `deny_unknown_fields`, and
+/// refuses the unknown field, by name, for a struct variant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(
-    tag = "op",
-    rename_all = "kebab-case",
-    deny_unknown_fields,
-    from = "WireRequest"
-)]
+#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Request {
     /// Creates the pod's TAP in its namespace and attaches it to the switch.
     /// The reply is the attachment. Adding an attachment that exists with
@@ -87,13 +83,13 @@ pub enum Request {
     /// interface still exists in the pod's namespace with its addresses.
     Check(AttachmentKey),
     /// Whether the daemon is ready to add pods.
-    Status,
+    Status {},
     /// Every attachment.
-    List,
+    List {},
     /// Removes every attachment not in `valid`; the reply lists what went.
     Gc { valid: Vec<AttachmentKey> },
     /// (vswitchctl) The switch's ports with their counters.
-    Ports,
+    Ports {},
     /// (vswitchctl) Flow-cache entries, at most `limit`.
     Flows { limit: usize },
     /// (vswitchctl) Tracked connections, at most `limit`.
@@ -107,61 +103,6 @@ pub enum Request {
         port: u16,
         protocol: String,
     },
-}
-
-/// [`Request`] as it is read: the same, with the unit variants as struct
-/// variants without fields, so that an unknown field is an error naming it.
-#[derive(Deserialize)]
-#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
-enum WireRequest {
-    Add(AddRequest),
-    Del(AttachmentKey),
-    Check(AttachmentKey),
-    Status {},
-    List {},
-    Gc {
-        valid: Vec<AttachmentKey>,
-    },
-    Ports {},
-    Flows {
-        limit: usize,
-    },
-    Conntrack {
-        limit: usize,
-    },
-    Explain {
-        src: String,
-        dst: String,
-        port: u16,
-        protocol: String,
-    },
-}
-
-impl From<WireRequest> for Request {
-    fn from(w: WireRequest) -> Request {
-        match w {
-            WireRequest::Add(a) => Request::Add(a),
-            WireRequest::Del(k) => Request::Del(k),
-            WireRequest::Check(k) => Request::Check(k),
-            WireRequest::Status {} => Request::Status,
-            WireRequest::List {} => Request::List,
-            WireRequest::Gc { valid } => Request::Gc { valid },
-            WireRequest::Ports {} => Request::Ports,
-            WireRequest::Flows { limit } => Request::Flows { limit },
-            WireRequest::Conntrack { limit } => Request::Conntrack { limit },
-            WireRequest::Explain {
-                src,
-                dst,
-                port,
-                protocol,
-            } => Request::Explain {
-                src,
-                dst,
-                port,
-                protocol,
-            },
-        }
-    }
 }
 
 /// A switch port as vswitchctl shows it.
@@ -382,10 +323,10 @@ mod tests {
             }),
             Request::Del(key.clone()),
             Request::Check(key.clone()),
-            Request::Status,
-            Request::List,
+            Request::Status {},
+            Request::List {},
             Request::Gc { valid: vec![key] },
-            Request::Ports,
+            Request::Ports {},
             Request::Flows { limit: 10 },
             Request::Conntrack { limit: 10 },
             Request::Explain {

@@ -463,7 +463,7 @@ fn status_follows_the_daemon() {
     let ipam = FakeIpam::new();
     let status = env(&[("CNI_COMMAND", "STATUS")]);
     dispatch_json(&status, &conf("1.1.0", &daemon.socket), &ipam).ok_empty();
-    assert_eq!(daemon.requests(), [Request::Status]);
+    assert_eq!(daemon.requests(), [Request::Status {}]);
     // host-local-like IPAM: asked its version, not STATUS.
     assert!(ipam.verbs().is_empty());
 
@@ -541,7 +541,7 @@ fn gc_removes_only_stale_attachments_and_their_leases() {
     let n = daemon.requests().len();
     let m = ipam.verbs().len();
     dispatch_json(&e, &gc_conf(&daemon.socket, &["c2"]), &ipam).ok_empty();
-    assert_eq!(&daemon.requests()[n..], [Request::List]);
+    assert_eq!(&daemon.requests()[n..], [Request::List {}]);
     assert_eq!(ipam.verbs().len(), m);
 }
 

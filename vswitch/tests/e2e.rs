@@ -317,7 +317,8 @@ fn pods_talk_policy_denies_then_allows_and_the_node_always_passes() {
     let t0 = Instant::now();
     loop {
         use vswitch_cni::proto::{Reply, Request};
-        let r = vswitch_cni::client::call(&w.socket(), &Request::Status, Duration::from_secs(20));
+        let r =
+            vswitch_cni::client::call(&w.socket(), &Request::Status {}, Duration::from_secs(20));
         match r {
             Ok(Reply::Error(e)) if e.msg.contains("busy") => {
                 assert!(t0.elapsed() < Duration::from_secs(20), "still busy");

@@ -178,7 +178,7 @@ fn handle(s: &mut DaemonState, req: Request) -> Reply {
                 details: String::new(),
             }),
         },
-        Request::Status => match &s.not_ready {
+        Request::Status {} => match &s.not_ready {
             None => Reply::Status {
                 ready: true,
                 message: String::new(),
@@ -188,7 +188,7 @@ fn handle(s: &mut DaemonState, req: Request) -> Reply {
                 message: m.clone(),
             },
         },
-        Request::List => Reply::Attachments(s.attachments.values().cloned().collect()),
+        Request::List {} => Reply::Attachments(s.attachments.values().cloned().collect()),
         Request::Gc { valid } => {
             let gone: Vec<AttachmentKey> = s
                 .attachments
@@ -203,7 +203,7 @@ fn handle(s: &mut DaemonState, req: Request) -> Reply {
             )
         }
         // vswitchctl's questions: the plugin never asks them
-        Request::Ports
+        Request::Ports {}
         | Request::Flows { .. }
         | Request::Conntrack { .. }
         | Request::Explain { .. } => Reply::Error(ErrorReply {

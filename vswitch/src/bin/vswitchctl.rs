@@ -131,7 +131,7 @@ fn main() -> ExitCode {
                     color,
                 },
         } => policy_simulate(&manifests, port, &protocol, color),
-        Command::Ports { daemon } => live(&daemon, Request::Ports),
+        Command::Ports { daemon } => live(&daemon, Request::Ports {}),
         Command::Flows { daemon, limit } => live(&daemon, Request::Flows { limit }),
         Command::Conntrack { daemon, limit } => live(&daemon, Request::Conntrack { limit }),
         Command::Explain {

@@ -354,7 +354,7 @@ mod tests {
             for ev in rx {
                 if let crate::daemon::Event::Request(p) = ev {
                     p.answer(|r| match r {
-                        Request::Status => Reply::Status {
+                        Request::Status {} => Reply::Status {
                             ready: true,
                             message: "ok".into(),
                         },

@@ -114,12 +114,12 @@ impl Daemon {
             Request::Add(a) => self.add(a).map(Reply::Attachment),
             Request::Del(k) => self.del(&k).map(|_| Reply::Done),
             Request::Check(k) => self.check(&k).map(Reply::Attachment),
-            Request::Status => Ok(self.status()),
-            Request::List => Ok(Reply::Attachments(
+            Request::Status {} => Ok(self.status()),
+            Request::List {} => Ok(Reply::Attachments(
                 self.attachments.values().cloned().collect(),
             )),
             Request::Gc { valid } => self.gc(&valid).map(Reply::Attachments),
-            Request::Ports => self.query(switch::Query::Ports),
+            Request::Ports {} => self.query(switch::Query::Ports),
             Request::Flows { limit } => self.query(switch::Query::Flows(limit)),
             Request::Conntrack { limit } => self.query(switch::Query::Conntrack(limit)),
             Request::Explain {

@@ -212,6 +212,7 @@ fn answer(worker: &Worker, q: Query) -> Answer {
                         ),
                         PortKind::Overlay => ("overlay", Vec::new(), true),
                     };
+                    let tx_drops = worker.tx_drops(id);
                     PortInfo {
                         id,
                         name: p.name.clone(),
@@ -223,8 +224,8 @@ fn answer(worker: &Worker, q: Query) -> Answer {
                         rx_bytes: p.counters.rx_bytes,
                         tx_packets: p.counters.tx_packets,
                         tx_bytes: p.counters.tx_bytes,
-                        tx_error: worker.tx_drops(id).tx_error,
-                        tx_queue_full: worker.tx_drops(id).tx_queue_full,
+                        tx_error: tx_drops.tx_error,
+                        tx_queue_full: tx_drops.tx_queue_full,
                         outcomes: p
                             .counters
                             .nonzero()
