@@ -1,19 +1,21 @@
 //! The event loop with real descriptors (Unix datagram sockets standing in
 //! for TAP devices): frames flow, and when the receiving side stops reading,
 //! frames wait for writability instead of being lost (up to the pending
-//! queue's bound).
+//! queue's bound). And a flood: a port that always has frames holds the
+//! loop for a bounded number of rounds only, so that commands (a new pod's
+//! port) and timers run between them.
 
 mod kit;
 
 use std::net::IpAddr;
 use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use kit::{A, A4, B, B4, attach_pod, udp4_carrying};
-use vswitch_datapath::io::event_loop::EventLoop;
-use vswitch_datapath::io::port::SocketPort;
+use kit::{A, A4, B, B4, attach_pod, udp4, udp4_carrying};
+use vswitch_datapath::io::event_loop::{DRAIN_ROUNDS, EventLoop};
+use vswitch_datapath::io::port::{Port, RxMeta, SocketPort};
 use vswitch_datapath::io::worker::{PENDING_FRAMES, PolicyHandle, Worker};
 use vswitch_datapath::{Config, Datapath};
 
@@ -116,4 +118,156 @@ fn a_receiver_that_is_gone_gets_no_queue_its_frames_are_counted() {
     assert_eq!(el.worker.pending(2), 0, "nothing waits for a dead port");
     assert_eq!(el.worker.tx_drops(2).tx_error, 100);
     assert_eq!(el.worker.tx_drops(2).tx_queue_full, 0);
+}
+
+/// A pod that floods: a new UDP flow (the slow path) on every receive, as
+/// fast as the switch takes them. It ends after `left` frames, so that a
+/// loop that drains "until nothing is left" ends too, late, and the test
+/// fails instead of hanging; `left` is shared to tell whether the flood is
+/// still on.
+struct Flood {
+    left: Arc<AtomicUsize>,
+    sport: u16,
+}
+
+impl Port for Flood {
+    fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<Option<(usize, RxMeta)>> {
+        if self
+            .left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_err()
+        {
+            return Ok(None);
+        }
+        self.sport = self.sport.wrapping_add(1);
+        let f = udp4(A, B, A4, B4, self.sport, 53);
+        buf[..f.len()].copy_from_slice(&f);
+        Ok(Some((f.len(), RxMeta::default())))
+    }
+
+    fn send(&mut self, _: &[u8], _: &RxMeta) -> std::io::Result<bool> {
+        Ok(true)
+    }
+}
+
+/// Takes every frame sent to it and forgets it.
+struct Sink;
+
+impl Port for Sink {
+    fn recv(&mut self, _: &mut [u8]) -> std::io::Result<Option<(usize, RxMeta)>> {
+        Ok(None)
+    }
+
+    fn send(&mut self, _: &[u8], _: &RxMeta) -> std::io::Result<bool> {
+        Ok(true)
+    }
+}
+
+/// Frames the flood has in all: far more than a bounded drain takes.
+const FLOOD: usize = 200_000;
+
+/// Pod a (port 1) floods pod b (port 2, a sink).
+fn flooded_switch() -> (EventLoop, Arc<AtomicUsize>) {
+    let mut dp = Datapath::new(Config::default(), Instant::now());
+    attach_pod(&mut dp, 1, "flood", A, &[IpAddr::from(A4)], 0);
+    attach_pod(&mut dp, 2, "sink", B, &[IpAddr::from(B4)], 0);
+    let mut worker = Worker::new(dp, PolicyHandle::default());
+    let left = Arc::new(AtomicUsize::new(FLOOD));
+    let flood = Flood {
+        left: left.clone(),
+        sport: 0,
+    };
+    worker.attach(1, Box::new(flood));
+    worker.attach(2, Box::new(Sink));
+    (EventLoop::new(worker).unwrap(), left)
+}
+
+#[test]
+fn a_flood_holds_the_loop_for_a_bounded_number_of_rounds() {
+    let (mut el, left) = flooded_switch();
+    let bound = DRAIN_ROUNDS * Datapath::BATCH; // one port floods
+    for _ in 0..3 {
+        let got = el.run_once(Duration::ZERO).unwrap();
+        assert!(
+            got <= bound,
+            "one call took {got} frames of the flood (at most {bound} expected): \
+             commands and timers waited for all of them"
+        );
+        assert!(got > 0, "the flood is served too");
+    }
+    assert!(left.load(Ordering::Relaxed) > 0);
+}
+
+/// The daemon's loop: commands between calls of `run_once`. A pod attached
+/// while another floods is served within two calls, the flood still on.
+#[test]
+fn a_pod_attached_during_a_flood_is_served_while_the_flood_goes_on() {
+    let (mut el, left) = flooded_switch();
+    el.run_once(Duration::ZERO).unwrap(); // the flood has begun
+    // the command: pod c (port 3, a real descriptor) attached and ready, with
+    // a frame to b waiting
+    const C: [u8; 6] = [0x02, 0, 0, 0, 0, 3];
+    const C4: [u8; 4] = [10, 0, 0, 3];
+    let (pod_c, sw_c) = UnixDatagram::pair().unwrap();
+    pod_c.send(&udp4(C, B, C4, B4, 5000, 53)).expect("c sends");
+    let attached = Instant::now();
+    attach_pod(&mut el.worker.datapath, 3, "new", C, &[IpAddr::from(C4)], 0);
+    el.worker
+        .attach(3, Box::new(SocketPort::new(sw_c).unwrap()));
+    el.register(3).unwrap();
+    let served = |el: &EventLoop| {
+        el.worker
+            .datapath
+            .port(3)
+            .is_some_and(|p| p.counters.rx_packets > 0)
+    };
+    let mut calls = 0;
+    while !served(&el) && calls < 10 {
+        el.run_once(Duration::from_millis(100)).unwrap();
+        calls += 1;
+    }
+    let took = attached.elapsed();
+    let flood_left = left.load(Ordering::Relaxed);
+    assert!(
+        flood_left > 0,
+        "the flood had ended ({FLOOD} frames drained) before the new pod was served"
+    );
+    assert!(served(&el), "the new pod was not served in {calls} calls");
+    assert!(calls <= 2, "the new pod waited {calls} calls");
+    assert!(took < Duration::from_secs(1), "the new pod waited {took:?}");
+    let c = &el.worker.datapath.port(3).unwrap().counters;
+    assert_eq!(c.rx_packets, 1);
+    assert_eq!(c.outcome_total(), 1);
+}
+
+/// Edge-triggered readiness: frames left behind by a bounded drain raise no
+/// new edge, so the loop must come back to them without waiting.
+#[test]
+fn frames_left_by_a_bounded_drain_are_taken_without_a_new_edge() {
+    let (mut el, pod_a, _pod_b) = switch();
+    el.worker.batch = 1; // one frame per port per round
+    pod_a.set_nonblocking(true).unwrap();
+    let mut sent = 0usize;
+    while sent < 4 * DRAIN_ROUNDS {
+        match pod_a.send(&frame(sent as u16)) {
+            Ok(_) => sent += 1,
+            Err(_) => break,
+        }
+    }
+    assert!(sent > DRAIN_ROUNDS, "more frames than one call drains");
+    let mut got = 0;
+    let mut calls = 0;
+    while got < sent && calls < 4 * sent {
+        let t = Instant::now();
+        got += el.run_once(Duration::from_secs(10)).unwrap();
+        calls += 1;
+        // (housekeeping ends a wait after a second at most)
+        assert!(
+            t.elapsed() < Duration::from_millis(250),
+            "call {calls} waited for an edge with {} frames left",
+            sent - got + 1
+        );
+    }
+    assert_eq!(got, sent);
+    assert!(calls > 1, "the drain was bounded");
 }

@@ -1,7 +1,9 @@
 //! The switch thread: the event loop with its worker, and a command queue
 //! through which the daemon attaches and detaches ports. A command wakes the
 //! loop at once (a mio waker), so a new pod's port is served without waiting
-//! for the loop's timeout.
+//! for the loop's timeout. Commands are taken between calls of
+//! `EventLoop::run_once`, whose drain is bounded: a flood from one pod
+//! delays them by a few batches, not until it stops.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -2,10 +2,19 @@
 //!
 //! It registers every port that has a descriptor with mio (edge-triggered),
 //! sleeps until one is readable (or, when frames wait for it, writable) or
-//! until housekeeping is due, then lets the [`Worker`] drain its ports until
-//! nothing is left. Everything else, parsing to policy, happens in the
-//! sans-I/O core behind `Worker::poll`.
-
+//! until housekeeping is due, then lets the [`Worker`] take frames from its
+//! ports. Everything else, parsing to policy, happens in the sans-I/O core
+//! behind `Worker::poll`.
+//!
+//! The drain is bounded: one call of [`EventLoop::run_once`] runs at most
+//! [`DRAIN_ROUNDS`] rounds (each round takes at most one batch from every
+//! port, in turn) and at most [`DRAIN_TIME`], then returns, so that the
+//! caller's commands (a new pod's port, queries) and the housekeeping timer
+//! run between calls whatever a pod sends: a flood costs others one batch
+//! per round, never the loop. Readiness is edge-triggered, so frames left
+//! behind raise no new edge: when the last round received anything, the
+//! next call does not sleep but polls again at once.
+//!
 use std::io;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
@@ -23,10 +32,21 @@ pub struct EventLoop {
     /// Registered ports: id, descriptor, and whether writability is asked.
     fds: Vec<(PortId, RawFd, bool)>,
     next_housekeeping: Instant,
+    /// The last round received frames: some may be left (no new edge will
+    /// say so), so the next call polls without waiting.
+    more: bool,
 }
 
 /// The waker's token: above every port id.
 const WAKE: Token = Token(1 << 20);
+
+/// Most rounds one call of [`EventLoop::run_once`] drains (each round takes
+/// at most one batch from every port).
+pub const DRAIN_ROUNDS: usize = 8;
+
+/// The time after which a call of [`EventLoop::run_once`] starts no new
+/// round (with many busy ports, eight rounds can take long).
+pub const DRAIN_TIME: Duration = Duration::from_millis(2);
 
 /// How often expired connections and cache entries are swept.
 const HOUSEKEEPING: Duration = Duration::from_millis(1000);
@@ -39,6 +59,7 @@ impl EventLoop {
             worker,
             fds: Vec::new(),
             next_housekeeping: Instant::now() + HOUSEKEEPING,
+            more: false,
         })
     }
 
@@ -71,22 +92,31 @@ impl EventLoop {
         Ok(())
     }
 
-    /// One round: wait (at most `timeout`), drain every port, ask for
-    /// writability where frames wait. Returns the frames received.
+    /// One call: wait (at most `timeout`; not at all when frames may be
+    /// left), take frames from every port for a bounded number of rounds,
+    /// ask for writability where frames wait, run housekeeping when due.
+    /// Returns the frames received.
     pub fn run_once(&mut self, timeout: Duration) -> io::Result<usize> {
         let now = Instant::now();
-        let wait = timeout.min(self.next_housekeeping.saturating_duration_since(now));
+        let wait = if self.more {
+            Duration::ZERO
+        } else {
+            timeout.min(self.next_housekeeping.saturating_duration_since(now))
+        };
         match self.poll.poll(&mut self.events, Some(wait)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
-        // Edge-triggered: drain until a round receives nothing.
+        // Bounded: until a round receives nothing, or the bound.
+        let start = Instant::now();
         let mut total = 0;
-        loop {
+        self.more = false;
+        for _ in 0..DRAIN_ROUNDS {
             let n = self.worker.poll(Instant::now());
             total += n;
-            if n == 0 {
+            self.more = n > 0;
+            if n == 0 || start.elapsed() >= DRAIN_TIME {
                 break;
             }
         }
