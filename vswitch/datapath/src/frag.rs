@@ -2,15 +2,26 @@
 //! be checked against policy by themselves. The first fragment is checked
 //! like any packet; its decision is remembered for a short time under
 //! the datagram's key (source, destination, identification, and for IPv4
-//! the protocol), and later fragments follow it. A fragment whose first fragment is unknown (never seen, denied,
-//! expired, or arriving out of order) is dropped: fragments are never a way
-//! around policy. The table is bounded; when full, first fragments are
-//! still forwarded but their followers will be dropped.
+//! the protocol), and later fragments follow it. A fragment whose first
+//! fragment is unknown (never seen, denied, expired, forgotten, or arriving
+//! out of order) is dropped: fragments are never a way around policy.
+//!
+//! The table is bounded and shared fairly between sources (the port a
+//! first fragment came in on: a pod, or a remote node). When it is full, a
+//! new datagram is always remembered, in place of the oldest datagram of
+//! the source that holds the most entries (the newcomer's own when it is
+//! among the heaviest): a pod that floods first fragments churns its own
+//! entries and leaves the others theirs (each source keeps at least an
+//! even share). Each source's datagrams wait in a queue, oldest first, and
+//! the sources are ordered by their number of entries, so an insert costs
+//! a few hash and tree operations whatever the table holds; expired entries
+//! go at housekeeping. The keys are what pods send, so the map's hash is
+//! keyed (std's SipHash with a random key), not one a pod can aim at.
 
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
 
-use rustc_hash::FxHashMap;
-
+use super::PortId;
 use super::flow_cache::Forward;
 use super::parse::{Frag, IpPacket};
 
@@ -37,8 +48,18 @@ impl FragKey {
     }
 }
 
+/// A remembered first fragment.
+struct Remembered {
+    fwd: Forward,
+    until: u64,
+}
+
 pub struct FragTable {
-    map: FxHashMap<FragKey, (Forward, u64)>,
+    map: HashMap<FragKey, Remembered>,
+    /// Each source's keys, oldest first: one per entry of `map`.
+    queues: HashMap<PortId, VecDeque<FragKey>>,
+    /// (entries, source) of every source that holds any: the heaviest last.
+    by_size: BTreeSet<(usize, PortId)>,
     max: usize,
     ttl_ms: u64,
 }
@@ -46,37 +67,174 @@ pub struct FragTable {
 impl FragTable {
     pub fn new(max: usize, ttl_ms: u64) -> FragTable {
         FragTable {
-            map: FxHashMap::default(),
+            map: HashMap::new(),
+            queues: HashMap::new(),
+            by_size: BTreeSet::new(),
             max,
             ttl_ms,
         }
     }
 
-    /// Remembers the decision of a first fragment; false if the table is full.
-    pub fn remember(&mut self, key: FragKey, fwd: Forward, now: u64) -> bool {
+    /// Remembers the decision of a first fragment that came from `source`.
+    /// When the table is full, the heaviest source's oldest entry goes.
+    pub fn remember(&mut self, key: FragKey, source: PortId, fwd: Forward, now: u64) {
+        let until = now + self.ttl_ms;
+        if let Some(e) = self.map.get_mut(&key) {
+            // the same datagram again: refreshed where it is (in the queue
+            // of the source that sent it first)
+            *e = Remembered { fwd, until };
+            return;
+        }
+        if self.max == 0 {
+            return;
+        }
         if self.map.len() >= self.max {
-            self.expire(now);
-            if self.map.len() >= self.max {
-                return false;
-            }
+            self.evict_for(source);
         }
-        self.map.insert(key, (fwd, now + self.ttl_ms));
-        true
+        self.map.insert(key, Remembered { fwd, until });
+        let q = self.queues.entry(source).or_default();
+        q.push_back(key);
+        let n = q.len();
+        if n > 1 {
+            self.by_size.remove(&(n - 1, source));
+        }
+        self.by_size.insert((n, source));
     }
 
-    /// The decision for a later fragment, if its first fragment passed.
-    pub fn follow(&mut self, key: &FragKey, now: u64) -> Option<Forward> {
-        match self.map.get(key) {
-            Some((fwd, until)) if *until >= now => Some(*fwd),
-            Some(_) => {
-                self.map.remove(key);
-                None
-            }
-            None => None,
+    /// Forgets the oldest entry of the heaviest source, or of `source`
+    /// itself when it holds as many.
+    fn evict_for(&mut self, source: PortId) {
+        let Some(&(most, heaviest)) = self.by_size.last() else {
+            return;
+        };
+        let own = self.queues.get(&source).map_or(0, VecDeque::len);
+        let victim = if own >= most { source } else { heaviest };
+        let Some(q) = self.queues.get_mut(&victim) else {
+            return;
+        };
+        let n = q.len();
+        if let Some(key) = q.pop_front() {
+            self.map.remove(&key);
+        }
+        self.by_size.remove(&(n, victim));
+        if n > 1 {
+            self.by_size.insert((n - 1, victim));
+        } else {
+            self.queues.remove(&victim);
         }
     }
 
+    /// The decision for a later fragment, if its first fragment passed and
+    /// is still remembered.
+    pub fn follow(&self, key: &FragKey, now: u64) -> Option<Forward> {
+        self.map.get(key).filter(|e| e.until >= now).map(|e| e.fwd)
+    }
+
+    /// Housekeeping: forgets expired entries (a pass over the table).
     pub fn expire(&mut self, now: u64) {
-        self.map.retain(|_, (_, until)| *until >= now);
+        self.map.retain(|_, e| e.until >= now);
+        let map = &self.map;
+        self.queues.retain(|_, q| {
+            q.retain(|k| map.contains_key(k));
+            !q.is_empty()
+        });
+        self.by_size = self.queues.iter().map(|(s, q)| (q.len(), *s)).collect();
+    }
+
+    /// Entries in all.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Entries held for `source`.
+    #[cfg(test)]
+    pub fn held_by(&self, source: PortId) -> usize {
+        self.queues.get(&source).map_or(0, VecDeque::len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(src: u8, id: u32) -> FragKey {
+        FragKey {
+            src: IpAddr::from([10, 0, 0, src]),
+            dst: IpAddr::from([10, 0, 0, 99]),
+            proto: 17,
+            id,
+        }
+    }
+
+    fn fwd() -> Forward {
+        Forward {
+            port: 9,
+            routed: false,
+            src_mac: [0; 6],
+            dst_mac: [0; 6],
+            mtu: 0,
+        }
+    }
+
+    /// Every entry in exactly one queue, the sizes as the queues say.
+    fn consistent(t: &FragTable) {
+        let queued: usize = t.queues.values().map(VecDeque::len).sum();
+        assert_eq!(queued, t.map.len());
+        assert!(t.map.len() <= t.max);
+        assert_eq!(t.by_size.len(), t.queues.len());
+        for (n, s) in &t.by_size {
+            assert_eq!(t.held_by(*s), *n);
+        }
+        let keys: std::collections::HashSet<_> = t.queues.values().flatten().collect();
+        assert_eq!(keys.len(), queued, "no key in two places");
+        assert!(keys.iter().all(|k| t.map.contains_key(k)));
+    }
+
+    #[test]
+    fn a_heavy_source_gives_way_until_shares_are_even() {
+        let mut t = FragTable::new(100, 1000);
+        for id in 0..100 {
+            t.remember(key(1, id), 1, fwd(), 0);
+        }
+        assert_eq!(t.held_by(1), 100);
+        // three newcomers, one datagram at a time: source 1 pays for each
+        for id in 0..20 {
+            for s in 2..=4u16 {
+                t.remember(key(s as u8, id), s, fwd(), 0);
+            }
+            consistent(&t);
+        }
+        assert_eq!(t.len(), 100);
+        assert_eq!(t.held_by(1), 40);
+        // now all four flood: the shares meet at a quarter each
+        for id in 1000..1400 {
+            for s in 1..=4u16 {
+                t.remember(key(s as u8, id), s, fwd(), 0);
+            }
+        }
+        consistent(&t);
+        for s in 1..=4u16 {
+            assert_eq!(t.held_by(s), 25, "source {s}");
+        }
+    }
+
+    #[test]
+    fn expiry_keeps_the_queues_and_sizes_true() {
+        let mut t = FragTable::new(10, 100);
+        for id in 0..6 {
+            t.remember(key(1, id), 1, fwd(), id as u64 * 10);
+        }
+        t.remember(key(2, 0), 2, fwd(), 90);
+        t.remember(key(1, 0), 1, fwd(), 95); // refreshed in place
+        assert_eq!(t.follow(&key(1, 1), 111), None, "expired");
+        t.expire(125);
+        consistent(&t);
+        // 0 (refreshed), 3, 4, 5 of source 1; source 2's one
+        assert_eq!((t.held_by(1), t.held_by(2)), (4, 1));
+        assert!(t.follow(&key(1, 0), 125).is_some());
+        t.expire(1000);
+        consistent(&t);
+        assert_eq!(t.len(), 0);
     }
 }

@@ -183,7 +183,7 @@ impl Datapath {
 
         if let Some(f) = ip.frag {
             let key = FragKey::of(ip, f);
-            self.frags.remember(key, fwd, ms);
+            self.frags.remember(key, in_port, fwd, ms);
         } else if self.ct.cacheable(ct)
             && let Some(key) = parse::cache_key(frame, in_port)
         {
