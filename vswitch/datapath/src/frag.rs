@@ -11,11 +11,11 @@
 //! new datagram is always remembered, in place of the oldest datagram of
 //! the source that holds the most entries (the newcomer's own when it is
 //! among the heaviest): a pod that floods first fragments churns its own
-//! entries and leaves the others theirs (each source keeps at least an
-//! even share). Each source's datagrams wait in a queue, oldest first, and
-//! the sources are ordered by their number of entries, so an insert costs
-//! a few hash and tree operations whatever the table holds; expired entries
-//! go at housekeeping. The keys are what pods send, so the map's hash is
+//! entries and leaves the others theirs (no source loses an entry while
+//! another holds more). Each source's datagrams wait in a queue, oldest
+//! first, and the sources are ordered by their number of entries, so an
+//! insert costs a few hash and tree operations whatever the table holds;
+//! expired entries go at housekeeping. The keys are what pods send, so the map's hash is
 //! keyed (std's SipHash with a random key), not one a pod can aim at.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
