@@ -118,6 +118,8 @@ fn report_memory() {
                 },
                 0,
                 1,
+                1,
+                usize::MAX,
             )
             .unwrap();
         }
