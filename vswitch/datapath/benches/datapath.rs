@@ -118,6 +118,8 @@ fn report_memory() {
                 },
                 0,
                 1,
+                1,
+                usize::MAX,
             )
             .unwrap();
         }
@@ -136,6 +138,7 @@ fn cache_hit(c: &mut Criterion) {
     for n in [1_000usize, 100_000, 1_000_000] {
         let (mut dp, _) = two_pods(Config {
             conntrack_max: 2 * n,
+            conntrack_per_pod_max: 0, // one pod opens them all
             flow_cache_max: 2 * n + 16,
             ..Config::default()
         });
@@ -220,7 +223,12 @@ fn miss(c: &mut Criterion) {
         _ => unreachable!(),
     };
     let fresh = || {
-        let mut dp = Datapath::new(Config::default(), Instant::now());
+        // one pod opens every flow: no share, the insert is what is timed
+        let cfg = Config {
+            conntrack_per_pod_max: 0,
+            ..Config::default()
+        };
+        let mut dp = Datapath::new(cfg, Instant::now());
         dp.set_policy(snap.clone());
         dp.add_port(
             1,

@@ -1,5 +1,5 @@
-//! How a datapath is set up: the gateway's addresses, table sizes,
-//! timeouts, the overlay's VNI and MTU, and what happens to established
+//! How a datapath is set up: the gateway's addresses, table sizes and
+//! shares, timeouts, the overlay's VNI and MTU, and what happens to established
 //! connections when policy changes.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -29,6 +29,14 @@ pub struct Config {
     pub gateway_v6: Ipv6Addr,
     pub established: EstablishedPolicy,
     pub conntrack_max: usize,
+    /// The most connections one pod may hold (those its own packets
+    /// opened); 0: no limit but the table's.
+    pub conntrack_per_pod_max: usize,
+    /// For this long after the datapath starts, a TCP segment of an unknown
+    /// connection other than SYN picks it up (unreplied until the other side
+    /// answers), so that connections open across a restart go on; after it,
+    /// such a segment opens nothing. 0: never.
+    pub conntrack_pickup_ms: u64,
     pub flow_cache_max: usize,
     pub frag_max: usize,
     pub frag_ttl_ms: u64,
@@ -51,6 +59,8 @@ impl Default for Config {
             gateway_v6: Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1),
             established: EstablishedPolicy::Recheck,
             conntrack_max: 229_376, // 7/8 of 2^18: the hash table is full at its load limit
+            conntrack_per_pod_max: 229_376 / 8,
+            conntrack_pickup_ms: 60_000,
             flow_cache_max: 65_536,
             frag_max: 4096,
             frag_ttl_ms: 2_000,

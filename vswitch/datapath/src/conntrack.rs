@@ -10,27 +10,68 @@
 //! # How
 //! - One key per connection, normalised so that both directions find it: the
 //!   lower (address, port) end first. The entry records whether that end is
-//!   the originator.
-//! - Entries live in a slab; a hash map from key to slot finds them. A slot
-//!   has a version that changes when it is reused, so the flow cache can hold
-//!   `(slot, version)` and refresh an entry without a hash lookup.
+//!   the originator. The map from key to slot hashes with SipHash under a
+//!   random key (std's `RandomState`): pods choose the keys, so an unkeyed
+//!   hash would let one choose colliding ones.
+//! - Entries live in a slab; the map finds them. A slot has a version that
+//!   changes when it is reused (or its connection cut), so the flow cache can
+//!   hold `(slot, version)` and refresh an entry without a hash lookup.
 //! - Per protocol: TCP tracks enough to know new / established / closing /
 //!   closed (SYN, SYN-ACK or any reply, FIN, RST); UDP and other protocols
 //!   new / replied; SCTP by its INIT, INIT-ACK, ABORT and SHUTDOWN-COMPLETE
 //!   chunks; ICMP echo by identifier. Each state has a timeout.
 //! - ICMP errors never create entries; they pass when the packet they quote
 //!   belongs to a tracked connection and they travel back to its sender.
-//! - The table is allocated at its maximum size. When it is full, new
-//!   connections are refused (the caller drops and counts them); nothing is
-//!   evicted to make room, and nothing is let through untracked.
 //! - Time is an argument (milliseconds since the datapath started). Expired
 //!   entries are treated as absent when met and removed by `sweep`, which
 //!   visits a bounded number of slots per call.
 //! - `policy_epoch` records the policy generation the connection was last
-//!   checked against; the datapath re-checks (and may cut) connections when a
-//!   new generation arrives.
+//!   checked against; the datapath re-checks connections when a new
+//!   generation arrives.
+//!
+//! # Against a hostile pod
+//! - Unreplied is short-lived: a connection only one side has spoken on
+//!   (state `New`) has a short timeout (TCP SYN 120 s, a mid-stream pickup
+//!   30 s, UDP 30 s, ICMP 30 s); only a reply earns the long ones.
+//! - No mid-stream pickup as established: a TCP segment without SYN (other
+//!   than RST) of no known connection opens nothing, except during a grace
+//!   period after the datapath starts (the caller's rule, `Config::
+//!   conntrack_pickup_ms`, so that connections open across a restart go
+//!   on); then it creates a `New` entry with the pickup timeout, established
+//!   only when the other side answers.
+//! - Every entry is charged to an owner: the port its first packet came in
+//!   on (a pod's port; the node port, and each other node's port, are
+//!   owners of their own). The caller gives each creation its owner's share
+//!   (pods: `Config::conntrack_per_pod_max`; the node and other nodes: the
+//!   whole table). An owner at its share loses its own oldest unreplied
+//!   connection to the new one, or, with none, the new one is refused
+//!   (`CtError::ShareFull`).
+//! - Early drop: when the table is full, the oldest unreplied connection of
+//!   the owner with the most unreplied ones makes room (like Linux, which
+//!   drops unreplied entries first). Replied connections are never evicted:
+//!   with no unreplied one left, the new connection is refused
+//!   (`CtError::Full`; the caller drops and counts it; nothing passes
+//!   untracked). Each owner keeps its unreplied connections in a list,
+//!   oldest first, so either eviction is O(1) (finding the owner is a pass
+//!   over the owners, i.e. the ports).
+//! - A pod's connections go with it: `remove_owner` removes every entry
+//!   charged to a port or with one of its addresses at either end (one pass
+//!   over the table, at CNI DEL).
+//! - A cut stays a cut: a connection that policy now denies is not removed
+//!   but turned into a tombstone (`State::Denied`): its packets are dropped
+//!   both ways, each refreshes it, and it expires after `Timeouts::denied`
+//!   of silence. Its reply direction therefore never becomes a new
+//!   connection while either side keeps trying. Only a new SYN from its
+//!   originator, allowed by the policy in force, replaces it
+//!   (see `reopens`). Tombstones are not evicted (that would reopen the
+//!   hole) and count towards their owner's share.
+//! - Checksums are not verified: frames from TAPs with checksum offload
+//!   carry partial checksums that only the output completes, and the
+//!   datapath is not told which; short unreplied timeouts, early drop and
+//!   shares bound what a bad-checksum flood can hold.
 
-use rustc_hash::FxHashMap;
+use std::collections::HashMap;
+use std::net::IpAddr;
 
 use super::parse::{FlowTuple, L4};
 use crate::wire::ip_proto::{
@@ -47,25 +88,32 @@ use crate::wire::tcp::{
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
     pub tcp_syn: u64,
+    /// A TCP connection picked up mid-stream, until the other side answers.
+    pub tcp_pickup: u64,
     pub tcp_established: u64,
     pub tcp_closing: u64,
     pub tcp_closed: u64,
     pub udp_new: u64,
     pub udp_replied: u64,
     pub icmp: u64,
+    /// A connection cut by policy, after its last packet (either way).
+    pub denied: u64,
 }
 
 impl Default for Timeouts {
-    /// Linux's defaults (nf_conntrack), rounded.
+    /// Linux's defaults (nf_conntrack), rounded; the pickup and tombstone
+    /// timeouts are ours.
     fn default() -> Self {
         Timeouts {
             tcp_syn: 120_000,
+            tcp_pickup: 30_000,
             tcp_established: 432_000_000,
             tcp_closing: 120_000,
             tcp_closed: 10_000,
             udp_new: 30_000,
             udp_replied: 120_000,
             icmp: 30_000,
+            denied: 120_000,
         }
     }
 }
@@ -80,6 +128,8 @@ pub enum State {
     Closing,
     /// TCP RST, SCTP ABORT or SHUTDOWN-COMPLETE seen.
     Closed,
+    /// Cut by policy: a tombstone that drops its packets both ways.
+    Denied,
 }
 
 /// Which way a packet travels relative to the connection's originator.
@@ -88,6 +138,9 @@ pub enum Dir {
     Orig,
     Reply,
 }
+
+/// What a connection is charged to: the port its first packet came in on.
+pub type Owner = u16;
 
 /// A normalised connection key: 40 bytes, 4-byte aligned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -100,10 +153,10 @@ pub struct CtKey {
     v6: bool,
 }
 
-fn words(ip: std::net::IpAddr) -> [u32; 4] {
+fn words(ip: IpAddr) -> [u32; 4] {
     let b = match ip {
-        std::net::IpAddr::V4(a) => u32::from(a) as u128,
-        std::net::IpAddr::V6(a) => u128::from(a),
+        IpAddr::V4(a) => u32::from(a) as u128,
+        IpAddr::V6(a) => u128::from(a),
     };
     [
         (b >> 96) as u32,
@@ -131,7 +184,21 @@ impl CtKey {
             src_is_lo,
         )
     }
+
+    /// Whether one of the connection's ends has this address.
+    fn has_address(&self, ip: IpAddr) -> bool {
+        let w = words(ip);
+        self.v6 == ip.is_ipv6() && (self.lo == w || self.hi == w)
+    }
 }
+
+/// `Entry::flags`: the slot holds a connection.
+const LIVE: u8 = 1;
+/// `Entry::flags`: the originator is the key's low end.
+const ORIG_IS_LO: u8 = 2;
+/// `Entry::flags`: in its owner's list of unreplied connections (those
+/// early drop may evict).
+const UNREPLIED: u8 = 4;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Entry {
@@ -143,9 +210,21 @@ pub struct Entry {
     /// The timeout of the current state, in milliseconds (at most 49 days).
     timeout: u32,
     pub state: State,
-    /// The originator is the key's low end.
-    orig_is_lo: bool,
-    live: bool,
+    flags: u8,
+    /// The port charged with the connection.
+    pub owner: Owner,
+}
+
+impl Entry {
+    #[inline(always)]
+    fn live(&self) -> bool {
+        self.flags & LIVE != 0
+    }
+
+    /// Whether early drop may evict it: nobody answered, not a tombstone.
+    pub fn unreplied(&self) -> bool {
+        self.flags & UNREPLIED != 0
+    }
 }
 
 /// A handle the flow cache keeps: slot and version.
@@ -158,28 +237,63 @@ pub struct CtRef {
 /// Why a connection could not be created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum CtError {
-    #[error("creating a connection: the table is full")]
+    #[error("creating a connection: the table is full of replied connections")]
     Full,
+    #[error("creating a connection: its owner holds its share, all replied")]
+    ShareFull,
+}
+
+/// No slot (the end of a list).
+const NIL: u32 = u32::MAX;
+
+/// What one owner holds: its connections, and its unreplied ones as a list
+/// through `Conntrack::links`, oldest first.
+#[derive(Debug, Clone, Copy)]
+struct Charge {
+    entries: u32,
+    unreplied: u32,
+    head: u32,
+    tail: u32,
+}
+
+impl Default for Charge {
+    fn default() -> Self {
+        Charge {
+            entries: 0,
+            unreplied: 0,
+            head: NIL,
+            tail: NIL,
+        }
+    }
 }
 
 pub struct Conntrack {
-    map: FxHashMap<CtKey, u32>,
+    map: HashMap<CtKey, u32>,
     slots: Vec<Entry>,
+    /// Per slot: the previous and next unreplied connection of its owner.
+    links: Vec<[u32; 2]>,
+    /// Per owner (indexed by port id, grown on demand: at most 65,536).
+    charges: Vec<Charge>,
     free: Vec<u32>,
     max: usize,
     timeouts: Timeouts,
     sweep_cursor: usize,
+    /// Unreplied connections evicted to make room.
+    evicted: u64,
 }
 
 impl Conntrack {
     pub fn new(max: usize, timeouts: Timeouts) -> Conntrack {
         Conntrack {
-            map: FxHashMap::with_capacity_and_hasher(max, Default::default()),
+            map: HashMap::with_capacity(max),
             slots: Vec::with_capacity(max),
+            links: Vec::with_capacity(max),
+            charges: Vec::new(),
             free: Vec::new(),
             max,
             timeouts,
             sweep_cursor: 0,
+            evicted: 0,
         }
     }
 
@@ -195,10 +309,16 @@ impl Conntrack {
         self.max
     }
 
-    /// The timeout of a state, kept in the entry so that the flow cache's
-    /// refresh does not recompute it.
-    fn timeout(&self, proto: u8, state: State) -> u32 {
-        timeout_of(&self.timeouts, proto, state)
+    /// Unreplied connections evicted to make room so far.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    /// The connections charged to an owner.
+    pub fn charged(&self, owner: Owner) -> usize {
+        self.charges
+            .get(owner as usize)
+            .map_or(0, |c| c.entries as usize)
     }
 
     #[inline]
@@ -215,7 +335,7 @@ impl Conntrack {
             self.remove_slot(slot);
             return None;
         }
-        let dir = if e.orig_is_lo == src_is_lo {
+        let dir = if (e.flags & ORIG_IS_LO != 0) == src_is_lo {
             Dir::Orig
         } else {
             Dir::Reply
@@ -232,7 +352,7 @@ impl Conntrack {
     pub fn get(&self, r: CtRef) -> Option<&Entry> {
         self.slots
             .get(r.slot as usize)
-            .filter(|e| e.live && e.version == r.version)
+            .filter(|e| e.live() && e.version == r.version)
     }
 
     /// Reads a connection's slot so that a batch's slots are fetched
@@ -243,26 +363,31 @@ impl Conntrack {
     }
 
     /// The flow cache's refresh: marks the connection seen if it is still the
-    /// same, live and unexpired one.
+    /// same, live and unexpired one (a cut changes the version).
     #[inline(always)]
     pub fn touch(&mut self, r: CtRef, now: u64) -> bool {
         let Some(e) = self.slots.get(r.slot as usize) else {
             return false;
         };
-        if !e.live || e.version != r.version || self.expired(e, now) {
+        if !e.live() || e.version != r.version || self.expired(e, now) {
             return false;
         }
         self.slots[r.slot as usize].last_seen = now;
         true
     }
 
-    /// Creates a connection originated by the tuple's source.
+    /// Creates a connection originated by the tuple's source, charged to
+    /// `owner`, which may hold `share` connections. A TCP segment other
+    /// than SYN or RST is a mid-stream pickup (the caller decides whether
+    /// one may be made).
     pub fn create(
         &mut self,
         t: &FlowTuple,
         l4: &L4,
         now: u64,
         policy_epoch: u64,
+        owner: Owner,
+        share: usize,
     ) -> Result<CtRef, CtError> {
         let policy_epoch = policy_epoch as u32;
         let (key, src_is_lo) = CtKey::of(t);
@@ -271,27 +396,53 @@ impl Conntrack {
         if let Some(&old) = self.map.get(&key) {
             self.remove_slot(old);
         }
-        if self.map.len() >= self.max {
-            return Err(CtError::Full);
+        if self.charges.len() <= owner as usize {
+            self.charges.resize(owner as usize + 1, Charge::default());
         }
-        let state = match *l4 {
-            // A TCP packet other than a bare SYN picks up a connection that
-            // was open before (e.g. across a restart of the switch).
-            L4::Tcp { flags, .. } if flags & TCP_RST != 0 => State::Closed,
-            L4::Tcp { flags, .. } if flags & TCP_SYN != 0 && flags & TCP_ACK == 0 => State::New,
-            L4::Tcp { .. } => State::Established,
-            _ => State::New,
+        // The owner's share first (one as big as the table is the table's
+        // limit): its own oldest unreplied connection goes.
+        if share < self.max && self.charges[owner as usize].entries as usize >= share {
+            let victim = self.charges[owner as usize].head;
+            if victim == NIL {
+                return Err(CtError::ShareFull);
+            }
+            self.remove_slot(victim);
+            self.evicted += 1;
+        }
+        // Then the table: early drop, from the owner with most unreplied.
+        if self.map.len() >= self.max {
+            let victim = self
+                .charges
+                .iter()
+                .filter(|c| c.unreplied > 0)
+                .max_by_key(|c| c.unreplied)
+                .map(|c| c.head);
+            let Some(victim) = victim else {
+                return Err(CtError::Full);
+            };
+            self.remove_slot(victim);
+            self.evicted += 1;
+        }
+        let (state, timeout) = match *l4 {
+            L4::Tcp { flags, .. } if flags & TCP_RST != 0 => {
+                (State::Closed, self.timeouts.tcp_closed)
+            }
+            L4::Tcp { flags, .. } if flags & TCP_SYN != 0 && flags & TCP_ACK == 0 => {
+                (State::New, self.timeouts.tcp_syn)
+            }
+            // Picked up mid-stream: unreplied, and short-lived until answered.
+            L4::Tcp { .. } => (State::New, self.timeouts.tcp_pickup),
+            _ => (State::New, timeout_ms(&self.timeouts, t.proto, State::New)),
         };
-        let timeout = self.timeout(t.proto, state);
         let entry = |version| Entry {
             key,
             last_seen: now,
             policy_epoch,
             version,
-            timeout,
+            timeout: timeout.min(u32::MAX as u64) as u32,
             state,
-            orig_is_lo: src_is_lo,
-            live: true,
+            flags: LIVE | if src_is_lo { ORIG_IS_LO } else { 0 },
+            owner,
         };
         let slot = match self.free.pop() {
             Some(s) => {
@@ -301,28 +452,66 @@ impl Conntrack {
             }
             None => {
                 self.slots.push(entry(0));
+                self.links.push([NIL, NIL]);
                 self.slots.len() as u32 - 1
             }
         };
         self.map.insert(key, slot);
+        self.charges[owner as usize].entries += 1;
+        self.link_unreplied(slot);
         Ok(CtRef {
             slot,
             version: self.slots[slot as usize].version,
         })
     }
 
+    /// Appends a connection to its owner's unreplied list (the newest).
+    fn link_unreplied(&mut self, slot: u32) {
+        let e = &mut self.slots[slot as usize];
+        e.flags |= UNREPLIED;
+        let c = &mut self.charges[e.owner as usize];
+        self.links[slot as usize] = [c.tail, NIL];
+        match c.tail {
+            NIL => c.head = slot,
+            t => self.links[t as usize][1] = slot,
+        }
+        c.tail = slot;
+        c.unreplied += 1;
+    }
+
+    /// Takes a connection out of its owner's unreplied list, if it is in it.
+    fn unlink_unreplied(&mut self, slot: u32) {
+        let e = &mut self.slots[slot as usize];
+        if e.flags & UNREPLIED == 0 {
+            return;
+        }
+        e.flags &= !UNREPLIED;
+        let c = &mut self.charges[e.owner as usize];
+        let [prev, next] = self.links[slot as usize];
+        match prev {
+            NIL => c.head = next,
+            p => self.links[p as usize][1] = next,
+        }
+        match next {
+            NIL => c.tail = prev,
+            n => self.links[n as usize][0] = prev,
+        }
+        c.unreplied -= 1;
+    }
+
     /// Advances the connection's state with a packet seen in `dir`.
     pub fn update(&mut self, r: CtRef, dir: Dir, l4: &L4, now: u64) {
-        let timeouts = self.timeouts;
-        let Some(e) = self
-            .slots
-            .get_mut(r.slot as usize)
-            .filter(|e| e.live && e.version == r.version)
-        else {
+        if self.get(r).is_none() {
             return;
-        };
+        }
+        let e = &self.slots[r.slot as usize];
+        if dir == Dir::Reply && e.state != State::Denied {
+            self.unlink_unreplied(r.slot);
+        }
+        let e = &mut self.slots[r.slot as usize];
         e.last_seen = now;
         let state = match (*l4, e.state) {
+            (_, State::Denied) => State::Denied,
             (_, State::Closed) => State::Closed,
             (L4::Tcp { flags, .. }, _) if flags & TCP_RST != 0 => State::Closed,
             (L4::Tcp { flags, .. }, _) if flags & TCP_FIN != 0 => State::Closing,
@@ -339,22 +528,49 @@ impl Conntrack {
             (_, State::New) if dir == Dir::Reply => State::Established,
             (_, s) => s,
         };
-        e.state = state;
-        e.timeout = timeout_of(&timeouts, e.key.proto, state);
+        // (a state keeps the timeout it was given: a pickup stays short)
+        if state != e.state {
+            e.state = state;
+            e.timeout = timeout_of(&self.timeouts, e.key.proto, state);
+        }
+    }
+
+    /// Cuts a connection that policy now denies: it becomes a tombstone
+    /// that drops its packets both ways until `Timeouts::denied` of silence.
+    /// Its version changes, so flow-cache entries holding it are misses.
+    pub fn cut(&mut self, r: CtRef, now: u64) {
+        if self.get(r).is_none() {
+            return;
+        }
+        self.unlink_unreplied(r.slot);
+        let e = &mut self.slots[r.slot as usize];
+        e.state = State::Denied;
+        e.timeout = timeout_of(&self.timeouts, e.key.proto, State::Denied);
+        e.last_seen = now;
+        e.version = e.version.wrapping_add(1);
+    }
+
+    /// Whether a connection is a tombstone (cut by policy).
+    pub fn is_cut(&self, r: CtRef) -> bool {
+        self.get(r).is_some_and(|e| e.state == State::Denied)
     }
 
     /// Whether a packet ends a connection that is over and starts a new one
     /// under its 5-tuple: a bare SYN (no ACK) on a TCP connection that has
-    /// seen FIN or RST. The caller removes the old entry and judges the
-    /// packet as the first of a new connection, by the policy in force now.
-    pub fn reopens(&self, r: CtRef, l4: &L4) -> bool {
+    /// seen FIN or RST, or, on one cut by policy, from its originator. The
+    /// caller removes the old entry and judges the packet as the first of a
+    /// new connection, by the policy in force now (and keeps a tombstone
+    /// when that policy denies it).
+    pub fn reopens(&self, r: CtRef, dir: Dir, l4: &L4) -> bool {
         let L4::Tcp { flags, .. } = *l4 else {
             return false;
         };
         flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN
-            && self
-                .get(r)
-                .is_some_and(|e| matches!(e.state, State::Closing | State::Closed))
+            && self.get(r).is_some_and(|e| match e.state {
+                State::Closing | State::Closed => true,
+                State::Denied => dir == Dir::Orig,
+                State::New | State::Established => false,
+            })
     }
 
     /// Whether a packet in this state and direction may use the flow cache.
@@ -367,7 +583,7 @@ impl Conntrack {
         if let Some(e) = self
             .slots
             .get_mut(r.slot as usize)
-            .filter(|e| e.live && e.version == r.version)
+            .filter(|e| e.live() && e.version == r.version)
         {
             e.policy_epoch = epoch;
         }
@@ -380,13 +596,17 @@ impl Conntrack {
             let b =
                 (w[0] as u128) << 96 | (w[1] as u128) << 64 | (w[2] as u128) << 32 | w[3] as u128;
             if e.key.v6 {
-                std::net::IpAddr::V6(b.into())
+                IpAddr::V6(b.into())
             } else {
-                std::net::IpAddr::V4((b as u32).into())
+                IpAddr::V4((b as u32).into())
             }
         };
         let (lo, hi) = ((ip(e.key.lo), e.key.lo_port), (ip(e.key.hi), e.key.hi_port));
-        let ((src, sport), (dst, dport)) = if e.orig_is_lo { (lo, hi) } else { (hi, lo) };
+        let ((src, sport), (dst, dport)) = if e.flags & ORIG_IS_LO != 0 {
+            (lo, hi)
+        } else {
+            (hi, lo)
+        };
         Some(FlowTuple {
             src,
             dst,
@@ -403,10 +623,27 @@ impl Conntrack {
     }
 
     fn remove_slot(&mut self, slot: u32) {
+        self.unlink_unreplied(slot);
         let e = &mut self.slots[slot as usize];
-        e.live = false;
+        e.flags &= !LIVE;
+        self.charges[e.owner as usize].entries -= 1;
         self.map.remove(&e.key);
         self.free.push(slot);
+    }
+
+    /// Removes every connection charged to `owner` or with one of
+    /// `addresses` at either end (a pod that goes away): one pass over the
+    /// table. Returns how many went.
+    pub fn remove_owner(&mut self, owner: Owner, addresses: &[IpAddr]) -> usize {
+        let mut removed = 0;
+        for s in 0..self.slots.len() {
+            let e = &self.slots[s];
+            if e.live() && (e.owner == owner || addresses.iter().any(|a| e.key.has_address(*a))) {
+                self.remove_slot(s as u32);
+                removed += 1;
+            }
+        }
+        removed
     }
 
     /// Removes expired entries among the next `budget` slots.
@@ -419,7 +656,7 @@ impl Conntrack {
             let s = self.sweep_cursor;
             self.sweep_cursor += 1;
             let e = &self.slots[s];
-            if e.live && self.expired(e, now) {
+            if e.live() && self.expired(e, now) {
                 self.remove_slot(s as u32);
                 removed += 1;
             }
@@ -432,7 +669,7 @@ impl Conntrack {
         self.slots
             .iter()
             .enumerate()
-            .filter(|(_, e)| e.live)
+            .filter(|(_, e)| e.live())
             .map(|(i, e)| {
                 (
                     CtRef {
@@ -445,9 +682,14 @@ impl Conntrack {
     }
 }
 
-/// The timeout of a state, in milliseconds.
+/// The timeout of a state, in milliseconds, as an entry keeps it.
 fn timeout_of(t: &Timeouts, proto: u8, state: State) -> u32 {
-    let ms = match (proto, state) {
+    timeout_ms(t, proto, state).min(u32::MAX as u64) as u32
+}
+
+fn timeout_ms(t: &Timeouts, proto: u8, state: State) -> u64 {
+    match (proto, state) {
+        (_, State::Denied) => t.denied,
         (_, State::Closed) => t.tcp_closed,
         (PROTO_TCP, State::New) => t.tcp_syn,
         (PROTO_TCP, State::Established) => t.tcp_established,
@@ -456,8 +698,7 @@ fn timeout_of(t: &Timeouts, proto: u8, state: State) -> u32 {
         (PROTO_ICMP | PROTO_ICMPV6, _) => t.icmp,
         (_, State::New) => t.udp_new,
         _ => t.udp_replied,
-    };
-    ms.min(u32::MAX as u64) as u32
+    }
 }
 
 /// Whether a protocol's first packet may create a connection.
@@ -466,6 +707,13 @@ pub fn may_start(l4: &L4) -> bool {
         l4,
         L4::Echo { request: false, .. } | L4::IcmpError { .. } | L4::Fragment
     )
+}
+
+/// Whether a packet that may start a connection would pick one up
+/// mid-stream: a TCP segment other than a bare SYN or a RST.
+pub fn is_pickup(l4: &L4) -> bool {
+    matches!(*l4, L4::Tcp { flags, .. }
+        if flags & TCP_RST == 0 && flags & (TCP_SYN | TCP_ACK) != TCP_SYN)
 }
 
 /// Protocols whose echo identifier stands in for ports.
@@ -477,7 +725,9 @@ pub fn is_icmp(proto: u8) -> bool {
 mod tests {
     use super::*;
     use crate::wire::ip_proto::UDP as PROTO_UDP;
-    use std::net::IpAddr;
+
+    /// No share: the whole table.
+    const ALL: usize = usize::MAX;
 
     fn t(src: &str, dst: &str, proto: u8, sport: u16, dport: u16) -> FlowTuple {
         FlowTuple {
@@ -489,54 +739,202 @@ mod tests {
         }
     }
 
+    /// A UDP datagram from `src` port `p` to 10.0.0.1:53.
+    fn udp(src: &str, p: u16) -> (FlowTuple, L4) {
+        (
+            t(src, "10.0.0.1", PROTO_UDP, p, 53),
+            L4::Udp {
+                sport: p,
+                dport: 53,
+            },
+        )
+    }
+
+    /// The answer to `udp(src, p)`.
+    fn answer(ct: &mut Conntrack, src: &str, p: u16, now: u64) {
+        let back = t("10.0.0.1", src, PROTO_UDP, 53, p);
+        let (r, dir) = ct.lookup(&back, now).expect("tracked");
+        assert_eq!(dir, Dir::Reply);
+        ct.update(
+            r,
+            dir,
+            &L4::Udp {
+                sport: 53,
+                dport: p,
+            },
+            now,
+        );
+    }
+
+    fn tcp(flags: u8) -> L4 {
+        L4::Tcp {
+            sport: 40000,
+            dport: 80,
+            flags,
+        }
+    }
+
     #[test]
     fn both_directions_find_one_entry() {
         let mut ct = Conntrack::new(8, Timeouts::default());
         let fwd = t("10.0.0.2", "10.0.0.1", PROTO_TCP, 40000, 80);
-        let syn = L4::Tcp {
-            sport: 40000,
-            dport: 80,
-            flags: TCP_SYN,
-        };
-        let r = ct.create(&fwd, &syn, 0, 1).unwrap();
+        let r = ct.create(&fwd, &tcp(TCP_SYN), 0, 1, 1, ALL).unwrap();
         let back = t("10.0.0.1", "10.0.0.2", PROTO_TCP, 80, 40000);
         assert_eq!(ct.lookup(&fwd, 1), Some((r, Dir::Orig)));
         assert_eq!(ct.lookup(&back, 1), Some((r, Dir::Reply)));
         assert_eq!(ct.get(r).unwrap().state, State::New);
-        ct.update(
-            r,
-            Dir::Reply,
-            &L4::Tcp {
-                sport: 80,
-                dport: 40000,
-                flags: TCP_SYN | TCP_ACK,
-            },
-            2,
-        );
+        ct.update(r, Dir::Reply, &tcp(TCP_SYN | TCP_ACK), 2);
         assert_eq!(ct.get(r).unwrap().state, State::Established);
         assert_eq!(ct.orig_tuple(r), Some(fwd));
     }
 
     #[test]
-    fn a_full_table_refuses_and_expiry_frees() {
+    fn a_table_full_of_replied_connections_refuses_and_expiry_frees() {
         let mut ct = Conntrack::new(2, Timeouts::default());
-        let udp = |p| {
-            (
-                t("10.0.0.2", "10.0.0.1", PROTO_UDP, p, 53),
-                L4::Udp {
-                    sport: p,
-                    dport: 53,
-                },
-            )
-        };
         for p in [1, 2] {
-            let (tu, l4) = udp(p);
-            ct.create(&tu, &l4, 0, 1).unwrap();
+            let (tu, l4) = udp("10.0.0.2", p);
+            ct.create(&tu, &l4, 0, 1, 1, ALL).unwrap();
+            answer(&mut ct, "10.0.0.2", p, 0);
         }
-        let (tu, l4) = udp(3);
-        assert_eq!(ct.create(&tu, &l4, 0, 1), Err(CtError::Full));
-        assert_eq!(ct.sweep(30_001, 10), 2, "unreplied UDP expires after 30 s");
-        assert!(ct.create(&tu, &l4, 30_001, 1).is_ok());
+        let (tu, l4) = udp("10.0.0.2", 3);
+        assert_eq!(ct.create(&tu, &l4, 0, 1, 1, ALL), Err(CtError::Full));
+        assert_eq!(ct.create(&tu, &l4, 0, 1, 2, ALL), Err(CtError::Full));
+        assert_eq!(ct.sweep(120_001, 10), 2, "replied UDP expires after 120 s");
+        assert!(ct.create(&tu, &l4, 120_001, 1, 1, ALL).is_ok());
+    }
+
+    #[test]
+    fn unreplied_connections_are_short_lived_and_replied_ones_are_not() {
+        let mut ct = Conntrack::new(8, Timeouts::default());
+        let syn = t("10.0.0.2", "10.0.0.1", PROTO_TCP, 40000, 80);
+        let pickup = t("10.0.0.2", "10.0.0.1", PROTO_TCP, 40001, 80);
+        let answered = t("10.0.0.2", "10.0.0.1", PROTO_TCP, 40002, 80);
+        ct.create(&syn, &tcp(TCP_SYN), 0, 1, 1, ALL).unwrap();
+        let p = ct.create(&pickup, &tcp(TCP_ACK), 0, 1, 1, ALL).unwrap();
+        assert_eq!(ct.get(p).unwrap().state, State::New, "not established");
+        let a = ct.create(&answered, &tcp(TCP_ACK), 0, 1, 1, ALL).unwrap();
+        ct.update(a, Dir::Orig, &tcp(TCP_ACK), 20_000);
+        ct.update(a, Dir::Reply, &tcp(TCP_ACK), 20_000);
+        assert_eq!(ct.get(a).unwrap().state, State::Established);
+        // the originator's own packets do not lengthen a pickup
+        ct.update(p, Dir::Orig, &tcp(TCP_ACK), 20_000);
+        assert_eq!(ct.sweep(50_001, 10), 1, "the pickup: 30 s");
+        assert_eq!(ct.sweep(120_001, 10), 1, "the SYN: 120 s");
+        assert_eq!(ct.sweep(400_000_000, 10), 0, "the answered one lives");
+        assert_eq!(ct.len(), 1);
+    }
+
+    #[test]
+    fn a_full_table_evicts_the_oldest_unreplied_of_the_biggest_owner() {
+        let mut ct = Conntrack::new(6, Timeouts::default());
+        // owner 1: two replied, two unreplied; owner 2: one unreplied, one replied
+        for p in 1..=4 {
+            let (tu, l4) = udp("10.0.0.2", p);
+            ct.create(&tu, &l4, p as u64, 1, 1, ALL).unwrap();
+        }
+        answer(&mut ct, "10.0.0.2", 1, 5);
+        answer(&mut ct, "10.0.0.2", 3, 5);
+        for p in 1..=2 {
+            let (tu, l4) = udp("10.0.0.3", p);
+            ct.create(&tu, &l4, 5, 1, 2, ALL).unwrap();
+        }
+        answer(&mut ct, "10.0.0.3", 2, 6);
+        // owner 2 needs room: owner 1's oldest unreplied (port 2) goes
+        let (tu, l4) = udp("10.0.0.3", 9);
+        ct.create(&tu, &l4, 7, 1, 2, ALL).unwrap();
+        assert_eq!(ct.evicted(), 1);
+        assert!(ct.lookup(&udp("10.0.0.2", 2).0, 7).is_none());
+        assert!(ct.lookup(&udp("10.0.0.2", 4).0, 7).is_some());
+        assert_eq!((ct.charged(1), ct.charged(2)), (3, 3));
+        // owner 1 and 2 now hold one and two unreplied: 2's oldest goes
+        let (tu, l4) = udp("10.0.0.2", 10);
+        ct.create(&tu, &l4, 8, 1, 1, ALL).unwrap();
+        assert!(ct.lookup(&udp("10.0.0.3", 1).0, 8).is_none());
+        // replied connections are never evicted
+        for p in [4, 10] {
+            answer(&mut ct, "10.0.0.2", p, 9);
+        }
+        answer(&mut ct, "10.0.0.3", 9, 9);
+        let (tu, l4) = udp("10.0.0.3", 11);
+        assert_eq!(ct.create(&tu, &l4, 10, 1, 2, ALL), Err(CtError::Full));
+        assert_eq!(ct.len(), 6);
+        assert!(ct.entries().all(|(_, e)| !e.unreplied()));
+    }
+
+    #[test]
+    fn an_owner_at_its_share_evicts_its_own_unreplied_then_is_refused() {
+        let mut ct = Conntrack::new(100, Timeouts::default());
+        for p in 1..=3 {
+            let (tu, l4) = udp("10.0.0.2", p);
+            ct.create(&tu, &l4, 0, 1, 1, 3).unwrap();
+        }
+        // another owner's connections are untouched by owner 1's share
+        let (tu, l4) = udp("10.0.0.3", 1);
+        ct.create(&tu, &l4, 0, 1, 2, 3).unwrap();
+        answer(&mut ct, "10.0.0.2", 2, 1);
+        let (tu, l4) = udp("10.0.0.2", 4);
+        ct.create(&tu, &l4, 2, 1, 1, 3).unwrap();
+        assert!(ct.lookup(&udp("10.0.0.2", 1).0, 2).is_none(), "its oldest");
+        assert_eq!(ct.charged(1), 3);
+        assert_eq!(ct.charged(2), 1);
+        for p in [3, 4] {
+            answer(&mut ct, "10.0.0.2", p, 3);
+        }
+        let (tu, l4) = udp("10.0.0.2", 5);
+        assert_eq!(ct.create(&tu, &l4, 4, 1, 1, 3), Err(CtError::ShareFull));
+        let (tu, l4) = udp("10.0.0.3", 5);
+        assert!(ct.create(&tu, &l4, 4, 1, 2, 3).is_ok());
+    }
+
+    #[test]
+    fn a_cut_connection_is_a_tombstone_both_ways_until_silence() {
+        let mut ct = Conntrack::new(8, Timeouts::default());
+        let fwd = t("10.0.0.2", "10.0.0.1", PROTO_TCP, 40000, 80);
+        let back = t("10.0.0.1", "10.0.0.2", PROTO_TCP, 80, 40000);
+        let r = ct.create(&fwd, &tcp(TCP_SYN), 0, 1, 1, ALL).unwrap();
+        ct.update(r, Dir::Reply, &tcp(TCP_SYN | TCP_ACK), 1);
+        ct.cut(r, 2);
+        assert!(!ct.touch(r, 3), "the flow cache's handle is stale");
+        let (c, dir) = ct.lookup(&back, 3).unwrap();
+        assert!(ct.is_cut(c) && dir == Dir::Reply);
+        assert!(!ct.cacheable(c));
+        // packets keep it: a FIN or RST does not end it
+        ct.update(c, Dir::Reply, &tcp(TCP_RST), 100_000);
+        assert!(ct.is_cut(c));
+        // only the originator's bare SYN may reopen it
+        assert!(!ct.reopens(c, Dir::Reply, &tcp(TCP_SYN)));
+        assert!(!ct.reopens(c, Dir::Orig, &tcp(TCP_ACK)));
+        assert!(ct.reopens(c, Dir::Orig, &tcp(TCP_SYN)));
+        // never evicted to make room
+        assert!(!ct.get(c).unwrap().unreplied());
+        assert_eq!(ct.sweep(220_000, 10), 0);
+        assert_eq!(ct.sweep(220_001, 10), 1, "gone after 120 s of silence");
+    }
+
+    #[test]
+    fn removing_an_owner_removes_its_connections_and_those_to_it() {
+        let mut ct = Conntrack::new(8, Timeouts::default());
+        let (a, b) = ("10.0.0.2", "10.0.0.3");
+        let (tu, l4) = udp(a, 1);
+        ct.create(&tu, &l4, 0, 1, 1, ALL).unwrap();
+        answer(&mut ct, a, 1, 0);
+        let (tu, l4) = udp(a, 2);
+        ct.create(&tu, &l4, 0, 1, 1, ALL).unwrap();
+        // b's connection to a, charged to b
+        let to_a = t(b, a, PROTO_UDP, 7, 7);
+        ct.create(&to_a, &L4::Udp { sport: 7, dport: 7 }, 0, 1, 2, ALL)
+            .unwrap();
+        let (tu, l4) = udp(b, 3);
+        ct.create(&tu, &l4, 0, 1, 2, ALL).unwrap();
+        assert_eq!(ct.remove_owner(1, &[a.parse().unwrap()]), 3);
+        assert_eq!(ct.len(), 1);
+        assert_eq!((ct.charged(1), ct.charged(2)), (0, 1));
+        // and the lists still work
+        for p in 10..20 {
+            let (tu, l4) = udp(a, p);
+            ct.create(&tu, &l4, 1, 1, 1, 4).unwrap();
+        }
+        assert_eq!(ct.charged(1), 4);
     }
 
     #[test]
@@ -550,9 +948,9 @@ mod tests {
             sport: 1,
             dport: 53,
         };
-        let ra = ct.create(&a, &l4, 0, 1).unwrap();
+        let ra = ct.create(&a, &l4, 0, 1, 1, ALL).unwrap();
         ct.remove(ra);
-        let rb = ct.create(&b, &l4, 0, 1).unwrap();
+        let rb = ct.create(&b, &l4, 0, 1, 1, ALL).unwrap();
         assert!(
             !ct.touch(ra, 1),
             "a stale handle must not refresh the new entry"
@@ -569,8 +967,8 @@ mod tests {
             request: true,
             id: 9,
         };
-        let first = ct.create(&a_to_b, &echo, 0, 1).unwrap();
-        let second = ct.create(&b_to_a, &echo, 1, 1).unwrap();
+        let first = ct.create(&a_to_b, &echo, 0, 1, 1, ALL).unwrap();
+        let second = ct.create(&b_to_a, &echo, 1, 1, 2, ALL).unwrap();
         assert_eq!(ct.len(), 1, "one connection per key");
         assert!(
             ct.get(first).is_none(),
@@ -578,6 +976,17 @@ mod tests {
         );
         assert_eq!(ct.lookup(&b_to_a, 2), Some((second, Dir::Orig)));
         assert_eq!(ct.entries().count(), 1);
+        assert_eq!((ct.charged(1), ct.charged(2)), (0, 1));
+    }
+
+    #[test]
+    fn pickups_are_tcp_segments_other_than_syn_and_rst() {
+        assert!(!is_pickup(&tcp(TCP_SYN)));
+        assert!(!is_pickup(&tcp(TCP_RST | TCP_ACK)));
+        assert!(is_pickup(&tcp(TCP_ACK)));
+        assert!(is_pickup(&tcp(TCP_SYN | TCP_ACK)));
+        assert!(is_pickup(&tcp(TCP_FIN)));
+        assert!(!is_pickup(&L4::Udp { sport: 1, dport: 2 }));
     }
 
     #[test]

@@ -352,14 +352,10 @@ fn a_full_conntrack_table_drops_new_flows_and_keeps_old_ones() {
         conntrack_max: 2,
         ..Config::default()
     });
-    assert_eq!(
-        s.send(1, &mut udp4(A, GW, A4, B4, 1, 53)),
-        Action::Forward(2)
-    );
-    assert_eq!(
-        s.send(1, &mut udp4(A, GW, A4, B4, 2, 53)),
-        Action::Forward(2)
-    );
+    // two answered flows fill it (unanswered ones would make room: early drop)
+    for sport in [1, 2] {
+        udp_exchange(&mut s, sport);
+    }
     assert_eq!(
         s.send(1, &mut udp4(A, GW, A4, B4, 3, 53)),
         Action::Drop(Outcome::TableFull)
@@ -661,16 +657,18 @@ fn batches_act_exactly_like_single_frames() {
                 let (src, dst) = ([A4, B4][port as usize - 1], *rng.pick(&ips));
                 match rng.below(3) {
                     0 => udp4(mac, GW, src, dst, rng.below(6) as u16, 53),
-                    1 => tcp4(
-                        mac,
-                        GW,
-                        src,
-                        dst,
-                        rng.below(6) as u16,
-                        80,
-                        ["S", "SA", "A", "A", "F"][rng.below(5)],
-                        64,
-                    ),
+                    1 => {
+                        // a client's segment, or a server's (a reply when
+                        // the other pod opened that connection)
+                        let (client, server) = (rng.below(6) as u16, 80);
+                        let (sport, dport) = if rng.chance(50) {
+                            (client, server)
+                        } else {
+                            (server, client)
+                        };
+                        let flags = ["S", "SA", "A", "A", "A", "A", "F"][rng.below(7)];
+                        tcp4(mac, GW, src, dst, sport, dport, flags, 64)
+                    }
                     _ => udp4(mac, B, src, dst, rng.below(6) as u16, 53),
                 }
             })

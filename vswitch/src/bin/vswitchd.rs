@@ -81,6 +81,8 @@ fn main() -> ExitCode {
             vni,
             cluster_cidrs,
             established,
+            conntrack_per_pod,
+            conntrack_pickup_secs,
             metrics_addr,
         }) => {
             let overlay = overlay_addr.map(|addr| OverlayOptions {
@@ -99,6 +101,8 @@ fn main() -> ExitCode {
                 node_tap: (!no_node_port).then_some(node_tap),
                 mtu: mtu.unwrap_or(1500 - overhead),
                 established: established.into(),
+                conntrack_per_pod,
+                conntrack_pickup_ms: conntrack_pickup_secs.saturating_mul(1000),
                 metrics_addr,
                 overlay,
                 cluster_cidrs,

@@ -73,6 +73,17 @@ pub enum Cmd {
         /// What a new policy does to established connections it denies.
         #[arg(long, value_enum, default_value_t = Established::Recheck)]
         established: Established,
+        /// The most connections one pod may open and hold in the conntrack
+        /// table (beyond it, its oldest unanswered one makes room, else its
+        /// new one is dropped); 0: no limit but the table's.
+        #[arg(long, default_value_t = vswitch_datapath::Config::default().conntrack_per_pod_max)]
+        conntrack_per_pod: usize,
+        /// Seconds after a start during which a TCP segment of an unknown
+        /// connection other than SYN picks it up (so that connections open
+        /// across a restart go on); after them, such a segment opens
+        /// nothing. 0: never.
+        #[arg(long, default_value_t = vswitch_datapath::Config::default().conntrack_pickup_ms / 1000)]
+        conntrack_pickup_secs: u64,
         /// Serve Prometheus metrics at http://ADDR/metrics (off by default).
         #[arg(long)]
         metrics_addr: Option<std::net::SocketAddr>,

@@ -179,7 +179,7 @@ pub fn render(switch: &SwitchHandle, g: &Gauges) -> String {
         ));
     }
     let hits = stats.datapath.get(Outcome::FastForward);
-    let gauges: [(&str, &str, &str, u64); 11] = [
+    let gauges: [(&str, &str, &str, u64); 12] = [
         (
             "vswitch_flow_cache_hits_total",
             "counter",
@@ -203,6 +203,12 @@ pub fn render(switch: &SwitchHandle, g: &Gauges) -> String {
             "gauge",
             "Tracked connections.",
             stats.conntrack as u64,
+        ),
+        (
+            "vswitch_conntrack_evicted_total",
+            "counter",
+            "Unanswered connections evicted to make room (a full table or a pod at its share).",
+            stats.conntrack_evicted,
         ),
         (
             "vswitch_policy_generation",

@@ -38,6 +38,11 @@ pub struct Options {
     pub node_tap: Option<String>,
     pub mtu: u32,
     pub established: EstablishedPolicy,
+    /// Connections one pod may hold (0: no limit but the table's).
+    pub conntrack_per_pod: usize,
+    /// How long after a start a TCP segment other than SYN may pick up a
+    /// connection (milliseconds; 0: never).
+    pub conntrack_pickup_ms: u64,
     /// Where Prometheus metrics are served (off when `None`).
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Pods on other nodes, through the overlay (off when `None`: one node).
@@ -78,6 +83,8 @@ impl Daemon {
         let mut server = control::Server::bind(&opts.socket)?;
         let cfg = Config {
             established: opts.established,
+            conntrack_per_pod_max: opts.conntrack_per_pod,
+            conntrack_pickup_ms: opts.conntrack_pickup_ms,
             cluster_cidrs: opts.cluster_cidrs.clone(),
             vni: opts.overlay.as_ref().map_or(1, |o| o.vni),
             overlay_mtu: opts.mtu.min(u16::MAX as u32) as u16,

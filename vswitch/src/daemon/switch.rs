@@ -59,6 +59,8 @@ pub struct Totals {
     pub datapath: Counters,
     pub policy_generation: u64,
     pub conntrack: usize,
+    /// Unanswered connections evicted to make room for new ones.
+    pub conntrack_evicted: u64,
     pub flow_cache: usize,
 }
 
@@ -190,6 +192,7 @@ fn answer(worker: &Worker, q: Query) -> Answer {
             datapath: dp.counters.clone(),
             policy_generation: dp.policy_generation(),
             conntrack: dp.conntrack().len(),
+            conntrack_evicted: dp.conntrack().evicted(),
             flow_cache: dp.flow_cache().len(),
         }),
         Query::Ports => Answer::Ports(

@@ -203,6 +203,7 @@ fn describe(o: Outcome) -> &'static str {
         Outcome::Forged => "dropped: an overlay packet from no known node",
         Outcome::NoNode => "dropped: in the cluster's pod range but on no known node",
         Outcome::TooBig => "dropped: too big for the overlay",
+        Outcome::ShareFull => "dropped: the pod holds its conntrack share",
     }
 }
 

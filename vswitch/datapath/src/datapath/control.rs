@@ -70,10 +70,17 @@ impl Datapath {
         }
     }
 
-    /// Detaches a port (idempotent).
+    /// Detaches a port (idempotent). Its connections go with it: those
+    /// charged to it and, for a pod, those to or from its addresses (their
+    /// flow-cache entries are misses from the new epoch on).
     pub fn remove_port(&mut self, id: PortId) -> Option<PortState> {
         let p = self.ports.get_mut(id as usize)?.take()?;
         self.unindex(id, &p);
+        let addresses = match &p.kind {
+            PortKind::Pod { ips, .. } => ips.as_slice(),
+            _ => &[],
+        };
+        self.ct.remove_owner(id, addresses);
         if self.node_port == Some(id) {
             self.node_port = None;
         }

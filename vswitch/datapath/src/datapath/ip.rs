@@ -134,19 +134,29 @@ impl Datapath {
                 L4::Echo { request, .. } => request == (*dir == conntrack::Dir::Orig),
                 _ => true,
             });
+            // A connection cut by policy stays cut both ways: its packets
+            // are dropped (and keep it), unless one is its originator's new
+            // SYN that the policy in force allows.
+            if let Some((r, dir)) = found
+                && self.ct.is_cut(r)
+                && !(self.ct.reopens(r, dir, &ip.l4) && (node_local || self.allowed(&tuple)))
+            {
+                self.ct.update(r, dir, &ip.l4, ms);
+                return IpVerdict::Drop(Outcome::PolicyDeny);
+            }
             // A new SYN on a connection that has ended is a new connection
             // (whatever kept the old one across policy changes): the old
             // entry goes, and policy judges the SYN.
             let mut reopened = false;
-            if let Some((r, _)) = found
-                && self.ct.reopens(r, &ip.l4)
+            if let Some((r, dir)) = found
+                && self.ct.reopens(r, dir, &ip.l4)
             {
                 self.ct.remove(r);
                 (found, reopened) = (None, true);
             }
             match found {
                 Some((r, dir)) => {
-                    if let Err(o) = self.recheck(r, node_local) {
+                    if let Err(o) = self.recheck(r, node_local, ms) {
                         return IpVerdict::Drop(o);
                     }
                     self.ct.update(r, dir, &ip.l4, ms);
@@ -167,9 +177,18 @@ impl Datapath {
                         }
                         return IpVerdict::Drop(Outcome::PolicyDeny);
                     }
-                    match self.ct.create(&tuple, &ip.l4, ms, self.policy.generation()) {
+                    // No pickup mid-stream once the grace period is over.
+                    if conntrack::is_pickup(&ip.l4) && ms >= self.cfg.conntrack_pickup_ms {
+                        return IpVerdict::Drop(Outcome::Untracked);
+                    }
+                    let (generation, share) = (self.policy.generation(), self.ct_share(in_port));
+                    match self
+                        .ct
+                        .create(&tuple, &ip.l4, ms, generation, in_port, share)
+                    {
                         Ok(r) => r,
                         Err(CtError::Full) => return IpVerdict::Drop(Outcome::TableFull),
+                        Err(CtError::ShareFull) => return IpVerdict::Drop(Outcome::ShareFull),
                     }
                 }
             }
@@ -217,8 +236,21 @@ impl Datapath {
             .allowed()
     }
 
-    /// Re-checks a tracked connection against a newer policy generation.
-    fn recheck(&mut self, r: CtRef, node_local: bool) -> Result<(), Outcome> {
+    /// The connections a port's packets may open: a pod's share; the node's
+    /// and other nodes' ports are bounded by the table only.
+    fn ct_share(&self, in_port: PortId) -> usize {
+        let pod = self.ports[in_port as usize]
+            .as_ref()
+            .is_some_and(|p| matches!(p.kind, PortKind::Pod { .. }));
+        match self.cfg.conntrack_per_pod_max {
+            n if pod && n > 0 => n,
+            _ => usize::MAX,
+        }
+    }
+
+    /// Re-checks a tracked connection against a newer policy generation; a
+    /// connection now denied is cut (a tombstone, see conntrack.rs).
+    fn recheck(&mut self, r: CtRef, node_local: bool, ms: u64) -> Result<(), Outcome> {
         let generation = self.policy.generation();
         let Some(e) = self.ct.get(r) else {
             return Ok(());
@@ -234,7 +266,7 @@ impl Datapath {
             self.ct.set_policy_epoch(r, generation);
             Ok(())
         } else {
-            self.ct.remove(r);
+            self.ct.cut(r, ms);
             Err(Outcome::PolicyDeny)
         }
     }
