@@ -44,10 +44,13 @@ pub enum Outcome {
     /// Dropped: too big for the overlay and not to be fragmented (an ICMP
     /// "fragmentation needed" / "packet too big" went back).
     TooBig,
+    /// Dropped: an ICMP error quoting a tracked connection from where no
+    /// error about it can come (neither the quoted peer nor the way to it).
+    ForgedIcmp,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 16] = [
+    pub const ALL: [Outcome; 17] = [
         Outcome::FastForward,
         Outcome::SlowForward,
         Outcome::Replied,
@@ -64,6 +67,7 @@ impl Outcome {
         Outcome::Forged,
         Outcome::NoNode,
         Outcome::TooBig,
+        Outcome::ForgedIcmp,
     ];
 
     pub fn name(self) -> &'static str {
@@ -84,6 +88,7 @@ impl Outcome {
             Outcome::Forged => "forged",
             Outcome::NoNode => "no_node",
             Outcome::TooBig => "too_big",
+            Outcome::ForgedIcmp => "forged_icmp",
         }
     }
 
