@@ -41,8 +41,10 @@ pub enum Outcome {
     /// Dropped: the destination is in the cluster's pod range but on no
     /// known node (a node that left).
     NoNode,
-    /// Dropped: too big for the overlay and not to be fragmented (an ICMP
-    /// "fragmentation needed" / "packet too big" went back).
+    /// Dropped: too big for its output port (the overlay, a local port's
+    /// MTU) and not to be fragmented: an ICMP "fragmentation needed" /
+    /// "packet too big" went back, or (IPv4 without DF to a local port,
+    /// which the switch does not fragment) nothing did.
     TooBig,
     /// Dropped: an ICMP error quoting a tracked connection from where no
     /// error about it can come (neither the quoted peer nor the way to it).

@@ -60,8 +60,8 @@ pub struct Forward {
     pub routed: bool,
     pub src_mac: Mac,
     pub dst_mac: Mac,
-    /// The largest IP packet the output takes unsegmented (the overlay's);
-    /// 0: no limit.
+    /// The largest IP packet the output takes unsegmented (the overlay's,
+    /// a local port's MTU); 0: no limit.
     pub mtu: u16,
 }
 

@@ -274,3 +274,100 @@ fn ttl_expiry_is_answered_only_for_what_policy_lets_through() {
     assert!(matches!(s.send(1, &mut f), Action::Reply(1, _)));
     assert_eq!(s.count(Outcome::TtlExpired), 1);
 }
+
+/// A UDP datagram to b of `ip_len` bytes in all (IPv4, DF set).
+fn udp4_sized(ip_len: usize) -> Vec<u8> {
+    udp4_carrying(A, GW, A4, B4, 5000, 53, &vec![7; ip_len - 28])
+}
+
+fn icmp_of(reply: &[u8]) -> (u8, u8, [u8; 4]) {
+    let p = SlicedPacket::from_ethernet(reply).unwrap();
+    match p.transport {
+        Some(etherparse::TransportSlice::Icmpv4(i)) => {
+            let h = i.slice();
+            (h[0], h[1], h[4..8].try_into().unwrap())
+        }
+        Some(etherparse::TransportSlice::Icmpv6(i)) => {
+            let h = i.slice();
+            (h[0], h[1], h[4..8].try_into().unwrap())
+        }
+        _ => panic!("not ICMP"),
+    }
+}
+
+/// A packet bigger than the destination pod's port takes is answered as a
+/// router would (IPv4 with DF, IPv6) or dropped (IPv4 without DF: the
+/// switch does not fragment for local delivery), on the slow path and on
+/// the fast one.
+#[test]
+fn packets_too_big_for_the_destination_pod_are_answered_or_dropped() {
+    let mut s = three_pods();
+    // the default port MTU, 1500
+    assert_eq!(s.send(1, &mut udp4_sized(1500)), Action::Forward(2));
+    assert_eq!(
+        s.send(2, &mut udp4(B, GW, B4, A4, 53, 5000)),
+        Action::Forward(1)
+    );
+    for _ in 0..2 {
+        assert_eq!(s.send(1, &mut udp4_sized(1500)), Action::Forward(2));
+    }
+    assert_eq!(s.count(Outcome::FastForward), 1, "the flow is cached");
+    let Action::Reply(1, r) = s.send(1, &mut udp4_sized(1501)) else {
+        panic!("a 1501-byte packet with DF passed")
+    };
+    assert_eq!(
+        icmp_of(&r),
+        (3, 4, [0, 0, 0x05, 0xdc]),
+        "frag needed, MTU 1500"
+    );
+    let mut no_df = udp4_sized(1501);
+    no_df[14 + 6] &= !0x40;
+    assert_eq!(s.send(1, &mut no_df), Action::Drop(Outcome::TooBig));
+    let Action::Reply(1, r) = s.send(1, &mut kit::udp6(A, GW, A6, B6, 1, 53, &[0; 1501 - 48]))
+    else {
+        panic!("a 1501-byte IPv6 packet passed")
+    };
+    assert_eq!(
+        icmp_of(&r),
+        (2, 0, [0, 0, 0x05, 0xdc]),
+        "packet too big, MTU 1500"
+    );
+    assert_eq!(s.count(Outcome::TooBig), 3);
+
+    // a port's own MTU; offload frames judged by their segments
+    s.dp.set_mtu(2, 1400);
+    let Action::Reply(1, r) = s.send(1, &mut udp4_sized(1401)) else {
+        panic!("a 1401-byte packet passed a 1400-byte port")
+    };
+    assert_eq!(
+        icmp_of(&r),
+        (3, 4, [0, 0, 0x05, 0x78]),
+        "frag needed, MTU 1400"
+    );
+    assert_eq!(s.send(1, &mut udp4_sized(1400)), Action::Forward(2));
+    assert_eq!(
+        s.send(1, &mut tcp4(A, GW, A4, B4, 40000, 80, "S", 64)),
+        Action::Forward(2)
+    );
+    assert_eq!(
+        s.send(2, &mut tcp4(B, GW, B4, A4, 80, 40000, "SA", 64)),
+        Action::Forward(1)
+    );
+    let offload = |seg: u16, s: &mut Rig| {
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2(A, GW)
+            .ipv4(A4, B4, 64)
+            .tcp(40000, 80, 1, 4096)
+            .ack(1)
+            .write(&mut f, &[1; 9000])
+            .unwrap();
+        let now = s.now();
+        s.dp.process_frame(1, &mut f, seg, now)
+    };
+    for _ in 0..2 {
+        // 20 + 20 + 1360 bytes a segment: slow path, then fast
+        assert_eq!(offload(1360, &mut s), Action::Forward(2));
+    }
+    assert!(matches!(offload(1361, &mut s), Action::Reply(1, _)));
+    assert_eq!(s.count(Outcome::TooBig), 5);
+}

@@ -16,7 +16,7 @@ use crate::frag::FragKey;
 use crate::parse::{self, IpPacket, L4, Mac};
 use crate::ports::{PortId, PortKind};
 
-use super::rewrite::too_big;
+use super::rewrite::{fragmentable, oversize};
 
 /// What the IP path decided for a packet.
 #[derive(Debug)]
@@ -199,10 +199,17 @@ impl Datapath {
             }
         };
 
-        // Allowed, but too big for the overlay: answered as a router would
-        // (IPv4 without DF is fragmented by the overlay instead).
-        if fwd.mtu != 0 && too_big(frame, fwd.mtu, gso) {
-            return self.too_big_reply(in_port, frame, fwd.mtu).into();
+        // Allowed, but too big for its output port: answered as a router
+        // would; IPv4 without DF is fragmented by the overlay, and dropped
+        // for a local port (the switch does not fragment).
+        if fwd.mtu != 0 && oversize(frame, fwd.mtu, gso) {
+            if !fragmentable(frame, gso) {
+                return self.too_big_reply(in_port, frame, fwd.mtu).into();
+            }
+            let out = self.ports[fwd.port as usize].as_ref().expect("port");
+            if !matches!(out.kind, PortKind::Remote { .. }) {
+                return IpVerdict::Drop(Outcome::TooBig);
+            }
         }
 
         if let Some(f) = ip.frag {

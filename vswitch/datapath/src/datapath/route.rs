@@ -41,7 +41,8 @@ impl Datapath {
             let out = self.ports[port as usize].as_ref().ok_or(Outcome::NoRoute)?;
             let mtu = match out.kind {
                 PortKind::Remote { .. } => self.cfg.overlay_mtu,
-                _ => 0,
+                PortKind::Pod { .. } | PortKind::Node { .. } => out.mtu,
+                PortKind::Overlay => 0,
             };
             Ok(Forward {
                 port,
