@@ -131,7 +131,7 @@ impl Datapath {
         // Fast path: a packet of an established flow, by exact match on the
         // sender's port and the packet's addresses and ports.
         if let Some(key) = parse::fast_key(frame, in_port, mac)
-            && let Some(idx) = self.cache.find(FlowCache::hash(&key), &key)
+            && let Some(idx) = self.cache.find(self.cache.hash(&key), &key)
             && let Some(out) = self.hit(mac, frame, idx, ms, gso)
         {
             let len = frame.len() as u64;
