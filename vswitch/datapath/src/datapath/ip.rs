@@ -1,6 +1,12 @@
 //! The IP packet path between parsing and output: neighbour discovery,
 //! anti-spoofing, readiness, routing, fragments, connection tracking and
 //! NetworkPolicy, and the flow-cache entry for what is allowed.
+//!
+//! Policy exempts only the node's own connections to its pods (and their
+//! replies); a pod's traffic to its node is egress like any other. An ICMP
+//! error passes as part of the connection it quotes, and only from the way
+//! to the quoted peer (else `forged_icmp`); Time Exceeded and "too big" are
+//! answered only for packets policy lets through.
 
 use std::net::IpAddr;
 
