@@ -308,7 +308,7 @@ fn client_retrying(ns: &str, addr: &str) -> Option<String> {
 /// that a deny-all ingress isolates, as Kubernetes requires for kubelet
 /// probes; the pod reaches a host outside the cluster (another namespace
 /// behind the node, which routes) through the node port, and an egress
-/// policy on the pod applies to that traffic.
+/// policy on the pod applies to that traffic and to its node's address.
 #[test]
 fn the_node_port_carries_probes_and_outside_traffic() {
     if skip_unless_root() {
@@ -486,6 +486,21 @@ fn the_node_port_carries_probes_and_outside_traffic() {
         None,
         "egress is limited to 8080"
     );
+    // the pod's egress to its own node is egress like any other: a listener
+    // on the node's address, which the rule does not name, is out of reach,
+    // while the node still reaches the pod
+    let _node_server = serve(&node.0, node_ip);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        client(&pod.0, node_ip, "2", 5),
+        None,
+        "the pod's egress policy applies to its node"
+    );
+    assert_eq!(
+        client(&node.0, pod_ip, "2", 5).as_deref(),
+        Some("5"),
+        "the node still reaches the pod"
+    );
     let mut open = engine.cluster().policies.values().next().unwrap().clone();
     open.egress = Some(vec![policy::netpol::Rule {
         peers: vec![],
@@ -498,6 +513,11 @@ fn the_node_port_carries_probes_and_outside_traffic() {
         client_port(&pod.0, out_ip, "2", 5, 9090).as_deref(),
         Some("5"),
         "allowed once egress is open"
+    );
+    assert_eq!(
+        client(&pod.0, node_ip, "2", 5).as_deref(),
+        Some("5"),
+        "the node's listener, once egress is open"
     );
 
     stop.store(true, Ordering::Relaxed);

@@ -1,6 +1,6 @@
 //! How a datapath is set up: the gateway's addresses, table sizes and
-//! shares, timeouts, the overlay's VNI and MTU, and what happens to established
-//! connections when policy changes.
+//! shares, timeouts, the overlay's VNI and MTU, local ports' MTU, and what
+//! happens to established connections when policy changes.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -48,6 +48,9 @@ pub struct Config {
     pub vni: u32,
     /// The largest inner IP packet the overlay carries unsegmented.
     pub overlay_mtu: u16,
+    /// The largest IP packet a local port (a pod's, the node's) takes, for
+    /// ports not told their own ([`crate::Datapath::set_mtu`]).
+    pub port_mtu: u16,
 }
 
 impl Default for Config {
@@ -68,6 +71,7 @@ impl Default for Config {
             cluster_cidrs: Vec::new(),
             vni: overlay::DEFAULT_VNI,
             overlay_mtu: 1450,
+            port_mtu: 1500,
         }
     }
 }

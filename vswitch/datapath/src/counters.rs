@@ -41,16 +41,21 @@ pub enum Outcome {
     /// Dropped: the destination is in the cluster's pod range but on no
     /// known node (a node that left).
     NoNode,
-    /// Dropped: too big for the overlay and not to be fragmented (an ICMP
-    /// "fragmentation needed" / "packet too big" went back).
+    /// Dropped: too big for its output port (the overlay, a local port's
+    /// MTU) and not to be fragmented: an ICMP "fragmentation needed" /
+    /// "packet too big" went back, or (IPv4 without DF to a local port,
+    /// which the switch does not fragment) nothing did.
     TooBig,
     /// Dropped: the sending pod holds its share of the conntrack table,
     /// all of it answered; its new flow was refused.
     ShareFull,
+    /// Dropped: an ICMP error quoting a tracked connection from where no
+    /// error about it can come (neither the quoted peer nor the way to it).
+    ForgedIcmp,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 17] = [
+    pub const ALL: [Outcome; 18] = [
         Outcome::FastForward,
         Outcome::SlowForward,
         Outcome::Replied,
@@ -68,6 +73,7 @@ impl Outcome {
         Outcome::NoNode,
         Outcome::TooBig,
         Outcome::ShareFull,
+        Outcome::ForgedIcmp,
     ];
 
     pub fn name(self) -> &'static str {
@@ -89,6 +95,7 @@ impl Outcome {
             Outcome::NoNode => "no_node",
             Outcome::TooBig => "too_big",
             Outcome::ShareFull => "share_full",
+            Outcome::ForgedIcmp => "forged_icmp",
         }
     }
 

@@ -12,7 +12,10 @@
 //!
 //! # How
 //! A hash picks a bucket: one cache line of eight 32-bit signatures and the
-//! slot index of each. A hit reads that line and the slot's. A batch of
+//! slot index of each. The hash is keyed (foldhash, with a key drawn from
+//! the OS's randomness when the cache is made): pods choose the flows, and
+//! must not be able to pick flows that share a bucket and evict each
+//! other's entries, or other pods'. A hit reads that line and the slot's. A batch of
 //! frames (the worker's way) asks for all its bucket lines with prefetches,
 //! then reads the buckets and asks for all its slot lines, then takes the
 //! hits, so that up to 64 frames' memory fetches overlap: a lone frame waits
@@ -46,6 +49,11 @@
 //! # Threading
 //! One cache per worker, owned, never shared: no locks, no atomics.
 
+use std::hash::{BuildHasher, Hasher};
+
+use foldhash::SharedSeed;
+use foldhash::fast::FoldHasher;
+
 use super::conntrack::CtRef;
 use super::parse::{FlowKey, Mac};
 
@@ -60,8 +68,8 @@ pub struct Forward {
     pub routed: bool,
     pub src_mac: Mac,
     pub dst_mac: Mac,
-    /// The largest IP packet the output takes unsegmented (the overlay's);
-    /// 0: no limit.
+    /// The largest IP packet the output takes unsegmented (the overlay's,
+    /// a local port's MTU); 0: no limit.
     pub mtu: u16,
 }
 
@@ -141,6 +149,15 @@ pub struct FlowCache {
     len: usize,
     max: usize,
     mask: u64,
+    /// The hash's key: random, chosen when the cache is made.
+    seed: u64,
+    shared: SharedSeed,
+}
+
+/// A random 64-bit number from the OS (std seeds its hash maps' keys from
+/// it; hashing a constant under them reads one).
+fn random_u64(x: u64) -> u64 {
+    std::collections::hash_map::RandomState::new().hash_one(x)
 }
 
 impl FlowCache {
@@ -160,23 +177,25 @@ impl FlowCache {
             len: 0,
             max,
             mask: n as u64 - 1,
+            seed: random_u64(1),
+            shared: SharedSeed::from_u64(random_u64(2)),
         }
     }
 
-    /// The key's hash: the low bits pick the bucket, the high bits sign it.
+    /// The key's hash under the cache's key: the low bits pick the
+    /// bucket, the high bits sign it.
     #[inline(always)]
-    pub fn hash(k: &FlowKey) -> u64 {
-        const M: u64 = 0x9E37_79B9_7F4A_7C15;
-        let a = (k.src as u64) ^ ((k.src >> 64) as u64).rotate_left(23);
-        let b = (k.dst as u64) ^ ((k.dst >> 64) as u64).rotate_left(41);
-        let c = k.sport as u64
+    pub fn hash(&self, k: &FlowKey) -> u64 {
+        let rest = k.sport as u64
             | (k.dport as u64) << 16
             | (k.in_port as u64) << 32
             | (k.proto as u64) << 48
             | (k.v6 as u64) << 56;
-        let mut h = (a.wrapping_mul(M) ^ b).wrapping_mul(M) ^ c;
-        h = (h ^ (h >> 32)).wrapping_mul(M);
-        h ^ (h >> 29)
+        let mut h = FoldHasher::with_seed(self.seed, &self.shared);
+        h.write_u128(k.src);
+        h.write_u128(k.dst);
+        h.write_u64(rest);
+        h.finish()
     }
 
     #[inline(always)]
@@ -205,7 +224,7 @@ impl FlowCache {
         out.clear();
         for f in frames {
             out.push(key(f).map(|key| {
-                let hash = Self::hash(&key);
+                let hash = self.hash(&key);
                 super::mem_hints::prefetch(self.bucket(hash));
                 Lookup {
                     key,
@@ -276,13 +295,13 @@ impl FlowCache {
 
     #[inline(always)]
     pub fn get(&self, key: &FlowKey) -> Option<&Slot> {
-        self.find(Self::hash(key), key).map(|i| self.slot(i))
+        self.find(self.hash(key), key).map(|i| self.slot(i))
     }
 
     /// Inserts or overwrites (the connection was refreshed at `now`);
     /// returns false when the cache is full.
     pub fn insert(&mut self, key: FlowKey, entry: CacheEntry, now: u32) -> bool {
-        let h = Self::hash(&key);
+        let h = self.hash(&key);
         let slot = Slot {
             key,
             refreshed: now,
@@ -416,9 +435,7 @@ mod tests {
         let agree = |c: &FlowCache, out: &[Option<Lookup>]| {
             for (i, l) in out.iter().enumerate() {
                 let k = key(i as u32);
-                let single = (i % 7 != 0)
-                    .then(|| c.find(FlowCache::hash(&k), &k))
-                    .flatten();
+                let single = (i % 7 != 0).then(|| c.find(c.hash(&k), &k)).flatten();
                 assert_eq!(l.as_ref().and_then(|l| c.resolve(l)), single, "frame {i}");
             }
         };
@@ -437,6 +454,27 @@ mod tests {
             c.insert(key(i), entry(1), 0);
         }
         agree(&c, &out);
+    }
+
+    /// Flows a pod crafts to share one bucket (found with one cache's hash,
+    /// as if it knew that hash) spread over the buckets of another cache:
+    /// each cache's hash has a key of its own.
+    #[test]
+    fn flows_crafted_to_collide_in_one_cache_do_not_in_another() {
+        let probe = FlowCache::new(1024);
+        let bucket = |k: &FlowKey| probe.hash(k) & probe.mask;
+        let target = bucket(&key(0));
+        let crafted: Vec<FlowKey> = (1..)
+            .map(key)
+            .filter(|k| bucket(k) == target)
+            .take(32)
+            .collect();
+        let mut c = FlowCache::new(1024);
+        for (i, k) in crafted.iter().enumerate() {
+            assert!(c.insert(*k, entry(i as u16), 0));
+        }
+        let kept = crafted.iter().filter(|k| c.get(k).is_some()).count();
+        assert_eq!(kept, crafted.len(), "crafted flows evicted each other");
     }
 
     #[test]

@@ -60,6 +60,9 @@ pub struct PortState {
     pub name: String,
     pub mac: Mac,
     pub kind: PortKind,
+    /// The largest IP packet the port takes (its device's MTU); what is
+    /// bigger is answered with "too big" or dropped, never sent.
+    pub mtu: u16,
     pub counters: Counters,
 }
 

@@ -120,6 +120,7 @@ fn large_frames_are_bounded_by_bytes() {
     let mut blocked = MemPort::new();
     blocked.tx_limit = Some(0);
     let mut w = worker(Box::new(blocked));
+    w.datapath.set_mtu(2, 9000); // b's device takes jumbo frames
     let len = 8_000;
     for seq in 0..PENDING_FRAMES as u32 {
         mem(&mut w, 1).rx.push_back(frame(B, B4, seq, len));

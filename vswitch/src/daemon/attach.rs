@@ -103,6 +103,8 @@ impl Daemon {
             },
             port: Box::new(tap),
         });
+        let mtu = a.mtu.min(u16::MAX as u32) as u16;
+        self.switch.send(Command::Mtu(a.port, mtu));
     }
 
     pub(super) fn add(&mut self, req: AddRequest) -> Result<Attachment, RequestError> {

@@ -88,6 +88,8 @@ impl Daemon {
             cluster_cidrs: opts.cluster_cidrs.clone(),
             vni: opts.overlay.as_ref().map_or(1, |o| o.vni),
             overlay_mtu: opts.mtu.min(u16::MAX as u32) as u16,
+            // the node's TAP and pods without an MTU of their own
+            port_mtu: opts.mtu.min(u16::MAX as u32) as u16,
             ..Config::default()
         };
         let (gateway_v4, gateway_v6) = (cfg.gateway_v4, cfg.gateway_v6);

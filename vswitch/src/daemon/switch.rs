@@ -32,6 +32,8 @@ pub enum Command {
     },
     /// Marks a pod's port ready from this policy generation on.
     Ready(PortId, u64),
+    /// A port's MTU (its device's): bigger packets are not sent to it.
+    Mtu(PortId, u16),
     /// Detaches a port; the reply comes once its descriptor is closed.
     Detach(PortId, mpsc::Sender<()>),
     /// What vswitchctl and the metrics endpoint show.
@@ -165,6 +167,7 @@ fn handle(el: &mut EventLoop, c: Command) {
             }
         }
         Command::Ready(id, generation) => el.worker.datapath.set_ready(id, generation),
+        Command::Mtu(id, mtu) => el.worker.datapath.set_mtu(id, mtu),
         Command::Detach(id, done) => {
             let _ = el.deregister(id);
             drop(el.worker.detach(id));

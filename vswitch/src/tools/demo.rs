@@ -202,7 +202,10 @@ fn describe(o: Outcome) -> &'static str {
         }
         Outcome::Forged => "dropped: an overlay packet from no known node",
         Outcome::NoNode => "dropped: in the cluster's pod range but on no known node",
-        Outcome::TooBig => "dropped: too big for the overlay",
+        Outcome::TooBig => "dropped: too big for its output port",
+        Outcome::ForgedIcmp => {
+            "dropped: an ICMP error from where none about its connection can come"
+        }
         Outcome::ShareFull => "dropped: the pod holds its conntrack share",
     }
 }

@@ -53,9 +53,18 @@ impl Datapath {
             name: name.to_string(),
             mac,
             kind,
+            mtu: self.cfg.port_mtu,
             counters: Counters::default(),
         });
         self.epoch += 1;
+    }
+
+    /// Sets the largest IP packet a local port takes (its device's MTU).
+    pub fn set_mtu(&mut self, id: PortId, mtu: u16) {
+        if let Some(Some(p)) = self.ports.get_mut(id as usize) {
+            p.mtu = mtu;
+            self.epoch += 1; // cached flows carry the old one
+        }
     }
 
     fn unindex(&mut self, id: PortId, p: &PortState) {

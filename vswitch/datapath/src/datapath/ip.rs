@@ -1,6 +1,12 @@
 //! The IP packet path between parsing and output: neighbour discovery,
 //! anti-spoofing, readiness, routing, fragments, connection tracking and
 //! NetworkPolicy, and the flow-cache entry for what is allowed.
+//!
+//! Policy exempts only the node's own connections to its pods (and their
+//! replies); a pod's traffic to its node is egress like any other. An ICMP
+//! error passes as part of the connection it quotes, and only from the way
+//! to the quoted peer (else `forged_icmp`); Time Exceeded and "too big" are
+//! answered only for packets policy lets through.
 
 use std::net::IpAddr;
 
@@ -16,7 +22,7 @@ use crate::frag::FragKey;
 use crate::parse::{self, IpPacket, L4, Mac};
 use crate::ports::{PortId, PortKind};
 
-use super::rewrite::too_big;
+use super::rewrite::{fragmentable, oversize};
 
 /// What the IP path decided for a packet.
 #[derive(Debug)]
@@ -96,7 +102,13 @@ impl Datapath {
             Ok(fwd) => fwd,
             Err(o) => return IpVerdict::Drop(o),
         };
+        // Time Exceeded tells the sender that the destination is there:
+        // answered only for what policy would let through.
         if fwd.routed && ip.ttl <= 1 {
+            let node_local = from_node && self.is_node_address(ip.src);
+            if !self.would_pass(ip, node_local, ms) {
+                return IpVerdict::Drop(Outcome::PolicyDeny);
+            }
             return self.ttl_expired(in_port, frame).into();
         }
         if let PortKind::Pod {
@@ -117,12 +129,25 @@ impl Datapath {
         }
 
         let tuple = ip.tuple();
-        let node_local =
-            (from_node && self.is_node_address(ip.src)) || self.is_node_address(ip.dst);
+        // The node's own traffic to its pods is exempt from policy (kubelet
+        // probes), and so are the replies of its connections; a pod's
+        // traffic to its node is egress like any other (the node's
+        // addresses are ipBlock peers).
+        let node_local = from_node && self.is_node_address(ip.src);
         let ct = if let L4::IcmpError { inner } = ip.l4 {
-            // Related to a tracked connection, and going back to its sender.
+            // Related to a tracked connection, going back to its sender, and
+            // from where an error about it can come: the way to the quoted
+            // peer (the peer itself, a router beyond the node or overlay
+            // port), or the switch. Anyone else's is forged: an error cannot
+            // start a connection, and would make the sender's socket fail,
+            // lower its path MTU, or carry data to it past policy.
             match self.ct.lookup(&inner, ms) {
-                Some((r, _)) if inner.src == ip.dst => r,
+                Some((r, _)) if inner.src == ip.dst => {
+                    if !self.may_report(in_port, ip.src, inner.dst) {
+                        return IpVerdict::Drop(Outcome::ForgedIcmp);
+                    }
+                    r
+                }
                 _ if node_local => CtRef::default(),
                 _ => return IpVerdict::Drop(Outcome::Untracked),
             }
@@ -156,7 +181,12 @@ impl Datapath {
             }
             match found {
                 Some((r, dir)) => {
-                    if let Err(o) = self.recheck(r, node_local, ms) {
+                    // exempt: a connection the node's own address started
+                    let by_node = self.is_node_address(match dir {
+                        conntrack::Dir::Orig => ip.src,
+                        conntrack::Dir::Reply => ip.dst,
+                    });
+                    if let Err(o) = self.recheck(r, by_node, ms) {
                         return IpVerdict::Drop(o);
                     }
                     self.ct.update(r, dir, &ip.l4, ms);
@@ -194,10 +224,17 @@ impl Datapath {
             }
         };
 
-        // Allowed, but too big for the overlay: answered as a router would
-        // (IPv4 without DF is fragmented by the overlay instead).
-        if fwd.mtu != 0 && too_big(frame, fwd.mtu, gso) {
-            return self.too_big_reply(in_port, frame, fwd.mtu).into();
+        // Allowed, but too big for its output port: answered as a router
+        // would; IPv4 without DF is fragmented by the overlay, and dropped
+        // for a local port (the switch does not fragment).
+        if fwd.mtu != 0 && oversize(frame, fwd.mtu, gso) {
+            if !fragmentable(frame, gso) {
+                return self.too_big_reply(in_port, frame, fwd.mtu).into();
+            }
+            let out = self.ports[fwd.port as usize].as_ref().expect("port");
+            if !matches!(out.kind, PortKind::Remote { .. }) {
+                return IpVerdict::Drop(Outcome::TooBig);
+            }
         }
 
         if let Some(f) = ip.frag {
@@ -217,6 +254,33 @@ impl Datapath {
             );
         }
         IpVerdict::Forward(fwd)
+    }
+
+    /// Whether `ip` would pass the connection and policy checks, without
+    /// tracking it: part of a tracked connection, a later fragment of a
+    /// first that passed, or a new flow policy allows (`node_local`: the
+    /// node's own, exempt). An ICMP error is not (no error answers one).
+    fn would_pass(&mut self, ip: &IpPacket, node_local: bool, ms: u64) -> bool {
+        if let Some(f) = ip.frag.filter(|f| !f.first) {
+            return self.frags.follow(&FragKey::of(ip, f), ms).is_some();
+        }
+        if matches!(ip.l4, L4::IcmpError { .. }) {
+            return false;
+        }
+        let tuple = ip.tuple();
+        node_local
+            || self.ct.lookup(&tuple, ms).is_some()
+            || (conntrack::may_start(&ip.l4) && self.allowed(&tuple))
+    }
+
+    /// Whether an ICMP error from `src`, received on `in_port`, may be
+    /// about a packet sent to `peer`: it came in on the port that packet
+    /// left by (from the peer, or from a router beyond the node or overlay
+    /// port), or from the switch's own address.
+    fn may_report(&self, in_port: PortId, src: IpAddr, peer: IpAddr) -> bool {
+        src == IpAddr::V4(self.cfg.gateway_v4)
+            || src == IpAddr::V6(self.cfg.gateway_v6)
+            || self.way_to(peer) == Some(in_port)
     }
 
     /// NetworkPolicy for a new connection.

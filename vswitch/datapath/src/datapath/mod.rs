@@ -35,7 +35,7 @@ use crate::reply;
 use crate::wire::eth;
 
 use ip::IpVerdict;
-use rewrite::{rewrite, too_big};
+use rewrite::{oversize, rewrite};
 
 /// What to do with a frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,7 +131,7 @@ impl Datapath {
         // Fast path: a packet of an established flow, by exact match on the
         // sender's port and the packet's addresses and ports.
         if let Some(key) = parse::fast_key(frame, in_port, mac)
-            && let Some(idx) = self.cache.find(FlowCache::hash(&key), &key)
+            && let Some(idx) = self.cache.find(self.cache.hash(&key), &key)
             && let Some(out) = self.hit(mac, frame, idx, ms, gso)
         {
             let len = frame.len() as u64;
@@ -313,7 +313,7 @@ impl Datapath {
         gso: u16,
     ) -> Option<PortId> {
         let s = self.cache.slot(idx);
-        if s.epoch != self.epoch as u32 || (s.mtu != 0 && too_big(frame, s.mtu, gso)) {
+        if s.epoch != self.epoch as u32 || (s.mtu != 0 && oversize(frame, s.mtu, gso)) {
             return None;
         }
         let fwd = s.forward(self.cfg.gateway_mac, port_mac);

@@ -1,27 +1,33 @@
 //! What happens to a frame on its way out: the MACs, TTL or hop limit
-//! rewritten in place, and whether it is too big for its output port.
-//! Both run on every fast-path hit.
+//! rewritten in place, and whether it is too big for its output port (a
+//! hit with oversize packets takes the slow path, which answers or drops
+//! them, or lets the overlay fragment them). Both run on every fast-path
+//! hit.
 
 use crate::flow_cache::Forward;
 use crate::wire::{self, checksum, eth, ethertype, ip_proto, ipv4, ipv6, tcp, udp};
 
-/// Whether a frame's IP packets are larger than `mtu` and may not be
-/// fragmented on the way: IPv6, IPv4 with DF set, and the segments of an
-/// offload frame (`gso`: its segment size), which are cut, never
-/// fragmented.
+/// Whether a frame's IP packets are larger than `mtu`: the frame's, or the
+/// segments of an offload frame (`gso`: its segment size).
 #[inline(always)]
-pub(super) fn too_big(frame: &[u8], mtu: u16, gso: u16) -> bool {
+pub(super) fn oversize(frame: &[u8], mtu: u16, gso: u16) -> bool {
     if gso != 0 {
         return segment_len(frame, gso).is_some_and(|n| n > mtu as usize);
     }
-    let len = frame.len().saturating_sub(eth::HLEN);
-    len > mtu as usize
+    frame.len().saturating_sub(eth::HLEN) > mtu as usize
+}
+
+/// Whether a frame's packet may be fragmented on the way: IPv4 without DF,
+/// not an offload frame (whose segments are cut, never fragmented), and
+/// what is not IP.
+pub(super) fn fragmentable(frame: &[u8], gso: u16) -> bool {
+    gso == 0
         && match wire::be16(frame, eth::ETHERTYPE) {
             ethertype::IPV4 => frame
                 .get(eth::HLEN + ipv4::FLG_OFF.start)
-                .is_some_and(|f| f & ipv4::DF_BYTE != 0),
-            ethertype::IPV6 => true,
-            _ => false,
+                .is_some_and(|f| f & ipv4::DF_BYTE == 0),
+            ethertype::IPV6 => false,
+            _ => true,
         }
 }
 

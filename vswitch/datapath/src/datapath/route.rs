@@ -13,6 +13,17 @@ use crate::ports::{PortId, PortKind};
 type Route = Result<Forward, Outcome>;
 
 impl Datapath {
+    /// The port a local pod's packet to `dst` leaves by (a local pod,
+    /// another node, else the node port), whether or not it would be
+    /// allowed.
+    pub(super) fn way_to(&self, dst: IpAddr) -> Option<PortId> {
+        self.by_ip
+            .get(&dst)
+            .copied()
+            .or_else(|| self.remote.lookup(dst))
+            .or(self.node_port)
+    }
+
     /// Where a packet goes. A frame to the gateway's MAC is routed by
     /// destination address; a frame to a local pod's MAC is delivered at L2
     /// if that pod owns the destination address. Nothing is flooded.
@@ -30,7 +41,8 @@ impl Datapath {
             let out = self.ports[port as usize].as_ref().ok_or(Outcome::NoRoute)?;
             let mtu = match out.kind {
                 PortKind::Remote { .. } => self.cfg.overlay_mtu,
-                _ => 0,
+                PortKind::Pod { .. } | PortKind::Node { .. } => out.mtu,
+                PortKind::Overlay => 0,
             };
             Ok(Forward {
                 port,
