@@ -371,3 +371,47 @@ fn packets_too_big_for_the_destination_pod_are_answered_or_dropped() {
     assert!(matches!(offload(1361, &mut s), Action::Reply(1, _)));
     assert_eq!(s.count(Outcome::TooBig), 5);
 }
+
+/// A connection cut by a policy change relates nothing: an error quoting
+/// it, even from its own peer, is no way past the cut.
+#[test]
+fn a_cut_connection_relates_no_icmp_error() {
+    let mut s = three_pods();
+    let mut first = udp4(A, GW, A4, B4, 5000, 53);
+    let quoted = quote(&first, 20);
+    assert_eq!(s.send(1, &mut first), Action::Forward(2));
+    assert_eq!(
+        s.send(2, &mut udp4(B, GW, B4, A4, 53, 5000)),
+        Action::Forward(1)
+    );
+    s.apply(&deny_ingress("b"));
+    assert_eq!(
+        s.send(1, &mut udp4(A, GW, A4, B4, 5000, 53)),
+        Action::Drop(Outcome::PolicyDeny),
+        "the flow is cut"
+    );
+    assert_eq!(
+        s.send(2, &mut icmp4_error(B, B4, A4, PORT_UNREACHABLE, &quoted)),
+        Action::Drop(Outcome::PolicyDeny),
+        "b's error about the cut flow"
+    );
+}
+
+/// The node's exemption covers the connections it starts, not a segment
+/// picked up mid-stream (in the grace period after a start): that one is
+/// judged by the pod's ingress like any other.
+#[test]
+fn the_nodes_mid_stream_segment_is_judged_by_policy() {
+    let mut s = three_pods();
+    s.apply(&deny_ingress("a"));
+    assert_eq!(
+        s.send(0, &mut tcp4(NODE, GW, NODE4, A4, 50000, 80, "A", 64)),
+        Action::Drop(Outcome::PolicyDeny),
+        "a bare ACK from the node to an isolated pod"
+    );
+    assert_eq!(
+        s.send(0, &mut tcp4(NODE, GW, NODE4, A4, 50001, 80, "S", 64)),
+        Action::Forward(1),
+        "the node's SYN (a probe) is exempt"
+    );
+}

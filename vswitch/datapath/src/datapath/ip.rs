@@ -146,6 +146,10 @@ impl Datapath {
                     if !self.may_report(in_port, ip.src, inner.dst) {
                         return IpVerdict::Drop(Outcome::ForgedIcmp);
                     }
+                    // A cut connection relates nothing either.
+                    if self.ct.is_cut(r) {
+                        return IpVerdict::Drop(Outcome::PolicyDeny);
+                    }
                     r
                 }
                 _ if node_local => CtRef::default(),
@@ -196,7 +200,11 @@ impl Datapath {
                     if !conntrack::may_start(&ip.l4) {
                         return IpVerdict::Drop(Outcome::Untracked);
                     }
-                    if !node_local && !self.allowed(&tuple) {
+                    // The node's exemption is for connections it starts,
+                    // not for a segment picked up mid-stream (which could
+                    // revive a connection that policy cut).
+                    let exempt = node_local && !conntrack::is_pickup(&ip.l4);
+                    if !exempt && !self.allowed(&tuple) {
                         if reopened {
                             // The old connection's flow-cache entries (of
                             // either direction) would carry its packets
