@@ -105,6 +105,8 @@ pub struct Daemon {
     /// What the metrics endpoint reads (the source's sync state lives
     /// only there).
     gauges: std::sync::Arc<metrics::Gauges>,
+    /// The manifest folder as read at start, handed to its source.
+    folder: manifests::Folder,
 }
 
 impl Daemon {
