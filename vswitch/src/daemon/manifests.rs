@@ -69,7 +69,36 @@ impl Folder {
     /// that cannot be listed or a file that cannot be read changes nothing.
     pub fn load(&mut self, dir: &Path) -> Result<Desired, ManifestError> {
         let seen = fingerprint(dir);
-        let (files, notes, stale) = self.read(dir)?;
+        let mut texts = Vec::new();
+        for f in manifest_files(dir).map_err(|source| ManifestError::ListFolder {
+            dir: dir.to_path_buf(),
+            source,
+        })? {
+            let text = std::fs::read_to_string(&f).map_err(|source| ManifestError::ReadFile {
+                file: f.clone(),
+                source,
+            })?;
+            texts.push((f, text));
+        }
+        let d = self.take(texts);
+        self.seen = seen;
+        Ok(d)
+    }
+
+    /// The read itself, without I/O: the text of every manifest file (by
+    /// path) now. A file not given is gone, and so are its objects.
+    pub fn take(&mut self, texts: Vec<(PathBuf, String)>) -> Desired {
+        let last: BTreeMap<&ObjectId, &Object> =
+            self.files.values().flatten().map(|(i, o)| (i, o)).collect();
+        let mut files = BTreeMap::new();
+        let mut notes = Vec::new();
+        let mut stale = 0;
+        for (f, text) in texts {
+            let before: &[(ObjectId, Object)] = self.files.get(&f).map_or(&[], Vec::as_slice);
+            let (objects, kept) = read_file(&f, &text, before, &last, &mut notes);
+            stale += kept;
+            files.insert(f, objects);
+        }
         let objects = files.values().flatten().map(|(_, o)| o.clone()).collect();
         let mut d = assemble(objects, notes);
         d.stale = stale;
@@ -80,43 +109,7 @@ impl Folder {
             .count();
         self.notes = d.notes.iter().cloned().collect();
         self.files = files;
-        self.seen = seen;
-        Ok(d)
-    }
-
-    /// Every file's objects after this read, the notes, and how many
-    /// objects are kept from an earlier read.
-    #[allow(clippy::type_complexity)]
-    fn read(
-        &self,
-        dir: &Path,
-    ) -> Result<
-        (
-            BTreeMap<PathBuf, Vec<(ObjectId, Object)>>,
-            Vec<String>,
-            usize,
-        ),
-        ManifestError,
-    > {
-        let last: BTreeMap<&ObjectId, &Object> =
-            self.files.values().flatten().map(|(i, o)| (i, o)).collect();
-        let mut files = BTreeMap::new();
-        let mut notes = Vec::new();
-        let mut stale = 0;
-        for f in manifest_files(dir).map_err(|source| ManifestError::ListFolder {
-            dir: dir.to_path_buf(),
-            source,
-        })? {
-            let text = std::fs::read_to_string(&f).map_err(|source| ManifestError::ReadFile {
-                file: f.clone(),
-                source,
-            })?;
-            let before: &[(ObjectId, Object)] = self.files.get(&f).map_or(&[], Vec::as_slice);
-            let (objects, kept) = read_file(&f, &text, before, &last, &mut notes);
-            stale += kept;
-            files.insert(f, objects);
-        }
-        Ok((files, notes, stale))
+        d
     }
 }
 

@@ -52,7 +52,7 @@ mod device;
 mod error;
 pub mod install;
 pub mod kube;
-pub(crate) mod manifests;
+pub mod manifests;
 pub(crate) mod metrics;
 mod model;
 pub(crate) mod netlink;
@@ -73,6 +73,7 @@ use vswitch_cni::proto::{Attachment, AttachmentKey, Reply, Request};
 use switch::Switch;
 use vswitch_datapath::io::worker::PolicyHandle;
 
+pub use control::parse_request;
 pub use error::StartError;
 pub use startup::Options;
 
