@@ -93,9 +93,30 @@ impl Folder {
         let mut files = BTreeMap::new();
         let mut notes = Vec::new();
         let mut stale = 0;
-        for (f, text) in texts {
-            let before: &[(ObjectId, Object)] = self.files.get(&f).map_or(&[], Vec::as_slice);
-            let (objects, kept) = read_file(&f, &text, before, &last, &mut notes);
+        let parsed: Vec<(PathBuf, Vec<manifest::Named>)> = texts
+            .into_iter()
+            .map(|(f, text)| (f, manifest::parse_with_ids(&text)))
+            .collect();
+        // What this read gives validly (from files that parse): a kept
+        // version never stands in for it.
+        let given: BTreeSet<ObjectId> = parsed
+            .iter()
+            .filter(|(_, rs)| !rs.iter().any(|(_, r)| is_syntax_error(r)))
+            .flat_map(|(_, rs)| {
+                rs.iter()
+                    .filter_map(|(_, r)| r.as_ref().ok().map(Object::id))
+            })
+            .collect();
+        for (f, results) in parsed {
+            let before: Vec<(ObjectId, Object)> = self
+                .files
+                .get(&f)
+                .into_iter()
+                .flatten()
+                .filter(|(i, _)| !given.contains(i))
+                .cloned()
+                .collect();
+            let (objects, kept) = read_file(&f, results, &before, &last, &given, &mut notes);
             stale += kept;
             files.insert(f, objects);
         }
@@ -113,21 +134,24 @@ impl Folder {
     }
 }
 
+fn is_syntax_error(r: &Result<Object, manifest::ManifestError>) -> bool {
+    matches!(r, Err(manifest::ManifestError::Yaml { .. }))
+}
+
 /// One file's objects: its valid documents, plus the last valid version of
-/// what a rejected document stands for; and how many were kept so.
+/// what a rejected document stands for (unless `given` validly elsewhere);
+/// and how many were kept so. `before` is what the file held and is not
+/// given now.
 fn read_file(
     f: &Path,
-    text: &str,
+    results: Vec<manifest::Named>,
     before: &[(ObjectId, Object)],
     last: &BTreeMap<&ObjectId, &Object>,
+    given: &BTreeSet<ObjectId>,
     notes: &mut Vec<String>,
 ) -> (Vec<(ObjectId, Object)>, usize) {
-    let results = manifest::parse_with_ids(text);
     let file = f.display();
-    if let Some(e) = results.iter().find_map(|(_, r)| match r {
-        Err(e @ manifest::ManifestError::Yaml { .. }) => Some(e),
-        _ => None,
-    }) {
+    if let Some(Err(e)) = results.iter().map(|(_, r)| r).find(|r| is_syntax_error(r)) {
         // The file cannot be read as a whole: what it held stays.
         if before.is_empty() {
             notes.push(format!("rejected: {file}: {e}"));
@@ -153,7 +177,7 @@ fn read_file(
             }
             (Err(e), Some(id)) => {
                 named.insert(id.clone());
-                match last.get(&id) {
+                match last.get(&id).filter(|_| !given.contains(&id)) {
                     Some(o) => {
                         notes.push(format!(
                             "rejected: {file}: {e}; keeping its last valid version"
@@ -396,5 +420,33 @@ mod tests {
             d.notes
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A kept version never stands in for a valid one read now from
+    /// another file (an object moved while its old file broke).
+    #[test]
+    fn a_valid_version_elsewhere_wins_over_a_kept_one() {
+        let policy = |app: &str| {
+            format!(
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p}}\nspec: {{podSelector: {{matchLabels: {{app: {app}}}}}}}\n"
+            )
+        };
+        let mut folder = Folder::default();
+        let d = folder.take(vec![("a.yaml".into(), policy("old"))]);
+        assert_eq!(d.cluster.policies.len(), 1);
+        for broken in [
+            policy("old").replace("podSelector", "podSelectr"),
+            "{{{".into(),
+        ] {
+            let d = folder.take(vec![
+                ("a.yaml".into(), broken.clone()),
+                ("b.yaml".into(), policy("new")),
+            ]);
+            let p = &d.cluster.policies[&policy::PolicyKey::new("default", "p")];
+            assert_eq!(p.pod_selector.match_labels["app"], "new", "{broken}");
+            assert_eq!(d.stale, 0, "{:?}", d.notes);
+            folder = Folder::default();
+            folder.take(vec![("a.yaml".into(), policy("old"))]);
+        }
     }
 }
