@@ -31,7 +31,11 @@ fuzz_target!(|data: &[u8]| {
     let parsed = parse_with_ids(second);
     for (id, r) in &parsed {
         if let Ok(o) = r {
-            assert_eq!(id.as_ref(), Some(&o.id()), "a valid document names its object");
+            assert_eq!(
+                id.as_ref(),
+                Some(&o.id()),
+                "a valid document names its object"
+            );
         }
     }
     let unreadable = parsed
@@ -60,7 +64,11 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     if !any_rejected {
-        assert_eq!(after.stale, 0, "a valid version keeps nothing: {:?}", after.notes);
+        assert_eq!(
+            after.stale, 0,
+            "a valid version keeps nothing: {:?}",
+            after.notes
+        );
     }
     let _ = Engine::from_cluster(after.cluster);
 });
