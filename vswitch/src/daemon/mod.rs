@@ -24,7 +24,7 @@
 //! One vswitchd per state folder: it is locked for the daemon's life.
 //!
 //! The files, one concern each (the [`Daemon`] struct and the dispatch of
-//! requests stay here). Public is only what the binaries and the tests
+//! requests stay here). Public is only what the binaries, the tests and the fuzz targets
 //! use; the rest is `pub(crate)` (the tools wing uses `switch`, `netns`
 //! and `manifests`) or private:
 //!
