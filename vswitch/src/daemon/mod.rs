@@ -24,9 +24,9 @@
 //! One vswitchd per state folder: it is locked for the daemon's life.
 //!
 //! The files, one concern each (the [`Daemon`] struct and the dispatch of
-//! requests stay here). Public is only what the binaries, the tests and the fuzz targets
-//! use; the rest is `pub(crate)` (the tools wing uses `switch`, `netns`
-//! and `manifests`) or private:
+//! requests stay here). Public is only what the binaries, the tests and
+//! the fuzz targets use (`manifests`, `parse_request`); the rest is
+//! `pub(crate)` (the tools wing uses `switch` and `netns`) or private:
 //!
 //! - `startup.rs`: [`Options`], [`Daemon::start`], the state folder's lock,
 //!   the node TAP, re-attaching the previous run's pods;
