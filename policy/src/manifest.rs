@@ -18,7 +18,7 @@ use crate::model::{Namespace, Node, Pod, PodKey};
 use crate::netpol::Policy;
 
 /// One object read from a manifest.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Object {
     Namespace(Namespace),
     Pod(Pod),
@@ -28,6 +28,87 @@ pub enum Object {
     /// A Node: where its pods live and how other nodes reach it.
     Node(Node),
 }
+
+/// Which object a document describes: kind, namespace (`None` for
+/// cluster-scoped kinds, `default` when a namespaced object omits it) and
+/// name. A rejected document that still names its object this way lets a
+/// reader keep that object's last valid version.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectId {
+    pub kind: &'static str,
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl std::fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{} {ns}/{}", self.kind, self.name),
+            None => write!(f, "{} {}", self.kind, self.name),
+        }
+    }
+}
+
+impl Object {
+    /// The object's identity, as [`parse_with_ids`] names its document.
+    pub fn id(&self) -> ObjectId {
+        let namespaced = |kind, key: &PodKey| ObjectId {
+            kind,
+            namespace: Some(key.namespace.clone()),
+            name: key.name.clone(),
+        };
+        match self {
+            Object::Namespace(n) => ObjectId {
+                kind: "Namespace",
+                namespace: None,
+                name: n.name.clone(),
+            },
+            Object::Pod(p) => namespaced("Pod", &p.key),
+            Object::HostNetworkPod(k) => namespaced("Pod", k),
+            Object::NetworkPolicy(p) => ObjectId {
+                kind: "NetworkPolicy",
+                namespace: Some(p.key.namespace.clone()),
+                name: p.key.name.clone(),
+            },
+            Object::Node(n) => ObjectId {
+                kind: "Node",
+                namespace: None,
+                name: n.name.clone(),
+            },
+        }
+    }
+}
+
+/// The identity a document gives itself, when its kind is supported and it
+/// has a name (whether or not the rest of it is valid).
+fn document_id(api: &str, kind: &str, value: &Value) -> Option<ObjectId> {
+    let (kind, namespaced): (&'static str, bool) = match (api, kind) {
+        ("v1", "Namespace") => ("Namespace", false),
+        ("v1", "Pod") => ("Pod", true),
+        ("v1", "Node") => ("Node", false),
+        ("networking.k8s.io/v1", "NetworkPolicy") => ("NetworkPolicy", true),
+        _ => return None,
+    };
+    let meta = value.get("metadata")?;
+    let name = meta.get("name").and_then(Value::as_str)?;
+    if name.is_empty() {
+        return None;
+    }
+    let namespace = namespaced.then(|| {
+        meta.get("namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_string()
+    });
+    Some(ObjectId {
+        kind,
+        namespace,
+        name: name.to_string(),
+    })
+}
+
+/// One document's result and the object it names, if it names one.
+pub type Named = (Option<ObjectId>, Result<Object, ManifestError>);
 
 /// Why one document could not be used; the other documents are unaffected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,16 +133,25 @@ pub enum ManifestError {
 /// Parses every document of a YAML text. Each document yields its objects or
 /// an error, independently.
 pub fn parse(text: &str) -> Vec<Result<Object, ManifestError>> {
+    parse_with_ids(text).into_iter().map(|(_, r)| r).collect()
+}
+
+/// [`parse`], each result with the object its document names (`None` for
+/// a syntax error, an unsupported kind or a document without a name).
+pub fn parse_with_ids(text: &str) -> Vec<Named> {
     let mut out = Vec::new();
     for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
         let doc_no = i + 1;
         let value = match <Value as serde::Deserialize>::deserialize(doc) {
             Ok(v) => v,
             Err(e) => {
-                out.push(Err(ManifestError::Yaml {
-                    doc: doc_no,
-                    message: e.to_string(),
-                }));
+                out.push((
+                    None,
+                    Err(ManifestError::Yaml {
+                        doc: doc_no,
+                        message: e.to_string(),
+                    }),
+                ));
                 // The YAML stream cannot be resynchronised after a syntax error.
                 break;
             }
@@ -69,7 +159,7 @@ pub fn parse(text: &str) -> Vec<Result<Object, ManifestError>> {
         if value.is_null() {
             continue; // an empty document (e.g. a trailing `---`)
         }
-        parse_value(doc_no, value, &mut out);
+        parse_named(doc_no, value, &mut out);
     }
     out
 }
@@ -77,6 +167,12 @@ pub fn parse(text: &str) -> Vec<Result<Object, ManifestError>> {
 /// Converts one already-parsed object (used for `kind: List` items and by
 /// callers that hold YAML values, such as scenario files).
 pub fn parse_value(doc: usize, value: Value, out: &mut Vec<Result<Object, ManifestError>>) {
+    let mut named = Vec::new();
+    parse_named(doc, value, &mut named);
+    out.extend(named.into_iter().map(|(_, r)| r));
+}
+
+fn parse_named(doc: usize, value: Value, out: &mut Vec<Named>) {
     let kind = value
         .get("kind")
         .and_then(Value::as_str)
@@ -87,6 +183,7 @@ pub fn parse_value(doc: usize, value: Value, out: &mut Vec<Result<Object, Manife
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string();
+    let id = document_id(&api, &kind, &value);
     let result = match (api.as_str(), kind.as_str()) {
         ("v1", "List") => {
             let items = value
@@ -95,7 +192,7 @@ pub fn parse_value(doc: usize, value: Value, out: &mut Vec<Result<Object, Manife
                 .cloned()
                 .unwrap_or_default();
             for item in items {
-                parse_value(doc, item, out);
+                parse_named(doc, item, out);
             }
             return;
         }
@@ -127,7 +224,7 @@ pub fn parse_value(doc: usize, value: Value, out: &mut Vec<Result<Object, Manife
             },
         }),
     };
-    out.push(result);
+    out.push((id, result));
 }
 
 fn object_name(kind: &str, value: &Value) -> String {
@@ -341,6 +438,28 @@ spec: {podCIDRs: [10.244.3.0/33]}
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    /// A rejected document still names its object, as a valid one would.
+    #[test]
+    fn rejected_documents_name_their_object() {
+        let r = parse_with_ids(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec: {podSelectr: {}}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec: {podSelector: {}}\n---\nkind: NetworkPolicyy\nmetadata: {name: q}\n",
+        );
+        assert_eq!(r.len(), 3);
+        let id = ObjectId {
+            kind: "NetworkPolicy",
+            namespace: Some("default".into()),
+            name: "p".into(),
+        };
+        assert!(r[0].1.is_err());
+        assert_eq!(r[0].0.as_ref(), Some(&id));
+        assert_eq!(r[1].0.as_ref(), Some(&id));
+        assert_eq!(r[1].1.as_ref().map(Object::id).ok(), Some(id));
+        assert!(
+            r[2].0.is_none() && r[2].1.is_err(),
+            "an unsupported kind names nothing"
+        );
     }
 
     #[test]

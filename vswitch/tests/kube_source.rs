@@ -757,3 +757,69 @@ async fn an_unreachable_api_server_is_reported_by_the_real_client() {
     run.stop().await;
     let _ = std::fs::remove_file(path);
 }
+
+/// A watch event carrying a new version of a NetworkPolicy that fails
+/// validation keeps the previous version in force (a rejected edit must not
+/// open what the policy isolated); a valid version replaces it, a deletion
+/// removes it.
+#[tokio::test]
+async fn an_invalid_update_keeps_the_last_valid_version() {
+    let (fake, mut run, c) = started().await;
+    let key = PolicyKey::new("prod", "allow-web");
+    let valid = c.policies.get(&key).expect("allow-web listed").clone();
+
+    let mut broken = allow_from_db("prod", "allow-web");
+    broken["spec"]["ingress"][0]["ports"][0]["port"] = json!(0);
+    fake.apply(Kind::Policies, broken);
+    let Update::Cluster {
+        cluster: c,
+        notes,
+        stale,
+        rejected,
+        ..
+    } = run.next().await
+    else {
+        panic!("expected a cluster");
+    };
+    assert_eq!(
+        c.policies.get(&key),
+        Some(&valid),
+        "the rejected update removed or changed the policy"
+    );
+    assert_eq!((stale, rejected), (1, 1), "stale, newly rejected");
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("NetworkPolicy prod/allow-web")
+                && n.contains("spec.ingress[0].ports[0].port")
+                && n.contains("last valid version")),
+        "notes: {notes:?}"
+    );
+
+    // A valid new version applies.
+    let mut fixed = allow_from_db("prod", "allow-web");
+    fixed["spec"]["ingress"][0]["ports"][0]["port"] = json!(8080);
+    fake.apply(Kind::Policies, fixed);
+    let (c, notes) = run.cluster().await;
+    let now = c.policies.get(&key).expect("allow-web applies");
+    assert_ne!(now, &valid, "the new version replaced the old");
+    assert!(
+        !notes.iter().any(|n| n.contains("prod/allow-web")),
+        "notes: {notes:?}"
+    );
+
+    // Rejected again, then deleted: the deletion removes it.
+    let mut broken = allow_from_db("prod", "allow-web");
+    broken["spec"]["ingress"][0]["ports"][0]["port"] = json!(70000);
+    fake.apply(Kind::Policies, broken);
+    let (c, _) = run.cluster().await;
+    assert_eq!(c.policies.get(&key), Some(now));
+    fake.delete(Kind::Policies, "prod/allow-web");
+    let (c, notes) = run.cluster().await;
+    assert!(!c.policies.contains_key(&key));
+    assert!(
+        !notes.iter().any(|n| n.contains("prod/allow-web")),
+        "notes: {notes:?}"
+    );
+    run.stop().await;
+}

@@ -292,12 +292,18 @@ fn read_request(stream: UnixStream, limits: &Limits) -> Option<Pending> {
             break;
         }
     }
-    let request = serde_json::from_slice::<Request>(&line).map_err(|e| ErrorReply {
+    let request = parse_request(&line);
+    Some(Pending { stream, request })
+}
+
+/// One request line (its newline included or not) into a [`Request`], or
+/// the error reply that says why not. No I/O: the fuzz target calls it.
+pub fn parse_request(line: &[u8]) -> Result<Request, ErrorReply> {
+    serde_json::from_slice::<Request>(line).map_err(|e| ErrorReply {
         code: code::DECODING_FAILURE,
         msg: "vswitchd could not decode the request".into(),
         details: e.to_string(),
-    });
-    Some(Pending { stream, request })
+    })
 }
 
 /// Writes `reply` as one line (errors are the client's problem: it left).

@@ -4,14 +4,24 @@
 //! Changes are found by polling (every file's path, size and modification
 //! time, twice a second): it works on every file system, including
 //! ConfigMap mounts whose files change by symlink swaps. A rejected object
-//! is reported naming its file, object and field, and left out; the rest of
-//! the folder still applies.
+//! is reported naming its file, object and field; the rest of the folder
+//! still applies.
+//!
+//! Fail safe on a broken edit ([`Folder`]): a typo must not remove a policy
+//! (that would open what it isolated). The folder remembers the objects it
+//! last read from each file. A rejected document that names its object
+//! (kind, namespace, name) keeps that object's last valid version; a file
+//! that does not parse as YAML, or holds a rejected document that names no
+//! object, keeps every object last read from it that its new content does
+//! not give validly. Each object so kept is noted ("keeping its last valid
+//! version") and counted as stale. A deleted file removes its objects; an
+//! object never read valid is left out, as before.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use policy::manifest::{self, Object};
+use policy::manifest::{self, Object, ObjectId};
 use policy::{Cluster, Namespace, Node, Pod, PodKey};
 
 /// Why the manifest folder could not be read.
@@ -36,12 +46,176 @@ pub struct Desired {
     /// Every node, sorted by name.
     pub nodes: Vec<Node>,
     pub notes: Vec<String>,
+    /// Objects served from their last valid version (a newer one was
+    /// rejected).
+    pub stale: usize,
+    /// Rejections (notes) not given by the previous read: first seen now.
+    pub rejected: usize,
 }
 
-/// Reads the folder. Pods keep only the addresses their manifests give
-/// (local pods get theirs from IPAM when they are attached).
-pub fn load(dir: &Path) -> Result<Desired, ManifestError> {
-    let (objects, mut notes) = read_objects(dir)?;
+/// The folder as last read: what each file held (kept versions included),
+/// the notes given, and the fingerprint the read saw.
+#[derive(Debug, Clone, Default)]
+pub struct Folder {
+    files: BTreeMap<PathBuf, Vec<(ObjectId, Object)>>,
+    notes: BTreeSet<String>,
+    /// The folder's fingerprint taken just before the last read.
+    pub seen: Vec<(PathBuf, u64, Option<SystemTime>)>,
+}
+
+impl Folder {
+    /// Reads the folder, keeping the last valid version of each object
+    /// whose new version is rejected (see the top of this file). A folder
+    /// that cannot be listed or a file that cannot be read changes nothing.
+    pub fn load(&mut self, dir: &Path) -> Result<Desired, ManifestError> {
+        let seen = fingerprint(dir);
+        let mut texts = Vec::new();
+        for f in manifest_files(dir).map_err(|source| ManifestError::ListFolder {
+            dir: dir.to_path_buf(),
+            source,
+        })? {
+            let text = std::fs::read_to_string(&f).map_err(|source| ManifestError::ReadFile {
+                file: f.clone(),
+                source,
+            })?;
+            texts.push((f, text));
+        }
+        let d = self.take(texts);
+        self.seen = seen;
+        Ok(d)
+    }
+
+    /// The read itself, without I/O: the text of every manifest file (by
+    /// path) now. A file not given is gone, and so are its objects.
+    pub fn take(&mut self, texts: Vec<(PathBuf, String)>) -> Desired {
+        let last: BTreeMap<&ObjectId, &Object> =
+            self.files.values().flatten().map(|(i, o)| (i, o)).collect();
+        let mut files = BTreeMap::new();
+        let mut notes = Vec::new();
+        let mut stale = 0;
+        let parsed: Vec<(PathBuf, Vec<manifest::Named>)> = texts
+            .into_iter()
+            .map(|(f, text)| (f, manifest::parse_with_ids(&text)))
+            .collect();
+        // What this read gives validly (from files that parse): a kept
+        // version never stands in for it.
+        let given: BTreeSet<ObjectId> = parsed
+            .iter()
+            .filter(|(_, rs)| !rs.iter().any(|(_, r)| is_syntax_error(r)))
+            .flat_map(|(_, rs)| {
+                rs.iter()
+                    .filter_map(|(_, r)| r.as_ref().ok().map(Object::id))
+            })
+            .collect();
+        for (f, results) in parsed {
+            let before: Vec<(ObjectId, Object)> = self
+                .files
+                .get(&f)
+                .into_iter()
+                .flatten()
+                .filter(|(i, _)| !given.contains(i))
+                .cloned()
+                .collect();
+            let (objects, kept) = read_file(&f, results, &before, &last, &given, &mut notes);
+            stale += kept;
+            files.insert(f, objects);
+        }
+        let objects = files.values().flatten().map(|(_, o)| o.clone()).collect();
+        let mut d = assemble(objects, notes);
+        d.stale = stale;
+        d.rejected = d
+            .notes
+            .iter()
+            .filter(|n| n.starts_with("rejected:") && !self.notes.contains(*n))
+            .count();
+        self.notes = d.notes.iter().cloned().collect();
+        self.files = files;
+        d
+    }
+}
+
+fn is_syntax_error(r: &Result<Object, manifest::ManifestError>) -> bool {
+    matches!(r, Err(manifest::ManifestError::Yaml { .. }))
+}
+
+/// One file's objects: its valid documents, plus the last valid version of
+/// what a rejected document stands for (unless `given` validly elsewhere);
+/// and how many were kept so. `before` is what the file held and is not
+/// given now.
+fn read_file(
+    f: &Path,
+    results: Vec<manifest::Named>,
+    before: &[(ObjectId, Object)],
+    last: &BTreeMap<&ObjectId, &Object>,
+    given: &BTreeSet<ObjectId>,
+    notes: &mut Vec<String>,
+) -> (Vec<(ObjectId, Object)>, usize) {
+    let file = f.display();
+    if let Some(Err(e)) = results.iter().map(|(_, r)| r).find(|r| is_syntax_error(r)) {
+        // The file cannot be read as a whole: what it held stays.
+        if before.is_empty() {
+            notes.push(format!("rejected: {file}: {e}"));
+        } else {
+            let names: Vec<String> = before.iter().map(|(i, _)| i.to_string()).collect();
+            notes.push(format!(
+                "rejected: {file}: {e}; keeping the last valid version of {}",
+                names.join(", ")
+            ));
+        }
+        return (before.to_vec(), before.len());
+    }
+    let mut objects = Vec::new();
+    let mut kept = 0;
+    let mut unnamed = false;
+    let mut named: BTreeSet<ObjectId> = BTreeSet::new();
+    for (id, r) in results {
+        match (r, id) {
+            (Ok(o), _) => {
+                let id = o.id();
+                named.insert(id.clone());
+                objects.push((id, o));
+            }
+            (Err(e), Some(id)) => {
+                named.insert(id.clone());
+                match last.get(&id).filter(|_| !given.contains(&id)) {
+                    Some(o) => {
+                        notes.push(format!(
+                            "rejected: {file}: {e}; keeping its last valid version"
+                        ));
+                        objects.push((id, (*o).clone()));
+                        kept += 1;
+                    }
+                    None => notes.push(format!("rejected: {file}: {e}")),
+                }
+            }
+            (Err(e), None) => {
+                unnamed = true;
+                notes.push(format!("rejected: {file}: {e}"));
+            }
+        }
+    }
+    if unnamed {
+        // A rejected document that names no object may be any of those the
+        // file held: keep the ones its new content does not give.
+        let missing: Vec<&(ObjectId, Object)> =
+            before.iter().filter(|(i, _)| !named.contains(i)).collect();
+        if !missing.is_empty() {
+            let names: Vec<String> = missing.iter().map(|(i, _)| i.to_string()).collect();
+            notes.push(format!(
+                "kept: {file}: a rejected document names no object; keeping the last valid version of {}",
+                names.join(", ")
+            ));
+            kept += missing.len();
+            objects.extend(missing.into_iter().cloned());
+        }
+    }
+    (objects, kept)
+}
+
+/// The desired cluster from the objects read. Pods keep only the addresses
+/// their manifests give (local pods get theirs from IPAM when they are
+/// attached).
+fn assemble(objects: Vec<Object>, mut notes: Vec<String>) -> Desired {
     let mut cluster = Cluster::default();
     let mut nodes: Vec<Node> = Vec::new();
     for o in &objects {
@@ -90,11 +264,13 @@ pub fn load(dir: &Path) -> Result<Desired, ManifestError> {
         cluster.pods.remove(&k);
     }
     nodes.sort();
-    Ok(Desired {
+    Desired {
         cluster,
         nodes,
         notes,
-    })
+        stale: 0,
+        rejected: 0,
+    }
 }
 
 /// A namespace that has pods or policies but no Namespace object exists
@@ -188,4 +364,89 @@ pub fn read_objects(dir: &Path) -> Result<(Vec<Object>, Vec<String>), ManifestEr
         }
     }
     Ok((objects, notes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A rejected document that names no object (here `metadata.nme`) keeps
+    /// what its file held and does not give anew; an object the file gives
+    /// validly takes its new version.
+    #[test]
+    fn a_document_naming_no_object_keeps_the_files_objects() {
+        let dir = std::env::temp_dir().join(format!("vsw-unnamed-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("p.yaml");
+        let policy = |meta: &str, app: &str| {
+            format!(
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {meta}\nspec: {{podSelector: {{matchLabels: {{app: {app}}}}}}}\n"
+            )
+        };
+        std::fs::write(
+            &f,
+            format!(
+                "{}---\n{}",
+                policy("{name: a}", "a"),
+                policy("{name: b}", "b")
+            ),
+        )
+        .unwrap();
+        let mut folder = Folder::default();
+        let d = folder.load(&dir).unwrap();
+        assert_eq!(d.cluster.policies.len(), 2);
+
+        std::fs::write(
+            &f,
+            format!(
+                "{}---\n{}",
+                policy("{name: a}", "a2"),
+                policy("{nme: b}", "b")
+            ),
+        )
+        .unwrap();
+        let d = folder.load(&dir).unwrap();
+        let a = &d.cluster.policies[&policy::PolicyKey::new("default", "a")];
+        let b = &d.cluster.policies[&policy::PolicyKey::new("default", "b")];
+        assert_eq!(a.pod_selector.match_labels["app"], "a2", "a's new version");
+        assert_eq!(b.pod_selector.match_labels["app"], "b", "b kept");
+        assert_eq!((d.stale, d.rejected), (1, 1), "{:?}", d.notes);
+        assert!(
+            d.notes
+                .iter()
+                .any(|n| n.contains("keeping the last valid version of NetworkPolicy default/b")),
+            "{:?}",
+            d.notes
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A kept version never stands in for a valid one read now from
+    /// another file (an object moved while its old file broke).
+    #[test]
+    fn a_valid_version_elsewhere_wins_over_a_kept_one() {
+        let policy = |app: &str| {
+            format!(
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p}}\nspec: {{podSelector: {{matchLabels: {{app: {app}}}}}}}\n"
+            )
+        };
+        let mut folder = Folder::default();
+        let d = folder.take(vec![("a.yaml".into(), policy("old"))]);
+        assert_eq!(d.cluster.policies.len(), 1);
+        for broken in [
+            policy("old").replace("podSelector", "podSelectr"),
+            "{{{".into(),
+        ] {
+            let d = folder.take(vec![
+                ("a.yaml".into(), broken.clone()),
+                ("b.yaml".into(), policy("new")),
+            ]);
+            let p = &d.cluster.policies[&policy::PolicyKey::new("default", "p")];
+            assert_eq!(p.pod_selector.match_labels["app"], "new", "{broken}");
+            assert_eq!(d.stale, 0, "{:?}", d.notes);
+            folder = Folder::default();
+            folder.take(vec![("a.yaml".into(), policy("old"))]);
+        }
+    }
 }

@@ -30,6 +30,20 @@ pub struct Gauges {
     pub source_updates: AtomicU64,
     /// Control connections told "busy" (the control socket counts them).
     pub control_refused: Arc<AtomicU64>,
+    /// New versions of objects the source rejected (each rejection counted
+    /// once, when first seen).
+    pub objects_rejected: AtomicU64,
+    /// Objects served from their last valid version now.
+    pub objects_stale: AtomicU64,
+}
+
+impl Gauges {
+    /// Records what a cluster from the source says of its objects.
+    pub fn source_objects(&self, rejected: usize, stale: usize) {
+        self.objects_rejected
+            .fetch_add(rejected as u64, Ordering::Relaxed);
+        self.objects_stale.store(stale as u64, Ordering::Relaxed);
+    }
 }
 
 /// Why the metrics endpoint could not be served.
@@ -179,7 +193,7 @@ pub fn render(switch: &SwitchHandle, g: &Gauges) -> String {
         ));
     }
     let hits = stats.datapath.get(Outcome::FastForward);
-    let gauges: [(&str, &str, &str, u64); 12] = [
+    let gauges: [(&str, &str, &str, u64); 14] = [
         (
             "vswitch_flow_cache_hits_total",
             "counter",
@@ -251,6 +265,18 @@ pub fn render(switch: &SwitchHandle, g: &Gauges) -> String {
             "counter",
             "Control socket connections told to try again because too many requests were being read.",
             g.control_refused.load(Ordering::Relaxed),
+        ),
+        (
+            "vswitch_objects_rejected_total",
+            "counter",
+            "New versions of objects the policy source rejected (the log names each: kind, namespace/name, field).",
+            g.objects_rejected.load(Ordering::Relaxed),
+        ),
+        (
+            "vswitch_objects_stale",
+            "gauge",
+            "Objects served from their last valid version because their new version was rejected.",
+            g.objects_stale.load(Ordering::Relaxed),
         ),
     ];
     for (name, kind, help, v) in gauges {

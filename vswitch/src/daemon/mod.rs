@@ -24,9 +24,9 @@
 //! One vswitchd per state folder: it is locked for the daemon's life.
 //!
 //! The files, one concern each (the [`Daemon`] struct and the dispatch of
-//! requests stay here). Public is only what the binaries and the tests
-//! use; the rest is `pub(crate)` (the tools wing uses `switch`, `netns`
-//! and `manifests`) or private:
+//! requests stay here). Public is only what the binaries, the tests and
+//! the fuzz targets use (`manifests`, `parse_request`); the rest is
+//! `pub(crate)` (the tools wing uses `switch` and `netns`) or private:
 //!
 //! - `startup.rs`: [`Options`], [`Daemon::start`], the state folder's lock,
 //!   the node TAP, re-attaching the previous run's pods;
@@ -52,7 +52,7 @@ mod device;
 mod error;
 pub mod install;
 pub mod kube;
-pub(crate) mod manifests;
+pub mod manifests;
 pub(crate) mod metrics;
 mod model;
 pub(crate) mod netlink;
@@ -73,6 +73,7 @@ use vswitch_cni::proto::{Attachment, AttachmentKey, Reply, Request};
 use switch::Switch;
 use vswitch_datapath::io::worker::PolicyHandle;
 
+pub use control::parse_request;
 pub use error::StartError;
 pub use startup::Options;
 
@@ -105,6 +106,8 @@ pub struct Daemon {
     /// What the metrics endpoint reads (the source's sync state lives
     /// only there).
     gauges: std::sync::Arc<metrics::Gauges>,
+    /// The manifest folder as read at start, handed to its source.
+    folder: manifests::Folder,
 }
 
 impl Daemon {

@@ -78,8 +78,11 @@ impl Daemon {
                 cluster,
                 nodes,
                 notes,
+                stale,
+                rejected,
             } => {
                 self.gauges.source_updates.fetch_add(1, Relaxed);
+                self.gauges.source_objects(rejected, stale);
                 for n in &notes {
                     tracing::warn!("{n}");
                 }
@@ -117,6 +120,7 @@ impl Daemon {
         Some(Box::new(source::ManifestDir {
             dir,
             interval: std::time::Duration::from_millis(500),
+            folder: self.folder.clone(),
         }))
     }
 }

@@ -62,18 +62,19 @@ impl Daemon {
             .write(true)
             .open("/dev/net/tun")
             .map_err(StartError::OpenTun)?;
-        let (desired, nodes) = match &opts.manifests {
+        let mut folder = manifests::Folder::default();
+        let (desired, nodes, rejected) = match &opts.manifests {
             Some(dir) => {
                 if !dir.is_dir() {
                     return Err(StartError::ManifestsNotAFolder(dir.clone()));
                 }
-                let d = manifests::load(dir)?;
+                let d = folder.load(dir)?;
                 for n in &d.notes {
                     tracing::warn!("{n}");
                 }
-                (d.cluster, d.nodes)
+                (d.cluster, d.nodes, d.rejected)
             }
-            None => (Cluster::default(), Vec::new()),
+            None => (Cluster::default(), Vec::new(), 0),
         };
         let lock = lock_state_folder(&opts.state_dir)?;
         let store = state::Store::open(&opts.state_dir).map_err(|e| StartError::StateFolder {
@@ -111,7 +112,9 @@ impl Daemon {
             gateway_v6,
             synced: !opts_wait,
             gauges: Default::default(),
+            folder,
         };
+        d.gauges.source_objects(rejected, 0);
         server.count_refusals_in(d.gauges.control_refused.clone());
         d.set_in_sync(!opts_wait);
         d.sync_model();

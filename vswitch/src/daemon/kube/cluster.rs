@@ -1,6 +1,12 @@
 //! The desired cluster from the stored API objects: the conversions of
 //! `policy::k8s`, one note per object left out, and the per-node pod CIDRs.
 //!
+//! An object whose current version is rejected keeps the version the last
+//! published cluster had (`last`): a rejected edit never removes a policy,
+//! so never opens what it isolated. It is noted ("keeping its last valid
+//! version") and counted as stale. An object deleted from the API is gone,
+//! whatever its last version was.
+//!
 //! The result is the same whatever order the stores list their objects in:
 //! objects are taken in key order, and when two pods claim one address the
 //! one that keeps it is decided by the pods themselves (see [`build`]).
@@ -15,7 +21,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use policy::k8s::{
     PodConversion, namespace_from_k8s, node_from_k8s, pod_from_k8s, policy_from_k8s,
 };
-use policy::{Cluster, PodKey};
+use policy::{Cluster, PodKey, PolicyKey};
 
 use crate::daemon::manifests::{Desired, ensure_namespace};
 
@@ -28,21 +34,35 @@ use crate::daemon::manifests::{Desired, ensure_namespace};
 /// their addresses are free for new pods while the objects remain). When
 /// two pods claim one address, a pod being deleted gives way to one that
 /// is not, then the older pod keeps it; the other is left out with a note.
+/// An object rejected now that `last` holds keeps its version there.
 pub fn build(
     namespaces: &[Arc<Namespace>],
     pods: &[Arc<Pod>],
     policies: &[Arc<NetworkPolicy>],
     nodes: &[Arc<Node>],
+    last: Option<&Desired>,
 ) -> Desired {
     let mut cluster = Cluster::default();
     let mut notes = Vec::new();
+    let mut stale = 0;
+    let last_cluster = last.map(|l| &l.cluster);
 
     for ns in namespaces {
         match namespace_from_k8s(ns) {
             Ok(n) => {
                 cluster.namespaces.insert(n.name.clone(), n);
             }
-            Err(e) => notes.push(format!("rejected: {e}")),
+            Err(e) => {
+                let kept = ns
+                    .metadata
+                    .name
+                    .as_ref()
+                    .and_then(|n| last_cluster?.namespaces.get(n));
+                reject(&mut notes, &mut stale, &e, kept.is_some());
+                if let Some(n) = kept {
+                    cluster.namespaces.insert(n.name.clone(), n.clone());
+                }
+            }
         }
     }
 
@@ -63,7 +83,19 @@ pub fn build(
                 running.push((rank, pod));
             }
             Ok(PodConversion::HostNetwork(_)) => {}
-            Err(e) => notes.push(format!("rejected: {e}")),
+            Err(e) => {
+                let kept = key_of(&p.metadata).and_then(|k| last_cluster?.pods.get(&k));
+                reject(&mut notes, &mut stale, &e, kept.is_some());
+                if let Some(pod) = kept {
+                    let m = &p.metadata;
+                    let rank = (
+                        m.deletion_timestamp.is_some(),
+                        m.creation_timestamp.clone(),
+                        pod.key.clone(),
+                    );
+                    running.push((rank, pod.clone()));
+                }
+            }
         }
     }
     running.sort_by(|a, b| a.0.cmp(&b.0));
@@ -89,14 +121,35 @@ pub fn build(
                 ensure_namespace(&mut cluster, &p.key.namespace);
                 cluster.policies.insert(p.key.clone(), p);
             }
-            Err(e) => notes.push(format!("rejected: {e}")),
+            Err(e) => {
+                let kept = key_of(&np.metadata).and_then(|k| {
+                    last_cluster?
+                        .policies
+                        .get(&PolicyKey::new(k.namespace, k.name))
+                });
+                reject(&mut notes, &mut stale, &e, kept.is_some());
+                if let Some(p) = kept {
+                    ensure_namespace(&mut cluster, &p.key.namespace);
+                    cluster.policies.insert(p.key.clone(), p.clone());
+                }
+            }
         }
     }
     let mut out_nodes = Vec::new();
     for n in nodes {
         match node_from_k8s(n) {
             Ok(n) => out_nodes.push(n),
-            Err(e) => notes.push(format!("rejected: {e}")),
+            Err(e) => {
+                let kept = n
+                    .metadata
+                    .name
+                    .as_ref()
+                    .and_then(|name| last?.nodes.iter().find(|m| &m.name == name));
+                reject(&mut notes, &mut stale, &e, kept.is_some());
+                if let Some(m) = kept {
+                    out_nodes.push(m.clone());
+                }
+            }
         }
     }
     out_nodes.sort();
@@ -105,7 +158,28 @@ pub fn build(
         cluster,
         nodes: out_nodes,
         notes,
+        stale,
+        rejected: 0,
     }
+}
+
+/// Notes a rejection, and whether the last valid version is kept.
+fn reject(notes: &mut Vec<String>, stale: &mut usize, e: &dyn std::fmt::Display, kept: bool) {
+    if kept {
+        *stale += 1;
+        notes.push(format!("rejected: {e}; keeping its last valid version"));
+    } else {
+        notes.push(format!("rejected: {e}"));
+    }
+}
+
+/// A namespaced object's key (`default` when metadata omits the namespace).
+fn key_of(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<PodKey> {
+    let name = m.name.as_deref().filter(|n| !n.is_empty())?;
+    Some(PodKey::new(
+        m.namespace.as_deref().unwrap_or("default"),
+        name,
+    ))
 }
 
 /// Whether two results are the same (the Cluster has no `PartialEq`).
@@ -115,6 +189,7 @@ pub fn same(a: &Desired, b: &Desired) -> bool {
         && a.cluster.policies == b.cluster.policies
         && a.nodes == b.nodes
         && a.notes == b.notes
+        && a.stale == b.stale
 }
 
 /// A pod whose containers have all ended for good: it holds no address.

@@ -25,6 +25,9 @@
 //! API server's history is short): it leads to a relist and the relist's
 //! cluster, without leaving sync.
 //!
+//! A rejected new version of an object keeps the version last published
+//! (see `cluster.rs`): an edit the source cannot take never opens traffic.
+//!
 //! Nodes are not part of the cluster model: their pod CIDRs are read from
 //! the node store on demand ([`Stores::node_pod_cidrs`]).
 
@@ -346,13 +349,22 @@ impl Progress {
             &stores.pods.state(),
             &stores.policies.state(),
             &stores.nodes.state(),
+            self.last.as_ref(),
         );
         let changed = !self.last.as_ref().is_some_and(|l| cluster::same(l, &now));
         if changed || recovered {
+            // Rejections first seen now (a note repeats while it holds).
+            let rejected = now
+                .notes
+                .iter()
+                .filter(|n| !self.last.as_ref().is_some_and(|l| l.notes.contains(n)))
+                .count();
             let update = Update::Cluster {
                 cluster: now.cluster.clone(),
                 nodes: now.nodes.clone(),
                 notes: now.notes.clone(),
+                stale: now.stale,
+                rejected,
             };
             self.last = Some(now);
             if !send(update) {
