@@ -10,9 +10,9 @@
 //! # How
 //! - One key per connection, normalised so that both directions find it: the
 //!   lower (address, port) end first. The entry records whether that end is
-//!   the originator. The map from key to slot hashes with SipHash under a
-//!   random key (std's `RandomState`): pods choose the keys, so an unkeyed
-//!   hash would let one choose colliding ones.
+//!   the originator. The map from key to slot hashes under a random key
+//!   (`keyed_hash`): pods choose the keys, so an unkeyed hash would let one
+//!   choose colliding ones.
 //! - Entries live in a slab; the map finds them. A slot has a version that
 //!   changes when it is reused (or its connection cut), so the flow cache can
 //!   hold `(slot, version)` and refresh an entry without a hash lookup.
@@ -70,9 +70,9 @@
 //!   datapath is not told which; short unreplied timeouts, early drop and
 //!   shares bound what a bad-checksum flood can hold.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 
+use super::keyed_hash;
 use super::parse::{FlowTuple, L4};
 use crate::wire::ip_proto::{
     ICMP as PROTO_ICMP, ICMPV6 as PROTO_ICMPV6, SCTP as PROTO_SCTP, TCP as PROTO_TCP,
@@ -268,7 +268,7 @@ impl Default for Charge {
 }
 
 pub struct Conntrack {
-    map: HashMap<CtKey, u32>,
+    map: keyed_hash::Map<CtKey, u32>,
     slots: Vec<Entry>,
     /// Per slot: the previous and next unreplied connection of its owner.
     links: Vec<[u32; 2]>,
@@ -285,7 +285,7 @@ pub struct Conntrack {
 impl Conntrack {
     pub fn new(max: usize, timeouts: Timeouts) -> Conntrack {
         Conntrack {
-            map: HashMap::with_capacity(max),
+            map: keyed_hash::Map::with_capacity_and_hasher(max, keyed_hash::state()),
             slots: Vec::with_capacity(max),
             links: Vec::with_capacity(max),
             charges: Vec::new(),

@@ -16,13 +16,14 @@
 //! first, and the sources are ordered by their number of entries, so an
 //! insert costs a few hash and tree operations whatever the table holds;
 //! expired entries go at housekeeping. The keys are what pods send, so the map's hash is
-//! keyed (std's SipHash with a random key), not one a pod can aim at.
+//! keyed (`keyed_hash`: a random key per table), not one a pod can aim at.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::net::IpAddr;
 
 use super::PortId;
 use super::flow_cache::Forward;
+use super::keyed_hash;
 use super::parse::{Frag, IpPacket};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -55,9 +56,9 @@ struct Remembered {
 }
 
 pub struct FragTable {
-    map: HashMap<FragKey, Remembered>,
+    map: keyed_hash::Map<FragKey, Remembered>,
     /// Each source's keys, oldest first: one per entry of `map`.
-    queues: HashMap<PortId, VecDeque<FragKey>>,
+    queues: keyed_hash::Map<PortId, VecDeque<FragKey>>,
     /// (entries, source) of every source that holds any: the heaviest last.
     by_size: BTreeSet<(usize, PortId)>,
     max: usize,
@@ -67,8 +68,8 @@ pub struct FragTable {
 impl FragTable {
     pub fn new(max: usize, ttl_ms: u64) -> FragTable {
         FragTable {
-            map: HashMap::new(),
-            queues: HashMap::new(),
+            map: keyed_hash::Map::with_hasher(keyed_hash::state()),
+            queues: keyed_hash::Map::with_hasher(keyed_hash::state()),
             by_size: BTreeSet::new(),
             max,
             ttl_ms,

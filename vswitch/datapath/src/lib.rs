@@ -59,6 +59,7 @@ mod datapath;
 mod flow_cache;
 mod frag;
 pub mod io;
+mod keyed_hash;
 pub mod mem_hints;
 pub mod overlay;
 pub mod parse;
