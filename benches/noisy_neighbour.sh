@@ -37,7 +37,15 @@ done
 [ "$(id -u)" = 0 ] || { echo "SKIPPED: needs root"; exit 0; }
 [ -x /usr/lib/cni/host-local ] || { echo "SKIPPED: /usr/lib/cni/host-local is missing"; exit 0; }
 
-cargo build --release -q -p vswitch -p vswitch-cni --bins
+# Built here when cargo is at hand; under sudo (which resets PATH) the
+# binaries of an earlier `cargo build --release` are used.
+if command -v cargo >/dev/null; then
+  cargo build --release -q -p vswitch -p vswitch-cni --bins
+fi
+for b in vswitchd vswitchctl vswitch-cni; do
+  [ -x "${CARGO_TARGET_DIR:-$PWD/target}/release/$b" ] || {
+    echo "error: target/release/$b is missing: run cargo build --release first" >&2; exit 1; }
+done
 bin=${CARGO_TARGET_DIR:-$PWD/target}/release
 py=$(python3 -c 'import sys; print(sys.executable)')
 work=$(mktemp -d)

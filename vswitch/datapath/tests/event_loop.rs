@@ -10,13 +10,14 @@ mod kit;
 use std::net::IpAddr;
 use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use kit::{A, A4, B, B4, attach_pod, udp4, udp4_carrying};
 use vswitch_datapath::io::event_loop::{DRAIN_ROUNDS, EventLoop};
 use vswitch_datapath::io::port::{Port, RxMeta, SocketPort};
-use vswitch_datapath::io::worker::{PENDING_FRAMES, PolicyHandle, Worker};
+use vswitch_datapath::io::worker::{PENDING_FRAMES, PolicyHandle, SHARED_SLICE, Worker};
 use vswitch_datapath::{Config, Datapath};
 
 fn frame(seq: u16) -> Vec<u8> {
@@ -270,4 +271,64 @@ fn frames_left_by_a_bounded_drain_are_taken_without_a_new_edge() {
     }
     assert_eq!(got, sent);
     assert!(calls > 1, "the drain was bounded");
+}
+
+/// A pod that sends what the test queues for it, a frame or so per round.
+struct Trickle(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl Port for Trickle {
+    fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<Option<(usize, RxMeta)>> {
+        Ok(self.0.lock().unwrap().pop().map(|f| {
+            buf[..f.len()].copy_from_slice(&f);
+            (f.len(), RxMeta::default())
+        }))
+    }
+
+    fn send(&mut self, _: &[u8], _: &RxMeta) -> std::io::Result<bool> {
+        Ok(true)
+    }
+}
+
+/// While another pod has frames, a flooding pod takes a slice of each round
+/// (its packets never make the other's wait a whole batch of its own); alone,
+/// it takes whole batches again.
+#[test]
+fn a_flooding_pod_takes_a_slice_of_each_round_while_another_pod_sends() {
+    let (mut el, _left) = flooded_switch();
+    const C: [u8; 6] = [0x02, 0, 0, 0, 0, 3];
+    const C4: [u8; 4] = [10, 0, 0, 3];
+    attach_pod(
+        &mut el.worker.datapath,
+        3,
+        "quiet",
+        C,
+        &[IpAddr::from(C4)],
+        0,
+    );
+    let queue = Arc::new(Mutex::new(Vec::new()));
+    el.worker.attach(3, Box::new(Trickle(queue.clone())));
+    let now = Instant::now();
+    assert_eq!(
+        el.worker.poll(now),
+        Datapath::BATCH,
+        "the flood alone: a batch"
+    );
+    for round in 0..10 {
+        queue
+            .lock()
+            .unwrap()
+            .push(udp4(C, B, C4, B4, 6000 + round, 53));
+        let got = el.worker.poll(now);
+        assert!(
+            (2..=SHARED_SLICE + 1).contains(&got) || round == 0,
+            "round {round}: {got} frames, the flood's slice is {SHARED_SLICE} while c sends"
+        );
+    }
+    el.worker.poll(now); // c is quiet again
+    assert_eq!(
+        el.worker.poll(now),
+        Datapath::BATCH,
+        "the flood alone again: a batch"
+    );
+    assert_eq!(el.worker.datapath.port(3).unwrap().counters.rx_packets, 10);
 }

@@ -131,7 +131,16 @@ pub struct Worker {
     merge: Coalescer,
     /// Frames received per port per poll.
     pub batch: usize,
+    /// Per port: it filled its batch in the last round.
+    full: Vec<bool>,
+    /// Ports that received anything in the last round.
+    busy: usize,
 }
+
+/// A port's slice of a round while others have frames too, if it filled
+/// its batch the round before: a flooding port cannot make every other
+/// port's packets wait for a whole batch of its own each round.
+pub const SHARED_SLICE: usize = 8;
 
 impl Worker {
     pub fn new(datapath: Datapath, policy: PolicyHandle) -> Worker {
@@ -146,6 +155,8 @@ impl Worker {
             actions: Vec::with_capacity(Datapath::BATCH),
             merge: Coalescer::default(),
             batch: Datapath::BATCH,
+            full: Vec::new(),
+            busy: 0,
         }
     }
 
@@ -187,7 +198,9 @@ impl Worker {
     }
 
     /// One round: pick up a new policy generation, flush what waits, then
-    /// receive up to `batch` frames from every port and act on each.
+    /// receive up to `batch` frames from every port and act on each (up to
+    /// [`SHARED_SLICE`] from a port that filled its share of the last round
+    /// while other ports had frames too).
     /// Returns the number of frames received.
     pub fn poll(&mut self, now: Instant) -> usize {
         if let Some(snap) = self.policy.newer_than(self.datapath.policy_generation()) {
@@ -198,21 +211,32 @@ impl Worker {
         }
         let mut received = 0;
         let batch = self.batch.clamp(1, Datapath::BATCH);
+        let shared = self.busy > 1;
+        self.busy = 0;
+        self.full.resize(self.ports.len(), false);
         for id in 0..self.ports.len() {
+            let slice = if shared && self.full[id] {
+                batch.min(SHARED_SLICE)
+            } else {
+                batch
+            };
             // Receive a batch, act on it as one, then send.
             self.lens.clear();
             let Some(port) = self.ports[id].as_mut() else {
                 continue;
             };
-            while self.lens.len() < batch {
+            while self.lens.len() < slice {
                 match port.recv(&mut self.bufs[self.lens.len()]) {
                     Ok(Some(x)) => self.lens.push(x),
                     Ok(None) | Err(_) => break,
                 }
             }
+            // Full: it had a batch's worth, or would have (its slice was full).
+            self.full[id] = self.lens.len() == slice;
             if self.lens.is_empty() {
                 continue;
             }
+            self.busy += 1;
             received += self.lens.len();
             let count = self.lens.len();
             self.actions.clear();
