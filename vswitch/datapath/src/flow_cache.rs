@@ -12,7 +12,8 @@
 //!
 //! # How
 //! A hash picks a bucket: one cache line of eight 32-bit signatures and the
-//! slot index of each. The hash is keyed (foldhash, with a key drawn from
+//! slot index of each. The hash is keyed (foldhash's quality variant, whose
+//! last mix spreads the low bits that pick the bucket, with a key drawn from
 //! the OS's randomness when the cache is made): pods choose the flows, and
 //! must not be able to pick flows that share a bucket and evict each
 //! other's entries, or other pods'. A hit reads that line and the slot's. A batch of
@@ -52,7 +53,7 @@
 use std::hash::{BuildHasher, Hasher};
 
 use foldhash::SharedSeed;
-use foldhash::fast::FoldHasher;
+use foldhash::quality::FoldHasher;
 
 use super::conntrack::CtRef;
 use super::parse::{FlowKey, Mac};
@@ -454,6 +455,53 @@ mod tests {
             c.insert(key(i), entry(1), 0);
         }
         agree(&c, &out);
+    }
+
+    /// Whatever its random key, a cache spreads ordinary flows (one pair of
+    /// pods, many ports, both directions) over its buckets: at 200,000 flows
+    /// in a cache of that size, full buckets cost under 1 % of them.
+    #[test]
+    fn every_key_spreads_many_ports_between_two_pods() {
+        let n = 100_000u32;
+        let flow = |i: u32, back: bool| {
+            let (sport, dport) = (1024 + (i % 50_000) as u16, 1 + (i / 50_000) as u16);
+            let (a, b) = (0x0a00_0001u128, 0x0a00_0002u128);
+            if back {
+                FlowKey {
+                    src: b,
+                    dst: a,
+                    sport: dport,
+                    dport: sport,
+                    in_port: 2,
+                    proto: 17,
+                    v6: false,
+                }
+            } else {
+                FlowKey {
+                    src: a,
+                    dst: b,
+                    sport,
+                    dport,
+                    in_port: 1,
+                    proto: 17,
+                    v6: false,
+                }
+            }
+        };
+        for attempt in 0..30 {
+            let max = 2 * n as usize + 16;
+            let mut c = FlowCache::new(max);
+            for i in 0..n {
+                c.insert(flow(i, false), entry(1), 0);
+                c.insert(flow(i, true), entry(2), 0);
+            }
+            assert!(
+                c.len() >= 2 * n as usize * 99 / 100,
+                "cache {attempt}: {} of {} flows kept",
+                c.len(),
+                2 * n
+            );
+        }
     }
 
     /// Flows a pod crafts to share one bucket (found with one cache's hash,

@@ -1,5 +1,5 @@
 //! The hash of tables whose keys pods choose (conntrack, fragments): fast
-//! (foldhash) and keyed with secrets drawn from the operating system when
+//! (foldhash; its quality variant, whose last mix spreads every bit) and keyed with secrets drawn from the operating system when
 //! the table is made (through std's `RandomState`), so that no pod can
 //! aim many keys at one bucket. foldhash's own random state is seeded from
 //! addresses in the process, which is why the secrets come from std's.
@@ -9,7 +9,7 @@ use std::hash::BuildHasher;
 use std::sync::OnceLock;
 
 use foldhash::SharedSeed;
-use foldhash::fast::SeedableRandomState;
+use foldhash::quality::SeedableRandomState;
 
 /// A new keyed state: a secret of its own on a secret the process shares.
 pub fn state() -> SeedableRandomState {
