@@ -15,22 +15,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-5}
-for tool in iperf3 python3 ip; do
-  command -v $tool >/dev/null || { echo "SKIPPED: $tool is missing"; exit 0; }
-done
-[ "$(id -u)" = 0 ] || { echo "SKIPPED: needs root"; exit 0; }
-[ -x /usr/lib/cni/host-local ] || { echo "SKIPPED: /usr/lib/cni/host-local is missing"; exit 0; }
-
-# Built here when cargo is at hand; under sudo (which resets PATH) the
-# binaries of an earlier `cargo build --release` are used.
-if command -v cargo >/dev/null; then
-  cargo build --release -q -p vswitch -p vswitch-cni --bins
-fi
-for b in vswitchd vswitchctl vswitch-cni; do
-  [ -x "${CARGO_TARGET_DIR:-$PWD/target}/release/$b" ] || {
-    echo "error: target/release/$b is missing: run cargo build --release first" >&2; exit 1; }
-done
-bin=${CARGO_TARGET_DIR:-$PWD/target}/release
+. benches/support/prelude.sh
+prelude iperf3 python3 ip
 work=$(mktemp -d)
 tag=tp$$
 cleanup() {
