@@ -132,6 +132,10 @@ pub struct PortInfo {
     /// for the port to take them was full.
     #[serde(default)]
     pub tx_queue_full: u64,
+    /// Times the switch stopped reading this (pod's) port for a while
+    /// because its slow-path budget was spent.
+    #[serde(default)]
+    pub rx_paused: u64,
     /// Packets by outcome (fast_forward, policy_deny, ...), non-zero only.
     pub outcomes: std::collections::BTreeMap<String, u64>,
 }

@@ -428,6 +428,11 @@ fn pods_talk_policy_denies_then_allows_and_the_node_always_passes() {
         value("vswitch_port_tx_error_total{port=\"1\",name=\"default/a/eth0\"}"),
         0
     );
+    // and so are slow-path budget pauses (none: a and b are far within it)
+    assert_eq!(
+        value("vswitch_port_rx_paused_total{port=\"1\",name=\"default/a/eth0\"}"),
+        0
+    );
     assert_eq!(value("vswitch_attachments"), 2);
     assert_eq!(value("vswitch_source_in_sync"), 1);
     assert!(value("vswitch_policy_generation") > 1);

@@ -1,5 +1,5 @@
 //! How a datapath is set up: the gateway's addresses, table sizes and
-//! shares, timeouts, the overlay's VNI and MTU, local ports' MTU, and what
+//! shares, a pod's slow-path budget, timeouts, the overlay's VNI and MTU, local ports' MTU, and what
 //! happens to established connections when policy changes.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -37,6 +37,12 @@ pub struct Config {
     /// answers), so that connections open across a restart go on; after it,
     /// such a segment opens nothing. 0: never.
     pub conntrack_pickup_ms: u64,
+    /// The slow-path frames a pod's port may cost each second: frames the
+    /// flow cache did not answer, except those of connections already
+    /// tracked (a server's answers to new connections cost it nothing).
+    /// Beyond it the worker stops reading the port for a while (see
+    /// `io/budget.rs`); 0: no limit.
+    pub slow_path_per_pod: u32,
     pub flow_cache_max: usize,
     pub frag_max: usize,
     pub frag_ttl_ms: u64,
@@ -64,6 +70,7 @@ impl Default for Config {
             conntrack_max: 229_376, // 7/8 of 2^18: the hash table is full at its load limit
             conntrack_per_pod_max: 229_376 / 8,
             conntrack_pickup_ms: 60_000,
+            slow_path_per_pod: 10_000,
             flow_cache_max: 65_536,
             frag_max: 4096,
             frag_ttl_ms: 2_000,

@@ -280,6 +280,8 @@ pub struct Conntrack {
     sweep_cursor: usize,
     /// Unreplied connections evicted to make room.
     evicted: u64,
+    /// Connections created.
+    created: u64,
 }
 
 impl Conntrack {
@@ -294,6 +296,7 @@ impl Conntrack {
             timeouts,
             sweep_cursor: 0,
             evicted: 0,
+            created: 0,
         }
     }
 
@@ -312,6 +315,11 @@ impl Conntrack {
     /// Unreplied connections evicted to make room so far.
     pub fn evicted(&self) -> u64 {
         self.evicted
+    }
+
+    /// Connections created so far.
+    pub fn created(&self) -> u64 {
+        self.created
     }
 
     /// The connections charged to an owner.
@@ -457,6 +465,7 @@ impl Conntrack {
             }
         };
         self.map.insert(key, slot);
+        self.created += 1;
         self.charges[owner as usize].entries += 1;
         self.link_unreplied(slot);
         Ok(CtRef {

@@ -83,6 +83,7 @@ fn main() -> ExitCode {
             established,
             conntrack_per_pod,
             conntrack_pickup_secs,
+            slow_path_per_pod,
             metrics_addr,
         }) => {
             let overlay = overlay_addr.map(|addr| OverlayOptions {
@@ -103,6 +104,7 @@ fn main() -> ExitCode {
                 established: established.into(),
                 conntrack_per_pod,
                 conntrack_pickup_ms: conntrack_pickup_secs.saturating_mul(1000),
+                slow_path_per_pod,
                 metrics_addr,
                 overlay,
                 cluster_cidrs,

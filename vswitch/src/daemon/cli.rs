@@ -84,6 +84,14 @@ pub enum Cmd {
         /// nothing. 0: never.
         #[arg(long, default_value_t = vswitch_datapath::Config::default().conntrack_pickup_ms / 1000)]
         conntrack_pickup_secs: u64,
+        /// The slow-path frames one pod may cost the switch each second
+        /// (new connections, denied and other dropped frames; not its
+        /// answers to connections others opened). Beyond it the switch
+        /// stops reading the pod's device for a while, and the pod's own
+        /// kernel drops what does not fit in the device's queue. 0: no
+        /// limit.
+        #[arg(long, default_value_t = vswitch_datapath::Config::default().slow_path_per_pod)]
+        slow_path_per_pod: u32,
         /// Serve Prometheus metrics at http://ADDR/metrics (off by default).
         #[arg(long)]
         metrics_addr: Option<std::net::SocketAddr>,

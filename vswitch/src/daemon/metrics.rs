@@ -122,7 +122,7 @@ pub fn render(switch: &SwitchHandle, g: &Gauges) -> String {
     };
     let mut s = String::new();
     type Field = fn(&PortInfo) -> u64;
-    let per_port: [(&str, &str, Field); 6] = [
+    let per_port: [(&str, &str, Field); 7] = [
         (
             "vswitch_port_rx_packets_total",
             "Frames received from the port.",
@@ -152,6 +152,11 @@ pub fn render(switch: &SwitchHandle, g: &Gauges) -> String {
             "vswitch_port_tx_queue_full_total",
             "Frames for the port dropped because its send queue was full.",
             |c| c.tx_queue_full,
+        ),
+        (
+            "vswitch_port_rx_paused_total",
+            "Times the port was not read for a while because its pod spent its slow-path budget.",
+            |c| c.rx_paused,
         ),
     ];
     for (name, help, get) in per_port {

@@ -43,6 +43,8 @@ pub struct Options {
     /// How long after a start a TCP segment other than SYN may pick up a
     /// connection (milliseconds; 0: never).
     pub conntrack_pickup_ms: u64,
+    /// Slow-path frames a pod may cost per second (0: no limit).
+    pub slow_path_per_pod: u32,
     /// Where Prometheus metrics are served (off when `None`).
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Pods on other nodes, through the overlay (off when `None`: one node).
@@ -86,6 +88,7 @@ impl Daemon {
             established: opts.established,
             conntrack_per_pod_max: opts.conntrack_per_pod,
             conntrack_pickup_ms: opts.conntrack_pickup_ms,
+            slow_path_per_pod: opts.slow_path_per_pod,
             cluster_cidrs: opts.cluster_cidrs.clone(),
             vni: opts.overlay.as_ref().map_or(1, |o| o.vni),
             overlay_mtu: opts.mtu.min(u16::MAX as u32) as u16,

@@ -234,6 +234,7 @@ fn answer(worker: &Worker, q: Query) -> Answer {
                         tx_bytes: p.counters.tx_bytes,
                         tx_error: tx_drops.tx_error,
                         tx_queue_full: tx_drops.tx_queue_full,
+                        rx_paused: worker.slow_path_pauses(id),
                         outcomes: p
                             .counters
                             .nonzero()

@@ -54,13 +54,18 @@ pub fn render(reply: &Reply) -> String {
             );
             for p in ports {
                 let ips: Vec<String> = p.ips.iter().map(|i| i.to_string()).collect();
-                // send-side drops follow the outcomes of what was received
-                let tx_drops = [("tx_error", p.tx_error), ("tx_queue_full", p.tx_queue_full)];
+                // send-side drops and budget pauses follow the outcomes of
+                // what was received
+                let extra = [
+                    ("tx_error", p.tx_error),
+                    ("tx_queue_full", p.tx_queue_full),
+                    ("rx_paused", p.rx_paused),
+                ];
                 let outcomes: Vec<String> = p
                     .outcomes
                     .iter()
                     .map(|(k, v)| (k.as_str(), *v))
-                    .chain(tx_drops.into_iter().filter(|(_, v)| *v > 0))
+                    .chain(extra.into_iter().filter(|(_, v)| *v > 0))
                     .map(|(k, v)| format!("{k}={v}"))
                     .collect();
                 let _ = writeln!(

@@ -15,6 +15,11 @@
 //! behind raise no new edge: when the last round received anything, the
 //! next call does not sleep but polls again at once.
 //!
+//! A pod's port paused for its slow-path budget (`budget.rs`) is not
+//! watched while the pause lasts (its frames would wake the loop for
+//! nothing); the wait ends when the first pause does, and the round after
+//! it reads the port whatever edges were missed.
+//!
 use std::io;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
@@ -29,8 +34,9 @@ pub struct EventLoop {
     poll: Poll,
     events: Events,
     pub worker: Worker,
-    /// Registered ports: id, descriptor, and whether writability is asked.
-    fds: Vec<(PortId, RawFd, bool)>,
+    /// Ports with a descriptor: id, descriptor, and what is asked of it
+    /// (None: not registered, a paused port with nothing to send).
+    fds: Vec<(PortId, RawFd, Option<Interest>)>,
     next_housekeeping: Instant,
     /// The last round received frames: some may be left (no new edge will
     /// say so), so the next call polls without waiting.
@@ -80,14 +86,16 @@ impl EventLoop {
             Token(id as usize),
             Interest::READABLE,
         )?;
-        self.fds.push((id, fd, false));
+        self.fds.push((id, fd, Some(Interest::READABLE)));
         Ok(())
     }
 
     pub fn deregister(&mut self, id: PortId) -> io::Result<()> {
         if let Some(i) = self.fds.iter().position(|(p, _, _)| *p == id) {
-            let (_, fd, _) = self.fds.remove(i);
-            self.poll.registry().deregister(&mut SourceFd(&fd))?;
+            let (_, fd, asked) = self.fds.remove(i);
+            if asked.is_some() {
+                self.poll.registry().deregister(&mut SourceFd(&fd))?;
+            }
         }
         Ok(())
     }
@@ -101,7 +109,10 @@ impl EventLoop {
         let wait = if self.more {
             Duration::ZERO
         } else {
-            timeout.min(self.next_housekeeping.saturating_duration_since(now))
+            let resume = self.worker.resumes_at().unwrap_or(self.next_housekeeping);
+            timeout
+                .min(self.next_housekeeping.saturating_duration_since(now))
+                .min(resume.saturating_duration_since(now))
         };
         match self.poll.poll(&mut self.events, Some(wait)) {
             Ok(()) => {}
@@ -120,23 +131,29 @@ impl EventLoop {
                 break;
             }
         }
-        for (id, fd, writable) in &mut self.fds {
-            let want = self.worker.pending(*id) > 0;
-            if want != *writable {
-                let interest = if want {
-                    Interest::READABLE | Interest::WRITABLE
-                } else {
-                    Interest::READABLE
-                };
-                self.poll.registry().reregister(
-                    &mut SourceFd(fd),
-                    Token(*id as usize),
-                    interest,
-                )?;
-                *writable = want;
-            }
-        }
+        // Readable unless paused (a paused port's frames would wake the
+        // loop for nothing), writable while frames wait for it.
         let now = Instant::now();
+        for (id, fd, asked) in &mut self.fds {
+            let read = (!self.worker.paused(*id, now)).then_some(Interest::READABLE);
+            let write = (self.worker.pending(*id) > 0).then_some(Interest::WRITABLE);
+            let want = match (read, write) {
+                (Some(r), Some(w)) => Some(r | w),
+                (r, w) => r.or(w),
+            };
+            if want == *asked {
+                continue;
+            }
+            let (registry, source, token) =
+                (self.poll.registry(), &mut SourceFd(fd), Token(*id as usize));
+            match (*asked, want) {
+                (None, Some(i)) => registry.register(source, token, i)?,
+                (Some(_), Some(i)) => registry.reregister(source, token, i)?,
+                (Some(_), None) => registry.deregister(source)?,
+                (None, None) => {}
+            }
+            *asked = want;
+        }
         if now >= self.next_housekeeping {
             self.worker.datapath.expire(now, 4096);
             self.next_housekeeping = now + HOUSEKEEPING;

@@ -3,6 +3,7 @@
 //! core, and the event loop that waits on descriptors. The core
 //! (everything outside this folder) never imports it.
 
+pub mod budget;
 pub mod event_loop;
 pub mod port;
 pub mod tap;

@@ -13,9 +13,10 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use policy::Snapshot;
 
+use super::budget::Budget;
 use super::port::{Port, RxMeta};
 use crate::coalesce::Coalescer;
-use crate::counters::TxDrops;
+use crate::counters::{Outcome, TxDrops};
 use crate::{Action, Datapath, PortId, PortKind, overlay};
 
 /// Where the control plane publishes policy generations for workers.
@@ -135,6 +136,8 @@ pub struct Worker {
     full: Vec<bool>,
     /// Ports that received anything in the last round.
     busy: usize,
+    /// Per port: its slow-path budget (pods' ports only).
+    budgets: Vec<Budget>,
 }
 
 /// A port's slice of a round while others have frames too, if it filled
@@ -157,6 +160,7 @@ impl Worker {
             batch: Datapath::BATCH,
             full: Vec::new(),
             busy: 0,
+            budgets: Vec::new(),
         }
     }
 
@@ -173,6 +177,9 @@ impl Worker {
         if let Some(p) = self.pending.get_mut(id as usize) {
             p.clear(&mut self.spare);
         }
+        if let Some(b) = self.budgets.get_mut(id as usize) {
+            *b = Budget::default();
+        }
         self.ports.get_mut(id as usize)?.take()
     }
 
@@ -188,6 +195,11 @@ impl Worker {
     /// The bytes of the frames waiting for a port.
     pub fn pending_bytes(&self, id: PortId) -> usize {
         self.pending.get(id as usize).map_or(0, |p| p.bytes)
+    }
+
+    /// Times a port was paused for exceeding its slow-path budget.
+    pub fn slow_path_pauses(&self, id: PortId) -> u64 {
+        self.budgets.get(id as usize).map_or(0, |b| b.pauses)
     }
 
     /// Frames dropped at send time on a port.
@@ -214,12 +226,28 @@ impl Worker {
         let shared = self.busy > 1;
         self.busy = 0;
         self.full.resize(self.ports.len(), false);
+        self.budgets.resize_with(self.ports.len(), Budget::default);
+        let rate = self.datapath.config().slow_path_per_pod;
         for id in 0..self.ports.len() {
-            let slice = if shared && self.full[id] {
+            let mut slice = if shared && self.full[id] {
                 batch.min(SHARED_SLICE)
             } else {
                 batch
             };
+            // A pod's port in debt of its slow-path budget waits.
+            let budgeted = rate > 0
+                && self
+                    .datapath
+                    .port(id as PortId)
+                    .is_some_and(|p| matches!(p.kind, PortKind::Pod { .. }));
+            if budgeted {
+                if !self.budgets[id].may_read(now) {
+                    continue;
+                }
+                // no more than it can pay for (one at least): a port back
+                // from a pause takes a few frames a round, not a batch
+                slice = slice.min(self.budgets[id].available(rate, now).max(1));
+            }
             // Receive a batch, act on it as one, then send.
             self.lens.clear();
             let Some(port) = self.ports[id].as_mut() else {
@@ -254,6 +282,7 @@ impl Worker {
                     self.actions.push(a);
                 }
             } else {
+                let before = self.slow_path_work();
                 // The batch's frames as slices, on the stack: no allocation
                 // per poll.
                 let mut frames: [&mut [u8]; Datapath::BATCH] = std::array::from_fn(|_| &mut [][..]);
@@ -274,6 +303,11 @@ impl Worker {
                     now,
                     &mut self.actions,
                 );
+                if budgeted {
+                    let (paid, free) = self.slow_path_work();
+                    let charge = (count as u64 + paid - before.0).saturating_sub(free - before.1);
+                    self.budgets[id].charge(rate, charge as usize, now);
+                }
             }
             let start = if overlay { overlay::HLEN } else { 0 };
             for (k, action) in self.actions.drain(..).enumerate() {
@@ -329,6 +363,29 @@ impl Worker {
             );
         }
         received
+    }
+
+    /// What the slow-path budget counts, as two running totals: frames
+    /// that opened a connection, and frames the datapath forwarded (cache
+    /// hits, and slow-path frames of connections already tracked). A
+    /// batch's charge is its frames, plus the first's growth, less the
+    /// second's.
+    fn slow_path_work(&self) -> (u64, u64) {
+        let c = &self.datapath.counters;
+        (
+            self.datapath.conntrack().created(),
+            c.get(Outcome::FastForward) + c.get(Outcome::SlowForward),
+        )
+    }
+
+    /// Whether a port is paused for its slow-path budget at `now`.
+    pub fn paused(&self, id: PortId, now: Instant) -> bool {
+        self.budgets.get(id as usize).is_some_and(|b| b.paused(now))
+    }
+
+    /// When the first paused port may be read again.
+    pub fn resumes_at(&self) -> Option<Instant> {
+        self.budgets.iter().filter_map(Budget::resumes_at).min()
     }
 
     fn flush_merged(
