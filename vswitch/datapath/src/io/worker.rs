@@ -212,8 +212,9 @@ impl Worker {
     /// One round: pick up a new policy generation, flush what waits, then
     /// receive up to `batch` frames from every port and act on each (up to
     /// [`SHARED_SLICE`] from a port that filled its share of the last round
-    /// while other ports had frames too).
-    /// Returns the number of frames received.
+    /// while other ports had frames too; from a pod's port, no more than
+    /// its slow-path budget can pay for, and nothing while it is in debt:
+    /// see `budget.rs`). Returns the number of frames received.
     pub fn poll(&mut self, now: Instant) -> usize {
         if let Some(snap) = self.policy.newer_than(self.datapath.policy_generation()) {
             self.datapath.set_policy(snap);
