@@ -1,6 +1,7 @@
 //! How a datapath is set up: the gateway's addresses, table sizes and
-//! shares, a pod's slow-path budget, timeouts, the overlay's VNI and MTU, local ports' MTU, and what
-//! happens to established connections when policy changes.
+//! shares, a pod's slow-path budget, timeouts, the overlay's VNI and MTU,
+//! local ports' MTU, and what happens to established connections when
+//! policy changes.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 

@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use kit::{A, A4, B, B4, attach_pod, udp4, udp4_carrying};
+use kit::{A, A4, B, B4, attach_pod, socket_switch, udp4, udp4_carrying};
 use vswitch_datapath::io::event_loop::{DRAIN_ROUNDS, EventLoop};
 use vswitch_datapath::io::port::{Port, RxMeta, SocketPort};
 use vswitch_datapath::io::worker::{PENDING_FRAMES, PolicyHandle, SHARED_SLICE, Worker};
@@ -26,18 +26,7 @@ fn frame(seq: u16) -> Vec<u8> {
 
 /// A switch with pods a and b on socket ports; returns the pods' ends.
 fn switch() -> (EventLoop, UnixDatagram, UnixDatagram) {
-    let mut dp = Datapath::new(Config::default(), Instant::now());
-    attach_pod(&mut dp, 1, "pod", A, &[IpAddr::from(A4)], 0);
-    attach_pod(&mut dp, 2, "pod", B, &[IpAddr::from(B4)], 0);
-    let mut worker = Worker::new(dp, PolicyHandle::default());
-    let (pod_a, sw_a) = UnixDatagram::pair().unwrap();
-    let (pod_b, sw_b) = UnixDatagram::pair().unwrap();
-    worker.attach(1, Box::new(SocketPort::new(sw_a).unwrap()));
-    worker.attach(2, Box::new(SocketPort::new(sw_b).unwrap()));
-    let mut el = EventLoop::new(worker).unwrap();
-    el.register(1).unwrap();
-    el.register(2).unwrap();
-    (el, pod_a, pod_b)
+    socket_switch(Config::default())
 }
 
 #[test]

@@ -7,13 +7,11 @@
 mod kit;
 
 use std::net::IpAddr;
-use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
-use kit::{A, A4, B, B4, attach_pod, tcp4, udp4};
+use kit::{A, A4, B, B4, attach_pod, socket_switch, tcp4, udp4};
 use vswitch_datapath::io::budget::Budget;
-use vswitch_datapath::io::event_loop::EventLoop;
-use vswitch_datapath::io::port::{MemPort, SocketPort};
+use vswitch_datapath::io::port::MemPort;
 use vswitch_datapath::io::worker::{PolicyHandle, Worker};
 use vswitch_datapath::parse::Mac;
 use vswitch_datapath::{Config, Datapath, PortId};
@@ -129,14 +127,10 @@ fn answers_to_new_connections_cost_the_server_nothing() {
 #[test]
 fn a_paused_port_is_read_again_when_its_pause_ends_without_a_new_frame() {
     // 10,000 a second: a burst of 1,000, then a batch per 6.4 ms
-    let mut w = Worker::new(datapath(10_000), PolicyHandle::default());
-    let (pod_a, sw_a) = UnixDatagram::pair().unwrap();
-    let (_pod_b, sw_b) = UnixDatagram::pair().unwrap();
-    w.attach(1, Box::new(SocketPort::new(sw_a).unwrap()));
-    w.attach(2, Box::new(SocketPort::new(sw_b).unwrap()));
-    let mut el = EventLoop::new(w).unwrap();
-    el.register(1).unwrap();
-    el.register(2).unwrap();
+    let (mut el, pod_a, _pod_b) = socket_switch(Config {
+        slow_path_per_pod: 10_000,
+        ..Config::default()
+    });
     pod_a.set_nonblocking(true).unwrap();
     let mut sent = 0u64;
     let send_all = |sent: &mut u64| {

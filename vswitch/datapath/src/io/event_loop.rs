@@ -109,10 +109,12 @@ impl EventLoop {
         let wait = if self.more {
             Duration::ZERO
         } else {
-            let resume = self.worker.resumes_at().unwrap_or(self.next_housekeeping);
-            timeout
-                .min(self.next_housekeeping.saturating_duration_since(now))
-                .min(resume.saturating_duration_since(now))
+            // housekeeping, or a paused port's resumption if sooner
+            let due = self
+                .worker
+                .resumes_at()
+                .map_or(self.next_housekeeping, |r| r.min(self.next_housekeeping));
+            timeout.min(due.saturating_duration_since(now))
         };
         match self.poll.poll(&mut self.events, Some(wait)) {
             Ok(()) => {}

@@ -305,8 +305,9 @@ impl Worker {
                     &mut self.actions,
                 );
                 if budgeted {
-                    let (paid, free) = self.slow_path_work();
-                    let charge = (count as u64 + paid - before.0).saturating_sub(free - before.1);
+                    let after = self.slow_path_work();
+                    let (opened, forwarded) = (after.0 - before.0, after.1 - before.1);
+                    let charge = (count as u64 + opened).saturating_sub(forwarded);
                     self.budgets[id].charge(rate, charge as usize, now);
                 }
             }

@@ -5,12 +5,16 @@
 #![allow(dead_code)] // every test file uses only some of it
 
 use std::net::IpAddr;
+use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etherparse::{IpNumber, Ipv4Header, PacketBuilder};
 use policy::{Cluster, ContainerPort, Engine, Namespace, Pod, PodKey, Protocol, manifest};
 use vswitch_datapath::counters::Outcome;
+use vswitch_datapath::io::event_loop::EventLoop;
+use vswitch_datapath::io::port::SocketPort;
+use vswitch_datapath::io::worker::{PolicyHandle, Worker};
 use vswitch_datapath::parse::Mac;
 use vswitch_datapath::{Action, Config, Datapath, PortId, PortKind};
 
@@ -305,6 +309,23 @@ pub fn attach_pod(
             ready_generation,
         },
     );
+}
+
+/// An event loop over a datapath with `cfg` and pods a and b (ports 1 and
+/// 2) on socket ports (real descriptors); returns the pods' ends.
+pub fn socket_switch(cfg: Config) -> (EventLoop, UnixDatagram, UnixDatagram) {
+    let mut dp = Datapath::new(cfg, Instant::now());
+    attach_pod(&mut dp, 1, "pod", A, &[IpAddr::from(A4)], 0);
+    attach_pod(&mut dp, 2, "pod", B, &[IpAddr::from(B4)], 0);
+    let mut worker = Worker::new(dp, PolicyHandle::default());
+    let (pod_a, sw_a) = UnixDatagram::pair().unwrap();
+    let (pod_b, sw_b) = UnixDatagram::pair().unwrap();
+    worker.attach(1, Box::new(SocketPort::new(sw_a).unwrap()));
+    worker.attach(2, Box::new(SocketPort::new(sw_b).unwrap()));
+    let mut el = EventLoop::new(worker).unwrap();
+    el.register(1).unwrap();
+    el.register(2).unwrap();
+    (el, pod_a, pod_b)
 }
 
 // ----- the rig ---------------------------------------------------------------
