@@ -10,9 +10,12 @@
 //! # How
 //! - One key per connection, normalised so that both directions find it: the
 //!   lower (address, port) end first. The entry records whether that end is
-//!   the originator. The map from key to slot hashes under a random key
+//!   the originator. The index from key to slot hashes under a random key
 //!   (`keyed_hash`): pods choose the keys, so an unkeyed hash would let one
 //!   choose colliding ones.
+//! - The index holds slot numbers only (4 bytes a connection; the key is in
+//!   the slot), and a new connection hashes its key once: the miss of its
+//!   lookup and its creation cost two hashes, not four.
 //! - Entries live in a slab; the map finds them. A slot has a version that
 //!   changes when it is reused (or its connection cut), so the flow cache can
 //!   hold `(slot, version)` and refresh an entry without a hash lookup.
@@ -71,6 +74,10 @@
 //!   shares bound what a bad-checksum flood can hold.
 
 use std::net::IpAddr;
+
+use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
 
 use super::keyed_hash;
 use super::parse::{FlowTuple, L4};
@@ -268,7 +275,9 @@ impl Default for Charge {
 }
 
 pub struct Conntrack {
-    map: keyed_hash::Map<CtKey, u32>,
+    /// Slot numbers, found by their slot's key.
+    map: HashTable<u32>,
+    hasher: keyed_hash::State,
     slots: Vec<Entry>,
     /// Per slot: the previous and next unreplied connection of its owner.
     links: Vec<[u32; 2]>,
@@ -287,7 +296,8 @@ pub struct Conntrack {
 impl Conntrack {
     pub fn new(max: usize, timeouts: Timeouts) -> Conntrack {
         Conntrack {
-            map: keyed_hash::Map::with_capacity_and_hasher(max, keyed_hash::state()),
+            map: HashTable::with_capacity(max),
+            hasher: keyed_hash::state(),
             slots: Vec::with_capacity(max),
             links: Vec::with_capacity(max),
             charges: Vec::new(),
@@ -329,6 +339,15 @@ impl Conntrack {
             .map_or(0, |c| c.entries as usize)
     }
 
+    /// The slot of a live key.
+    #[inline]
+    fn find(&self, key: &CtKey, hash: u64) -> Option<u32> {
+        let slots = &self.slots;
+        self.map
+            .find(hash, |&s| slots[s as usize].key == *key)
+            .copied()
+    }
+
     #[inline]
     fn expired(&self, e: &Entry, now: u64) -> bool {
         now.saturating_sub(e.last_seen) > e.timeout as u64
@@ -337,7 +356,7 @@ impl Conntrack {
     /// Finds the live connection of a tuple and the packet's direction.
     pub fn lookup(&mut self, t: &FlowTuple, now: u64) -> Option<(CtRef, Dir)> {
         let (key, src_is_lo) = CtKey::of(t);
-        let slot = *self.map.get(&key)?;
+        let slot = self.find(&key, self.hasher.hash_one(key))?;
         let e = &self.slots[slot as usize];
         if self.expired(e, now) {
             self.remove_slot(slot);
@@ -399,9 +418,10 @@ impl Conntrack {
     ) -> Result<CtRef, CtError> {
         let policy_epoch = policy_epoch as u32;
         let (key, src_is_lo) = CtKey::of(t);
+        let hash = self.hasher.hash_one(key);
         // An entry under the same key (an echo seen the other way round) is
         // replaced, never left behind unreachable.
-        if let Some(&old) = self.map.get(&key) {
+        if let Some(old) = self.find(&key, hash) {
             self.remove_slot(old);
         }
         if self.charges.len() <= owner as usize {
@@ -464,7 +484,9 @@ impl Conntrack {
                 self.slots.len() as u32 - 1
             }
         };
-        self.map.insert(key, slot);
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.map
+            .insert_unique(hash, slot, |&s| hasher.hash_one(slots[s as usize].key));
         self.created += 1;
         self.charges[owner as usize].entries += 1;
         self.link_unreplied(slot);
@@ -636,7 +658,10 @@ impl Conntrack {
         let e = &mut self.slots[slot as usize];
         e.flags &= !LIVE;
         self.charges[e.owner as usize].entries -= 1;
-        self.map.remove(&e.key);
+        let hash = self.hasher.hash_one(e.key);
+        if let Ok(found) = self.map.find_entry(hash, |&s| s == slot) {
+            found.remove();
+        }
         self.free.push(slot);
     }
 

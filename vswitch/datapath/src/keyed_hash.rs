@@ -18,6 +18,9 @@ pub fn state() -> SeedableRandomState {
     SeedableRandomState::with_seed(StdRandom::new().hash_one(1u64), shared)
 }
 
+/// The keyed state.
+pub type State = SeedableRandomState;
+
 /// A map keyed by what pods send.
 pub type Map<K, V> = std::collections::HashMap<K, V, SeedableRandomState>;
 
