@@ -51,6 +51,12 @@ pub struct Config {
     /// The cluster's pod address ranges: a destination in them that is on
     /// no known node is dropped (counted), not sent out of the node port.
     pub cluster_cidrs: Vec<IpNet>,
+    /// The cluster IP ranges kube-proxy translates on the node (empty: the
+    /// switch knows of none). A pod's connection to one leaves by the node
+    /// port unjudged, and its translation may come back by the node port
+    /// with the pod's own source; policy judges the translated connection
+    /// (see `datapath/kube_proxy.rs`).
+    pub service_cidrs: Vec<IpNet>,
     /// The overlay's VXLAN network identifier.
     pub vni: u32,
     /// The largest inner IP packet the overlay carries unsegmented.
@@ -77,6 +83,7 @@ impl Default for Config {
             frag_ttl_ms: 2_000,
             timeouts: Timeouts::default(),
             cluster_cidrs: Vec::new(),
+            service_cidrs: Vec::new(),
             vni: overlay::DEFAULT_VNI,
             overlay_mtu: 1450,
             port_mtu: 1500,

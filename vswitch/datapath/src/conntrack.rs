@@ -206,6 +206,9 @@ const ORIG_IS_LO: u8 = 2;
 /// `Entry::flags`: in its owner's list of unreplied connections (those
 /// early drop may evict).
 const UNREPLIED: u8 = 4;
+/// `Entry::flags`: a connection kube-proxy translated on the node; its
+/// replies go back by the node port (see `datapath/kube_proxy.rs`).
+const VIA_NODE: u8 = 8;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Entry {
@@ -528,6 +531,19 @@ impl Conntrack {
             n => self.links[n as usize][0] = prev,
         }
         c.unreplied -= 1;
+    }
+
+    /// Marks a connection as translated on the node (its replies go back
+    /// by the node port).
+    pub fn mark_via_node(&mut self, r: CtRef) {
+        if self.get(r).is_some() {
+            self.slots[r.slot as usize].flags |= VIA_NODE;
+        }
+    }
+
+    /// Whether a connection was translated on the node.
+    pub fn via_node(&self, r: CtRef) -> bool {
+        self.get(r).is_some_and(|e| e.flags & VIA_NODE != 0)
     }
 
     /// Advances the connection's state with a packet seen in `dir`.

@@ -64,6 +64,7 @@ impl Datapath {
         let port = self.ports[in_port as usize].as_ref().expect("port");
         let from_node = matches!(port.kind, PortKind::Node { .. });
         let from_remote = matches!(port.kind, PortKind::Remote { .. });
+        let from_pod = matches!(port.kind, PortKind::Pod { .. });
 
         // Neighbour discovery is answered here, before anything is routed.
         if let L4::Ndp { ty } = ip.l4 {
@@ -77,9 +78,15 @@ impl Datapath {
         }
         // Anti-spoofing: a pod sends from its own addresses only, another
         // node from its pods' and its own; the node may not impersonate a
-        // local pod.
+        // local pod, except to bring back what kube-proxy translated of the
+        // pod's own connection to a service (`client`: that pod's port).
+        let client = if from_node {
+            self.by_ip.get(&ip.src).copied()
+        } else {
+            None
+        };
         let legit = if from_node {
-            !self.by_ip.contains_key(&ip.src)
+            client.is_none() || self.came_back(ip)
         } else {
             port.owns(ip.src)
         };
@@ -98,10 +105,16 @@ impl Datapath {
             return IpVerdict::Drop(Outcome::NotReady);
         }
 
-        let fwd = match self.route(in_port, dst_mac, ip.dst) {
+        let mut fwd = match self.route(in_port, dst_mac, ip.dst) {
             Ok(fwd) => fwd,
             Err(o) => return IpVerdict::Drop(o),
         };
+        // A pod's connection to a cluster IP that kube-proxy translates on
+        // the node: judged when it comes back translated (kube_proxy.rs).
+        let to_service = from_pod && self.to_service(fwd.port, ip.dst);
+        // The endpoint's side of a connection kube-proxy translated goes
+        // back by the node, which undoes the translation.
+        let mut back_by_node = false;
         // Time Exceeded tells the sender that the destination is there:
         // answered only for what policy would let through.
         if fwd.routed && ip.ttl <= 1 {
@@ -150,6 +163,7 @@ impl Datapath {
                     if self.ct.is_cut(r) {
                         return IpVerdict::Drop(Outcome::PolicyDeny);
                     }
+                    back_by_node = !from_node && self.ct.via_node(r);
                     r
                 }
                 _ if node_local => CtRef::default(),
@@ -168,7 +182,8 @@ impl Datapath {
             // SYN that the policy in force allows.
             if let Some((r, dir)) = found
                 && self.ct.is_cut(r)
-                && !(self.ct.reopens(r, dir, &ip.l4) && (node_local || self.allowed(&tuple)))
+                && !(self.ct.reopens(r, dir, &ip.l4)
+                    && (node_local || to_service || self.allowed(&tuple)))
             {
                 self.ct.update(r, dir, &ip.l4, ms);
                 return IpVerdict::Drop(Outcome::PolicyDeny);
@@ -190,10 +205,12 @@ impl Datapath {
                         conntrack::Dir::Orig => ip.src,
                         conntrack::Dir::Reply => ip.dst,
                     });
-                    if let Err(o) = self.recheck(r, by_node, ms) {
+                    if let Err(o) = self.recheck(r, by_node || to_service, ms) {
                         return IpVerdict::Drop(o);
                     }
                     self.ct.update(r, dir, &ip.l4, ms);
+                    back_by_node =
+                        dir == conntrack::Dir::Reply && !from_node && self.ct.via_node(r);
                     r
                 }
                 None => {
@@ -203,7 +220,7 @@ impl Datapath {
                     // The node's exemption is for connections it starts,
                     // not for a segment picked up mid-stream (which could
                     // revive a connection that policy cut).
-                    let exempt = node_local && !conntrack::is_pickup(&ip.l4);
+                    let exempt = (node_local && !conntrack::is_pickup(&ip.l4)) || to_service;
                     if !exempt && !self.allowed(&tuple) {
                         if reopened {
                             // The old connection's flow-cache entries (of
@@ -219,18 +236,32 @@ impl Datapath {
                     if conntrack::is_pickup(&ip.l4) && ms >= self.cfg.conntrack_pickup_ms {
                         return IpVerdict::Drop(Outcome::Untracked);
                     }
-                    let (generation, share) = (self.policy.generation(), self.ct_share(in_port));
-                    match self
-                        .ct
-                        .create(&tuple, &ip.l4, ms, generation, in_port, share)
-                    {
-                        Ok(r) => r,
+                    // charged to the pod that opened it, however it came
+                    let owner = client.unwrap_or(in_port);
+                    let (generation, share) = (self.policy.generation(), self.ct_share(owner));
+                    match self.ct.create(&tuple, &ip.l4, ms, generation, owner, share) {
+                        Ok(r) => {
+                            if to_service {
+                                self.legs.record(&tuple, r, &self.ct);
+                            }
+                            if client.is_some() {
+                                self.ct.mark_via_node(r);
+                            }
+                            r
+                        }
                         Err(CtError::Full) => return IpVerdict::Drop(Outcome::TableFull),
                         Err(CtError::ShareFull) => return IpVerdict::Drop(Outcome::ShareFull),
                     }
                 }
             }
         };
+
+        if back_by_node {
+            fwd = match self.to_node() {
+                Ok(f) => f,
+                Err(o) => return IpVerdict::Drop(o),
+            };
+        }
 
         // Allowed, but too big for its output port: answered as a router
         // would; IPv4 without DF is fragmented by the overlay, and dropped

@@ -12,6 +12,7 @@
 
 mod control;
 mod ip;
+mod kube_proxy;
 mod neighbor;
 mod rewrite;
 mod route;
@@ -63,6 +64,8 @@ pub struct Datapath {
     /// entries of another epoch are misses.
     epoch: u64,
     ct: Conntrack,
+    /// Pods' connections to kube-proxy's service ranges (their way back).
+    legs: kube_proxy::ServiceLegs,
     frags: FragTable,
     cache: FlowCache,
     pub counters: Counters,
@@ -76,6 +79,7 @@ impl Datapath {
     pub fn new(cfg: Config, start: Instant) -> Datapath {
         Datapath {
             ct: Conntrack::new(cfg.conntrack_max, cfg.timeouts),
+            legs: kube_proxy::ServiceLegs::new(),
             frags: FragTable::new(cfg.frag_max, cfg.frag_ttl_ms),
             cache: FlowCache::new(cfg.flow_cache_max),
             cfg,

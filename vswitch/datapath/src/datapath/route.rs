@@ -24,6 +24,29 @@ impl Datapath {
             .or(self.node_port)
     }
 
+    /// Out of `port`, routed (from the gateway's MAC) or not.
+    fn out_of(&self, port: PortId, routed: bool) -> Route {
+        let out = self.ports[port as usize].as_ref().ok_or(Outcome::NoRoute)?;
+        let mtu = match out.kind {
+            PortKind::Remote { .. } => self.cfg.overlay_mtu,
+            PortKind::Pod { .. } | PortKind::Node { .. } => out.mtu,
+            PortKind::Overlay => 0,
+        };
+        Ok(Forward {
+            port,
+            routed,
+            src_mac: self.cfg.gateway_mac,
+            dst_mac: out.mac,
+            mtu,
+        })
+    }
+
+    /// Routed out of the node port (replies of connections kube-proxy
+    /// translated, so that the node undoes the translation).
+    pub(super) fn to_node(&self) -> Route {
+        self.out_of(self.node_port.ok_or(Outcome::NoRoute)?, true)
+    }
+
     /// Where a packet goes. A frame to the gateway's MAC is routed by
     /// destination address; a frame to a local pod's MAC is delivered at L2
     /// if that pod owns the destination address. Nothing is flooded.
@@ -38,19 +61,7 @@ impl Datapath {
             if port == in_port {
                 return Err(Outcome::NoRoute); // no hairpin
             }
-            let out = self.ports[port as usize].as_ref().ok_or(Outcome::NoRoute)?;
-            let mtu = match out.kind {
-                PortKind::Remote { .. } => self.cfg.overlay_mtu,
-                PortKind::Pod { .. } | PortKind::Node { .. } => out.mtu,
-                PortKind::Overlay => 0,
-            };
-            Ok(Forward {
-                port,
-                routed,
-                src_mac: self.cfg.gateway_mac,
-                dst_mac: out.mac,
-                mtu,
-            })
+            self.out_of(port, routed)
         };
         if dst_mac == self.cfg.gateway_mac {
             if let Some(&p) = self.by_ip.get(&dst) {

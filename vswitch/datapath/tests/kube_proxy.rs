@@ -1,0 +1,145 @@
+//! kube-proxy on the node: a pod's connection to a cluster IP leaves by the
+//! node port, kube-proxy DNATs it to an endpoint, and the translated packet
+//! comes back by the node port with the pod's own source. Such a packet is
+//! taken (only for a connection the pod opened to the service range), policy
+//! judges the translated connection, and the endpoint's replies go back by
+//! the node port so that the kernel can undo the translation.
+
+mod kit;
+
+use kit::*;
+use vswitch_datapath::counters::Outcome;
+use vswitch_datapath::{Action, Config};
+
+/// A cluster IP in the service range the tests configure.
+const VIP: [u8; 4] = [10, 96, 0, 10];
+
+fn rig() -> Rig {
+    Rig::two_pods_with(Config {
+        service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
+        ..Config::default()
+    })
+}
+
+fn policy(name: &str, of: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: x}}\n\
+         spec: {{podSelector: {{matchLabels: {{pod: {of}}}}}, {spec}}}\n"
+    )
+}
+
+/// The four legs of one TCP handshake step through kube-proxy: a -> VIP,
+/// (node) a -> b, b -> a, (node) VIP -> a. Returns each leg's action.
+fn handshake(rig: &mut Rig, sport: u16) -> [Action; 4] {
+    let mut out = tcp4(A, GW, A4, VIP, sport, 8080, "S", 64);
+    let first = rig.send(1, &mut out);
+    let mut dnat = tcp4(NODE, GW, A4, B4, sport, 80, "S", 63);
+    let second = rig.send(0, &mut dnat);
+    let mut reply = tcp4(B, GW, B4, A4, 80, sport, "SA", 64);
+    let third = rig.send(2, &mut reply);
+    if third == Action::Forward(0) {
+        assert_eq!(&reply[0..6], &NODE, "to the node's MAC");
+    }
+    let mut undone = tcp4(NODE, GW, VIP, A4, 8080, sport, "SA", 63);
+    let fourth = rig.send(0, &mut undone);
+    [first, second, third, fourth]
+}
+
+#[test]
+fn a_connection_through_kube_proxy_reaches_its_endpoint_and_replies_go_back_by_the_node() {
+    let mut rig = rig();
+    assert_eq!(
+        handshake(&mut rig, 40000),
+        [
+            Action::Forward(0),
+            Action::Forward(2),
+            Action::Forward(0),
+            Action::Forward(1)
+        ]
+    );
+    // later segments, through the flow cache, take the same ways
+    assert_eq!(
+        handshake(&mut rig, 40000),
+        [
+            Action::Forward(0),
+            Action::Forward(2),
+            Action::Forward(0),
+            Action::Forward(1)
+        ]
+    );
+    // the translated connection is charged to the client, not to the node
+    assert_eq!(rig.dp.conntrack().charged(1), 2, "both legs are a's");
+    assert_eq!(rig.dp.conntrack().charged(0), 0);
+    // b's own connection to a, not translated, still goes straight to a
+    let mut direct = tcp4(B, GW, B4, A4, 45000, 80, "S", 64);
+    assert_eq!(rig.send(2, &mut direct), Action::Forward(1));
+}
+
+#[test]
+fn only_a_connection_a_pod_opened_to_the_service_range_comes_back_with_its_source() {
+    let mut rig = rig();
+    // nothing left for a service from a:40001: the node may not speak as a
+    let mut forged = tcp4(NODE, GW, A4, B4, 40001, 80, "S", 63);
+    let spoofed = rig.count(Outcome::Spoofed);
+    assert_eq!(rig.send(0, &mut forged), Action::Drop(Outcome::Spoofed));
+    assert_eq!(rig.count(Outcome::Spoofed), spoofed + 1);
+    // a's connection to an address outside the service range does not
+    // open the way either
+    let mut out = tcp4(A, GW, A4, OUT4, 40002, 443, "S", 64);
+    assert_eq!(rig.send(1, &mut out), Action::Forward(0));
+    let mut back = tcp4(NODE, GW, A4, B4, 40002, 80, "S", 63);
+    assert_eq!(rig.send(0, &mut back), Action::Drop(Outcome::Spoofed));
+    assert_eq!(rig.count(Outcome::Spoofed), spoofed + 2);
+    // nor a UDP flow for a TCP segment on the same port
+    let mut udp = udp4(A, GW, A4, VIP, 40003, 53);
+    assert_eq!(rig.send(1, &mut udp), Action::Forward(0));
+    let mut tcp = tcp4(NODE, GW, A4, B4, 40003, 53, "S", 63);
+    assert_eq!(rig.send(0, &mut tcp), Action::Drop(Outcome::Spoofed));
+    // and without a service range configured, nothing comes back
+    let mut off = Rig::two_pods();
+    let mut out = tcp4(A, GW, A4, VIP, 40004, 8080, "S", 64);
+    assert_eq!(off.send(1, &mut out), Action::Forward(0));
+    let mut back = tcp4(NODE, GW, A4, B4, 40004, 80, "S", 63);
+    assert_eq!(off.send(0, &mut back), Action::Drop(Outcome::Spoofed));
+}
+
+#[test]
+fn policy_judges_the_translated_connection() {
+    // a may send only to b, on 80: the cluster IP is no peer of its policy,
+    // yet the connection through it passes, as one to b directly would
+    let mut rig = rig();
+    rig.apply(&policy(
+        "a-to-b",
+        "a",
+        "policyTypes: [Egress], egress: [{to: [{podSelector: {matchLabels: {pod: b}}}], ports: [{port: 80}]}]",
+    ));
+    assert_eq!(
+        handshake(&mut rig, 41000),
+        [
+            Action::Forward(0),
+            Action::Forward(2),
+            Action::Forward(0),
+            Action::Forward(1)
+        ]
+    );
+    // b's ingress denies everything: the translated SYN is dropped
+    rig.apply(&policy("deny-b", "b", "policyTypes: [Ingress]"));
+    let denied = rig.count(Outcome::PolicyDeny);
+    let [first, second, ..] = handshake(&mut rig, 41001);
+    assert_eq!(first, Action::Forward(0), "the first leg waits for the node");
+    assert_eq!(second, Action::Drop(Outcome::PolicyDeny));
+    assert!(rig.count(Outcome::PolicyDeny) > denied);
+}
+
+#[test]
+fn a_udp_service_answers_like_dns() {
+    let mut rig = rig();
+    let mut q = udp4(A, GW, A4, VIP, 50000, 53);
+    assert_eq!(rig.send(1, &mut q), Action::Forward(0));
+    let mut dnat = udp4(NODE, GW, A4, B4, 50000, 5353);
+    assert_eq!(rig.send(0, &mut dnat), Action::Forward(2));
+    let mut answer = udp4(B, GW, B4, A4, 5353, 50000);
+    assert_eq!(rig.send(2, &mut answer), Action::Forward(0));
+    let mut undone = udp4(NODE, GW, VIP, A4, 53, 50000);
+    assert_eq!(rig.send(0, &mut undone), Action::Forward(1));
+}
