@@ -201,6 +201,8 @@ fn the_daemonset_runs_vswitchd_with_what_it_needs_and_no_more() {
             node_name,
             overlay_addr,
             cluster_cidrs,
+            service_proxy,
+            service_cidrs,
             mtu,
             ..
         } => {
@@ -212,6 +214,12 @@ fn the_daemonset_runs_vswitchd_with_what_it_needs_and_no_more() {
                 "the overlay binds the node's address"
             );
             assert_eq!(cluster_cidrs.len(), 1);
+            assert_eq!(service_proxy, vswitch::daemon::cli::ServiceProxy::KubeProxy);
+            assert_eq!(
+                service_cidrs,
+                vec!["10.96.0.0/12".parse::<ipnet::IpNet>().unwrap()],
+                "the ConfigMap's Service range"
+            );
             assert_eq!(mtu, Some(1450), "room for VXLAN over IPv4");
             assert!(metrics_addr.is_some());
             assert_eq!(socket, PathBuf::from(vswitch_cni::proto::DEFAULT_SOCKET));

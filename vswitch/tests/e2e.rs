@@ -876,3 +876,278 @@ fn before_the_api_server_answers_pods_get_no_traffic() {
     assert!(w.log().contains("out of sync"), "{}", w.log());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A ClusterIP Service as kube-proxy sees it: `ns/name:port` (its
+/// ServicePortName), protocol, cluster IP and port, and its ready
+/// endpoints (`ip:port`).
+struct KubeService<'a> {
+    port_name: &'a str,
+    proto: &'a str,
+    cluster_ip: &'a str,
+    port: u16,
+    endpoints: Vec<String>,
+}
+
+/// A kube-proxy chain name: prefix and the first 16 characters of the
+/// base32 SHA-256 of `text` (kube-proxy's `portProtoHash` and
+/// `servicePortEndpointChainName`).
+fn kube_chain(prefix: &str, text: &str) -> String {
+    let hash = run(Command::new("python3").args([
+        "-c",
+        "import base64, hashlib, sys; print(base64.b32encode(hashlib.sha256(sys.argv[1].encode()).digest()).decode()[:16])",
+        text,
+    ]));
+    format!("{prefix}{}", hash.trim())
+}
+
+/// The rules kube-proxy's iptables mode writes for `services` (as its
+/// proxier writes them for iptables-restore: the nat table's
+/// KUBE-SERVICES, KUBE-SVC-* with the statistic module, KUBE-SEP-* with the
+/// hairpin mark and DNAT, masquerade of marked packets; the filter table's
+/// REJECT of a Service without endpoints). `cluster_cidr`: kube-proxy's
+/// --cluster-cidr (traffic from elsewhere is masqueraded).
+fn kube_proxy_rules(services: &[KubeService], cluster_cidr: &str) -> String {
+    let mut nat = vec![
+        "*nat".to_string(),
+        ":KUBE-SERVICES - [0:0]".into(),
+        ":KUBE-POSTROUTING - [0:0]".into(),
+        ":KUBE-MARK-MASQ - [0:0]".into(),
+        ":KUBE-NODEPORTS - [0:0]".into(),
+    ];
+    let mut rules = vec![
+        "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES".to_string(),
+        "-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES".into(),
+        "-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING".into(),
+        "-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000".into(),
+        "-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN".into(),
+        "-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000".into(),
+        "-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully".into(),
+    ];
+    let mut filter = vec![
+        "*filter".to_string(),
+        ":KUBE-SERVICES - [0:0]".into(),
+        "-A FORWARD -m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES".into(),
+        "-A OUTPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES".into(),
+    ];
+    for s in services {
+        let (name, p) = (s.port_name, s.proto);
+        let dst = format!("-m {p} -p {p} -d {} --dport {}", s.cluster_ip, s.port);
+        if s.endpoints.is_empty() {
+            filter.push(format!(
+                "-A KUBE-SERVICES -m comment --comment \"{name} has no endpoints\" {dst} -j REJECT"
+            ));
+            continue;
+        }
+        let svc = kube_chain("KUBE-SVC-", &format!("{name}{p}"));
+        nat.push(format!(":{svc} - [0:0]"));
+        rules.push(format!(
+            "-A KUBE-SERVICES -m comment --comment \"{name} cluster IP\" {dst} -j {svc}"
+        ));
+        rules.push(format!(
+            "-A {svc} -m comment --comment \"{name} cluster IP\" {dst} ! -s {cluster_cidr} -j KUBE-MARK-MASQ"
+        ));
+        let n = s.endpoints.len();
+        for (i, ep) in s.endpoints.iter().enumerate() {
+            let sep = kube_chain("KUBE-SEP-", &format!("{name}{p}{ep}"));
+            nat.push(format!(":{sep} - [0:0]"));
+            let pick = if i + 1 < n {
+                format!(
+                    "-m statistic --mode random --probability {:.10} ",
+                    1.0 / (n - i) as f64
+                )
+            } else {
+                String::new()
+            };
+            rules.push(format!(
+                "-A {svc} -m comment --comment \"{name} -> {ep}\" {pick}-j {sep}"
+            ));
+            let ip = ep.rsplit_once(':').unwrap().0;
+            rules.push(format!(
+                "-A {sep} -m comment --comment {name} -s {ip} -j KUBE-MARK-MASQ"
+            ));
+            rules.push(format!(
+                "-A {sep} -m comment --comment {name} -m {p} -p {p} -j DNAT --to-destination {ep}"
+            ));
+        }
+    }
+    rules.push("-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS".into());
+    nat.extend(rules);
+    nat.push("COMMIT".into());
+    filter.push("COMMIT".into());
+    format!("{}\n{}\n", nat.join("\n"), filter.join("\n"))
+}
+
+#[test]
+fn with_kube_proxy_on_the_node_pods_reach_services_whose_endpoints_share_the_node() {
+    if skip_unless_able() {
+        return;
+    }
+    let mut w = World::new();
+    for name in ["a", "b", "c"] {
+        w.write_manifest(&format!("{name}.yaml"), &pod_manifest(name));
+    }
+    let a = w.add_pod("a");
+    let b = w.add_pod("b");
+    let c = w.add_pod("c");
+    for p in [&b, &c] {
+        w.serve(&p.ns, 8080);
+        w.serve(&p.ns, 5353);
+    }
+    // the node forwards, as every Kubernetes node does, and kube-proxy's
+    // rules are in place for four Services in the default 10.96.0.0/12
+    run(Command::new("ip").args([
+        "netns",
+        "exec",
+        &w.node,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ]));
+    // and has a default route, to an outside namespace (a REJECT in
+    // FORWARD needs a route first)
+    let out = format!("{}-out", w.tag);
+    ip(&["netns", "add", &out]);
+    w.namespaces.push(out.clone());
+    let (n_end, o_end) = (format!("{}n", w.tag), format!("{}o", w.tag));
+    ip(&[
+        "link", "add", &n_end, "netns", &w.node, "type", "veth", "peer", "name", &o_end, "netns",
+        &out,
+    ]);
+    ip(&["-n", &w.node, "addr", "add", "192.0.2.1/24", "dev", &n_end]);
+    ip(&["-n", &w.node, "link", "set", &n_end, "up"]);
+    ip(&["-n", &w.node, "route", "add", "default", "via", "192.0.2.2"]);
+    let ep = |p: &Pod, port: u16| format!("{}:{port}", p.v4);
+    let rules = kube_proxy_rules(
+        &[
+            KubeService {
+                port_name: "default/web:http",
+                proto: "tcp",
+                cluster_ip: "10.96.0.80",
+                port: 80,
+                endpoints: vec![ep(&b, 8080), ep(&c, 8080)],
+            },
+            KubeService {
+                port_name: "default/dns:dns",
+                proto: "udp",
+                cluster_ip: "10.96.0.10",
+                port: 53,
+                endpoints: vec![ep(&b, 5353)],
+            },
+            KubeService {
+                port_name: "default/only-b:http",
+                proto: "tcp",
+                cluster_ip: "10.96.0.81",
+                port: 80,
+                endpoints: vec![ep(&b, 8080)],
+            },
+            KubeService {
+                port_name: "default/none:http",
+                proto: "tcp",
+                cluster_ip: "10.96.0.99",
+                port: 80,
+                endpoints: vec![],
+            },
+        ],
+        &format!("{}.0/24", w.subnet),
+    );
+    let mut restore = Command::new("ip")
+        .args(["netns", "exec", &w.node, "iptables-restore"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("iptables-restore (apt-get install iptables)");
+    restore
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(rules.as_bytes())
+        .unwrap();
+    let out = restore.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "iptables-restore: {}\n{rules}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let metrics = |w: &World, name: &str| -> u64 {
+        w.metrics()
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let spoofed = "vswitch_packets_total{outcome=\"spoofed\"}";
+    let spoofed_before = metrics(&w, spoofed);
+
+    // TCP to a Service with two endpoints on this node, many times: every
+    // connection is established, and both endpoints serve some
+    for i in 0..16 {
+        assert_eq!(
+            w.probe(&a.ns, "tcp", "10.96.0.80", 80),
+            "ok",
+            "a -> web, connection {i}\n{}",
+            w.log()
+        );
+    }
+    let ct = w.ctl(&["conntrack"]);
+    for p in [&b, &c] {
+        assert!(
+            ct.contains(&format!("{}:8080", p.v4)),
+            "a connection to {} through the Service: {ct}",
+            p.v4
+        );
+    }
+    // UDP, as a pod asks cluster DNS
+    assert_eq!(w.probe(&a.ns, "udp", "10.96.0.10", 53), "ok", "a -> dns");
+    // hairpin: b through a Service whose only endpoint is b (kube-proxy
+    // masquerades it to the node's address on vsw0)
+    assert_eq!(
+        w.probe(&b.ns, "tcp", "10.96.0.81", 80),
+        "ok",
+        "b -> its own Service"
+    );
+    // no endpoints: kube-proxy's REJECT answers at once
+    let t0 = Instant::now();
+    let refused = w.probe(&a.ns, "tcp", "10.96.0.99", 80);
+    assert!(
+        refused.contains("refused"),
+        "{refused}\n{}",
+        w.ctl(&["ports"])
+    );
+    assert!(
+        t0.elapsed() < Duration::from_millis(1500),
+        "refused, not timed out"
+    );
+    assert_eq!(
+        metrics(&w, spoofed),
+        spoofed_before,
+        "nothing kube-proxy sent back was taken for spoofing"
+    );
+
+    // policy judges the translated connection: b denies all ingress
+    let before = w.reloads();
+    w.write_manifest("deny-b.yaml", DENY_B);
+    w.wait_reload(before);
+    assert_ne!(
+        w.probe(&a.ns, "tcp", "10.96.0.81", 80),
+        "ok",
+        "b is isolated"
+    );
+    assert_ne!(
+        w.probe(&a.ns, "udp", "10.96.0.10", 53),
+        "ok",
+        "b is isolated"
+    );
+    // and a -> b on 8080/TCP allowed: through the Service too, though the
+    // policy names neither the cluster IP nor its port
+    let before = w.reloads();
+    w.write_manifest("allow-a.yaml", ALLOW_A_TO_B);
+    w.wait_reload(before);
+    assert_eq!(w.probe(&a.ns, "tcp", "10.96.0.81", 80), "ok", "allowed");
+    assert_ne!(
+        w.probe(&a.ns, "udp", "10.96.0.10", 53),
+        "ok",
+        "UDP still not"
+    );
+    assert_ne!(w.probe(&c.ns, "tcp", "10.96.0.81", 80), "ok", "c is not a");
+}

@@ -126,7 +126,11 @@ fn policy_judges_the_translated_connection() {
     rig.apply(&policy("deny-b", "b", "policyTypes: [Ingress]"));
     let denied = rig.count(Outcome::PolicyDeny);
     let [first, second, ..] = handshake(&mut rig, 41001);
-    assert_eq!(first, Action::Forward(0), "the first leg waits for the node");
+    assert_eq!(
+        first,
+        Action::Forward(0),
+        "the first leg waits for the node"
+    );
     assert_eq!(second, Action::Drop(Outcome::PolicyDeny));
     assert!(rig.count(Outcome::PolicyDeny) > denied);
 }

@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use vswitch::daemon::cli::Cmd;
+use vswitch::daemon::cli::{Cmd, ServiceProxy};
 use vswitch::daemon::nodes::OverlayOptions;
 use vswitch::daemon::{Daemon, Event, Options, install};
 use vswitch::tools::demo::{DemoError, Pods};
@@ -80,6 +80,8 @@ fn main() -> ExitCode {
             overlay_port,
             vni,
             cluster_cidrs,
+            service_proxy,
+            service_cidrs,
             established,
             conntrack_per_pod,
             conntrack_pickup_secs,
@@ -108,6 +110,9 @@ fn main() -> ExitCode {
                 metrics_addr,
                 overlay,
                 cluster_cidrs,
+                service_cidrs: match service_proxy {
+                    ServiceProxy::KubeProxy => service_cidrs,
+                },
             })
         }
         Top::Daemon(Cmd::InstallCni {

@@ -70,6 +70,17 @@ pub enum Cmd {
         /// that is on no known node is dropped, not sent out of the node.
         #[arg(long = "cluster-cidr")]
         cluster_cidrs: Vec<ipnet::IpNet>,
+        /// Who translates connections to cluster IPs. kube-proxy: kube-proxy
+        /// on the node (iptables or nftables); the switch only lets its
+        /// translations come back (see --service-cidr).
+        #[arg(long, value_enum, default_value_t = ServiceProxy::KubeProxy)]
+        service_proxy: ServiceProxy,
+        /// The cluster's Service range (kube-apiserver
+        /// --service-cluster-ip-range; repeat for dual stack). With
+        /// --service-proxy kube-proxy, a pod's connection there leaves by
+        /// the node unjudged and is judged when it comes back translated.
+        #[arg(long = "service-cidr", default_value = "10.96.0.0/12")]
+        service_cidrs: Vec<ipnet::IpNet>,
         /// What a new policy does to established connections it denies.
         #[arg(long, value_enum, default_value_t = Established::Recheck)]
         established: Established,
@@ -138,6 +149,14 @@ pub enum Cmd {
         #[arg(long = "extra-plugin")]
         extra_plugins: Vec<PathBuf>,
     },
+}
+
+/// `--service-proxy`: who translates connections to cluster IPs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServiceProxy {
+    /// kube-proxy on the node translates; the switch takes the translated
+    /// packets back from the node and sends the replies by the node.
+    KubeProxy,
 }
 
 /// `--established`: what a new policy does to established connections it

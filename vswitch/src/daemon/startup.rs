@@ -52,6 +52,8 @@ pub struct Options {
     /// The cluster's pod ranges (addresses there on no known node are
     /// dropped rather than sent to the node).
     pub cluster_cidrs: Vec<IpNet>,
+    /// The Service ranges kube-proxy translates on the node.
+    pub service_cidrs: Vec<IpNet>,
 }
 
 impl Daemon {
@@ -90,6 +92,7 @@ impl Daemon {
             conntrack_pickup_ms: opts.conntrack_pickup_ms,
             slow_path_per_pod: opts.slow_path_per_pod,
             cluster_cidrs: opts.cluster_cidrs.clone(),
+            service_cidrs: opts.service_cidrs.clone(),
             vni: opts.overlay.as_ref().map_or(1, |o| o.vni),
             overlay_mtu: opts.mtu.min(u16::MAX as u32) as u16,
             // the node's TAP and pods without an MTU of their own
