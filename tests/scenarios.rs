@@ -1,6 +1,10 @@
 //! Every scenario of the project's corpus (`tests/netpol/`) and of the shared
 //! examples (`../shared/netpol/examples/`) passes in engine mode and in
-//! dataplane mode (real connection attempts between in-process pods).
+//! dataplane mode (real connection attempts between in-process pods), and
+//! (root) in netns mode on one and three nodes. The Service corpus
+//! (`tests/services/`) and the NetworkPolicy corpus with every pod behind a
+//! Service of its own (`--via service`) pass in engine and netns modes
+//! (kube-proxy's rules on each node).
 
 use std::path::{Path, PathBuf};
 
@@ -11,10 +15,14 @@ fn root() -> PathBuf {
 }
 
 fn run_all(dir: &Path, mode: Mode) -> usize {
+    run_all_via(dir, mode, false)
+}
+
+fn run_all_via(dir: &Path, mode: Mode, via_service: bool) -> usize {
     let files = scenario::expand_paths(&[dir.to_path_buf()]);
     let mut failures = String::new();
     for f in &files {
-        let report = scenario::run_file(f, mode, 1);
+        let report = scenario::run_file_via(f, mode, 1, via_service);
         if !report.passed() {
             failures.push_str(&report.render(&f.display().to_string()));
         }
@@ -55,6 +63,27 @@ fn corpus_passes_in_dataplane_mode() {
 }
 
 #[test]
+fn services_pass_in_engine_mode() {
+    let n = run_all(&root().join("tests/services"), Mode::Engine);
+    assert!(n >= 10, "the Service corpus has {n} files");
+}
+
+#[test]
+fn corpus_via_service_passes_in_engine_mode() {
+    run_all_via(&root().join("tests/netpol"), Mode::Engine, true);
+}
+
+#[test]
+fn services_are_refused_in_dataplane_mode_with_the_reason() {
+    let f = root().join("tests/services");
+    let first = scenario::expand_paths(&[f])[0].clone();
+    let report = scenario::run_file(&first, Mode::Dataplane, 1);
+    assert!(!report.passed());
+    let error = report.error.unwrap_or_default();
+    assert!(error.contains("--service-proxy switch"), "{error}");
+}
+
+#[test]
 fn shared_examples_pass_in_engine_mode() {
     shared_examples(Mode::Engine);
 }
@@ -66,7 +95,13 @@ fn shared_examples_pass_in_dataplane_mode() {
 
 /// Runs files on `threads` threads at once (netns mode waits on timeouts
 /// far more than it computes; each file has its own namespaces and switch).
-fn run_parallel(files: Vec<PathBuf>, mode: Mode, nodes: usize, threads: usize) -> String {
+fn run_parallel(
+    files: Vec<PathBuf>,
+    mode: Mode,
+    nodes: usize,
+    threads: usize,
+    via_service: bool,
+) -> String {
     let files = std::sync::Mutex::new(files);
     let failures = std::sync::Mutex::new(String::new());
     std::thread::scope(|s| {
@@ -76,7 +111,7 @@ fn run_parallel(files: Vec<PathBuf>, mode: Mode, nodes: usize, threads: usize) -
                     let Some(f) = files.lock().unwrap().pop() else {
                         break;
                     };
-                    let report = scenario::run_file(&f, mode, nodes);
+                    let report = scenario::run_file_via(&f, mode, nodes, via_service);
                     if !report.passed() {
                         failures
                             .lock()
@@ -94,6 +129,26 @@ fn run_parallel(files: Vec<PathBuf>, mode: Mode, nodes: usize, threads: usize) -
 /// sockets (root only; SCTP pairs are skipped where the kernel has no SCTP),
 /// the pods on `nodes` simulated nodes.
 fn netns_mode(nodes: usize) {
+    if skip_unless_root() {
+        return;
+    }
+    let mut files = scenario::expand_paths(&[root().join("tests/netpol")]);
+    let shared = root().join("../shared/netpol/examples");
+    if shared.is_dir() {
+        files.extend(scenario::expand_paths(&[shared]));
+    }
+    files.extend(scenario::expand_paths(&[root().join("tests/services")]));
+    let n = files.len();
+    let failures = run_parallel(files, Mode::Netns, nodes, 6, false);
+    assert!(
+        failures.is_empty(),
+        "scenarios failed in netns mode on {nodes} node(s):\n{failures}"
+    );
+    assert!(n >= 50);
+}
+
+/// Prints `SKIPPED` and returns true without root (a failure under CI).
+fn skip_unless_root() -> bool {
     let uid = std::process::Command::new("id")
         .arg("-u")
         .output()
@@ -105,20 +160,9 @@ fn netns_mode(nodes: usize) {
             "SKIPPED under CI=true: netns mode needs root"
         );
         println!("SKIPPED: netns mode needs root (network namespaces, /dev/net/tun)");
-        return;
+        return true;
     }
-    let mut files = scenario::expand_paths(&[root().join("tests/netpol")]);
-    let shared = root().join("../shared/netpol/examples");
-    if shared.is_dir() {
-        files.extend(scenario::expand_paths(&[shared]));
-    }
-    let n = files.len();
-    let failures = run_parallel(files, Mode::Netns, nodes, 6);
-    assert!(
-        failures.is_empty(),
-        "scenarios failed in netns mode on {nodes} node(s):\n{failures}"
-    );
-    assert!(n >= 40);
+    false
 }
 
 #[test]
@@ -131,4 +175,18 @@ fn corpus_and_shared_examples_pass_in_netns_mode() {
 #[test]
 fn corpus_and_shared_examples_pass_in_netns_mode_on_three_nodes() {
     netns_mode(3);
+}
+
+/// The NetworkPolicy corpus with every pod reached through a Service of its
+/// own, translated by kube-proxy's rules on the node (`--mode netns --via
+/// service`): policy judges the translated connection, so every expected
+/// verdict holds.
+#[test]
+fn corpus_via_service_passes_in_netns_mode_through_kube_proxy() {
+    if skip_unless_root() {
+        return;
+    }
+    let files = scenario::expand_paths(&[root().join("tests/netpol")]);
+    let failures = run_parallel(files, Mode::Netns, 1, 6, true);
+    assert!(failures.is_empty(), "via service:\n{failures}");
 }

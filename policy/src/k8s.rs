@@ -501,6 +501,169 @@ pub fn pod_from_k8s(pod: &core::Pod) -> Result<PodConversion, ValidationError> {
     }))
 }
 
+/// Converts and validates a v1 Service of type ClusterIP (the API server's
+/// rules for what the model uses: ports, protocols, target ports, cluster
+/// IPs, session affinity, internal traffic policy).
+pub fn service_from_k8s(svc: &core::Service) -> Result<crate::service::Service, ValidationError> {
+    use crate::service::{Service, ServicePort, TargetPort};
+    let name = name_of("Service", &svc.metadata)?;
+    let key = PodKey::new(namespace_of(&svc.metadata), name);
+    let ctx = Ctx {
+        object: format!("Service {key}"),
+    };
+    let spec = svc
+        .spec
+        .as_ref()
+        .ok_or_else(|| ctx.err("spec", "spec is required"))?;
+    match spec.type_.as_deref() {
+        None | Some("ClusterIP") => {}
+        Some(t) => {
+            return Err(ctx.err(
+                "spec.type",
+                format!("{t}: only ClusterIP Services are supported"),
+            ));
+        }
+    }
+    let mut texts: Vec<&str> = spec
+        .cluster_ips
+        .iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    if let Some(ip) = spec.cluster_ip.as_deref() {
+        match texts.first() {
+            None => texts.push(ip),
+            Some(first) if *first != ip => {
+                return Err(ctx.err(
+                    "spec.clusterIPs[0]",
+                    format!("{first} must equal spec.clusterIP ({ip})"),
+                ));
+            }
+            _ => {}
+        }
+    }
+    let headless = texts.first() == Some(&"None");
+    let mut cluster_ips: Vec<IpAddr> = Vec::new();
+    if !headless {
+        if texts.is_empty() {
+            return Err(ctx.err(
+                "spec.clusterIP",
+                "is required here (no API server allocates one): an address, or None",
+            ));
+        }
+        if texts.len() > 2 {
+            return Err(ctx.err("spec.clusterIPs", "at most two addresses, one per family"));
+        }
+        for (i, t) in texts.iter().enumerate() {
+            let ip: IpAddr = t.parse().map_err(|_| {
+                ctx.err(
+                    format!("spec.clusterIPs[{i}]"),
+                    format!("{t:?} is not an IP address"),
+                )
+            })?;
+            if cluster_ips.iter().any(|o| o.is_ipv6() == ip.is_ipv6()) {
+                return Err(ctx.err(format!("spec.clusterIPs[{i}]"), "one address per family"));
+            }
+            cluster_ips.push(ip);
+        }
+    }
+    let ports_in = spec.ports.as_deref().unwrap_or_default();
+    if ports_in.is_empty() && !headless {
+        return Err(ctx.err("spec.ports", "at least one port is required"));
+    }
+    let mut ports = Vec::new();
+    for (i, p) in ports_in.iter().enumerate() {
+        let f = format!("spec.ports[{i}]");
+        if !(1..=65535).contains(&p.port) {
+            return Err(ctx.err(format!("{f}.port"), format!("{} is not 1-65535", p.port)));
+        }
+        let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
+            "TCP" => Protocol::Tcp,
+            "UDP" => Protocol::Udp,
+            "SCTP" => Protocol::Sctp,
+            other => {
+                return Err(ctx.err(
+                    format!("{f}.protocol"),
+                    format!("{other:?}: must be TCP, UDP or SCTP"),
+                ));
+            }
+        };
+        if let Some(n) = &p.name {
+            validate_port_name(n).map_err(|m| ctx.err(format!("{f}.name"), m))?;
+        } else if ports_in.len() > 1 {
+            return Err(ctx.err(
+                format!("{f}.name"),
+                "required when a Service has several ports",
+            ));
+        }
+        let target = match &p.target_port {
+            None => TargetPort::Number(p.port as u16),
+            Some(IntOrString::Int(n)) if (1..=65535).contains(n) => TargetPort::Number(*n as u16),
+            Some(IntOrString::Int(n)) => {
+                return Err(ctx.err(format!("{f}.targetPort"), format!("{n} is not 1-65535")));
+            }
+            Some(IntOrString::String(s)) => {
+                validate_port_name(s).map_err(|m| ctx.err(format!("{f}.targetPort"), m))?;
+                TargetPort::Name(s.clone())
+            }
+        };
+        if ports
+            .iter()
+            .any(|q: &ServicePort| q.port == p.port as u16 && q.protocol == protocol)
+        {
+            return Err(ctx.err(f, "duplicate port and protocol"));
+        }
+        ports.push(ServicePort {
+            name: p.name.clone(),
+            port: p.port as u16,
+            protocol,
+            target,
+        });
+    }
+    let affinity_timeout = match spec.session_affinity.as_deref() {
+        None | Some("None") => None,
+        Some("ClientIP") => {
+            let t = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .unwrap_or(10800);
+            if !(1..=86400).contains(&t) {
+                return Err(ctx.err(
+                    "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                    format!("{t} is not 1-86400"),
+                ));
+            }
+            Some(t as u32)
+        }
+        Some(other) => {
+            return Err(ctx.err(
+                "spec.sessionAffinity",
+                format!("{other:?}: must be None or ClientIP"),
+            ));
+        }
+    };
+    let local_only = match spec.internal_traffic_policy.as_deref() {
+        None | Some("Cluster") => false,
+        Some("Local") => true,
+        Some(other) => {
+            return Err(ctx.err(
+                "spec.internalTrafficPolicy",
+                format!("{other:?}: must be Cluster or Local"),
+            ));
+        }
+    };
+    Ok(Service {
+        key,
+        cluster_ips,
+        selector: spec.selector.clone(),
+        ports,
+        affinity_timeout,
+        local_only,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -718,5 +881,59 @@ mod tests {
             }
         );
         assert_eq!(p.ports[1].protocol, Protocol::Udp);
+    }
+
+    #[test]
+    fn a_service_is_validated_field_by_field() {
+        let svc = |spec: &str| -> core::Service {
+            serde_norway::from_str(&format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: x}}\nspec: {spec}\n"
+            ))
+            .unwrap()
+        };
+        let ok = service_from_k8s(&svc(
+            "{clusterIP: 10.96.0.1, selector: {app: web}, ports: [{port: 80, targetPort: http}], sessionAffinity: ClientIP}",
+        ))
+        .unwrap();
+        assert_eq!(
+            ok.ports[0].target,
+            crate::service::TargetPort::Name("http".into())
+        );
+        assert_eq!(ok.ports[0].protocol, Protocol::Tcp, "TCP when omitted");
+        assert_eq!(ok.affinity_timeout, Some(10800), "the default timeout");
+        for (spec, field) in [
+            (
+                "{clusterIP: 10.96.0.1, ports: [{port: 0}]}",
+                "spec.ports[0].port",
+            ),
+            (
+                "{clusterIP: 10.96.0.1, ports: [{port: 80, protocol: ICMP}]}",
+                "spec.ports[0].protocol",
+            ),
+            (
+                "{clusterIP: 10.96.0.1, ports: [{port: 80}, {port: 81}]}",
+                "spec.ports[0].name",
+            ),
+            (
+                "{clusterIP: nope, ports: [{port: 80}]}",
+                "spec.clusterIPs[0]",
+            ),
+            ("{ports: [{port: 80}]}", "spec.clusterIP"),
+            (
+                "{type: NodePort, clusterIP: 10.96.0.1, ports: [{port: 80}]}",
+                "spec.type",
+            ),
+            (
+                "{clusterIP: 10.96.0.1, ports: [{port: 80, targetPort: Bad_Name}]}",
+                "spec.ports[0].targetPort",
+            ),
+        ] {
+            let e = service_from_k8s(&svc(spec)).unwrap_err();
+            assert_eq!(
+                (e.object.as_str(), e.field.as_str()),
+                ("Service x/web", field),
+                "{spec}: {e}"
+            );
+        }
     }
 }

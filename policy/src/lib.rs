@@ -8,6 +8,7 @@
 //!   validated NetworkPolicy with the API's defaults made explicit;
 //! - [`k8s`] and [`manifest`]: the standard Kubernetes API types and YAML
 //!   manifests into the model, validated as the API server does;
+//! - [`service`]: ClusterIP Services and their endpoints;
 //! - [`verdict`]: flows and verdicts that name the deciding rule;
 //! - [`reference`]: the slow evaluator written from the API reference;
 //! - [`compile`]: the [`Engine`], which compiles the cluster into identity and
@@ -28,6 +29,7 @@ pub mod manifest;
 pub mod model;
 pub mod netpol;
 pub mod reference;
+pub mod service;
 pub mod synth;
 pub mod verdict;
 
@@ -38,4 +40,5 @@ pub use model::{
     Change, Cluster, ContainerPort, ModelError, Namespace, Node, Pod, PodKey, Protocol,
 };
 pub use netpol::{Direction, Policy, PolicyKey};
+pub use service::{Backend, Service, ServicePort, TargetPort};
 pub use verdict::{Decision, Explanation, Flow, Reason, Verdict};

@@ -27,6 +27,8 @@ pub enum Object {
     NetworkPolicy(Policy),
     /// A Node: where its pods live and how other nodes reach it.
     Node(Node),
+    /// A ClusterIP Service.
+    Service(crate::service::Service),
 }
 
 /// Which object a document describes: kind, namespace (`None` for
@@ -75,6 +77,7 @@ impl Object {
                 namespace: None,
                 name: n.name.clone(),
             },
+            Object::Service(s) => namespaced("Service", &s.key),
         }
     }
 }
@@ -86,6 +89,7 @@ fn document_id(api: &str, kind: &str, value: &Value) -> Option<ObjectId> {
         ("v1", "Namespace") => ("Namespace", false),
         ("v1", "Pod") => ("Pod", true),
         ("v1", "Node") => ("Node", false),
+        ("v1", "Service") => ("Service", true),
         ("networking.k8s.io/v1", "NetworkPolicy") => ("NetworkPolicy", true),
         _ => return None,
     };
@@ -208,6 +212,9 @@ fn parse_named(doc: usize, value: Value, out: &mut Vec<Named>) {
         ("v1", "Node") => strict::<core::Node>(doc, &kind, &value)
             .and_then(|n| k8s::node_from_k8s(&n).map_err(|e| ManifestError::Invalid(e, doc)))
             .map(Object::Node),
+        ("v1", "Service") => strict::<core::Service>(doc, &kind, &value)
+            .and_then(|s| k8s::service_from_k8s(&s).map_err(|e| ManifestError::Invalid(e, doc)))
+            .map(Object::Service),
         ("networking.k8s.io/v1", "NetworkPolicy") => {
             strict::<net::NetworkPolicy>(doc, &kind, &value)
                 .and_then(|np| {

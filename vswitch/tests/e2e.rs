@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 mod common;
 mod pods;
 use pods::{AGENT, CNI_DIR, ip, plugin, run, skip_unless_able};
+use vswitch::tools::kube_proxy;
 
 static RUN: AtomicU32 = AtomicU32::new(0);
 
@@ -877,106 +878,6 @@ fn before_the_api_server_answers_pods_get_no_traffic() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A ClusterIP Service as kube-proxy sees it: `ns/name:port` (its
-/// ServicePortName), protocol, cluster IP and port, and its ready
-/// endpoints (`ip:port`).
-struct KubeService<'a> {
-    port_name: &'a str,
-    proto: &'a str,
-    cluster_ip: &'a str,
-    port: u16,
-    endpoints: Vec<String>,
-}
-
-/// A kube-proxy chain name: prefix and the first 16 characters of the
-/// base32 SHA-256 of `text` (kube-proxy's `portProtoHash` and
-/// `servicePortEndpointChainName`).
-fn kube_chain(prefix: &str, text: &str) -> String {
-    let hash = run(Command::new("python3").args([
-        "-c",
-        "import base64, hashlib, sys; print(base64.b32encode(hashlib.sha256(sys.argv[1].encode()).digest()).decode()[:16])",
-        text,
-    ]));
-    format!("{prefix}{}", hash.trim())
-}
-
-/// The rules kube-proxy's iptables mode writes for `services` (as its
-/// proxier writes them for iptables-restore: the nat table's
-/// KUBE-SERVICES, KUBE-SVC-* with the statistic module, KUBE-SEP-* with the
-/// hairpin mark and DNAT, masquerade of marked packets; the filter table's
-/// REJECT of a Service without endpoints). `cluster_cidr`: kube-proxy's
-/// --cluster-cidr (traffic from elsewhere is masqueraded).
-fn kube_proxy_rules(services: &[KubeService], cluster_cidr: &str) -> String {
-    let mut nat = vec![
-        "*nat".to_string(),
-        ":KUBE-SERVICES - [0:0]".into(),
-        ":KUBE-POSTROUTING - [0:0]".into(),
-        ":KUBE-MARK-MASQ - [0:0]".into(),
-        ":KUBE-NODEPORTS - [0:0]".into(),
-    ];
-    let mut rules = vec![
-        "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES".to_string(),
-        "-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES".into(),
-        "-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING".into(),
-        "-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000".into(),
-        "-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN".into(),
-        "-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000".into(),
-        "-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully".into(),
-    ];
-    let mut filter = vec![
-        "*filter".to_string(),
-        ":KUBE-SERVICES - [0:0]".into(),
-        "-A FORWARD -m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES".into(),
-        "-A OUTPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES".into(),
-    ];
-    for s in services {
-        let (name, p) = (s.port_name, s.proto);
-        let dst = format!("-m {p} -p {p} -d {} --dport {}", s.cluster_ip, s.port);
-        if s.endpoints.is_empty() {
-            filter.push(format!(
-                "-A KUBE-SERVICES -m comment --comment \"{name} has no endpoints\" {dst} -j REJECT"
-            ));
-            continue;
-        }
-        let svc = kube_chain("KUBE-SVC-", &format!("{name}{p}"));
-        nat.push(format!(":{svc} - [0:0]"));
-        rules.push(format!(
-            "-A KUBE-SERVICES -m comment --comment \"{name} cluster IP\" {dst} -j {svc}"
-        ));
-        rules.push(format!(
-            "-A {svc} -m comment --comment \"{name} cluster IP\" {dst} ! -s {cluster_cidr} -j KUBE-MARK-MASQ"
-        ));
-        let n = s.endpoints.len();
-        for (i, ep) in s.endpoints.iter().enumerate() {
-            let sep = kube_chain("KUBE-SEP-", &format!("{name}{p}{ep}"));
-            nat.push(format!(":{sep} - [0:0]"));
-            let pick = if i + 1 < n {
-                format!(
-                    "-m statistic --mode random --probability {:.10} ",
-                    1.0 / (n - i) as f64
-                )
-            } else {
-                String::new()
-            };
-            rules.push(format!(
-                "-A {svc} -m comment --comment \"{name} -> {ep}\" {pick}-j {sep}"
-            ));
-            let ip = ep.rsplit_once(':').unwrap().0;
-            rules.push(format!(
-                "-A {sep} -m comment --comment {name} -s {ip} -j KUBE-MARK-MASQ"
-            ));
-            rules.push(format!(
-                "-A {sep} -m comment --comment {name} -m {p} -p {p} -j DNAT --to-destination {ep}"
-            ));
-        }
-    }
-    rules.push("-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS".into());
-    nat.extend(rules);
-    nat.push("COMMIT".into());
-    filter.push("COMMIT".into());
-    format!("{}\n{}\n", nat.join("\n"), filter.join("\n"))
-}
-
 #[test]
 fn with_kube_proxy_on_the_node_pods_reach_services_whose_endpoints_share_the_node() {
     if skip_unless_able() {
@@ -1016,39 +917,41 @@ fn with_kube_proxy_on_the_node_pods_reach_services_whose_endpoints_share_the_nod
     ip(&["-n", &w.node, "addr", "add", "192.0.2.1/24", "dev", &n_end]);
     ip(&["-n", &w.node, "link", "set", &n_end, "up"]);
     ip(&["-n", &w.node, "route", "add", "default", "via", "192.0.2.2"]);
-    let ep = |p: &Pod, port: u16| format!("{}:{port}", p.v4);
-    let rules = kube_proxy_rules(
+    let v4 = |p: &Pod| p.v4.parse::<std::net::IpAddr>().unwrap();
+    let port = |name: &str, proto, vip: &str, port, endpoints| kube_proxy::ServicePort {
+        name: name.to_string(),
+        protocol: proto,
+        cluster_ip: vip.parse().unwrap(),
+        port,
+        endpoints,
+    };
+    let rules = kube_proxy::rules(
         &[
-            KubeService {
-                port_name: "default/web:http",
-                proto: "tcp",
-                cluster_ip: "10.96.0.80",
-                port: 80,
-                endpoints: vec![ep(&b, 8080), ep(&c, 8080)],
-            },
-            KubeService {
-                port_name: "default/dns:dns",
-                proto: "udp",
-                cluster_ip: "10.96.0.10",
-                port: 53,
-                endpoints: vec![ep(&b, 5353)],
-            },
-            KubeService {
-                port_name: "default/only-b:http",
-                proto: "tcp",
-                cluster_ip: "10.96.0.81",
-                port: 80,
-                endpoints: vec![ep(&b, 8080)],
-            },
-            KubeService {
-                port_name: "default/none:http",
-                proto: "tcp",
-                cluster_ip: "10.96.0.99",
-                port: 80,
-                endpoints: vec![],
-            },
+            port(
+                "default/web:http",
+                "tcp",
+                "10.96.0.80",
+                80,
+                vec![(v4(&b), 8080), (v4(&c), 8080)],
+            ),
+            port(
+                "default/dns:dns",
+                "udp",
+                "10.96.0.10",
+                53,
+                vec![(v4(&b), 5353)],
+            ),
+            port(
+                "default/only-b:http",
+                "tcp",
+                "10.96.0.81",
+                80,
+                vec![(v4(&b), 8080)],
+            ),
+            port("default/none:http", "tcp", "10.96.0.99", 80, vec![]),
         ],
-        &format!("{}.0/24", w.subnet),
+        Some(&format!("{}.0/24", w.subnet)),
+        false,
     );
     let mut restore = Command::new("ip")
         .args(["netns", "exec", &w.node, "iptables-restore"])

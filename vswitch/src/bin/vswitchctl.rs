@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use policy::Protocol;
+use vswitch::daemon::cli::ServiceProxy;
 use vswitch::tools::scenario::format::{ProbePort, parse_port_protocol};
 use vswitch::tools::scenario::{self, Mode};
 use vswitch::tools::simulate;
@@ -92,7 +93,23 @@ enum ScenarioCommand {
         /// nodes, each with its own switch, joined by the overlay.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
         nodes: u16,
+        /// `service`: reach every pod through a Service of its own (as the
+        /// upstream end-to-end tests do); expected verdicts do not change.
+        #[arg(long, value_enum)]
+        via: Option<Via>,
+        /// Who translates connections to cluster IPs in netns mode:
+        /// kube-proxy's iptables rules on each simulated node's host (the
+        /// only proxy yet; engine mode resolves Services itself).
+        #[arg(long, value_enum, default_value_t = ServiceProxy::KubeProxy)]
+        service_proxy: ServiceProxy,
     },
+}
+
+/// `--via`: how probes reach pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Via {
+    /// Through a Service of each pod's own.
+    Service,
 }
 
 #[derive(Subcommand)]
@@ -120,8 +137,15 @@ enum PolicyCommand {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Scenario {
-            command: ScenarioCommand::Run { mode, files, nodes },
-        } => scenario_run(mode, &files, nodes as usize),
+            command:
+                ScenarioCommand::Run {
+                    mode,
+                    files,
+                    nodes,
+                    via,
+                    service_proxy: ServiceProxy::KubeProxy,
+                },
+        } => scenario_run(mode, &files, nodes as usize, via == Some(Via::Service)),
         Command::Policy {
             command:
                 PolicyCommand::Simulate {
@@ -180,11 +204,11 @@ fn live(daemon: &Daemon, req: Request) -> ExitCode {
     }
 }
 
-fn scenario_run(mode: Mode, args: &[PathBuf], nodes: usize) -> ExitCode {
+fn scenario_run(mode: Mode, args: &[PathBuf], nodes: usize, via_service: bool) -> ExitCode {
     let files = scenario::expand_paths(args);
     let (mut passed, mut failed) = (0, 0);
     for f in &files {
-        let report = scenario::run_file(f, mode, nodes);
+        let report = scenario::run_file_via(f, mode, nodes, via_service);
         out!("{}", report.render(&f.display().to_string()));
         if report.passed() {
             passed += 1;

@@ -227,6 +227,9 @@ fn assemble(objects: Vec<Object>, mut notes: Vec<String>) -> Desired {
         match o {
             Object::Namespace(_) => {}
             Object::HostNetworkPod(_) => {}
+            // kube-proxy translates Services (--service-proxy kube-proxy):
+            // a valid one needs nothing of the switch
+            Object::Service(_) => {}
             Object::Node(n) => {
                 if nodes.iter().any(|m| m.name == n.name) {
                     notes.push(format!("rejected: Node {}: defined twice", n.name));

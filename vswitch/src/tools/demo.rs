@@ -79,7 +79,7 @@ fn built_in() -> Result<(Cluster, Change), DemoError> {
                 cluster.pods.insert(p.key.clone(), p);
             }
             Object::NetworkPolicy(p) => policy = Some(Change::UpsertPolicy(p)),
-            Object::HostNetworkPod(_) | Object::Node(_) => {}
+            Object::HostNetworkPod(_) | Object::Node(_) | Object::Service(_) => {}
         }
     }
     let policy = policy.ok_or(DemoError::NoPolicy)?;
@@ -113,6 +113,7 @@ fn observe(prober: &mut dyn Prober, endpoints: &[Endpoint], title: &str) -> Matr
                     dst: to.ips[0],
                     protocol: Protocol::Tcp,
                     port: PORT,
+                    backends: None,
                 });
             }
         }

@@ -11,10 +11,13 @@
 //!   namespaces);
 //! - [`testnet`]: in-process pods (smoltcp TCP/IP stacks) wired to a
 //!   datapath through in-memory ports, in simulated time;
+//! - [`kube_proxy`]: the iptables rules kube-proxy writes for a set of
+//!   Services (netns mode and the end-to-end tests put them on their node);
 //! - [`live`]: `vswitchctl`'s questions to a running vswitchd (ports, flows,
 //!   conntrack, explain).
 
 pub mod demo;
+pub mod kube_proxy;
 pub mod live;
 pub mod scenario;
 pub mod simulate;

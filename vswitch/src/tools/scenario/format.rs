@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use policy::manifest::{self, Object};
-use policy::{ContainerPort, Labels, Namespace, Pod, PodKey, Policy, PolicyKey, Protocol};
+use policy::{ContainerPort, Labels, Namespace, Pod, PodKey, Policy, PolicyKey, Protocol, Service};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -178,6 +178,9 @@ pub enum Action {
     CreatePod(Pod),
     DeletePod(PodKey),
     CreateNamespace(Namespace),
+    /// `apply` of a v1 Service: create, or replace by namespace/name.
+    ApplyService(Service),
+    DeleteService(PodKey),
 }
 
 /// One side of a `FROM -> TO` entry.
@@ -191,6 +194,8 @@ pub enum Pattern {
     Pod(PodKey),
     /// `name`: one external.
     External(String),
+    /// `svc:ns/name`: a Service (only as a target).
+    Service(PodKey),
 }
 
 impl Pattern {
@@ -198,6 +203,11 @@ impl Pattern {
         let s = s.trim();
         if s == "*" {
             return Ok(Pattern::Any);
+        }
+        if let Some(svc) = s.strip_prefix("svc:") {
+            return PodKey::parse(svc)
+                .map(Pattern::Service)
+                .ok_or_else(|| Problem::NotPattern(s.to_string()));
         }
         match s.split_once('/') {
             Some((ns, "*")) if !ns.is_empty() => Ok(Pattern::Namespace(ns.to_string())),
@@ -219,6 +229,7 @@ impl std::fmt::Display for Pattern {
             Pattern::Namespace(ns) => write!(f, "{ns}/*"),
             Pattern::Pod(k) => write!(f, "{k}"),
             Pattern::External(n) => f.write_str(n),
+            Pattern::Service(k) => write!(f, "svc:{k}"),
         }
     }
 }
@@ -269,9 +280,11 @@ pub enum Problem {
     ExternalWithoutAddress(String),
     #[error("{0:?} may not contain '/' or be '*'")]
     ExternalName(String),
-    #[error("only NetworkPolicy objects can be applied")]
+    #[error("only NetworkPolicy and Service objects can be applied")]
     NotNetworkPolicy,
-    #[error("{0} is not supported by this engine (supported: networking.k8s.io/v1 NetworkPolicy)")]
+    #[error(
+        "{0} is not supported by this engine (supported: networking.k8s.io/v1 NetworkPolicy, v1 Service)"
+    )]
     Unsupported(String),
     #[error("rejected: {0}")]
     Rejected(String),
@@ -281,7 +294,7 @@ pub enum Problem {
     Empty,
     #[error("{0:?} is not of the form \"FROM -> TO\"")]
     NotPair(String),
-    #[error("{0:?} is not a pod (namespace/name), namespace/* or *")]
+    #[error("{0:?} is not a pod (namespace/name), namespace/*, * or svc:namespace/name")]
     NotPattern(String),
     #[error("{0:?} is not an endpoint name")]
     NotEndpoint(String),
@@ -296,9 +309,11 @@ pub enum Problem {
     #[error("{0:?} is not namespace/name")]
     NotKey(String),
     #[error(
-        "unknown action {0:?} (apply, delete-policy, set-pod-labels, set-namespace-labels, create-pod, delete-pod, create-namespace)"
+        "unknown action {0:?} (apply, delete-policy, delete-service, set-pod-labels, set-namespace-labels, create-pod, delete-pod, create-namespace)"
     )]
     UnknownAction(String),
+    #[error("a Service ({0}) is never the source of a pair")]
+    ServiceSource(String),
 }
 
 impl Problem {
@@ -471,11 +486,12 @@ fn pod(field: &str, p: PodSpec) -> Result<Pod, FormatError> {
     })
 }
 
-fn policy_from_value(field: &str, value: serde_norway::Value) -> Result<Policy, FormatError> {
+fn applied(field: &str, value: serde_norway::Value) -> Result<Action, FormatError> {
     let mut out = Vec::new();
     manifest::parse_value(1, value, &mut out);
     match out.pop() {
-        Some(Ok(Object::NetworkPolicy(p))) if out.is_empty() => Ok(p),
+        Some(Ok(Object::NetworkPolicy(p))) if out.is_empty() => Ok(Action::Apply(p)),
+        Some(Ok(Object::Service(s))) if out.is_empty() => Ok(Action::ApplyService(s)),
         Some(Ok(_)) => Err(Problem::NotNetworkPolicy.at(field)),
         Some(Err(manifest::ManifestError::Unsupported { kind, .. })) => {
             Err(Problem::Unsupported(kind.to_string()).at(field))
@@ -496,6 +512,9 @@ fn pair(field: &str, s: &str) -> Result<(Pattern, Pattern), FormatError> {
         .split_once("->")
         .ok_or_else(|| Problem::NotPair(s.to_string()).at(field))?;
     let from = Pattern::parse(from).map_err(|e| e.at(field))?;
+    if let Pattern::Service(k) = &from {
+        return Err(Problem::ServiceSource(k.to_string()).at(field));
+    }
     let to = Pattern::parse(to).map_err(|e| e.at(field))?;
     Ok((from, to))
 }
@@ -506,6 +525,8 @@ fn except(field: &str, e: ExceptSpec) -> Result<Except, FormatError> {
             Some((p, v)) if matches!(v.trim(), "allow" | "deny") => {
                 (p.to_string(), Some(v.trim() == "allow"))
             }
+            // the colon of a `svc:ns/name` target, not a verdict's
+            Some((p, _)) if p.ends_with("svc") => (s, None),
             Some((_, v)) => {
                 return Err(Problem::Verdict(v.trim().to_string()).at(field));
             }
@@ -590,7 +611,8 @@ fn action(field: &str, a: serde_norway::Value) -> Result<Action, FormatError> {
     let at = format!("{field}.{verb}");
     let key = |s: &str| PodKey::parse(s).ok_or_else(|| Problem::NotKey(s.to_string()).at(&at));
     Ok(match verb.as_str() {
-        "apply" => Action::Apply(policy_from_value(&at, v)?),
+        "apply" => applied(&at, v)?,
+        "delete-service" => Action::DeleteService(key(&decode::<String>(&at, v)?)?),
         "delete-policy" => {
             let k = key(&decode::<String>(&at, v)?)?;
             Action::DeletePolicy(PolicyKey::new(k.namespace, k.name))
@@ -757,6 +779,13 @@ mod tests {
         let e = &s.steps[0].probes[0].except;
         assert_eq!(e[0].verdict, None);
         assert_eq!(e[1].verdict, Some(true));
+        let s = parse(
+            "name: t\nsteps: [{expect: [{probe: {port: 80}, default: deny, only: [\"* -> svc:x/web\"], except: [\"x/a -> svc:x/web\", \"x/b -> svc:x/web: deny\"]}]}]",
+        )
+        .unwrap();
+        let e = &s.steps[0].probes[0].except;
+        assert_eq!(e[0].to, Pattern::Service(PodKey::new("x", "web")));
+        assert_eq!((e[0].verdict, e[1].verdict), (None, Some(false)));
         assert_eq!(e[1].to, Pattern::External("ext".into()));
         assert_eq!(e[2].verdict, Some(false));
         assert_eq!(e[2].from, Pattern::Pod(PodKey::new("x", "b")));

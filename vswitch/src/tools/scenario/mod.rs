@@ -27,6 +27,12 @@ pub enum Mode {
 /// Reads, parses and runs one file; any error becomes a failed report.
 /// `nodes`: how many simulated nodes netns mode spreads the pods over.
 pub fn run_file(path: &Path, mode: Mode, nodes: usize) -> FileReport {
+    run_file_via(path, mode, nodes, false)
+}
+
+/// [`run_file`]; with `via_service`, every pod is reached through a Service
+/// of its own (`--via service`).
+pub fn run_file_via(path: &Path, mode: Mode, nodes: usize, via_service: bool) -> FileReport {
     let failed = |name: String, error: String| FileReport {
         name,
         error: Some(error),
@@ -45,7 +51,7 @@ pub fn run_file(path: &Path, mode: Mode, nodes: usize) -> FileReport {
         Mode::Dataplane => Box::new(dataplane::DataplaneProber::default()),
         Mode::Netns => Box::new(netns::NetnsProber::with_nodes(nodes)),
     };
-    run::run(&scenario, prober.as_mut())
+    run::run_via(&scenario, prober.as_mut(), via_service)
 }
 
 /// Expands arguments: files as given, directories into their `*.yaml` and

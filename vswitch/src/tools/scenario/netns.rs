@@ -17,6 +17,13 @@
 //! through the pod's node, as a client outside the cluster reaches the node
 //! that hosts its destination.
 //!
+//! Services: kube-proxy is the service proxy, as on a node that keeps it
+//! (the switch runs with `--service-proxy kube-proxy`'s Service range,
+//! [`SERVICE_CIDRS`]). Every outside namespace plays its node's host for
+//! this too: after every change of the Services it gets the rules
+//! kube-proxy's iptables mode writes for them ([`crate::tools::kube_proxy`],
+//! through `iptables-restore` and `ip6tables-restore`) and forwards.
+//!
 //! Plumbing uses `ip` here; the daemon uses netlink.
 
 use std::collections::BTreeMap;
@@ -30,8 +37,9 @@ use std::time::Duration;
 use policy::{Change, Cluster, Engine, Pod, PodKey, Protocol};
 
 use super::format::External;
-use super::run::{Attempt, Observed, Prober, ProberError};
+use super::run::{Attempt, Observed, Prober, ProberError, ServiceView};
 use crate::daemon::switch::{Answer, Command as SwitchCommand, Query, Switch};
+use crate::tools::kube_proxy;
 use vswitch_datapath::counters::Counters;
 use vswitch_datapath::io::tap::TapPort;
 use vswitch_datapath::io::udp::{OverlaySocket, TunnelPort};
@@ -78,6 +86,16 @@ pub enum NetnsError {
     Interrupted,
     #[error(transparent)]
     Policy(Box<policy::ModelError>),
+    #[error("kube-proxy's rules in {ns}: {command}: {stderr}")]
+    KubeProxy {
+        ns: String,
+        command: &'static str,
+        stderr: String,
+    },
+    #[error(
+        "cluster IP {0} is outside the Service range netns mode gives the switch (10.96.0.0/12, fd00:10:96::/108)"
+    )]
+    OutsideServiceRange(IpAddr),
 }
 
 impl From<policy::ModelError> for NetnsError {
@@ -311,6 +329,15 @@ fn outside(node: usize) -> String {
     format!("(outside {node})")
 }
 
+/// The Service range of every switch (kube-apiserver's
+/// `--service-cluster-ip-range` on a real cluster).
+pub const SERVICE_CIDRS: [&str; 2] = ["10.96.0.0/12", "fd00:10:96::/108"];
+
+/// The address of each node's host on its node port (as vswitchd's vsw0
+/// has 169.254.1.1): the node's own traffic, kube-proxy's masqueraded
+/// hairpin included, comes from it and is exempt from policy.
+const NODE_ADDRESS: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(169, 254, 1, 2));
+
 /// The inner MTU of the simulated nodes' overlay.
 const OVERLAY_MTU: u16 = 1450;
 
@@ -343,6 +370,10 @@ pub struct NetnsProber {
     placed: usize,
     /// Set by Ctrl-C: making namespaces stops at the next one.
     stop: Option<Arc<AtomicBool>>,
+    /// Each node's outside namespace (its host, for kube-proxy).
+    outsides: Vec<String>,
+    /// Whether the outsides forward (turned on with the first Services).
+    forwarding: bool,
 }
 
 impl Default for NetnsProber {
@@ -369,6 +400,8 @@ impl NetnsProber {
             next_port: 1,
             placed: 0,
             stop: None,
+            outsides: Vec::new(),
+            forwarding: false,
         }
     }
 
@@ -546,19 +579,23 @@ impl NetnsProber {
         let ns = self.new_ns(&format!("out{node}"))?;
         let tap = format!("{}o{node}", self.tap_prefix);
         let mac = mac_of(0);
-        let addrs: Vec<IpAddr> = externals
-            .iter()
-            .flat_map(|e| {
+        // the host's own address first (kube-proxy's masquerade takes it,
+        // and the kernel's ARP speaks from it), then every external's
+        let addrs: Vec<IpAddr> = std::iter::once(NODE_ADDRESS)
+            .chain(externals.iter().flat_map(|e| {
                 e.ipv4
                     .map(IpAddr::V4)
                     .into_iter()
                     .chain(e.ipv6.map(IpAddr::V6))
-            })
+            }))
             .collect();
         let dev = tap_into(&ns, &tap, mac, &addrs)?;
-        let kind = PortKind::Node { ips: vec![] };
+        let kind = PortKind::Node {
+            ips: vec![NODE_ADDRESS],
+        };
         self.attach(node, 0, "node".into(), mac, kind, Box::new(dev));
         self.agents.insert(outside(node), Agent::start(&ns)?);
+        self.outsides.push(ns);
         Ok(())
     }
 
@@ -566,6 +603,10 @@ impl NetnsProber {
         for _ in 0..self.nodes {
             let cfg = Config {
                 overlay_mtu: OVERLAY_MTU,
+                service_cidrs: SERVICE_CIDRS
+                    .iter()
+                    .map(|c| c.parse().expect("a CIDR"))
+                    .collect(),
                 ..Config::default()
             };
             let switch = Switch::start(cfg, self.handle.clone()).map_err(NetnsError::Switch)?;
@@ -590,6 +631,53 @@ impl NetnsProber {
             kind,
             port,
         });
+    }
+
+    /// Writes kube-proxy's rules for `ports` into every node's host.
+    fn sync_kube_proxy(&mut self, ports: &[kube_proxy::ServicePort]) -> Result<(), NetnsError> {
+        for ns in self.outsides.clone() {
+            if !self.forwarding {
+                in_ns(
+                    &ns,
+                    &[
+                        "sysctl",
+                        "-qw",
+                        "net.ipv4.ip_forward=1",
+                        "net.ipv6.conf.all.forwarding=1",
+                    ],
+                )?;
+            }
+            for (command, v6) in [("iptables-restore", false), ("ip6tables-restore", true)] {
+                let rules = kube_proxy::rules(ports, None, v6);
+                let failed = |stderr: String| NetnsError::KubeProxy {
+                    ns: ns.clone(),
+                    command,
+                    stderr,
+                };
+                let mut child = Command::new("ip")
+                    .args(["netns", "exec", &ns, command])
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .map_err(|e| failed(e.to_string()))?;
+                if let Some(mut stdin) = child.stdin.take() {
+                    stdin
+                        .write_all(rules.as_bytes())
+                        .map_err(|e| failed(e.to_string()))?;
+                }
+                let out = child
+                    .wait_with_output()
+                    .map_err(|e| failed(e.to_string()))?;
+                if !out.status.success() {
+                    return Err(failed(
+                        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                    ));
+                }
+            }
+        }
+        self.forwarding = true;
+        Ok(())
     }
 
     /// The node an endpoint lives on: its pod's, else node 0.
@@ -665,6 +753,41 @@ impl Prober for NetnsProber {
         Some(sum)
     }
 
+    fn proxies_services(&self) -> bool {
+        true
+    }
+
+    fn services(&mut self, views: &[ServiceView]) -> Result<(), ProberError> {
+        let ranges: Vec<ipnet::IpNet> = SERVICE_CIDRS
+            .iter()
+            .map(|c| c.parse().expect("a CIDR"))
+            .collect();
+        let mut ports = Vec::new();
+        for v in views {
+            for ip in &v.cluster_ips {
+                if !ranges.iter().any(|r| r.contains(ip)) {
+                    return Err(NetnsError::OutsideServiceRange(*ip).into());
+                }
+                // SCTP is not in this kernel: its probes are skipped here,
+                // and iptables could not load its match
+                for (sp, backends) in v.ports.iter().filter(|(p, _)| p.protocol != Protocol::Sctp) {
+                    ports.push(kube_proxy::ServicePort {
+                        name: format!("{}:{}", v.key, sp.name.as_deref().unwrap_or("")),
+                        protocol: match sp.protocol {
+                            Protocol::Tcp => "tcp",
+                            Protocol::Udp => "udp",
+                            _ => "sctp",
+                        },
+                        cluster_ip: *ip,
+                        port: sp.port,
+                        endpoints: backends.iter().map(|b| (b.ip, b.port)).collect(),
+                    });
+                }
+            }
+        }
+        Ok(self.sync_kube_proxy(&ports)?)
+    }
+
     fn start(&mut self, cluster: &Cluster, externals: &[External]) -> Result<(), ProberError> {
         can_make_namespaces().map_err(|why| NetnsError::NotPermitted(Box::new(why)))?;
         self.engine = Engine::from_cluster(cluster.clone()).map_err(NetnsError::from)?;
@@ -703,10 +826,17 @@ impl Prober for NetnsProber {
         // servers first, on every target
         let mut serve: BTreeMap<String, Vec<(String, u16)>> = BTreeMap::new();
         for a in attempts {
-            let v = serve.entry(a.to.name.clone()).or_default();
-            let s = (proto_name(a.protocol).to_string(), a.port);
-            if !v.contains(&s) {
-                v.push(s);
+            // through a Service: every endpoint serves its target port
+            let targets: Vec<(String, u16)> = match &a.backends {
+                Some(b) => b.iter().map(|b| (b.pod.to_string(), b.port)).collect(),
+                None => vec![(a.to.name.clone(), a.port)],
+            };
+            for (target, port) in targets {
+                let v = serve.entry(target).or_default();
+                let s = (proto_name(a.protocol).to_string(), port);
+                if !v.contains(&s) {
+                    v.push(s);
+                }
             }
         }
         for (target, list) in &serve {

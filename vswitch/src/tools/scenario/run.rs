@@ -6,7 +6,10 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use policy::{Change, Cluster, ContainerPort, Namespace, Pod, PodKey, Protocol};
+use policy::{
+    Backend, Change, Cluster, ContainerPort, Namespace, Pod, PodKey, Protocol, Service,
+    ServicePort, TargetPort,
+};
 
 use super::format::{Action, Except, External, Family, Pattern, Probe, ProbePort, Scenario};
 
@@ -42,6 +45,8 @@ pub enum WorldError {
     NoNamespace(String),
     #[error("NetworkPolicy {0} does not exist")]
     NoPolicy(String),
+    #[error("Service {0} does not exist")]
+    NoService(PodKey),
     #[error("pod {0} already exists")]
     PodExists(PodKey),
     #[error("namespace {0} already exists")]
@@ -74,8 +79,12 @@ pub enum RunError {
     At { field: String, source: WorldError },
     #[error("starting the cluster: {0}")]
     Start(ProberError),
-    #[error("{field}: {pattern} names no pod or external of the cluster at this step")]
+    #[error("{field}: {pattern} names no pod, external or Service of the cluster at this step")]
     NoMatch { field: String, pattern: String },
+    #[error(
+        "this mode cannot reach Services: the switch's own service proxy (--service-proxy switch) is not built yet; run Services in engine or netns mode"
+    )]
+    NoServiceProxy,
 }
 
 /// Something that can be probed: a pod or an external host.
@@ -86,6 +95,8 @@ pub struct Endpoint {
     pub pod: Option<PodKey>,
     pub ips: Vec<IpAddr>,
     pub ports: Vec<ContainerPort>,
+    /// A Service (`svc:ns/name`; its cluster IPs and its ports by name).
+    pub service: Option<PodKey>,
 }
 
 impl Endpoint {
@@ -98,6 +109,8 @@ impl Endpoint {
 
     fn matches(&self, p: &Pattern) -> bool {
         match p {
+            Pattern::Service(k) => self.service.as_ref() == Some(k),
+            _ if self.service.is_some() => false,
             Pattern::Any => true,
             Pattern::Namespace(ns) => self.pod.as_ref().is_some_and(|k| &k.namespace == ns),
             Pattern::Pod(k) => self.pod.as_ref() == Some(k),
@@ -116,6 +129,7 @@ pub fn endpoints(cluster: &Cluster, externals: &[External]) -> Vec<Endpoint> {
             pod: Some(p.key.clone()),
             ips: p.ips.clone(),
             ports: p.ports.clone(),
+            service: None,
         })
         .collect();
     v.extend(externals.iter().map(|e| {
@@ -129,9 +143,19 @@ pub fn endpoints(cluster: &Cluster, externals: &[External]) -> Vec<Endpoint> {
                 .chain(e.ipv6.map(IpAddr::V6))
                 .collect(),
             ports: e.ports.clone(),
+            service: None,
         }
     }));
     v
+}
+
+/// A Service as probers see it: cluster IPs, and each port with its
+/// endpoints (both families).
+#[derive(Debug, Clone)]
+pub struct ServiceView {
+    pub key: PodKey,
+    pub cluster_ips: Vec<IpAddr>,
+    pub ports: Vec<(ServicePort, Vec<Backend>)>,
 }
 
 /// One connection attempt to make.
@@ -143,6 +167,9 @@ pub struct Attempt<'a> {
     pub dst: IpAddr,
     pub protocol: Protocol,
     pub port: u16,
+    /// To a cluster IP: the endpoints the Service translates this port to
+    /// (of `dst`'s family; empty: none, the connection is refused).
+    pub backends: Option<Vec<Backend>>,
 }
 
 /// What a prober saw of one attempt.
@@ -165,6 +192,15 @@ pub trait Prober {
     /// The datapath's counters, for probers that run one.
     fn counters(&mut self) -> Option<vswitch_datapath::counters::Counters> {
         None
+    }
+    /// Whether attempts to cluster IPs reach the Services' endpoints here.
+    fn proxies_services(&self) -> bool {
+        false
+    }
+    /// The Services and their endpoints now (after every action that may
+    /// change them).
+    fn services(&mut self, _views: &[ServiceView]) -> Result<(), ProberError> {
+        Ok(())
     }
 }
 
@@ -206,11 +242,150 @@ pub fn port_changes<'a, V>(
 struct World {
     cluster: Cluster,
     externals: Vec<External>,
+    services: std::collections::BTreeMap<PodKey, Service>,
+    /// `--via service`: every pod's own Service, by the pod.
+    via: Option<Via>,
+}
+
+/// `--via service`: a Service `s-<ns>-<pod>` per pod whose only endpoint is
+/// the pod, with a port for every port and protocol the file's probes use.
+struct Via {
+    /// Each pod's number (its cluster IPs), kept for the file's run.
+    index: std::collections::BTreeMap<PodKey, u32>,
+    /// The probes' ports and protocols.
+    probes: Vec<(ProbePort, Protocol)>,
+}
+
+impl Via {
+    fn service(&mut self, pod: &Pod) -> Service {
+        let n = self.index.len() as u32 + 1;
+        let i = *self.index.entry(pod.key.clone()).or_insert(n);
+        let v4 = std::net::Ipv4Addr::new(10, 96, (i >> 8) as u8, i as u8);
+        let v6 = std::net::Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, i as u16);
+        let mut ports: Vec<ServicePort> = Vec::new();
+        for (p, protocol) in &self.probes {
+            let number = match p {
+                ProbePort::Number(n) => Some(*n),
+                ProbePort::Named(name) => {
+                    policy::model::resolve_named_port(&pod.ports, name, *protocol)
+                }
+            };
+            if let Some(port) = number
+                && !ports
+                    .iter()
+                    .any(|q| q.port == port && q.protocol == *protocol)
+            {
+                ports.push(ServicePort {
+                    name: Some(format!("p{}", ports.len())),
+                    port,
+                    protocol: *protocol,
+                    target: TargetPort::Number(port),
+                });
+            }
+        }
+        Service {
+            key: PodKey::new(
+                pod.key.namespace.clone(),
+                format!("s-{}-{}", pod.key.namespace, pod.key.name),
+            ),
+            cluster_ips: vec![IpAddr::V4(v4), IpAddr::V6(v6)],
+            selector: None,
+            ports,
+            affinity_timeout: None,
+            local_only: false,
+        }
+    }
 }
 
 impl World {
     fn endpoints(&self) -> Vec<Endpoint> {
-        endpoints(&self.cluster, &self.externals)
+        let mut v = endpoints(&self.cluster, &self.externals);
+        v.extend(self.services.values().map(|s| {
+            Endpoint {
+                name: format!("svc:{}", s.key),
+                pod: None,
+                ips: s.cluster_ips.clone(),
+                ports: s
+                    .ports
+                    .iter()
+                    .map(|p| ContainerPort {
+                        name: p.name.clone(),
+                        port: p.port,
+                        protocol: p.protocol,
+                    })
+                    .collect(),
+                service: Some(s.key.clone()),
+            }
+        }));
+        v
+    }
+
+    /// Every Service with its endpoints now, the pods' own (`--via
+    /// service`) included.
+    fn views(&mut self) -> Vec<ServiceView> {
+        let view = |s: &Service, pods: &mut dyn Iterator<Item = &Pod>| {
+            let pods: Vec<&Pod> = pods.collect();
+            ServiceView {
+                key: s.key.clone(),
+                cluster_ips: s.cluster_ips.clone(),
+                ports: s
+                    .ports
+                    .iter()
+                    .map(|p| (p.clone(), s.backends(p, pods.iter().copied())))
+                    .collect(),
+            }
+        };
+        let mut out: Vec<ServiceView> = self
+            .services
+            .values()
+            .map(|s| view(s, &mut self.cluster.pods.values()))
+            .collect();
+        if let Some(via) = &mut self.via {
+            for pod in self.cluster.pods.values() {
+                let mut s = via.service(pod);
+                // its only endpoint is the pod, whatever its labels
+                s.selector = Some(pod.labels.clone());
+                out.push(view(&s, &mut std::iter::once(pod)));
+            }
+        }
+        out
+    }
+
+    /// The endpoints an attempt to `to` on `port`/`protocol` reaches, of
+    /// `dst`'s family: `None` for a direct attempt.
+    fn backends(
+        &mut self,
+        to: &Endpoint,
+        port: u16,
+        protocol: Protocol,
+        dst: IpAddr,
+    ) -> Option<Vec<Backend>> {
+        let of_family = |b: &Backend| b.ip.is_ipv6() == dst.is_ipv6();
+        if let Some(k) = &to.service {
+            let s = self.services.get(k)?;
+            return Some(match s.port_by_number(port, protocol) {
+                Some(p) => s
+                    .backends(p, self.cluster.pods.values())
+                    .into_iter()
+                    .filter(of_family)
+                    .collect(),
+                None => Vec::new(),
+            });
+        }
+        self.via.as_ref()?;
+        let pod = self.cluster.pods.get(to.pod.as_ref()?)?;
+        Some(vec![Backend {
+            pod: pod.key.clone(),
+            ip: dst,
+            port,
+        }])
+    }
+
+    /// The cluster IP a direct attempt to a pod takes with `--via service`.
+    fn via_address(&mut self, to: &Endpoint, family_v6: bool) -> Option<IpAddr> {
+        let pod = self.cluster.pods.get(to.pod.as_ref()?)?.clone();
+        let s = self.via.as_mut()?.service(&pod);
+        s.cluster_ip(family_v6)
     }
 
     /// Turns an action into the change it makes, checking it against the
@@ -265,6 +440,9 @@ impl World {
                     return Err(WorldError::NamespaceExists(n.name.clone()));
                 }
                 Change::UpsertNamespace(n.clone())
+            }
+            Action::ApplyService(_) | Action::DeleteService(_) => {
+                unreachable!("Services are no change of the policy model")
             }
         })
     }
@@ -447,12 +625,18 @@ fn target_port(probe: &Probe, to: &Endpoint) -> Option<u16> {
 
 /// Runs one parsed scenario through a prober.
 pub fn run(scenario: &Scenario, prober: &mut dyn Prober) -> FileReport {
+    run_via(scenario, prober, false)
+}
+
+/// [`run`], with every pod reached through a Service of its own when
+/// `via_service` (the runner's `--via service`).
+pub fn run_via(scenario: &Scenario, prober: &mut dyn Prober, via_service: bool) -> FileReport {
     let mut report = FileReport {
         name: scenario.name.clone(),
         error: None,
         probes: Vec::new(),
     };
-    if let Err(e) = run_steps(scenario, prober, &mut report) {
+    if let Err(e) = run_steps(scenario, prober, &mut report, via_service) {
         report.error = Some(e.to_string());
     }
     report
@@ -462,10 +646,30 @@ fn run_steps(
     scenario: &Scenario,
     prober: &mut dyn Prober,
     report: &mut FileReport,
+    via_service: bool,
 ) -> Result<(), RunError> {
+    let has_services = scenario.steps.iter().any(|s| {
+        s.actions
+            .iter()
+            .any(|a| matches!(a, Action::ApplyService(_) | Action::DeleteService(_)))
+    });
+    if (has_services || via_service) && !prober.proxies_services() {
+        return Err(RunError::NoServiceProxy);
+    }
+    let via = via_service.then(|| Via {
+        index: Default::default(),
+        probes: scenario
+            .steps
+            .iter()
+            .flat_map(|s| &s.probes)
+            .map(|p| (p.port.clone(), p.protocol))
+            .collect(),
+    });
     let mut world = World {
         cluster: Cluster::default(),
         externals: scenario.externals.clone(),
+        services: Default::default(),
+        via,
     };
     for ns in &scenario.namespaces {
         if world
@@ -502,6 +706,10 @@ fn run_steps(
     prober
         .start(&world.cluster, &world.externals)
         .map_err(RunError::Start)?;
+    if world.via.is_some() {
+        let views = world.views();
+        prober.services(&views).map_err(RunError::Start)?;
+    }
 
     for (si, step) in scenario.steps.iter().enumerate() {
         for (ai, action) in step.actions.iter().enumerate() {
@@ -509,11 +717,34 @@ fn run_steps(
                 field: format!("steps[{si}].do[{ai}]"),
                 source,
             };
-            let change = world.change_for(action).map_err(at)?;
-            prober
-                .change(&change)
-                .map_err(|e| at(WorldError::Prober(e)))?;
-            world.cluster.apply(&change);
+            match action {
+                Action::ApplyService(s) => {
+                    if !world.cluster.namespaces.contains_key(&s.key.namespace) {
+                        return Err(at(WorldError::NoNamespace(s.key.namespace.clone())));
+                    }
+                    world.services.insert(s.key.clone(), s.clone());
+                }
+                Action::DeleteService(k) => {
+                    if world.services.remove(k).is_none() {
+                        return Err(at(WorldError::NoService(k.clone())));
+                    }
+                }
+                _ => {
+                    let change = world.change_for(action).map_err(at)?;
+                    prober
+                        .change(&change)
+                        .map_err(|e| at(WorldError::Prober(e)))?;
+                    world.cluster.apply(&change);
+                }
+            }
+            // endpoints follow every change, as the EndpointSlice
+            // controller's do
+            if !world.services.is_empty() || world.via.is_some() || has_services {
+                let views = world.views();
+                prober
+                    .services(&views)
+                    .map_err(|e| at(WorldError::Prober(e)))?;
+            }
         }
         let endpoints = world.endpoints();
         for (pi, probe) in step.probes.iter().enumerate() {
@@ -529,7 +760,7 @@ fn run_steps(
             check_names(&patterns, &endpoints)?;
             report
                 .probes
-                .push(run_probe(si, pi, probe, &endpoints, prober));
+                .push(run_probe(si, pi, probe, &endpoints, prober, &mut world));
         }
     }
     Ok(())
@@ -541,6 +772,7 @@ fn run_probe(
     probe: &Probe,
     endpoints: &[Endpoint],
     prober: &mut dyn Prober,
+    world: &mut World,
 ) -> ProbeReport {
     let label = format!("{}/{} {}", probe.port, probe.protocol, probe.family);
     let mut out = ProbeReport {
@@ -553,9 +785,13 @@ fn run_probe(
     };
     // (from, to, expected, attempt or the reason none can be made)
     let mut planned: Vec<(&Endpoint, &Endpoint, bool, Result<Attempt<'_>, String>)> = Vec::new();
-    for from in endpoints {
+    for from in endpoints.iter().filter(|e| e.service.is_none()) {
         for to in endpoints {
             if from.name == to.name {
+                continue;
+            }
+            // Services are targets only where `only:` names them
+            if to.service.is_some() && probe.only.is_none() {
                 continue;
             }
             let listed = |only: &Vec<(Pattern, Pattern, String)>| {
@@ -574,14 +810,24 @@ fn run_probe(
                 (None, _, _) => Err(format!("{} has no {} address", from.name, probe.family)),
                 (_, None, _) => Err(format!("{} has no {} address", to.name, probe.family)),
                 (_, _, None) => Err(format!("{} has no port named {}", to.name, probe.port)),
-                (Some(src), Some(dst), Some(port)) => Ok(Attempt {
-                    from,
-                    to,
-                    src,
-                    dst,
-                    protocol: probe.protocol,
-                    port,
-                }),
+                (Some(src), Some(dst), Some(port)) => {
+                    let backends = world.backends(to, port, probe.protocol, dst);
+                    let dst = match (&to.service, &backends) {
+                        (None, Some(_)) => world
+                            .via_address(to, probe.family == Family::Ipv6)
+                            .unwrap_or(dst),
+                        _ => dst,
+                    };
+                    Ok(Attempt {
+                        from,
+                        to,
+                        src,
+                        dst,
+                        protocol: probe.protocol,
+                        port,
+                        backends,
+                    })
+                }
             };
             planned.push((from, to, want, attempt));
         }
