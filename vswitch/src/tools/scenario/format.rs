@@ -779,6 +779,10 @@ mod tests {
         let e = &s.steps[0].probes[0].except;
         assert_eq!(e[0].verdict, None);
         assert_eq!(e[1].verdict, Some(true));
+        assert_eq!(e[1].to, Pattern::External("ext".into()));
+        assert_eq!(e[2].verdict, Some(false));
+        assert_eq!(e[2].from, Pattern::Pod(PodKey::new("x", "b")));
+        // the colon of a Service target is no verdict's
         let s = parse(
             "name: t\nsteps: [{expect: [{probe: {port: 80}, default: deny, only: [\"* -> svc:x/web\"], except: [\"x/a -> svc:x/web\", \"x/b -> svc:x/web: deny\"]}]}]",
         )
@@ -786,8 +790,5 @@ mod tests {
         let e = &s.steps[0].probes[0].except;
         assert_eq!(e[0].to, Pattern::Service(PodKey::new("x", "web")));
         assert_eq!((e[0].verdict, e[1].verdict), (None, Some(false)));
-        assert_eq!(e[1].to, Pattern::External("ext".into()));
-        assert_eq!(e[2].verdict, Some(false));
-        assert_eq!(e[2].from, Pattern::Pod(PodKey::new("x", "b")));
     }
 }
