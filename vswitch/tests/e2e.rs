@@ -974,8 +974,7 @@ fn with_kube_proxy_on_the_node_pods_reach_services_whose_endpoints_share_the_nod
     // what the node port dropped as spoofed (the bug: kube-proxy's
     // translations carry a local pod's source)
     let node_spoofed = |w: &World| -> u64 {
-        let json: serde_json::Value =
-            serde_json::from_str(&w.ctl(&["ports", "--json"])).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&w.ctl(&["ports", "--json"])).unwrap();
         json["ports"]
             .as_array()
             .unwrap()
