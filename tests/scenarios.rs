@@ -65,7 +65,7 @@ fn corpus_passes_in_dataplane_mode() {
 #[test]
 fn services_pass_in_engine_mode() {
     let n = run_all(&root().join("tests/services"), Mode::Engine);
-    assert!(n >= 10, "the Service corpus has {n} files");
+    assert!(n >= 20, "the Service corpus has {n} files");
 }
 
 #[test]
