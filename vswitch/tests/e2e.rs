@@ -893,6 +893,7 @@ fn with_kube_proxy_on_the_node_pods_reach_services_whose_endpoints_share_the_nod
     for p in [&b, &c] {
         w.serve(&p.ns, 8080);
         w.serve(&p.ns, 5353);
+        w.serve(&p.ns, 9090);
     }
     // the node forwards, as every Kubernetes node does, and kube-proxy's
     // rules are in place for four Services in the default 10.96.0.0/12
@@ -924,6 +925,17 @@ fn with_kube_proxy_on_the_node_pods_reach_services_whose_endpoints_share_the_nod
         cluster_ip: vip.parse().unwrap(),
         port,
         endpoints,
+        affinity_seconds: None,
+    };
+    let sticky = kube_proxy::ServicePort {
+        affinity_seconds: Some(10800),
+        ..port(
+            "default/sticky:http",
+            "tcp",
+            "10.96.0.82",
+            80,
+            vec![(v4(&b), 9090), (v4(&c), 9090)],
+        )
     };
     let rules = kube_proxy::rules(
         &[
@@ -949,6 +961,7 @@ fn with_kube_proxy_on_the_node_pods_reach_services_whose_endpoints_share_the_nod
                 vec![(v4(&b), 8080)],
             ),
             port("default/none:http", "tcp", "10.96.0.99", 80, vec![]),
+            sticky,
         ],
         Some(&format!("{}.0/24", w.subnet)),
         false,
@@ -1002,6 +1015,24 @@ fn with_kube_proxy_on_the_node_pods_reach_services_whose_endpoints_share_the_nod
             p.v4
         );
     }
+    // ClientIP affinity: every connection of a's lands on one endpoint
+    for i in 0..12 {
+        assert_eq!(
+            w.probe(&a.ns, "tcp", "10.96.0.82", 80),
+            "ok",
+            "a -> sticky, connection {i}"
+        );
+    }
+    let ct = w.ctl(&["conntrack"]);
+    let landed: Vec<&Pod> = [&b, &c]
+        .into_iter()
+        .filter(|p| ct.contains(&format!("{}:9090", p.v4)))
+        .collect();
+    assert_eq!(
+        landed.len(),
+        1,
+        "one endpoint for all of a's connections: {ct}"
+    );
     // UDP, as a pod asks cluster DNS
     assert_eq!(w.probe(&a.ns, "udp", "10.96.0.10", 53), "ok", "a -> dns");
     // hairpin: b through a Service whose only endpoint is b (kube-proxy

@@ -17,9 +17,13 @@
 //!   of the base32 SHA-256 of the service port name and protocol (and the
 //!   endpoint, for SEP chains); endpoints sorted by their `ip:port` text.
 //!
+//! - session affinity (`ClientIP`): a client seen by an endpoint's SEP chain
+//!   within the timeout goes back to it (`-m recent --rcheck --seconds T
+//!   --reap`, before the random choice; the SEP chain's DNAT `--set`s it).
+//!
 //! The off-cluster masquerade rule (`! -s <cluster CIDR>`) is written only
 //! when a cluster CIDR is given, as kube-proxy's local-traffic detector
-//! does. Session affinity (`-m recent`) is not written.
+//! does.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -37,6 +41,8 @@ pub struct ServicePort {
     pub port: u16,
     /// Ready endpoints, `(address, port)`.
     pub endpoints: Vec<(IpAddr, u16)>,
+    /// `sessionAffinity: ClientIP`: its timeout in seconds.
+    pub affinity_seconds: Option<u32>,
 }
 
 /// A kube-proxy chain name: `prefix` and the hash of `text`.
@@ -106,8 +112,17 @@ pub fn rules(ports: &[ServicePort], cluster_cidr: Option<&str>, v6: bool) -> Str
             ));
         }
         let n = endpoints.len();
+        let sep_of = |ep: &str| chain("KUBE-SEP-", &format!("{name}{p}{ep}"));
+        if let Some(t) = s.affinity_seconds {
+            for (ep, _) in &endpoints {
+                let sep = sep_of(ep);
+                nat.push(format!(
+                    "-A {svc} -m comment --comment \"{name} -> {ep}\" -m recent --name {sep} --rcheck --seconds {t} --reap -j {sep}"
+                ));
+            }
+        }
         for (i, (ep, ip)) in endpoints.iter().enumerate() {
-            let sep = chain("KUBE-SEP-", &format!("{name}{p}{ep}"));
+            let sep = sep_of(ep);
             chains.push(format!(":{sep} - [0:0]"));
             let mut pick = String::new();
             if i + 1 < n {
@@ -123,8 +138,12 @@ pub fn rules(ports: &[ServicePort], cluster_cidr: Option<&str>, v6: bool) -> Str
             nat.push(format!(
                 "-A {sep} -m comment --comment {name} -s {ip} -j KUBE-MARK-MASQ"
             ));
+            let remember = match s.affinity_seconds {
+                Some(_) => format!("-m recent --name {sep} --set "),
+                None => String::new(),
+            };
             nat.push(format!(
-                "-A {sep} -m comment --comment {name} -m {p} -p {p} -j DNAT --to-destination {ep}"
+                "-A {sep} -m comment --comment {name} {remember}-m {p} -p {p} -j DNAT --to-destination {ep}"
             ));
         }
     }
@@ -163,6 +182,7 @@ mod tests {
             cluster_ip: "172.30.0.44".parse().unwrap(),
             port: 80,
             endpoints,
+            affinity_seconds: None,
         };
         let two = rules(
             &[port(vec![
@@ -184,5 +204,24 @@ mod tests {
             "{none}"
         );
         assert!(!none.contains("KUBE-SVC-"), "{none}");
+    }
+
+    #[test]
+    fn affinity_checks_each_endpoint_before_the_random_choice_and_remembers_the_client() {
+        // kube-proxy's TestOverallIPTablesRules, ns5/svc5 (ClientIP, 10800 s)
+        let r = rules(
+            &[ServicePort {
+                name: "ns5/svc5:p80".into(),
+                protocol: "tcp",
+                cluster_ip: "172.30.0.45".parse().unwrap(),
+                port: 80,
+                endpoints: vec![("10.180.0.3".parse().unwrap(), 80)],
+                affinity_seconds: Some(10800),
+            }],
+            None,
+            false,
+        );
+        assert!(r.contains("-A KUBE-SVC-NUKIZ6OKUXPJNT4C -m comment --comment \"ns5/svc5:p80 -> 10.180.0.3:80\" -m recent --name KUBE-SEP-I77PXRDZVX7PMWMN --rcheck --seconds 10800 --reap -j KUBE-SEP-I77PXRDZVX7PMWMN\n-A KUBE-SVC-NUKIZ6OKUXPJNT4C -m comment --comment \"ns5/svc5:p80 -> 10.180.0.3:80\" -j KUBE-SEP-I77PXRDZVX7PMWMN"), "{r}");
+        assert!(r.contains("-A KUBE-SEP-I77PXRDZVX7PMWMN -m comment --comment ns5/svc5:p80 -m recent --name KUBE-SEP-I77PXRDZVX7PMWMN --set -m tcp -p tcp -j DNAT --to-destination 10.180.0.3:80"), "{r}");
     }
 }

@@ -781,6 +781,7 @@ impl Prober for NetnsProber {
                         cluster_ip: *ip,
                         port: sp.port,
                         endpoints: backends.iter().map(|b| (b.ip, b.port)).collect(),
+                        affinity_seconds: v.affinity_timeout,
                     });
                 }
             }

@@ -154,6 +154,8 @@ pub fn endpoints(cluster: &Cluster, externals: &[External]) -> Vec<Endpoint> {
 #[derive(Debug, Clone)]
 pub struct ServiceView {
     pub key: PodKey,
+    /// `sessionAffinity: ClientIP`: its timeout in seconds.
+    pub affinity_timeout: Option<u32>,
     pub cluster_ips: Vec<IpAddr>,
     pub ports: Vec<(ServicePort, Vec<Backend>)>,
 }
@@ -327,6 +329,7 @@ impl World {
             let pods: Vec<&Pod> = pods.collect();
             ServiceView {
                 key: s.key.clone(),
+                affinity_timeout: s.affinity_timeout,
                 cluster_ips: s.cluster_ips.clone(),
                 ports: s
                     .ports
