@@ -147,3 +147,29 @@ fn a_udp_service_answers_like_dns() {
     let mut undone = udp4(NODE, GW, VIP, A4, 53, 50000);
     assert_eq!(rig.send(0, &mut undone), Action::Forward(1));
 }
+
+#[test]
+fn a_pod_opening_endless_service_connections_holds_a_bounded_map() {
+    // a table of 64 connections, a pod that opens 10,000 to the Service
+    // range, each evicting an older one of its own
+    let mut rig = Rig::two_pods_with(Config {
+        service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
+        conntrack_max: 64,
+        conntrack_per_pod_max: 32,
+        ..Config::default()
+    });
+    let mut most = 0;
+    for i in 0..10_000u16 {
+        let mut syn = tcp4(A, GW, A4, VIP, 1024 + i, 80, "S", 64);
+        assert_eq!(rig.send(1, &mut syn), Action::Forward(0));
+        most = most.max(rig.dp.service_legs());
+    }
+    assert!(
+        most <= 2 * 64 + 1,
+        "the map held {most} entries for a table of 64"
+    );
+    assert!(rig.dp.conntrack().charged(1) <= 32);
+    // and the live ones still come back
+    let mut back = tcp4(NODE, GW, A4, B4, 1024 + 9_999, 80, "S", 63);
+    assert_eq!(rig.send(0, &mut back), Action::Forward(2));
+}

@@ -4,7 +4,9 @@
 //! copies as one batch). The conntrack's limits hold throughout: the
 //! table never exceeds its size nor a pod its share. Inputs of more than
 //! about 54 frames cross the end of the window in which a TCP segment
-//! without SYN may pick up a connection.
+//! without SYN may pick up a connection. A Service range is set, so that
+//! frames from the node port with a pod's source (kube-proxy's way back)
+//! are taken for connections the pod opened there.
 //!
 //! Run: `cd vswitch/datapath/fuzz && cargo fuzz run datapath` (see README).
 
@@ -18,8 +20,9 @@ use libfuzzer_sys::fuzz_target;
 use policy::{Cluster, Engine, Namespace, Pod, PodKey};
 use vswitch_datapath::{Config, Datapath, PortKind};
 
-fn datapath() -> Datapath {
-    let t0 = Instant::now();
+/// A datapath started at `t0` (both of an input start at the same instant:
+/// their clocks, in whole milliseconds since the start, must agree).
+fn datapath(t0: Instant) -> Datapath {
     let mut dp = Datapath::new(
         Config {
             conntrack_max: 64,
@@ -27,6 +30,8 @@ fn datapath() -> Datapath {
             conntrack_pickup_ms: 2_000,
             flow_cache_max: 64,
             frag_max: 16,
+            // kube-proxy's translations may come back through the node port
+            service_cidrs: vec!["10.96.0.0/12".parse().unwrap(), "fd00:10:96::/108".parse().unwrap()],
             ..Config::default()
         },
         t0,
@@ -53,9 +58,9 @@ fn datapath() -> Datapath {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mut dp = datapath();
-    let mut batched = datapath();
     let t0 = Instant::now();
+    let mut dp = datapath(t0);
+    let mut batched = datapath(t0);
     // The input is a sequence of frames: [port, len_hi, len_lo, bytes...]...
     let mut rest = data;
     let mut n = 0u64;

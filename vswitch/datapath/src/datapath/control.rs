@@ -149,6 +149,13 @@ impl Datapath {
         &self.ct
     }
 
+    /// How many pods' connections to the Service range are remembered (the
+    /// way back for kube-proxy's translations), dead ones included until
+    /// the next purge.
+    pub fn service_legs(&self) -> usize {
+        self.legs.len()
+    }
+
     pub fn flow_cache(&self) -> &FlowCache {
         &self.cache
     }

@@ -87,6 +87,10 @@ impl ServiceLegs {
         self.map.insert(ClientEnd::of(t), r);
     }
 
+    pub(super) fn len(&self) -> usize {
+        self.map.len()
+    }
+
     /// Whether a packet from the node with a local pod's source (`t`) is
     /// the translation of a live connection that pod opened to a service.
     pub(super) fn came_back(&self, t: &FlowTuple, ct: &Conntrack) -> bool {
