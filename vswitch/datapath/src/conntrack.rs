@@ -209,6 +209,9 @@ const UNREPLIED: u8 = 4;
 /// `Entry::flags`: a connection kube-proxy translated on the node; its
 /// replies go back by the node port (see `datapath/kube_proxy.rs`).
 const VIA_NODE: u8 = 8;
+/// `Entry::flags`: a pod's connection to a Service range kube-proxy
+/// translates on the node: policy judges its translation, not it.
+const TO_SERVICE: u8 = 16;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Entry {
@@ -544,6 +547,23 @@ impl Conntrack {
     /// Whether a connection was translated on the node.
     pub fn via_node(&self, r: CtRef) -> bool {
         self.get(r).is_some_and(|e| e.flags & VIA_NODE != 0)
+    }
+
+    /// Marks a pod's connection to a Service range (never judged itself).
+    pub fn mark_to_service(&mut self, r: CtRef) {
+        if self.get(r).is_some() {
+            self.slots[r.slot as usize].flags |= TO_SERVICE;
+        }
+    }
+
+    /// Whether a connection is a pod's to a Service range.
+    pub fn to_service(&self, r: CtRef) -> bool {
+        self.get(r).is_some_and(|e| e.flags & TO_SERVICE != 0)
+    }
+
+    /// Whether a handle is still its live, unexpired connection at `now`.
+    pub fn live_at(&self, r: CtRef, now: u64) -> bool {
+        self.get(r).is_some_and(|e| !self.expired(e, now))
     }
 
     /// Advances the connection's state with a packet seen in `dir`.

@@ -67,9 +67,14 @@ fn a_connection_through_kube_proxy_reaches_its_endpoint_and_replies_go_back_by_t
             Action::Forward(1)
         ]
     );
-    // the translated connection is charged to the client, not to the node
-    assert_eq!(rig.dp.conntrack().charged(1), 2, "both legs are a's");
-    assert_eq!(rig.dp.conntrack().charged(0), 0);
+    // the first leg is a's, its translation the node port's (a's share
+    // holding both, the translation could evict its own first leg)
+    assert_eq!(rig.dp.conntrack().charged(1), 1, "the first leg is a's");
+    assert_eq!(
+        rig.dp.conntrack().charged(0),
+        1,
+        "the translation the node's"
+    );
     // b's own connection to a, not translated, still goes straight to a
     let mut direct = tcp4(B, GW, B4, A4, 45000, 80, "S", 64);
     assert_eq!(rig.send(2, &mut direct), Action::Forward(1));
@@ -172,4 +177,70 @@ fn a_pod_opening_endless_service_connections_holds_a_bounded_map() {
     // and the live ones still come back
     let mut back = tcp4(NODE, GW, A4, B4, 1024 + 9_999, 80, "S", 63);
     assert_eq!(rig.send(0, &mut back), Action::Forward(2));
+}
+
+#[test]
+fn a_policy_change_keeps_a_connection_through_kube_proxy_that_policy_allows() {
+    // a may send only to b on 80: the cluster IP is no peer of its policy
+    let mut rig = rig();
+    rig.apply(&policy(
+        "a-to-b",
+        "a",
+        "policyTypes: [Egress], egress: [{to: [{podSelector: {matchLabels: {pod: b}}}], ports: [{port: 80}]}]",
+    ));
+    let through = [
+        Action::Forward(0),
+        Action::Forward(2),
+        Action::Forward(0),
+        Action::Forward(1),
+    ];
+    assert_eq!(handshake(&mut rig, 42000), through);
+    // any new generation re-checks established connections: the translated
+    // one is still allowed, and its first leg is no judged connection
+    rig.apply(&policy("unrelated", "c", "policyTypes: [Ingress]"));
+    assert_eq!(handshake(&mut rig, 42000), through, "after a policy change");
+}
+
+#[test]
+fn later_fragments_of_a_translated_datagram_follow_their_first() {
+    let mut rig = rig();
+    let mut q = udp4(A, GW, A4, VIP, 50100, 53);
+    assert_eq!(rig.send(1, &mut q), Action::Forward(0));
+    // kube-proxy's translation of a fragmented datagram: first, then rest
+    let mut head = Vec::new();
+    head.extend_from_slice(&50100u16.to_be_bytes());
+    head.extend_from_slice(&5353u16.to_be_bytes());
+    head.extend_from_slice(&32u16.to_be_bytes()); // 8 + 24 bytes of data
+    head.extend_from_slice(&[0, 0]);
+    head.extend_from_slice(b"abcdefgh");
+    let mut first = fragment4(NODE, A4, B4, 77, 0, true, &head);
+    assert_eq!(rig.send(0, &mut first), Action::Forward(2));
+    let mut rest = fragment4(NODE, A4, B4, 77, 2, false, b"ijklmnopqrstuvwx");
+    assert_eq!(rig.send(0, &mut rest), Action::Forward(2));
+    // a later fragment with no first is still nothing
+    let mut stray = fragment4(NODE, A4, B4, 78, 2, false, b"abcdefgh");
+    assert_ne!(rig.send(0, &mut stray), Action::Forward(2));
+}
+
+#[test]
+fn one_socket_to_two_services_keeps_both_ways_back() {
+    // one UDP socket of a's asks a Service, which answers ...
+    let mut rig = rig();
+    let mut q1 = udp4(A, GW, A4, VIP, 50200, 53);
+    assert_eq!(rig.send(1, &mut q1), Action::Forward(0));
+    let mut dnat = udp4(NODE, GW, A4, B4, 50200, 5353);
+    assert_eq!(rig.send(0, &mut dnat), Action::Forward(2));
+    let mut answer = udp4(B, GW, B4, A4, 5353, 50200);
+    assert_eq!(rig.send(2, &mut answer), Action::Forward(0));
+    let mut undone = udp4(NODE, GW, VIP, A4, 53, 50200);
+    assert_eq!(rig.send(0, &mut undone), Action::Forward(1));
+    // ... then a second Service from the same socket, which never answers
+    let mut q2 = udp4(A, GW, A4, [10, 96, 0, 11], 50200, 53);
+    assert_eq!(rig.send(1, &mut q2), Action::Forward(0));
+    // the unanswered one expires (30 s) and is swept; the first lives on
+    rig.ms += 31_000;
+    let now = rig.now();
+    rig.dp.expire(now, 1_000);
+    let mut again = udp4(NODE, GW, A4, B4, 50200, 5353);
+    assert_eq!(rig.send(0, &mut again), Action::Forward(2));
 }

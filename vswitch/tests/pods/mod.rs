@@ -89,8 +89,9 @@ elif mode == "tcp":
 elif mode == "udp":
     s = socket.socket(fam(sys.argv[2]), socket.SOCK_DGRAM); s.settimeout(float(sys.argv[4]))
     try:
-        s.sendto(b"ping", (sys.argv[2], int(sys.argv[3])))
-        print("ok" if s.recvfrom(16)[0] == b"ping" else "fail: bad echo")
+        # connected: only a reply from the address and port asked counts
+        s.connect((sys.argv[2], int(sys.argv[3]))); s.send(b"ping")
+        print("ok" if s.recv(16) == b"ping" else "fail: bad echo")
     except OSError as e: print("fail:", e)
 elif mode == "hold":
     s = socket.socket(fam(sys.argv[2])); s.settimeout(20)

@@ -86,7 +86,7 @@ impl Datapath {
             None
         };
         let legit = if from_node {
-            client.is_none() || self.came_back(ip)
+            client.is_none() || self.came_back(ip, ms)
         } else {
             port.owns(ip.src)
         };
@@ -205,7 +205,10 @@ impl Datapath {
                         conntrack::Dir::Orig => ip.src,
                         conntrack::Dir::Reply => ip.dst,
                     });
-                    if let Err(o) = self.recheck(r, by_node || to_service, ms) {
+                    // a connection to a Service range is judged as its
+                    // translation, both ways
+                    let exempt = by_node || to_service || self.ct.to_service(r);
+                    if let Err(o) = self.recheck(r, exempt, ms) {
                         return IpVerdict::Drop(o);
                     }
                     self.ct.update(r, dir, &ip.l4, ms);
@@ -236,13 +239,18 @@ impl Datapath {
                     if conntrack::is_pickup(&ip.l4) && ms >= self.cfg.conntrack_pickup_ms {
                         return IpVerdict::Drop(Outcome::Untracked);
                     }
-                    // charged to the pod that opened it, however it came
-                    let owner = client.unwrap_or(in_port);
-                    let (generation, share) = (self.policy.generation(), self.ct_share(owner));
-                    match self.ct.create(&tuple, &ip.l4, ms, generation, owner, share) {
+                    // (kube-proxy's translation is charged to the node port,
+                    // not to the pod, whose share holds its first leg: the
+                    // two would evict each other)
+                    let (generation, share) = (self.policy.generation(), self.ct_share(in_port));
+                    match self
+                        .ct
+                        .create(&tuple, &ip.l4, ms, generation, in_port, share)
+                    {
                         Ok(r) => {
                             if to_service {
-                                self.legs.record(&tuple, r, &self.ct);
+                                self.ct.mark_to_service(r);
+                                self.legs.record(&tuple, r, &self.ct, ms);
                             }
                             if client.is_some() {
                                 self.ct.mark_via_node(r);

@@ -17,8 +17,17 @@
 //!   as if the client had connected to the endpoint. The first leg (pod to
 //!   cluster IP) is not judged: the switch cannot know the endpoint yet.
 //! - The translated connection's entry is marked `via node` and charged to
-//!   the client's port; the endpoint's replies (and ICMP errors about it)
-//!   leave by the node port, so that the kernel undoes the translation.
+//!   the node port (the client's share holds the first leg; the two would
+//!   evict each other); the endpoint's replies (and ICMP errors about it)
+//!   leave by the node port, so that the kernel undoes the translation. The
+//!   first leg is marked `to service`: policy re-checks neither direction
+//!   of it after a change (its translation is re-checked).
+//! - One client end may have several connections at once (one UDP socket
+//!   asking two Services): up to [`PER_CLIENT_END`] are kept, the oldest
+//!   dropped beyond.
+//! - Later fragments from the node with a pod's source carry no ports:
+//!   they pass the anti-spoofing check and follow their first fragment,
+//!   which passed it as the translation of a recorded connection.
 //! - Bounded: entries are dropped with their connection; the map is purged
 //!   of dead ones when it holds twice the conntrack table's size.
 //!
@@ -42,9 +51,11 @@ impl Datapath {
     }
 
     /// Whether a packet from the node with a local pod's source is the
-    /// translation of that pod's live connection to a service.
-    pub(super) fn came_back(&self, ip: &IpPacket) -> bool {
-        !self.cfg.service_cidrs.is_empty() && self.legs.came_back(&ip.tuple(), &self.ct)
+    /// translation of that pod's live connection to a service (or a later
+    /// fragment, which must follow a first fragment that was).
+    pub(super) fn came_back(&self, ip: &IpPacket, ms: u64) -> bool {
+        !self.cfg.service_cidrs.is_empty()
+            && (ip.frag.is_some_and(|f| !f.first) || self.legs.came_back(&ip.tuple(), &self.ct, ms))
     }
 }
 
@@ -66,9 +77,12 @@ impl ClientEnd {
     }
 }
 
+/// The connections kept per client end.
+pub(super) const PER_CLIENT_END: usize = 4;
+
 /// Pods' connections that left for kube-proxy's service ranges.
 pub(super) struct ServiceLegs {
-    map: keyed_hash::Map<ClientEnd, CtRef>,
+    map: keyed_hash::Map<ClientEnd, Vec<CtRef>>,
 }
 
 impl ServiceLegs {
@@ -80,11 +94,19 @@ impl ServiceLegs {
 
     /// Records a pod's new connection to a service range (`t` from the
     /// pod), tracked as `r`.
-    pub(super) fn record(&mut self, t: &FlowTuple, r: CtRef, ct: &Conntrack) {
+    pub(super) fn record(&mut self, t: &FlowTuple, r: CtRef, ct: &Conntrack, ms: u64) {
         if self.map.len() >= 2 * ct.capacity() {
-            self.map.retain(|_, r| ct.get(*r).is_some());
+            self.map.retain(|_, refs| {
+                refs.retain(|r| ct.live_at(*r, ms));
+                !refs.is_empty()
+            });
         }
-        self.map.insert(ClientEnd::of(t), r);
+        let refs = self.map.entry(ClientEnd::of(t)).or_default();
+        refs.retain(|r| ct.live_at(*r, ms));
+        if refs.len() == PER_CLIENT_END {
+            refs.remove(0);
+        }
+        refs.push(r);
     }
 
     pub(super) fn len(&self) -> usize {
@@ -93,9 +115,9 @@ impl ServiceLegs {
 
     /// Whether a packet from the node with a local pod's source (`t`) is
     /// the translation of a live connection that pod opened to a service.
-    pub(super) fn came_back(&self, t: &FlowTuple, ct: &Conntrack) -> bool {
+    pub(super) fn came_back(&self, t: &FlowTuple, ct: &Conntrack, ms: u64) -> bool {
         self.map
             .get(&ClientEnd::of(t))
-            .is_some_and(|r| ct.get(*r).is_some())
+            .is_some_and(|refs| refs.iter().any(|r| ct.live_at(*r, ms)))
     }
 }

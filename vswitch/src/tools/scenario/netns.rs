@@ -161,11 +161,14 @@ def attempt(src, dst, proto, port, timeout):
             s.connect((dst, port))
             s.close()
             return "ok"
+        # connected: only a reply from the address and port asked counts
+        # (through a Service, the cluster IP's, not the endpoint's)
         s = socket.socket(fam, socket.SOCK_DGRAM)
         s.settimeout(timeout)
         s.bind((src, 0))
-        s.sendto(b"probe", (dst, port))
-        s.recvfrom(2048)
+        s.connect((dst, port))
+        s.send(b"probe")
+        s.recv(2048)
         return "ok"
     except OSError as e:
         return "fail:" + str(e)
