@@ -108,7 +108,7 @@ impl From<policy::ModelError> for NetnsError {
 const TIMEOUT_S: &str = "1.0";
 
 const AGENT: &str = r#"
-import json, socket, sys, threading
+import json, socket, struct, sys, threading
 servers = {}
 def tcp_server(fam, port):
     s = socket.socket(fam)
@@ -122,15 +122,30 @@ def tcp_server(fam, port):
             c, _ = s.accept()
             c.close()
     threading.Thread(target=run, daemon=True).start()
+IP_PKTINFO = 8  # Linux; not in python's socket module
 def udp_server(fam, port):
+    # answers from the address each datagram was sent to (a namespace with
+    # several addresses would otherwise answer from its primary one, which
+    # a connected client rightly ignores)
     s = socket.socket(fam, socket.SOCK_DGRAM)
-    if fam == socket.AF_INET6:
+    v6 = fam == socket.AF_INET6
+    if v6:
         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    s.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", port))
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+    else:
+        s.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+    s.bind(("::" if v6 else "0.0.0.0", port))
     def run():
         while True:
-            d, a = s.recvfrom(2048)
-            s.sendto(d, a)
+            d, anc, _, a = s.recvmsg(2048, 256)
+            info = []
+            for level, kind, data in anc:
+                if not v6 and level == socket.IPPROTO_IP and kind == IP_PKTINFO:
+                    # in_pktinfo {ifindex, spec_dst, addr}: send from addr
+                    info = [(level, kind, struct.pack("=i4s4s", 0, data[8:12], bytes(4)))]
+                elif v6 and level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO:
+                    info = [(level, kind, data)]
+            s.sendmsg([d], info, 0, a)
     threading.Thread(target=run, daemon=True).start()
 def serve(proto, port):
     if (proto, port) in servers:
