@@ -937,53 +937,51 @@ fn with_kube_proxy_on_the_node_pods_reach_services_whose_endpoints_share_the_nod
             vec![(v4(&b), 9090), (v4(&c), 9090)],
         )
     };
-    let rules = kube_proxy::rules(
-        &[
-            port(
-                "default/web:http",
-                "tcp",
-                "10.96.0.80",
-                80,
-                vec![(v4(&b), 8080), (v4(&c), 8080)],
-            ),
-            port(
-                "default/dns:dns",
-                "udp",
-                "10.96.0.10",
-                53,
-                vec![(v4(&b), 5353)],
-            ),
-            port(
-                "default/only-b:http",
-                "tcp",
-                "10.96.0.81",
-                80,
-                vec![(v4(&b), 8080)],
-            ),
-            port("default/none:http", "tcp", "10.96.0.99", 80, vec![]),
-            sticky,
-        ],
-        Some(&format!("{}.0/24", w.subnet)),
-        false,
-    );
-    let mut restore = Command::new("ip")
-        .args(["netns", "exec", &w.node, "iptables-restore"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("iptables-restore (apt-get install iptables)");
-    restore
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(rules.as_bytes())
-        .unwrap();
-    let out = restore.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "iptables-restore: {}\n{rules}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // kube-proxy's sync: the whole ruleset at once, only-b's endpoints given
+    let sync = |only_b: Vec<(std::net::IpAddr, u16)>| {
+        let rules = kube_proxy::rules(
+            &[
+                port(
+                    "default/web:http",
+                    "tcp",
+                    "10.96.0.80",
+                    80,
+                    vec![(v4(&b), 8080), (v4(&c), 8080)],
+                ),
+                port(
+                    "default/dns:dns",
+                    "udp",
+                    "10.96.0.10",
+                    53,
+                    vec![(v4(&b), 5353)],
+                ),
+                port("default/only-b:http", "tcp", "10.96.0.81", 80, only_b),
+                port("default/none:http", "tcp", "10.96.0.99", 80, vec![]),
+                sticky.clone(),
+            ],
+            Some(&format!("{}.0/24", w.subnet)),
+            false,
+        );
+        let mut restore = Command::new("ip")
+            .args(["netns", "exec", &w.node, "iptables-restore"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("iptables-restore (apt-get install iptables)");
+        restore
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(rules.as_bytes())
+            .unwrap();
+        let out = restore.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "iptables-restore: {}\n{rules}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sync(vec![(v4(&b), 8080)]);
     // what the node port dropped as spoofed (the bug: kube-proxy's
     // translations carry a local pod's source)
     let node_spoofed = |w: &World| -> u64 {
@@ -1060,6 +1058,47 @@ fn with_kube_proxy_on_the_node_pods_reach_services_whose_endpoints_share_the_nod
         "nothing kube-proxy sent back was taken for spoofing: {}",
         w.ctl(&["ports"])
     );
+
+    // an endpoint removed (kube-proxy syncs the Service without it): new
+    // connections are refused, an established one goes on (the node's
+    // conntrack keeps its DNAT, the switch its tracked translation)
+    let mut hold = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &a.ns,
+            "python3",
+            "-u",
+            "-c",
+            AGENT,
+            "hold",
+            "10.96.0.81",
+            "80",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input: ChildStdin = hold.stdin.take().unwrap();
+    let mut output: BufReader<ChildStdout> = BufReader::new(hold.stdout.take().unwrap());
+    let mut exchange = |text: &str| -> String {
+        writeln!(input, "{text}").unwrap();
+        let mut line = String::new();
+        output.read_line(&mut line).unwrap();
+        line.trim().to_string()
+    };
+    assert_eq!(exchange("before"), "ok");
+    sync(vec![]);
+    let refused = w.probe(&a.ns, "tcp", "10.96.0.81", 80);
+    assert!(refused.contains("refused"), "a new connection: {refused}");
+    assert_eq!(
+        exchange("after its endpoint left the Service"),
+        "ok",
+        "the established connection goes on"
+    );
+    drop(input);
+    let _ = hold.wait();
+    sync(vec![(v4(&b), 8080)]);
 
     // policy judges the translated connection: b denies all ingress
     let before = w.reloads();
