@@ -264,6 +264,51 @@ impl Drop for World {
     }
 }
 
+/// A TCP connection held open from `ns` to `dst`:`port` (the agent's
+/// `hold` mode): each line sent is echoed back over the same connection.
+struct Held {
+    child: Child,
+    input: ChildStdin,
+    output: BufReader<ChildStdout>,
+}
+
+impl Held {
+    fn open(ns: &str, dst: &str, port: u16) -> Held {
+        let mut child = Command::new("ip")
+            .args([
+                "netns", "exec", ns, "python3", "-u", "-c", AGENT, "hold", dst,
+            ])
+            .arg(port.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let input = child.stdin.take().unwrap();
+        let output = BufReader::new(child.stdout.take().unwrap());
+        Held {
+            child,
+            input,
+            output,
+        }
+    }
+
+    /// One line there and back: "ok" or why not.
+    fn exchange(&mut self, text: &str) -> String {
+        writeln!(self.input, "{text}").unwrap();
+        let mut line = String::new();
+        self.output.read_line(&mut line).unwrap();
+        line.trim().to_string()
+    }
+
+    fn close(self) {
+        let Held {
+            mut child, input, ..
+        } = self;
+        drop(input);
+        let _ = child.wait();
+    }
+}
+
 fn pod_manifest(name: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: default\n  labels:\n    app: {name}\nspec:\n  containers: [{{name: c, image: x}}]\n"
@@ -538,23 +583,8 @@ fn a_tcp_connection_survives_a_daemon_restart() {
     let a = w.add_pod("a");
     let b = w.add_pod("b");
     w.serve(&b.ns, 8080);
-    let mut hold = Command::new("ip")
-        .args([
-            "netns", "exec", &a.ns, "python3", "-u", "-c", AGENT, "hold", &b.v4, "8080",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input: ChildStdin = hold.stdin.take().unwrap();
-    let mut output: BufReader<ChildStdout> = BufReader::new(hold.stdout.take().unwrap());
-    let mut exchange = |text: &str| -> String {
-        writeln!(input, "{text}").unwrap();
-        let mut line = String::new();
-        output.read_line(&mut line).unwrap();
-        line.trim().to_string()
-    };
-    assert_eq!(exchange("before"), "ok");
+    let mut held = Held::open(&a.ns, &b.v4, 8080);
+    assert_eq!(held.exchange("before"), "ok");
     w.stop_daemon();
     assert!(!w.socket().exists(), "the socket goes with the daemon");
     // the pods keep their interfaces while vswitchd is away
@@ -562,7 +592,7 @@ fn a_tcp_connection_survives_a_daemon_restart() {
     w.start_daemon();
     assert!(w.log().contains("re-attached"), "{}", w.log());
     assert_eq!(
-        exchange("after the restart"),
+        held.exchange("after the restart"),
         "ok",
         "the open connection survives"
     );
@@ -571,8 +601,7 @@ fn a_tcp_connection_survives_a_daemon_restart() {
         "ok",
         "new connections too"
     );
-    drop(input);
-    let _ = hold.wait();
+    held.close();
 }
 
 #[test]
@@ -1062,42 +1091,17 @@ fn with_kube_proxy_on_the_node_pods_reach_services_whose_endpoints_share_the_nod
     // an endpoint removed (kube-proxy syncs the Service without it): new
     // connections are refused, an established one goes on (the node's
     // conntrack keeps its DNAT, the switch its tracked translation)
-    let mut hold = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &a.ns,
-            "python3",
-            "-u",
-            "-c",
-            AGENT,
-            "hold",
-            "10.96.0.81",
-            "80",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input: ChildStdin = hold.stdin.take().unwrap();
-    let mut output: BufReader<ChildStdout> = BufReader::new(hold.stdout.take().unwrap());
-    let mut exchange = |text: &str| -> String {
-        writeln!(input, "{text}").unwrap();
-        let mut line = String::new();
-        output.read_line(&mut line).unwrap();
-        line.trim().to_string()
-    };
-    assert_eq!(exchange("before"), "ok");
+    let mut held = Held::open(&a.ns, "10.96.0.81", 80);
+    assert_eq!(held.exchange("before"), "ok");
     sync(vec![]);
     let refused = w.probe(&a.ns, "tcp", "10.96.0.81", 80);
     assert!(refused.contains("refused"), "a new connection: {refused}");
     assert_eq!(
-        exchange("after its endpoint left the Service"),
+        held.exchange("after its endpoint left the Service"),
         "ok",
         "the established connection goes on"
     );
-    drop(input);
-    let _ = hold.wait();
+    held.close();
     sync(vec![(v4(&b), 8080)]);
 
     // policy judges the translated connection: b denies all ingress

@@ -45,28 +45,34 @@ fn handshake(rig: &mut Rig, sport: u16) -> [Action; 4] {
     [first, second, third, fourth]
 }
 
+/// The four legs of one UDP exchange through kube-proxy, as `handshake`:
+/// a:`sport` -> VIP:53, (node) a -> b:5353, b -> a, (node) VIP -> a.
+fn udp_exchange(rig: &mut Rig, sport: u16) -> [Action; 4] {
+    let mut q = udp4(A, GW, A4, VIP, sport, 53);
+    let first = rig.send(1, &mut q);
+    let mut dnat = udp4(NODE, GW, A4, B4, sport, 5353);
+    let second = rig.send(0, &mut dnat);
+    let mut answer = udp4(B, GW, B4, A4, 5353, sport);
+    let third = rig.send(2, &mut answer);
+    let mut undone = udp4(NODE, GW, VIP, A4, 53, sport);
+    let fourth = rig.send(0, &mut undone);
+    [first, second, third, fourth]
+}
+
+/// Every leg forwarded where it belongs.
+const THROUGH: [Action; 4] = [
+    Action::Forward(0),
+    Action::Forward(2),
+    Action::Forward(0),
+    Action::Forward(1),
+];
+
 #[test]
 fn a_connection_through_kube_proxy_reaches_its_endpoint_and_replies_go_back_by_the_node() {
     let mut rig = rig();
-    assert_eq!(
-        handshake(&mut rig, 40000),
-        [
-            Action::Forward(0),
-            Action::Forward(2),
-            Action::Forward(0),
-            Action::Forward(1)
-        ]
-    );
+    assert_eq!(handshake(&mut rig, 40000), THROUGH);
     // later segments, through the flow cache, take the same ways
-    assert_eq!(
-        handshake(&mut rig, 40000),
-        [
-            Action::Forward(0),
-            Action::Forward(2),
-            Action::Forward(0),
-            Action::Forward(1)
-        ]
-    );
+    assert_eq!(handshake(&mut rig, 40000), THROUGH);
     // the first leg is a's, its translation the node port's (a's share
     // holding both, the translation could evict its own first leg)
     assert_eq!(rig.dp.conntrack().charged(1), 1, "the first leg is a's");
@@ -118,15 +124,7 @@ fn policy_judges_the_translated_connection() {
         "a",
         "policyTypes: [Egress], egress: [{to: [{podSelector: {matchLabels: {pod: b}}}], ports: [{port: 80}]}]",
     ));
-    assert_eq!(
-        handshake(&mut rig, 41000),
-        [
-            Action::Forward(0),
-            Action::Forward(2),
-            Action::Forward(0),
-            Action::Forward(1)
-        ]
-    );
+    assert_eq!(handshake(&mut rig, 41000), THROUGH);
     // b's ingress denies everything: the translated SYN is dropped
     rig.apply(&policy("deny-b", "b", "policyTypes: [Ingress]"));
     let denied = rig.count(Outcome::PolicyDeny);
@@ -143,14 +141,7 @@ fn policy_judges_the_translated_connection() {
 #[test]
 fn a_udp_service_answers_like_dns() {
     let mut rig = rig();
-    let mut q = udp4(A, GW, A4, VIP, 50000, 53);
-    assert_eq!(rig.send(1, &mut q), Action::Forward(0));
-    let mut dnat = udp4(NODE, GW, A4, B4, 50000, 5353);
-    assert_eq!(rig.send(0, &mut dnat), Action::Forward(2));
-    let mut answer = udp4(B, GW, B4, A4, 5353, 50000);
-    assert_eq!(rig.send(2, &mut answer), Action::Forward(0));
-    let mut undone = udp4(NODE, GW, VIP, A4, 53, 50000);
-    assert_eq!(rig.send(0, &mut undone), Action::Forward(1));
+    assert_eq!(udp_exchange(&mut rig, 50000), THROUGH);
 }
 
 #[test]
@@ -188,17 +179,11 @@ fn a_policy_change_keeps_a_connection_through_kube_proxy_that_policy_allows() {
         "a",
         "policyTypes: [Egress], egress: [{to: [{podSelector: {matchLabels: {pod: b}}}], ports: [{port: 80}]}]",
     ));
-    let through = [
-        Action::Forward(0),
-        Action::Forward(2),
-        Action::Forward(0),
-        Action::Forward(1),
-    ];
-    assert_eq!(handshake(&mut rig, 42000), through);
+    assert_eq!(handshake(&mut rig, 42000), THROUGH);
     // any new generation re-checks established connections: the translated
     // one is still allowed, and its first leg is no judged connection
     rig.apply(&policy("unrelated", "c", "policyTypes: [Ingress]"));
-    assert_eq!(handshake(&mut rig, 42000), through, "after a policy change");
+    assert_eq!(handshake(&mut rig, 42000), THROUGH, "after a policy change");
 }
 
 #[test]
@@ -226,14 +211,7 @@ fn later_fragments_of_a_translated_datagram_follow_their_first() {
 fn one_socket_to_two_services_keeps_both_ways_back() {
     // one UDP socket of a's asks a Service, which answers ...
     let mut rig = rig();
-    let mut q1 = udp4(A, GW, A4, VIP, 50200, 53);
-    assert_eq!(rig.send(1, &mut q1), Action::Forward(0));
-    let mut dnat = udp4(NODE, GW, A4, B4, 50200, 5353);
-    assert_eq!(rig.send(0, &mut dnat), Action::Forward(2));
-    let mut answer = udp4(B, GW, B4, A4, 5353, 50200);
-    assert_eq!(rig.send(2, &mut answer), Action::Forward(0));
-    let mut undone = udp4(NODE, GW, VIP, A4, 53, 50200);
-    assert_eq!(rig.send(0, &mut undone), Action::Forward(1));
+    assert_eq!(udp_exchange(&mut rig, 50200), THROUGH);
     // ... then a second Service from the same socket, which never answers
     let mut q2 = udp4(A, GW, A4, [10, 96, 0, 11], 50200, 53);
     assert_eq!(rig.send(1, &mut q2), Action::Forward(0));
