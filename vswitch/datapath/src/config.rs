@@ -57,6 +57,10 @@ pub struct Config {
     /// with the pod's own source; policy judges the translated connection
     /// (see `datapath/kube_proxy.rs`).
     pub service_cidrs: Vec<IpNet>,
+    /// The source a pod's connection to itself through a Service gets
+    /// (hairpin: Linux drops a packet from its own address), per family.
+    pub service_loopback_v4: Ipv4Addr,
+    pub service_loopback_v6: Ipv6Addr,
     /// The overlay's VXLAN network identifier.
     pub vni: u32,
     /// The largest inner IP packet the overlay carries unsegmented.
@@ -84,6 +88,9 @@ impl Default for Config {
             timeouts: Timeouts::default(),
             cluster_cidrs: Vec::new(),
             service_cidrs: Vec::new(),
+            // link-local, beside the gateway; and a unique local address
+            service_loopback_v4: Ipv4Addr::new(169, 254, 1, 253),
+            service_loopback_v6: Ipv6Addr::new(0xfd00, 0x7673, 0x7700, 0, 0, 0, 0, 0xfd),
             vni: overlay::DEFAULT_VNI,
             overlay_mtu: 1450,
             port_mtu: 1500,

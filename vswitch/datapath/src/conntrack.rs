@@ -212,6 +212,9 @@ const VIA_NODE: u8 = 8;
 /// `Entry::flags`: a pod's connection to a Service range kube-proxy
 /// translates on the node: policy judges its translation, not it.
 const TO_SERVICE: u8 = 16;
+/// `Entry::flags`: a connection the switch translated (a pod's to a
+/// Service, `datapath/service_proxy.rs`); its replies are translated back.
+const TRANSLATED: u8 = 32;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Entry {
@@ -241,7 +244,7 @@ impl Entry {
 }
 
 /// A handle the flow cache keeps: slot and version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct CtRef {
     slot: u32,
     version: u32,
@@ -547,6 +550,18 @@ impl Conntrack {
     /// Whether a connection was translated on the node.
     pub fn via_node(&self, r: CtRef) -> bool {
         self.get(r).is_some_and(|e| e.flags & VIA_NODE != 0)
+    }
+
+    /// Marks a connection the switch translated (a Service's).
+    pub fn mark_translated(&mut self, r: CtRef) {
+        if self.get(r).is_some() {
+            self.slots[r.slot as usize].flags |= TRANSLATED;
+        }
+    }
+
+    /// Whether the switch translated a connection.
+    pub fn translated(&self, r: CtRef) -> bool {
+        self.get(r).is_some_and(|e| e.flags & TRANSLATED != 0)
     }
 
     /// Marks a pod's connection to a Service range (never judged itself).

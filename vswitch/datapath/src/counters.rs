@@ -52,10 +52,13 @@ pub enum Outcome {
     /// Dropped: an ICMP error quoting a tracked connection from where no
     /// error about it can come (neither the quoted peer nor the way to it).
     ForgedIcmp,
+    /// Answered: a new connection to a Service without a usable endpoint,
+    /// refused at once (TCP RST, ICMP port unreachable).
+    Refused,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 18] = [
+    pub const ALL: [Outcome; 19] = [
         Outcome::FastForward,
         Outcome::SlowForward,
         Outcome::Replied,
@@ -74,6 +77,7 @@ impl Outcome {
         Outcome::TooBig,
         Outcome::ShareFull,
         Outcome::ForgedIcmp,
+        Outcome::Refused,
     ];
 
     pub fn name(self) -> &'static str {
@@ -96,6 +100,7 @@ impl Outcome {
             Outcome::TooBig => "too_big",
             Outcome::ShareFull => "share_full",
             Outcome::ForgedIcmp => "forged_icmp",
+            Outcome::Refused => "refused",
         }
     }
 

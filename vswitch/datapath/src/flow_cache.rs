@@ -56,6 +56,7 @@ use foldhash::SharedSeed;
 use foldhash::quality::FoldHasher;
 
 use super::conntrack::CtRef;
+use super::nat::Rewrite;
 use super::parse::{FlowKey, Mac};
 
 /// How often a hit refreshes its connection in conntrack (milliseconds).
@@ -79,6 +80,8 @@ pub struct CacheEntry {
     pub fwd: Forward,
     pub ct: CtRef,
     pub epoch: u64,
+    /// A translated connection's rewrite (Services), if any.
+    pub nat: Option<Rewrite>,
 }
 
 /// Slots per bucket: one bucket is one cache line of signatures and indexes.
@@ -108,6 +111,9 @@ pub struct Slot {
     /// Routed (the source MAC becomes the gateway's, TTL decremented), or
     /// delivered at L2 (the source MAC stays the input port's).
     pub routed: bool,
+    /// The flow is translated (a Service's): its rewrite is beside the
+    /// slots ([`FlowCache::nat`]).
+    pub nat: bool,
 }
 
 const _: () = assert!(std::mem::size_of::<Slot>() == 64);
@@ -146,6 +152,9 @@ pub struct FlowCache {
     /// Each slot's connection, beside the slots (read once a second per
     /// flow, and by sweeps).
     cts: Vec<CtRef>,
+    /// Each slot's translation, beside the slots (read by hits of
+    /// translated flows only).
+    nats: Vec<Rewrite>,
     free: Vec<u32>,
     len: usize,
     max: usize,
@@ -174,6 +183,7 @@ impl FlowCache {
             buckets,
             slots,
             cts: Vec::with_capacity(max),
+            nats: Vec::new(),
             free: Vec::new(),
             len: 0,
             max,
@@ -288,6 +298,12 @@ impl FlowCache {
         self.cts[idx as usize]
     }
 
+    /// The translation of the slot at `idx` (when its `nat` says so).
+    #[inline(always)]
+    pub fn nat(&self, idx: u32) -> &Rewrite {
+        &self.nats[idx as usize]
+    }
+
     /// Records that the slot's connection was refreshed at `now`.
     #[inline(always)]
     pub fn refreshed(&mut self, idx: u32, now: u32) {
@@ -311,10 +327,13 @@ impl FlowCache {
             port: entry.fwd.port,
             mtu: entry.fwd.mtu,
             routed: entry.fwd.routed,
+            nat: entry.nat.is_some(),
         };
+        let nat = entry.nat.unwrap_or_default();
         if let Some(i) = self.find(h, &key) {
             self.slots[i as usize] = slot;
             self.cts[i as usize] = entry.ct;
+            self.set_nat(i, nat);
             return true;
         }
         let sig = Self::sig(h);
@@ -336,6 +355,7 @@ impl FlowCache {
                         self.slots.len() as u32 - 1
                     }
                 };
+                self.set_nat(i, nat);
                 self.buckets[bi].sigs[w] = sig;
                 self.buckets[bi].idx[w] = i;
                 self.len += 1;
@@ -346,10 +366,24 @@ impl FlowCache {
                 let i = self.buckets[bi].idx[w];
                 self.slots[i as usize] = slot;
                 self.cts[i as usize] = entry.ct;
+                self.set_nat(i, nat);
                 self.buckets[bi].sigs[w] = sig;
             }
         }
         true
+    }
+
+    /// Stores a slot's translation (the array grows to the highest
+    /// translated slot only: untranslated flows cost it nothing).
+    fn set_nat(&mut self, i: u32, nat: Rewrite) {
+        let i = i as usize;
+        if nat.is_empty() && i >= self.nats.len() {
+            return;
+        }
+        if i >= self.nats.len() {
+            self.nats.resize(i + 1, Rewrite::default());
+        }
+        self.nats[i] = nat;
     }
 
     pub fn len(&self) -> usize {
@@ -414,6 +448,7 @@ mod tests {
             },
             ct: CtRef::default(),
             epoch: 1,
+            nat: None,
         }
     }
 

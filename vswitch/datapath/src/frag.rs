@@ -24,6 +24,7 @@ use std::net::IpAddr;
 use super::PortId;
 use super::flow_cache::Forward;
 use super::keyed_hash;
+use super::nat::Rewrite;
 use super::parse::{Frag, IpPacket};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -52,6 +53,9 @@ impl FragKey {
 /// A remembered first fragment.
 struct Remembered {
     fwd: Forward,
+    /// The first fragment's translation (a Service's), which the later
+    /// ones get too.
+    nat: Rewrite,
     until: u64,
 }
 
@@ -78,12 +82,12 @@ impl FragTable {
 
     /// Remembers the decision of a first fragment that came from `source`.
     /// When the table is full, the heaviest source's oldest entry goes.
-    pub fn remember(&mut self, key: FragKey, source: PortId, fwd: Forward, now: u64) {
+    pub fn remember(&mut self, key: FragKey, source: PortId, fwd: Forward, nat: Rewrite, now: u64) {
         let until = now + self.ttl_ms;
         if let Some(e) = self.map.get_mut(&key) {
             // the same datagram again: refreshed where it is (in the queue
             // of the source that sent it first)
-            *e = Remembered { fwd, until };
+            *e = Remembered { fwd, nat, until };
             return;
         }
         if self.max == 0 {
@@ -92,7 +96,7 @@ impl FragTable {
         if self.map.len() >= self.max {
             self.evict_for(source);
         }
-        self.map.insert(key, Remembered { fwd, until });
+        self.map.insert(key, Remembered { fwd, nat, until });
         let q = self.queues.entry(source).or_default();
         q.push_back(key);
         let n = q.len();
@@ -127,8 +131,11 @@ impl FragTable {
 
     /// The decision for a later fragment, if its first fragment passed and
     /// is still remembered.
-    pub fn follow(&self, key: &FragKey, now: u64) -> Option<Forward> {
-        self.map.get(key).filter(|e| e.until >= now).map(|e| e.fwd)
+    pub fn follow(&self, key: &FragKey, now: u64) -> Option<(Forward, Rewrite)> {
+        self.map
+            .get(key)
+            .filter(|e| e.until >= now)
+            .map(|e| (e.fwd, e.nat))
     }
 
     /// Housekeeping: forgets expired entries (a pass over the table).
@@ -196,13 +203,13 @@ mod tests {
     fn a_heavy_source_gives_way_until_shares_are_even() {
         let mut t = FragTable::new(100, 1000);
         for id in 0..100 {
-            t.remember(key(1, id), 1, fwd(), 0);
+            t.remember(key(1, id), 1, fwd(), Rewrite::default(), 0);
         }
         assert_eq!(t.held_by(1), 100);
         // three newcomers, one datagram at a time: source 1 pays for each
         for id in 0..20 {
             for s in 2..=4u16 {
-                t.remember(key(s as u8, id), s, fwd(), 0);
+                t.remember(key(s as u8, id), s, fwd(), Rewrite::default(), 0);
             }
             consistent(&t);
         }
@@ -211,7 +218,7 @@ mod tests {
         // now all four flood: the shares meet at a quarter each
         for id in 1000..1400 {
             for s in 1..=4u16 {
-                t.remember(key(s as u8, id), s, fwd(), 0);
+                t.remember(key(s as u8, id), s, fwd(), Rewrite::default(), 0);
             }
         }
         consistent(&t);
@@ -224,10 +231,10 @@ mod tests {
     fn expiry_keeps_the_queues_and_sizes_true() {
         let mut t = FragTable::new(10, 100);
         for id in 0..6 {
-            t.remember(key(1, id), 1, fwd(), id as u64 * 10);
+            t.remember(key(1, id), 1, fwd(), Rewrite::default(), id as u64 * 10);
         }
-        t.remember(key(2, 0), 2, fwd(), 90);
-        t.remember(key(1, 0), 1, fwd(), 95); // refreshed in place
+        t.remember(key(2, 0), 2, fwd(), Rewrite::default(), 90);
+        t.remember(key(1, 0), 1, fwd(), Rewrite::default(), 95); // refreshed in place
         assert_eq!(t.follow(&key(1, 1), 111), None, "expired");
         t.expire(125);
         consistent(&t);

@@ -37,6 +37,9 @@
 //!   routing, neighbour answers and the output rewrite are its submodules.
 //! - [`flow_cache`], [`conntrack`], [`frag`]: the exact-match cache, the
 //!   connection tracker and the fragment table the packet path consults.
+//! - [`services`]: the Services the switch proxies (frontends, endpoints,
+//!   the choice of one); [`nat`]: a translated packet's rewrite and
+//!   checksums.
 //! - [`reply`]: frames the switch originates (ARP replies, neighbour
 //!   advertisements, ICMP errors).
 //! - [`overlay`]: VXLAN to other nodes; [`segment`] and [`coalesce`]: the
@@ -61,13 +64,15 @@ mod frag;
 pub mod io;
 mod keyed_hash;
 pub mod mem_hints;
+pub mod nat;
 pub mod overlay;
 pub mod parse;
 mod ports;
 mod reply;
 mod segment;
+pub mod services;
 pub mod wire;
 
 pub use config::{Config, EstablishedPolicy};
-pub use datapath::{Action, Datapath};
+pub use datapath::{Action, Datapath, Offload, ServiceCounters};
 pub use ports::{PortId, PortKind, PortState, RxMeta};

@@ -1,15 +1,17 @@
-//! Frames the switch originates: ARP replies, IPv6 neighbour advertisements
-//! and ICMP errors (time exceeded, fragmentation needed / packet too big),
-//! built with smoltcp's wire module.
+//! Frames the switch originates: ARP replies, IPv6 neighbour advertisements,
+//! ICMP errors (time exceeded, fragmentation needed / packet too big, port
+//! unreachable) and TCP resets (a Service's refusals), built with smoltcp's
+//! wire module.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
-    EthernetRepr, Icmpv4DstUnreachable, Icmpv4Packet, Icmpv4Repr, Icmpv4TimeExceeded, Icmpv6Packet,
-    Icmpv6Repr, Icmpv6TimeExceeded, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr,
-    NdiscNeighborFlags, NdiscRepr, RawHardwareAddress,
+    EthernetRepr, Icmpv4DstUnreachable, Icmpv4Packet, Icmpv4Repr, Icmpv4TimeExceeded,
+    Icmpv6DstUnreachable, Icmpv6Packet, Icmpv6Repr, Icmpv6TimeExceeded, IpAddress, IpProtocol,
+    Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, NdiscNeighborFlags, NdiscRepr, RawHardwareAddress,
+    TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
 };
 
 use super::parse::Mac;
@@ -94,7 +96,7 @@ pub fn time_exceeded(
     gw_v4: Ipv4Addr,
     gw_v6: Ipv6Addr,
 ) -> Option<Vec<u8>> {
-    icmp_error(frame, gw_mac, gw_v4, gw_v6, None)
+    icmp_error(frame, gw_mac, gw_v4, gw_v6, Kind::TimeExceeded)
 }
 
 /// ICMP "fragmentation needed and DF set" (RFC 1191, with the next hop's
@@ -107,16 +109,139 @@ pub fn too_big(
     gw_v6: Ipv6Addr,
     mtu: u16,
 ) -> Option<Vec<u8>> {
-    icmp_error(frame, gw_mac, gw_v4, gw_v6, Some(mtu))
+    icmp_error(frame, gw_mac, gw_v4, gw_v6, Kind::TooBig(mtu))
 }
 
-/// An ICMP error quoting `frame`: time exceeded, or too big for `mtu`.
+/// The refusal of a new connection `frame` opens, from the address and
+/// port it was sent to: a TCP RST for TCP (RFC 9293, 3.10.7.1: to a SYN,
+/// with the SYN's sequence number and length acknowledged), an ICMP or
+/// ICMPv6 port unreachable for the rest.
+pub fn refusal(frame: &[u8], gw_mac: Mac) -> Option<Vec<u8>> {
+    let l3 = frame.get(ETH_HLEN..)?;
+    let caps = ChecksumCapabilities::ignored();
+    let (src, dst, proto, payload) = match l3.first()? >> 4 {
+        4 => {
+            let p = Ipv4Packet::new_checked(l3).ok()?;
+            let r = Ipv4Repr::parse(&p, &caps).ok()?;
+            (
+                IpAddress::Ipv4(r.src_addr),
+                IpAddress::Ipv4(r.dst_addr),
+                r.next_header,
+                p.payload(),
+            )
+        }
+        6 => {
+            let p = Ipv6Packet::new_checked(l3).ok()?;
+            let r = Ipv6Repr::parse(&p).ok()?;
+            (
+                IpAddress::Ipv6(r.src_addr),
+                IpAddress::Ipv6(r.dst_addr),
+                r.next_header,
+                p.payload(),
+            )
+        }
+        _ => return None,
+    };
+    if proto != IpProtocol::Tcp {
+        let (v4, v6) = match dst {
+            IpAddress::Ipv4(a) => (a, Ipv6Addr::UNSPECIFIED),
+            IpAddress::Ipv6(a) => (Ipv4Addr::UNSPECIFIED, a),
+        };
+        return icmp_error(frame, gw_mac, v4, v6, Kind::PortUnreachable);
+    }
+    let seg = TcpPacket::new_checked(payload).ok()?;
+    let len = seg.payload().len() + seg.syn() as usize + seg.fin() as usize;
+    let (seq, ack) = if seg.ack() {
+        (seg.ack_number(), None)
+    } else {
+        (TcpSeqNumber(0), Some(seg.seq_number() + len))
+    };
+    let rst = TcpRepr {
+        src_port: seg.dst_port(),
+        dst_port: seg.src_port(),
+        control: TcpControl::Rst,
+        seq_number: seq,
+        ack_number: ack,
+        window_len: 0,
+        window_scale: None,
+        max_seg_size: None,
+        sack_permitted: false,
+        sack_ranges: [None, None, None],
+        timestamp: None,
+        payload: &[],
+    };
+    let src_mac: Mac = frame.get(eth::SRC)?.try_into().ok()?;
+    let checksums = ChecksumCapabilities::default();
+    match (dst, src) {
+        (IpAddress::Ipv4(from), IpAddress::Ipv4(to)) => {
+            let ip = Ipv4Repr {
+                src_addr: from,
+                dst_addr: to,
+                next_header: IpProtocol::Tcp,
+                payload_len: rst.buffer_len(),
+                hop_limit: 64,
+            };
+            let mut buf = ethernet(
+                gw_mac,
+                src_mac,
+                EthernetProtocol::Ipv4,
+                ip.buffer_len() + rst.buffer_len(),
+            );
+            let out = &mut buf[ETH_HLEN..];
+            ip.emit(&mut Ipv4Packet::new_unchecked(&mut *out), &checksums);
+            rst.emit(
+                &mut TcpPacket::new_unchecked(&mut out[ip.buffer_len()..]),
+                &dst,
+                &src,
+                &checksums,
+            );
+            Some(buf)
+        }
+        (IpAddress::Ipv6(from), IpAddress::Ipv6(to)) => {
+            let ip = Ipv6Repr {
+                src_addr: from,
+                dst_addr: to,
+                next_header: IpProtocol::Tcp,
+                payload_len: rst.buffer_len(),
+                hop_limit: 64,
+            };
+            let mut buf = ethernet(
+                gw_mac,
+                src_mac,
+                EthernetProtocol::Ipv6,
+                ip.buffer_len() + rst.buffer_len(),
+            );
+            let out = &mut buf[ETH_HLEN..];
+            ip.emit(&mut Ipv6Packet::new_unchecked(&mut *out));
+            rst.emit(
+                &mut TcpPacket::new_unchecked(&mut out[ip.buffer_len()..]),
+                &dst,
+                &src,
+                &checksums,
+            );
+            Some(buf)
+        }
+        _ => None,
+    }
+}
+
+/// Which ICMP error.
+#[derive(Clone, Copy)]
+enum Kind {
+    TimeExceeded,
+    /// Too big for this MTU.
+    TooBig(u16),
+    PortUnreachable,
+}
+
+/// An ICMP error quoting `frame`, from `from_v4` or `from_v6` (the
+/// gateway's, or the address a refused packet was sent to).
 fn icmp_error(
     frame: &[u8],
     gw_mac: Mac,
     gw_v4: Ipv4Addr,
     gw_v6: Ipv6Addr,
-    too_big: Option<u16>,
+    kind: Kind,
 ) -> Option<Vec<u8>> {
     let src_mac: Mac = frame.get(eth::SRC)?.try_into().ok()?;
     let l3 = frame.get(ETH_HLEN..)?;
@@ -126,14 +251,19 @@ fn icmp_error(
             let p = Ipv4Packet::new_checked(l3).ok()?;
             let header = Ipv4Repr::parse(&p, &caps).ok()?;
             let data = &p.payload()[..p.payload().len().min(QUOTE_V4)];
-            let icmp = match too_big {
-                None => Icmpv4Repr::TimeExceeded {
+            let icmp = match kind {
+                Kind::TimeExceeded => Icmpv4Repr::TimeExceeded {
                     reason: Icmpv4TimeExceeded::TtlExpired,
                     header,
                     data,
                 },
-                Some(_) => Icmpv4Repr::DstUnreachable {
+                Kind::TooBig(_) => Icmpv4Repr::DstUnreachable {
                     reason: Icmpv4DstUnreachable::FragRequired,
+                    header,
+                    data,
+                },
+                Kind::PortUnreachable => Icmpv4Repr::DstUnreachable {
+                    reason: Icmpv4DstUnreachable::PortUnreachable,
                     header,
                     data,
                 },
@@ -161,7 +291,7 @@ fn icmp_error(
                 &mut Icmpv4Packet::new_unchecked(&mut *icmp_buf),
                 &ChecksumCapabilities::default(),
             );
-            if let Some(mtu) = too_big {
+            if let Kind::TooBig(mtu) = kind {
                 // the next-hop MTU (RFC 1191), which smoltcp does not write
                 icmp_buf[icmp::MTU].copy_from_slice(&mtu.to_be_bytes());
                 Icmpv4Packet::new_unchecked(&mut *icmp_buf).fill_checksum();
@@ -172,14 +302,19 @@ fn icmp_error(
             let p = Ipv6Packet::new_checked(l3).ok()?;
             let header = Ipv6Repr::parse(&p).ok()?;
             let data = &p.payload()[..p.payload().len().min(QUOTE_V6)];
-            let icmp = match too_big {
-                None => Icmpv6Repr::TimeExceeded {
+            let icmp = match kind {
+                Kind::TimeExceeded => Icmpv6Repr::TimeExceeded {
                     reason: Icmpv6TimeExceeded::HopLimitExceeded,
                     header,
                     data,
                 },
-                Some(mtu) => Icmpv6Repr::PktTooBig {
+                Kind::TooBig(mtu) => Icmpv6Repr::PktTooBig {
                     mtu: mtu as u32,
+                    header,
+                    data,
+                },
+                Kind::PortUnreachable => Icmpv6Repr::DstUnreachable {
+                    reason: Icmpv6DstUnreachable::PortUnreachable,
                     header,
                     data,
                 },

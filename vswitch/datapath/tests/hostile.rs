@@ -10,7 +10,7 @@ use etherparse::{Icmpv4Type, Icmpv6Type, PacketBuilder, SlicedPacket, icmpv4};
 use kit::*;
 use vswitch_datapath::counters::Outcome;
 use vswitch_datapath::parse::Mac;
-use vswitch_datapath::{Action, Config, PortKind};
+use vswitch_datapath::{Action, Config, Offload, PortKind};
 
 /// Pod c of [`three_pods`], on port 3.
 const C: Mac = [0x02, 0, 0, 0, 0, 3];
@@ -362,7 +362,15 @@ fn packets_too_big_for_the_destination_pod_are_answered_or_dropped() {
             .write(&mut f, &[1; 9000])
             .unwrap();
         let now = s.now();
-        s.dp.process_frame(1, &mut f, seg, now)
+        s.dp.process_frame(
+            1,
+            &mut f,
+            Offload {
+                gso: seg,
+                partial_csum: false,
+            },
+            now,
+        )
     };
     for _ in 0..2 {
         // 20 + 20 + 1360 bytes a segment: slow path, then fast

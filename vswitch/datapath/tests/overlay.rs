@@ -18,7 +18,7 @@ use vswitch_datapath::io::udp::{OverlaySocket, TunnelPort};
 use vswitch_datapath::overlay::{self, HLEN};
 use vswitch_datapath::parse::Mac;
 use vswitch_datapath::wire::checksum;
-use vswitch_datapath::{Action, Config, PortKind};
+use vswitch_datapath::{Action, Config, Offload, PortKind};
 
 const POD_MAC: Mac = [0x02, 0, 0, 0, 0, 1];
 const VNI: u32 = 7;
@@ -299,12 +299,14 @@ fn too_big_for_the_overlay_gets_the_icmp_a_router_sends() {
     let now = n1.now();
     let mut gso = big(true, false, 4000);
     assert_eq!(
-        n1.dp.process_frame(POD, &mut gso, 1400 - 48, now),
+        n1.dp.process_frame(POD, &mut gso, segments(1400 - 48), now),
         Action::Forward(REMOTE)
     );
     let now = n1.now();
     let mut gso = big(true, false, 4000);
-    let a = n1.dp.process_frame(POD, &mut gso, 1450 - 48 + 1, now);
+    let a = n1
+        .dp
+        .process_frame(POD, &mut gso, segments(1450 - 48 + 1), now);
     assert!(matches!(a, Action::Reply(POD, _)), "{a:?}");
 }
 
@@ -376,4 +378,12 @@ fn tunnel_ports_cut_offload_frames_into_vxlan_datagrams() {
     }
     assert_eq!(got.len(), 10_000usize.div_ceil(1360));
     assert_eq!(got.concat(), payload, "the payload, in order");
+}
+
+/// A segmentation-offload frame's offloads: segments of `gso` bytes.
+fn segments(gso: u16) -> Offload {
+    Offload {
+        gso,
+        partial_csum: false,
+    }
 }

@@ -208,6 +208,7 @@ fn describe(o: Outcome) -> &'static str {
             "dropped: an ICMP error from where none about its connection can come"
         }
         Outcome::ShareFull => "dropped: the pod holds its conntrack share",
+        Outcome::Refused => "refused: a Service without a usable endpoint (RST, ICMP)",
     }
 }
 

@@ -14,6 +14,7 @@ use crate::counters::Counters;
 use crate::flow_cache::FlowCache;
 use crate::parse::Mac;
 use crate::ports::{PortId, PortKind, PortState};
+use crate::services::ServiceTable;
 
 impl Datapath {
     /// Attaches a port; its id is its index.
@@ -128,6 +129,16 @@ impl Datapath {
             self.epoch += 1;
         }
         self.policy = snapshot;
+    }
+
+    /// Installs the Services the switch translates; new connections use
+    /// them from the next packet on (established ones keep their endpoint).
+    pub fn set_services(&mut self, services: Arc<ServiceTable>) {
+        self.services = services;
+    }
+
+    pub fn services(&self) -> &ServiceTable {
+        &self.services
     }
 
     pub fn policy_generation(&self) -> u64 {

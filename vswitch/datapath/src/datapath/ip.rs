@@ -19,16 +19,31 @@ use crate::conntrack::{self, CtError, CtRef};
 use crate::counters::Outcome;
 use crate::flow_cache::{CacheEntry, Forward};
 use crate::frag::FragKey;
+use crate::nat::Rewrite;
 use crate::parse::{self, IpPacket, L4, Mac};
 use crate::ports::{PortId, PortKind};
 
 use super::rewrite::{fragmentable, oversize};
+use super::service_proxy::{Front, Translation};
+
+/// A packet's translation (Services, see service_proxy.rs).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Nat {
+    None,
+    Packet(Rewrite),
+    /// An ICMP error about a translated packet: its own addresses, and the
+    /// packet it quotes.
+    IcmpError {
+        outer: Rewrite,
+        inner: Rewrite,
+    },
+}
 
 /// What the IP path decided for a packet.
 #[derive(Debug)]
 pub(super) enum IpVerdict {
-    /// Forward it, rewritten as this says.
-    Forward(Forward),
+    /// Forward it, rewritten as these say (the output, the translation).
+    Forward(Forward, Nat),
     /// The switch answers instead (a neighbour advertisement, an ICMP
     /// error), or drops the packet when it cannot build the answer: this
     /// action, counted as this outcome.
@@ -105,7 +120,38 @@ impl Datapath {
             return IpVerdict::Drop(Outcome::NotReady);
         }
 
-        let mut fwd = match self.route(in_port, dst_mac, ip.dst) {
+        // A pod's connection to a Service is translated to an endpoint
+        // here (switch mode, service_proxy.rs): from here on, `ip` is the
+        // packet as translated (`arrived`: as it came).
+        let arrived = ip;
+        let mut front: Option<Translation> = None;
+        let translated;
+        let ip = if from_pod && !self.services.is_empty() {
+            match self.front(ip, ms) {
+                Front::Not => ip,
+                Front::To(t) => {
+                    translated = t.packet;
+                    front = Some(t);
+                    &translated
+                }
+                Front::Refuse => return self.refuse(in_port, frame).into(),
+                Front::Untracked => return IpVerdict::Drop(Outcome::Untracked),
+            }
+        } else {
+            ip
+        };
+        let mut nat = match &front {
+            Some(t) => Nat::Packet(t.rewrite),
+            None => Nat::None,
+        };
+
+        let route = match &front {
+            // back to the pod itself (its connection to its own Service)
+            Some(t) if t.hairpin => self.to_port(in_port),
+            Some(_) => self.route(in_port, self.cfg.gateway_mac, ip.dst),
+            None => self.route(in_port, dst_mac, ip.dst),
+        };
+        let mut fwd = match route {
             Ok(fwd) => fwd,
             Err(o) => return IpVerdict::Drop(o),
         };
@@ -132,11 +178,13 @@ impl Datapath {
             return IpVerdict::Drop(Outcome::NotReady);
         }
 
-        // Later fragments follow their first fragment.
+        // Later fragments follow their first fragment (and its
+        // translation).
         if let Some(f) = ip.frag.filter(|f| !f.first) {
-            let key = FragKey::of(ip, f);
+            let key = FragKey::of(arrived, f);
             return match self.frags.follow(&key, ms) {
-                Some(fwd) => IpVerdict::Forward(fwd),
+                Some((fwd, rw)) if rw.is_empty() => IpVerdict::Forward(fwd, Nat::None),
+                Some((fwd, rw)) => IpVerdict::Forward(fwd, Nat::Packet(rw)),
                 None => IpVerdict::Drop(Outcome::FragmentUnknown),
             };
         }
@@ -164,6 +212,25 @@ impl Datapath {
                         return IpVerdict::Drop(Outcome::PolicyDeny);
                     }
                     back_by_node = !from_node && self.ct.via_node(r);
+                    // about a translated packet: translated back too
+                    if let Some(back) = self.translated_back(r) {
+                        let outer = Rewrite {
+                            // from the endpoint itself: from the Service
+                            src: back.src.filter(|_| ip.src == inner.dst),
+                            dst: back.dst,
+                        };
+                        let inner = Rewrite {
+                            src: back.dst,
+                            dst: back.src,
+                        };
+                        nat = Nat::IcmpError { outer, inner };
+                        if let Some((client, _)) = back.dst {
+                            fwd = match self.to_pod(client) {
+                                Ok(f) => f,
+                                Err(o) => return IpVerdict::Drop(o),
+                            };
+                        }
+                    }
                     r
                 }
                 _ if node_local => CtRef::default(),
@@ -214,6 +281,18 @@ impl Datapath {
                     self.ct.update(r, dir, &ip.l4, ms);
                     back_by_node =
                         dir == conntrack::Dir::Reply && !from_node && self.ct.via_node(r);
+                    // a translated connection's reply: from the Service
+                    if dir == conntrack::Dir::Reply
+                        && let Some(back) = self.translated_back(r)
+                    {
+                        nat = Nat::Packet(back);
+                        if let Some((client, _)) = back.dst {
+                            fwd = match self.to_pod(client) {
+                                Ok(f) => f,
+                                Err(o) => return IpVerdict::Drop(o),
+                            };
+                        }
+                    }
                     r
                 }
                 None => {
@@ -248,6 +327,10 @@ impl Datapath {
                         .create(&tuple, &ip.l4, ms, generation, in_port, share)
                     {
                         Ok(r) => {
+                            if let Some(t) = &front {
+                                self.ct.mark_translated(r);
+                                self.nat.record(arrived.tuple(), r, t, &self.ct);
+                            }
                             if to_service {
                                 self.ct.mark_to_service(r);
                                 self.legs.record(&tuple, r, &self.ct, ms);
@@ -284,9 +367,15 @@ impl Datapath {
             }
         }
 
+        let rewrite = match nat {
+            Nat::Packet(rw) => Some(rw),
+            Nat::None => None,
+            Nat::IcmpError { .. } => return IpVerdict::Forward(fwd, nat),
+        };
         if let Some(f) = ip.frag {
-            let key = FragKey::of(ip, f);
-            self.frags.remember(key, in_port, fwd, ms);
+            let key = FragKey::of(arrived, f);
+            self.frags
+                .remember(key, in_port, fwd, rewrite.unwrap_or_default(), ms);
         } else if self.ct.cacheable(ct)
             && let Some(key) = parse::cache_key(frame, in_port)
         {
@@ -296,11 +385,12 @@ impl Datapath {
                     fwd,
                     ct,
                     epoch: self.epoch,
+                    nat: rewrite,
                 },
                 ms as u32,
             );
         }
-        IpVerdict::Forward(fwd)
+        IpVerdict::Forward(fwd, nat)
     }
 
     /// Whether `ip` would pass the connection and policy checks, without
@@ -330,16 +420,23 @@ impl Datapath {
             || self.way_to(peer) == Some(in_port)
     }
 
-    /// NetworkPolicy for a new connection.
+    /// NetworkPolicy for a new connection. A hairpin connection through a
+    /// Service (from the service-loopback address) is judged with the
+    /// pod's identity at both ends.
     fn allowed(&self, t: &parse::FlowTuple) -> bool {
         let dst_port = if conntrack::is_icmp(t.proto) {
             0
         } else {
             t.dport
         };
+        let src = if self.is_service_loopback(t.src) {
+            t.dst
+        } else {
+            t.src
+        };
         self.policy
             .verdict(&Flow {
-                src: t.src,
+                src,
                 dst: t.dst,
                 protocol: Protocol::from_number(t.proto),
                 dst_port,

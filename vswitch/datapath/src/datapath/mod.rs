@@ -16,6 +16,9 @@ mod kube_proxy;
 mod neighbor;
 mod rewrite;
 mod route;
+mod service_proxy;
+
+pub use service_proxy::ServiceCounters;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -29,13 +32,15 @@ use crate::conntrack::Conntrack;
 use crate::counters::{Counters, Outcome};
 use crate::flow_cache::{self, FlowCache, Lookup};
 use crate::frag::FragTable;
+use crate::nat;
 use crate::overlay;
 use crate::parse::{self, Mac, ParseError, Payload};
 use crate::ports::{PortId, PortState};
 use crate::reply;
+use crate::services::ServiceTable;
 use crate::wire::eth;
 
-use ip::IpVerdict;
+use ip::{IpVerdict, Nat};
 use rewrite::{oversize, rewrite};
 
 /// What to do with a frame.
@@ -46,6 +51,24 @@ pub enum Action {
     /// Drop the frame and send this one out of the port instead.
     Reply(PortId, Vec<u8>),
     Drop(Outcome),
+}
+
+/// What a port said of a frame's offloads (its virtio-net header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Offload {
+    /// The segment size of a segmentation-offload frame (0: a plain frame).
+    pub gso: u16,
+    /// Its transport checksum is partial (`VIRTIO_NET_HDR_F_NEEDS_CSUM`):
+    /// the field holds the pseudo-header's sum, the output completes it.
+    pub partial_csum: bool,
+}
+
+impl Offload {
+    /// A plain frame with complete checksums.
+    pub const NONE: Offload = Offload {
+        gso: 0,
+        partial_csum: false,
+    };
 }
 
 pub struct Datapath {
@@ -66,6 +89,10 @@ pub struct Datapath {
     ct: Conntrack,
     /// Pods' connections to kube-proxy's service ranges (their way back).
     legs: kube_proxy::ServiceLegs,
+    /// The Services the switch translates (`--service-proxy switch`).
+    services: Arc<ServiceTable>,
+    /// Their translated connections and clients' affinities.
+    nat: service_proxy::ServiceNat,
     frags: FragTable,
     cache: FlowCache,
     pub counters: Counters,
@@ -80,6 +107,8 @@ impl Datapath {
         Datapath {
             ct: Conntrack::new(cfg.conntrack_max, cfg.timeouts),
             legs: kube_proxy::ServiceLegs::new(),
+            services: Arc::new(ServiceTable::new()),
+            nat: service_proxy::ServiceNat::new(),
             frags: FragTable::new(cfg.frag_max, cfg.frag_ttl_ms),
             cache: FlowCache::new(cfg.flow_cache_max),
             cfg,
@@ -113,19 +142,19 @@ impl Datapath {
     /// outcome counter, on the port and on the datapath.
     #[inline]
     pub fn process(&mut self, in_port: PortId, frame: &mut [u8], now: Instant) -> Action {
-        self.process_frame(in_port, frame, 0, now)
+        self.process_frame(in_port, frame, Offload::NONE, now)
     }
 
-    /// [`Datapath::process`] for a frame that may be a segmentation-offload
-    /// frame: `gso` is its segment size (its port's virtio-net header says
-    /// so; 0: a plain frame). Such a frame stands for several packets, which
-    /// the output cuts to size; it is held to the overlay's MTU by the size
-    /// of those packets.
+    /// [`Datapath::process`] for a frame with offloads: a
+    /// segmentation-offload frame (`off.gso`, its segment size) stands for
+    /// several packets, which the output cuts to size, and is held to the
+    /// overlay's MTU by the size of those packets; a partial checksum is
+    /// patched as one when the packet is translated.
     pub fn process_frame(
         &mut self,
         in_port: PortId,
         frame: &mut [u8],
-        gso: u16,
+        off: Offload,
         now: Instant,
     ) -> Action {
         let ms = self.clock(now);
@@ -136,7 +165,7 @@ impl Datapath {
         // sender's port and the packet's addresses and ports.
         if let Some(key) = parse::fast_key(frame, in_port, mac)
             && let Some(idx) = self.cache.find(self.cache.hash(&key), &key)
-            && let Some(out) = self.hit(mac, frame, idx, ms, gso)
+            && let Some(out) = self.hit(mac, frame, idx, ms, off)
         {
             let len = frame.len() as u64;
             self.count_received(in_port, Outcome::FastForward, 1, len);
@@ -144,7 +173,7 @@ impl Datapath {
             return Action::Forward(out);
         }
 
-        let (action, outcome) = self.slow_path(in_port, frame, gso, ms);
+        let (action, outcome) = self.slow_path(in_port, frame, off, ms);
         self.account(in_port, frame.len(), outcome, action)
     }
 
@@ -155,7 +184,7 @@ impl Datapath {
         &mut self,
         in_port: PortId,
         frame: &mut [u8],
-        gso: u16,
+        off: Offload,
         ms: u64,
     ) -> (Action, Outcome) {
         let drop = |o: Outcome| (Action::Drop(o), o);
@@ -176,9 +205,18 @@ impl Datapath {
         };
         match parsed.payload {
             Payload::Arp(arp) => self.arp(in_port, &arp),
-            Payload::Ip(ip) => match self.ip(in_port, parsed.dst_mac, &ip, frame, gso, ms) {
-                IpVerdict::Forward(fwd) => {
-                    if rewrite(frame, &fwd) {
+            Payload::Ip(ip) => match self.ip(in_port, parsed.dst_mac, &ip, frame, off.gso, ms) {
+                IpVerdict::Forward(fwd, translate) => {
+                    let translated = match translate {
+                        Nat::None => true,
+                        Nat::Packet(rw) => nat::apply(frame, &rw, off.partial_csum),
+                        Nat::IcmpError { outer, inner } => {
+                            nat::apply_icmp_error(frame, &outer, &inner)
+                        }
+                    };
+                    if !translated {
+                        drop(Outcome::Malformed)
+                    } else if rewrite(frame, &fwd) {
                         (Action::Forward(fwd.port), Outcome::SlowForward)
                     } else {
                         self.ttl_expired(in_port, frame)
@@ -242,20 +280,20 @@ impl Datapath {
     /// following each other. `actions`
     /// receives one action per frame, in order.
     ///
-    /// `gso` gives the frames' segment sizes (see
+    /// `offload` gives the frames' offloads (see
     /// [`Datapath::process_frame`]); frames beyond its length are plain.
     pub fn process_batch(
         &mut self,
         in_port: PortId,
         frames: &mut [&mut [u8]],
-        gso: &[u16],
+        offload: &[Offload],
         now: Instant,
         actions: &mut Vec<Action>,
     ) {
         for (i, chunk) in frames.chunks_mut(Self::BATCH).enumerate() {
-            let from = (i * Self::BATCH).min(gso.len());
-            let to = (from + Self::BATCH).min(gso.len());
-            self.batch(in_port, chunk, &gso[from..to], now, actions);
+            let from = (i * Self::BATCH).min(offload.len());
+            let to = (from + Self::BATCH).min(offload.len());
+            self.batch(in_port, chunk, &offload[from..to], now, actions);
         }
     }
 
@@ -263,7 +301,7 @@ impl Datapath {
         &mut self,
         in_port: PortId,
         frames: &mut [&mut [u8]],
-        gso: &[u16],
+        offload: &[Offload],
         now: Instant,
         actions: &mut Vec<Action>,
     ) {
@@ -279,7 +317,7 @@ impl Datapath {
         let (mut packets, mut bytes) = (0, 0);
         let (mut run_port, mut run_packets, mut run_bytes) = (0, 0, 0);
         for (i, (f, l)) in frames.iter_mut().zip(&lookups).enumerate() {
-            let seg = gso.get(i).copied().unwrap_or(0);
+            let seg = offload.get(i).copied().unwrap_or_default();
             let idx = l.as_ref().and_then(|l| self.cache.resolve(l));
             match idx.and_then(|j| self.hit(mac, f, j, ms, seg)) {
                 Some(out) => {
@@ -314,13 +352,14 @@ impl Datapath {
         frame: &mut [u8],
         idx: u32,
         ms: u64,
-        gso: u16,
+        off: Offload,
     ) -> Option<PortId> {
         let s = self.cache.slot(idx);
-        if s.epoch != self.epoch as u32 || (s.mtu != 0 && oversize(frame, s.mtu, gso)) {
+        if s.epoch != self.epoch as u32 || (s.mtu != 0 && oversize(frame, s.mtu, off.gso)) {
             return None;
         }
         let fwd = s.forward(self.cfg.gateway_mac, port_mac);
+        let translated = s.nat;
         // The connection: refreshed (and found live) at most once a second.
         let now = ms as u32;
         if now.wrapping_sub(s.refreshed) >= flow_cache::REFRESH_MS {
@@ -328,6 +367,10 @@ impl Datapath {
                 return None;
             }
             self.cache.refreshed(idx, now);
+        }
+        // a translated connection's packet: translated (service_proxy.rs)
+        if translated && !nat::apply(frame, self.cache.nat(idx), off.partial_csum) {
+            return None;
         }
         rewrite(frame, &fwd).then_some(fwd.port)
     }

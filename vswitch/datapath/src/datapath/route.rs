@@ -47,6 +47,17 @@ impl Datapath {
         self.out_of(self.node_port.ok_or(Outcome::NoRoute)?, true)
     }
 
+    /// Routed out of `port`, whichever port the packet came in on (a pod's
+    /// connection to itself through a Service goes back where it came from).
+    pub(super) fn to_port(&self, port: PortId) -> Route {
+        self.out_of(port, true)
+    }
+
+    /// Routed to a local pod's address.
+    pub(super) fn to_pod(&self, addr: IpAddr) -> Route {
+        self.out_of(*self.by_ip.get(&addr).ok_or(Outcome::NoRoute)?, true)
+    }
+
     /// Where a packet goes. A frame to the gateway's MAC is routed by
     /// destination address; a frame to a local pod's MAC is delivered at L2
     /// if that pod owns the destination address. Nothing is flooded.

@@ -17,7 +17,8 @@ use super::budget::Budget;
 use super::port::{Port, RxMeta};
 use crate::coalesce::Coalescer;
 use crate::counters::{Outcome, TxDrops};
-use crate::{Action, Datapath, PortId, PortKind, overlay};
+use crate::wire::vnet::VIRTIO_NET_HDR_F_NEEDS_CSUM;
+use crate::{Action, Datapath, Offload, PortId, PortKind, overlay};
 
 /// Where the control plane publishes policy generations for workers.
 #[derive(Clone, Default)]
@@ -287,20 +288,23 @@ impl Worker {
                 // The batch's frames as slices, on the stack: no allocation
                 // per poll.
                 let mut frames: [&mut [u8]; Datapath::BATCH] = std::array::from_fn(|_| &mut [][..]);
-                let mut gso = [0u16; Datapath::BATCH];
-                for (((slot, g), buf), (n, meta)) in frames
+                let mut offload = [Offload::NONE; Datapath::BATCH];
+                for (((slot, o), buf), (n, meta)) in frames
                     .iter_mut()
-                    .zip(gso.iter_mut())
+                    .zip(offload.iter_mut())
                     .zip(self.bufs.iter_mut())
                     .zip(&self.lens)
                 {
                     *slot = &mut buf[..*n];
-                    *g = if meta.is_gso() { meta.vnet.gso_size } else { 0 };
+                    *o = Offload {
+                        gso: if meta.is_gso() { meta.vnet.gso_size } else { 0 },
+                        partial_csum: meta.vnet.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0,
+                    };
                 }
                 self.datapath.process_batch(
                     id as PortId,
                     &mut frames[..count],
-                    &gso[..count],
+                    &offload[..count],
                     now,
                     &mut self.actions,
                 );
