@@ -3,11 +3,13 @@
 //! dataplane mode (real connection attempts between in-process pods), and
 //! (root) in netns mode on one and three nodes. The Service corpus
 //! (`tests/services/`) and the NetworkPolicy corpus with every pod behind a
-//! Service of its own (`--via service`) pass in engine and netns modes
-//! (kube-proxy's rules on each node).
+//! Service of its own (`--via service`) pass in every mode: the switch as
+//! the service proxy (dataplane; netns on one and three nodes), and
+//! kube-proxy's rules on each node (netns).
 
 use std::path::{Path, PathBuf};
 
+use vswitch::daemon::cli::ServiceProxy;
 use vswitch::tools::scenario::{self, Mode};
 
 fn root() -> PathBuf {
@@ -22,7 +24,7 @@ fn run_all_via(dir: &Path, mode: Mode, via_service: bool) -> usize {
     let files = scenario::expand_paths(&[dir.to_path_buf()]);
     let mut failures = String::new();
     for f in &files {
-        let report = scenario::run_file_via(f, mode, 1, via_service);
+        let report = scenario::run_file_via(f, mode, 1, via_service, ServiceProxy::Switch);
         if !report.passed() {
             failures.push_str(&report.render(&f.display().to_string()));
         }
@@ -74,13 +76,14 @@ fn corpus_via_service_passes_in_engine_mode() {
 }
 
 #[test]
-fn services_are_refused_in_dataplane_mode_with_the_reason() {
-    let f = root().join("tests/services");
-    let first = scenario::expand_paths(&[f])[0].clone();
-    let report = scenario::run_file(&first, Mode::Dataplane, 1);
-    assert!(!report.passed());
-    let error = report.error.unwrap_or_default();
-    assert!(error.contains("--service-proxy switch"), "{error}");
+fn services_pass_in_dataplane_mode() {
+    let n = run_all(&root().join("tests/services"), Mode::Dataplane);
+    assert!(n >= 20, "the Service corpus has {n} files");
+}
+
+#[test]
+fn corpus_via_service_passes_in_dataplane_mode() {
+    run_all_via(&root().join("tests/netpol"), Mode::Dataplane, true);
 }
 
 #[test]
@@ -101,6 +104,7 @@ fn run_parallel(
     nodes: usize,
     threads: usize,
     via_service: bool,
+    proxy: ServiceProxy,
 ) -> String {
     let files = std::sync::Mutex::new(files);
     let failures = std::sync::Mutex::new(String::new());
@@ -111,7 +115,7 @@ fn run_parallel(
                     let Some(f) = files.lock().unwrap().pop() else {
                         break;
                     };
-                    let report = scenario::run_file_via(&f, mode, nodes, via_service);
+                    let report = scenario::run_file_via(&f, mode, nodes, via_service, proxy);
                     if !report.passed() {
                         failures
                             .lock()
@@ -139,7 +143,7 @@ fn netns_mode(nodes: usize) {
     }
     files.extend(scenario::expand_paths(&[root().join("tests/services")]));
     let n = files.len();
-    let failures = run_parallel(files, Mode::Netns, nodes, 6, false);
+    let failures = run_parallel(files, Mode::Netns, nodes, 6, false, ServiceProxy::Switch);
     assert!(
         failures.is_empty(),
         "scenarios failed in netns mode on {nodes} node(s):\n{failures}"
@@ -187,6 +191,34 @@ fn corpus_via_service_passes_in_netns_mode_through_kube_proxy() {
         return;
     }
     let files = scenario::expand_paths(&[root().join("tests/netpol")]);
-    let failures = run_parallel(files, Mode::Netns, 1, 6, true);
+    let failures = run_parallel(files, Mode::Netns, 1, 6, true, ServiceProxy::KubeProxy);
     assert!(failures.is_empty(), "via service:\n{failures}");
+}
+
+/// The Service corpus with kube-proxy's rules on the node as the proxy
+/// (the other netns runs have the switch).
+#[test]
+fn services_pass_in_netns_mode_through_kube_proxy() {
+    if skip_unless_root() {
+        return;
+    }
+    let files = scenario::expand_paths(&[root().join("tests/services")]);
+    let failures = run_parallel(files, Mode::Netns, 1, 6, false, ServiceProxy::KubeProxy);
+    assert!(failures.is_empty(), "through kube-proxy:\n{failures}");
+}
+
+/// The NetworkPolicy corpus with every pod reached through a Service of its
+/// own, translated by the switch, the pods on three simulated nodes (an
+/// endpoint is often on another node than its client).
+#[test]
+fn corpus_via_service_passes_in_netns_mode_through_the_switch_on_three_nodes() {
+    if skip_unless_root() {
+        return;
+    }
+    let files = scenario::expand_paths(&[root().join("tests/netpol")]);
+    let failures = run_parallel(files, Mode::Netns, 3, 6, true, ServiceProxy::Switch);
+    assert!(
+        failures.is_empty(),
+        "via service, switch, 3 nodes:\n{failures}"
+    );
 }

@@ -86,6 +86,7 @@ impl World {
             dst: self.ips[ti][family],
             protocol,
             port,
+            serve: None,
         }
     }
 }

@@ -97,10 +97,11 @@ enum ScenarioCommand {
         /// upstream end-to-end tests do); expected verdicts do not change.
         #[arg(long, value_enum)]
         via: Option<Via>,
-        /// Who translates connections to cluster IPs in netns mode:
-        /// kube-proxy's iptables rules on each simulated node's host (the
-        /// only proxy yet; engine mode resolves Services itself).
-        #[arg(long, value_enum, default_value_t = ServiceProxy::KubeProxy)]
+        /// Who translates connections to cluster IPs in netns mode: the
+        /// switch itself, or kube-proxy's iptables rules on each simulated
+        /// node's host (dataplane mode has the switch; engine mode resolves
+        /// Services itself).
+        #[arg(long, value_enum, default_value_t = ServiceProxy::Switch)]
         service_proxy: ServiceProxy,
     },
 }
@@ -143,9 +144,15 @@ fn main() -> ExitCode {
                     files,
                     nodes,
                     via,
-                    service_proxy: ServiceProxy::KubeProxy,
+                    service_proxy,
                 },
-        } => scenario_run(mode, &files, nodes as usize, via == Some(Via::Service)),
+        } => scenario_run(
+            mode,
+            &files,
+            nodes as usize,
+            via == Some(Via::Service),
+            service_proxy,
+        ),
         Command::Policy {
             command:
                 PolicyCommand::Simulate {
@@ -204,11 +211,17 @@ fn live(daemon: &Daemon, req: Request) -> ExitCode {
     }
 }
 
-fn scenario_run(mode: Mode, args: &[PathBuf], nodes: usize, via_service: bool) -> ExitCode {
+fn scenario_run(
+    mode: Mode,
+    args: &[PathBuf],
+    nodes: usize,
+    via_service: bool,
+    proxy: ServiceProxy,
+) -> ExitCode {
     let files = scenario::expand_paths(args);
     let (mut passed, mut failed) = (0, 0);
     for f in &files {
-        let report = scenario::run_file_via(f, mode, nodes, via_service);
+        let report = scenario::run_file_via(f, mode, nodes, via_service, proxy);
         out!("{}", report.render(&f.display().to_string()));
         if report.passed() {
             passed += 1;

@@ -112,6 +112,7 @@ fn main() -> ExitCode {
                 cluster_cidrs,
                 service_cidrs: match service_proxy {
                     ServiceProxy::KubeProxy => service_cidrs,
+                    ServiceProxy::Switch => Vec::new(),
                 },
             })
         }

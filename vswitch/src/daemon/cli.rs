@@ -154,6 +154,9 @@ pub enum Cmd {
 /// `--service-proxy`: who translates connections to cluster IPs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ServiceProxy {
+    /// The switch translates pods' connections to cluster IPs itself, from
+    /// the source's Services and EndpointSlices.
+    Switch,
     /// kube-proxy on the node translates; the switch takes the translated
     /// packets back from the node and sends the replies by the node.
     KubeProxy,

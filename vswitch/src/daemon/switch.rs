@@ -20,6 +20,7 @@ use vswitch_datapath::io::event_loop::EventLoop;
 use vswitch_datapath::io::port::Port;
 use vswitch_datapath::io::worker::{PolicyHandle, Worker};
 use vswitch_datapath::parse::mac_text;
+use vswitch_datapath::services::ServiceTable;
 use vswitch_datapath::{Config, Datapath, PortId, PortKind};
 
 pub enum Command {
@@ -36,6 +37,8 @@ pub enum Command {
     Mtu(PortId, u16),
     /// Detaches a port; the reply comes once its descriptor is closed.
     Detach(PortId, mpsc::Sender<()>),
+    /// The Services the switch translates (`--service-proxy switch`).
+    Services(Arc<ServiceTable>),
     /// What vswitchctl and the metrics endpoint show.
     Query(Query, mpsc::Sender<Answer>),
 }
@@ -168,6 +171,7 @@ fn handle(el: &mut EventLoop, c: Command) {
         }
         Command::Ready(id, generation) => el.worker.datapath.set_ready(id, generation),
         Command::Mtu(id, mtu) => el.worker.datapath.set_mtu(id, mtu),
+        Command::Services(table) => el.worker.datapath.set_services(table),
         Command::Detach(id, done) => {
             let _ = el.deregister(id);
             drop(el.worker.detach(id));

@@ -6,7 +6,9 @@
 //! about 54 frames cross the end of the window in which a TCP segment
 //! without SYN may pick up a connection. A Service range is set, so that
 //! frames from the node port with a pod's source (kube-proxy's way back)
-//! are taken for connections the pod opened there.
+//! are taken for connections the pod opened there. Services are set too, so
+//! that pods' connections to their cluster IPs are translated (to the other
+//! pod, to the pod itself, or refused for want of an endpoint).
 //!
 //! Run: `cd vswitch/datapath/fuzz && cargo fuzz run datapath` (see README).
 
@@ -18,7 +20,27 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use policy::{Cluster, Engine, Namespace, Pod, PodKey};
+use vswitch_datapath::services::{Endpoint, Frontend, FrontendKey, ServiceTable};
 use vswitch_datapath::{Config, Datapath, PortKind};
+
+/// Frontends (one endpoint each: the two datapaths hash under keys of
+/// their own, and would choose among several differently): TCP
+/// 10.96.0.10:80 to b:80 and 10.96.0.10:81 to a:80 (hairpin), UDP
+/// 10.96.0.10:53 to b:53, SCTP 10.96.0.10:9 to b:9, TCP [fd00:10:96::a]:80
+/// to [fd00::2]:8080 with affinity, and TCP 10.96.0.11:80 with none.
+fn services() -> ServiceTable {
+    let ep = |ip: &str, port| Endpoint { ip: ip.parse().unwrap(), port, ready: true, serving: true, terminating: false, local: true };
+    let fe = |endpoints, affinity_ms| Frontend { service: "x/s".into(), port_name: None, endpoints, affinity_ms, local_only: false };
+    let key = |ip: &str, proto, port| FrontendKey { ip: ip.parse().unwrap(), proto, port };
+    let mut t = ServiceTable::new();
+    t.insert(key("10.96.0.10", 6, 80), fe(vec![ep("10.0.0.2", 80)], None));
+    t.insert(key("10.96.0.10", 6, 81), fe(vec![ep("10.0.0.1", 80)], None));
+    t.insert(key("10.96.0.10", 17, 53), fe(vec![ep("10.0.0.2", 53)], None));
+    t.insert(key("10.96.0.10", 132, 9), fe(vec![ep("10.0.0.2", 9)], None));
+    t.insert(key("fd00:10:96::a", 6, 80), fe(vec![ep("fd00::2", 8080)], Some(1_000)));
+    t.insert(key("10.96.0.11", 6, 80), fe(vec![], None));
+    t
+}
 
 /// A datapath started at `t0` (both of an input start at the same instant:
 /// their clocks, in whole milliseconds since the start, must agree).
@@ -49,6 +71,7 @@ fn datapath(t0: Instant) -> Datapath {
     }
     let engine = Engine::from_cluster(c).unwrap();
     dp.set_policy(Arc::new(engine.snapshot()));
+    dp.set_services(Arc::new(services()));
     dp.add_port(0, "node", [2, 0x6e, 0, 0, 0, 0], PortKind::Node { ips: vec!["192.168.0.1".parse().unwrap()] });
     for (id, ip4, ip6) in [(1u16, "10.0.0.1", "fd00::1"), (2, "10.0.0.2", "fd00::2")] {
         let ips: Vec<IpAddr> = vec![ip4.parse().unwrap(), ip6.parse().unwrap()];

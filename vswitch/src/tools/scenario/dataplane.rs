@@ -1,16 +1,19 @@
 //! `--mode dataplane`: every probe is a real connection attempt between
 //! in-process pods (smoltcp stacks) through the datapath, in simulated time
 //! ([`crate::tools::testnet`]). Policy comes from the engine, published to the
-//! datapath as snapshots after every change, as the daemon will.
+//! datapath as snapshots after every change, as the daemon will. The switch
+//! is the service proxy: it is given the Services' frontends and endpoints
+//! after every change, and a probe to a cluster IP is served by every
+//! endpoint of its port.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use policy::{Change, Cluster, Engine, Flow, Pod, PodKey};
+use policy::{Backend, Change, Cluster, Engine, Flow, Pod, PodKey};
 
 use super::format::External;
-use super::run::{Attempt, Observed, Prober, ProberError};
+use super::run::{Attempt, Observed, Prober, ProberError, ServiceView};
 use crate::tools::testnet::{self, HostId, Net};
 use vswitch_datapath::{Config, PortId};
 
@@ -63,7 +66,65 @@ impl DataplaneProber {
     }
 }
 
+impl DataplaneProber {
+    /// A probe as the test network makes it. To a Service: a pod's attempt
+    /// goes to the cluster IP (the switch translates) and every endpoint
+    /// serves; an external's goes to an endpoint directly, as the node's
+    /// host translates its own traffic (kube-proxy, which the node keeps
+    /// for it; the switch translates pods' traffic only).
+    fn attempt(&self, a: &Attempt<'_>) -> testnet::Attempt {
+        let from = self.hosts[&a.from.name];
+        let host = |b: &Backend| self.hosts.get(&b.pod.to_string()).copied();
+        match &a.backends {
+            Some(bs) if a.from.pod.is_none() => match bs.iter().find_map(|b| Some((b, host(b)?))) {
+                Some((b, to)) => testnet::Attempt {
+                    from,
+                    to,
+                    src: a.src,
+                    dst: b.ip,
+                    protocol: a.protocol,
+                    port: b.port,
+                    serve: None,
+                },
+                // none: the host refuses, nothing reaches a pod
+                None => testnet::Attempt {
+                    from,
+                    to: from,
+                    src: a.src,
+                    dst: a.dst,
+                    protocol: a.protocol,
+                    port: a.port,
+                    serve: Some(Vec::new()),
+                },
+            },
+            backends => testnet::Attempt {
+                from,
+                // (a Service is no host: its endpoints serve)
+                to: self.hosts.get(&a.to.name).copied().unwrap_or(from),
+                src: a.src,
+                dst: a.dst,
+                protocol: a.protocol,
+                port: a.port,
+                serve: backends
+                    .as_ref()
+                    .map(|bs| bs.iter().filter_map(|b| Some((host(b)?, b.port))).collect()),
+            },
+        }
+    }
+}
+
 impl Prober for DataplaneProber {
+    fn proxies_services(&self) -> bool {
+        true
+    }
+
+    /// The switch translates, with every endpoint local (one node).
+    fn services(&mut self, views: &[ServiceView]) -> Result<(), ProberError> {
+        let table = super::run::frontends(views, |_| true);
+        self.net.dp.set_services(Arc::new(table));
+        Ok(())
+    }
+
     fn counters(&mut self) -> Option<vswitch_datapath::counters::Counters> {
         Some(self.net.dp.counters.clone())
     }
@@ -103,17 +164,7 @@ impl Prober for DataplaneProber {
     }
 
     fn probe(&mut self, attempts: &[Attempt<'_>]) -> Vec<Observed> {
-        let mapped: Vec<testnet::Attempt> = attempts
-            .iter()
-            .map(|a| testnet::Attempt {
-                from: self.hosts[&a.from.name],
-                to: self.hosts[&a.to.name],
-                src: a.src,
-                dst: a.dst,
-                protocol: a.protocol,
-                port: a.port,
-            })
-            .collect();
+        let mapped: Vec<testnet::Attempt> = attempts.iter().map(|a| self.attempt(a)).collect();
         let done = self.net.probe(&mapped, TIMEOUT_MS);
         if std::env::var_os("VSWITCH_DEBUG").is_some() {
             eprintln!(

@@ -12,6 +12,8 @@ use std::path::Path;
 
 pub use run::{FileReport, Prober};
 
+use crate::daemon::cli::ServiceProxy;
+
 /// The modes `vswitchctl scenario run --mode` knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
@@ -27,12 +29,19 @@ pub enum Mode {
 /// Reads, parses and runs one file; any error becomes a failed report.
 /// `nodes`: how many simulated nodes netns mode spreads the pods over.
 pub fn run_file(path: &Path, mode: Mode, nodes: usize) -> FileReport {
-    run_file_via(path, mode, nodes, false)
+    run_file_via(path, mode, nodes, false, ServiceProxy::Switch)
 }
 
 /// [`run_file`]; with `via_service`, every pod is reached through a Service
-/// of its own (`--via service`).
-pub fn run_file_via(path: &Path, mode: Mode, nodes: usize, via_service: bool) -> FileReport {
+/// of its own (`--via service`); `proxy`: who translates Services in netns
+/// mode (dataplane mode has the switch; engine mode resolves them itself).
+pub fn run_file_via(
+    path: &Path,
+    mode: Mode,
+    nodes: usize,
+    via_service: bool,
+    proxy: ServiceProxy,
+) -> FileReport {
     let failed = |name: String, error: String| FileReport {
         name,
         error: Some(error),
@@ -49,7 +58,7 @@ pub fn run_file_via(path: &Path, mode: Mode, nodes: usize, via_service: bool) ->
     let mut prober: Box<dyn Prober> = match mode {
         Mode::Engine => Box::new(engine::EngineProber::default()),
         Mode::Dataplane => Box::new(dataplane::DataplaneProber::default()),
-        Mode::Netns => Box::new(netns::NetnsProber::with_nodes(nodes)),
+        Mode::Netns => Box::new(netns::NetnsProber::with_nodes(nodes).with_proxy(proxy)),
     };
     run::run_via(&scenario, prober.as_mut(), via_service)
 }

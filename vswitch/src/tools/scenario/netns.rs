@@ -17,12 +17,19 @@
 //! through the pod's node, as a client outside the cluster reaches the node
 //! that hosts its destination.
 //!
-//! Services: kube-proxy is the service proxy, as on a node that keeps it
-//! (the switch runs with `--service-proxy kube-proxy`'s Service range,
-//! [`SERVICE_CIDRS`]). Every outside namespace plays its node's host for
-//! this too: after every change of the Services it gets the rules
-//! kube-proxy's iptables mode writes for them ([`crate::tools::kube_proxy`],
-//! through `iptables-restore` and `ip6tables-restore`) and forwards.
+//! Services, by the proxy chosen ([`NetnsProber::with_proxy`]):
+//! - `switch`: each node's switch translates pods' connections, given the
+//!   Services' frontends and endpoints after every change (an endpoint is
+//!   local on its pod's node), as vswitchd with `--service-proxy switch` is
+//!   given them from Services and EndpointSlices.
+//! - `kube-proxy`, as on a node that keeps it (the switch runs with
+//!   `--service-proxy kube-proxy`'s Service range, [`SERVICE_CIDRS`]).
+//!
+//! In both, every outside namespace plays its node's host, which keeps
+//! kube-proxy for its own traffic (an external's, here): after every change
+//! of the Services it gets the rules kube-proxy's iptables mode writes for
+//! them ([`crate::tools::kube_proxy`], through `iptables-restore` and
+//! `ip6tables-restore`) and forwards.
 //!
 //! Plumbing uses `ip` here; the daemon uses netlink.
 
@@ -38,6 +45,7 @@ use policy::{Change, Cluster, Engine, Pod, PodKey, Protocol};
 
 use super::format::External;
 use super::run::{Attempt, Observed, Prober, ProberError, ServiceView};
+use crate::daemon::cli::ServiceProxy;
 use crate::daemon::switch::{Answer, Command as SwitchCommand, Query, Switch};
 use crate::tools::kube_proxy;
 use vswitch_datapath::counters::Counters;
@@ -392,6 +400,8 @@ pub struct NetnsProber {
     outsides: Vec<String>,
     /// Whether the outsides forward (turned on with the first Services).
     forwarding: bool,
+    /// Who translates connections to cluster IPs.
+    proxy: ServiceProxy,
 }
 
 impl Default for NetnsProber {
@@ -420,7 +430,15 @@ impl NetnsProber {
             stop: None,
             outsides: Vec::new(),
             forwarding: false,
+            proxy: ServiceProxy::KubeProxy,
         }
+    }
+
+    /// Services translated by `proxy` (the switch, or kube-proxy's rules on
+    /// each node's host).
+    pub fn with_proxy(mut self, proxy: ServiceProxy) -> NetnsProber {
+        self.proxy = proxy;
+        self
     }
 
     /// Stops making namespaces (with [`NetnsError::Interrupted`]) once
@@ -619,12 +637,16 @@ impl NetnsProber {
 
     fn start_switches(&mut self) -> Result<(), NetnsError> {
         for _ in 0..self.nodes {
-            let cfg = Config {
-                overlay_mtu: OVERLAY_MTU,
-                service_cidrs: SERVICE_CIDRS
+            let service_cidrs = match self.proxy {
+                ServiceProxy::KubeProxy => SERVICE_CIDRS
                     .iter()
                     .map(|c| c.parse().expect("a CIDR"))
                     .collect(),
+                ServiceProxy::Switch => Vec::new(),
+            };
+            let cfg = Config {
+                overlay_mtu: OVERLAY_MTU,
+                service_cidrs,
                 ..Config::default()
             };
             let switch = Switch::start(cfg, self.handle.clone()).map_err(NetnsError::Switch)?;
@@ -776,6 +798,17 @@ impl Prober for NetnsProber {
     }
 
     fn services(&mut self, views: &[ServiceView]) -> Result<(), ProberError> {
+        // The switch translates pods' connections; each node's host keeps
+        // kube-proxy for its own (an external's, here) in either mode.
+        if self.proxy == ServiceProxy::Switch {
+            for node in 0..self.switches.len() {
+                // an endpoint is local on its pod's node
+                let table = super::run::frontends(views, |b| {
+                    self.ports.get(&b.pod).is_some_and(|p| p.3 == node)
+                });
+                self.switches[node].send(SwitchCommand::Services(Arc::new(table)));
+            }
+        }
         let ranges: Vec<ipnet::IpNet> = SERVICE_CIDRS
             .iter()
             .map(|c| c.parse().expect("a CIDR"))

@@ -156,8 +156,53 @@ pub struct ServiceView {
     pub key: PodKey,
     /// `sessionAffinity: ClientIP`: its timeout in seconds.
     pub affinity_timeout: Option<u32>,
+    /// `internalTrafficPolicy: Local`.
+    pub local_only: bool,
     pub cluster_ips: Vec<IpAddr>,
     pub ports: Vec<(ServicePort, Vec<Backend>)>,
+}
+
+/// The Services as the switch translates them (`--service-proxy switch`):
+/// every cluster IP and port, to the endpoints of its family, all ready;
+/// `local` says which are on the switch's node.
+pub fn frontends(
+    views: &[ServiceView],
+    local: impl Fn(&Backend) -> bool,
+) -> vswitch_datapath::services::ServiceTable {
+    use vswitch_datapath::services::{Endpoint, Frontend, FrontendKey, ServiceTable};
+    let mut table = ServiceTable::new();
+    for v in views {
+        for ip in &v.cluster_ips {
+            for (sp, backends) in &v.ports {
+                let endpoints = backends
+                    .iter()
+                    .filter(|b| b.ip.is_ipv6() == ip.is_ipv6())
+                    .map(|b| Endpoint {
+                        ip: b.ip,
+                        port: b.port,
+                        ready: true,
+                        serving: true,
+                        terminating: false,
+                        local: local(b),
+                    })
+                    .collect();
+                let key = FrontendKey {
+                    ip: *ip,
+                    proto: sp.protocol.number(),
+                    port: sp.port,
+                };
+                let fe = Frontend {
+                    service: v.key.to_string(),
+                    port_name: sp.name.clone(),
+                    endpoints,
+                    affinity_ms: v.affinity_timeout.map(|s| s as u64 * 1000),
+                    local_only: v.local_only,
+                };
+                table.insert(key, fe);
+            }
+        }
+    }
+    table
 }
 
 /// One connection attempt to make.
@@ -330,6 +375,7 @@ impl World {
             ServiceView {
                 key: s.key.clone(),
                 affinity_timeout: s.affinity_timeout,
+                local_only: s.local_only,
                 cluster_ips: s.cluster_ips.clone(),
                 ports: s
                     .ports

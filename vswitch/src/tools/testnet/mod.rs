@@ -99,7 +99,7 @@ pub struct Host {
 }
 
 /// One connection attempt.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Attempt {
     pub from: HostId,
     pub to: HostId,
@@ -107,6 +107,19 @@ pub struct Attempt {
     pub dst: IpAddr,
     pub protocol: Protocol,
     pub port: u16,
+    /// Where servers listen for it (`None`: `to`, on `port`): a Service's
+    /// endpoints, each on its own port (none: the Service refuses).
+    pub serve: Option<Vec<(HostId, u16)>>,
+}
+
+impl Attempt {
+    /// The hosts and ports that serve the attempt.
+    fn servers(&self) -> Vec<(HostId, u16)> {
+        match &self.serve {
+            None => vec![(self.to, self.port)],
+            Some(s) => s.clone(),
+        }
+    }
 }
 
 enum Pending {
@@ -563,15 +576,21 @@ impl Net {
         for a in attempts {
             pending.push(match a.protocol {
                 Protocol::Tcp => {
-                    self.listen_tcp(a.to, a.port);
+                    for (host, port) in a.servers() {
+                        self.listen_tcp(host, port);
+                    }
                     Pending::Tcp(self.connect_tcp(a))
                 }
                 Protocol::Udp => {
-                    self.serve_udp_on(a.to, a.port);
+                    for (host, port) in a.servers() {
+                        self.serve_udp_on(host, port);
+                    }
                     Pending::Udp(self.send_udp(a))
                 }
                 _ => {
-                    self.host_mut(a.to).sctp_ports.insert(a.port);
+                    for (host, port) in a.servers() {
+                        self.host_mut(host).sctp_ports.insert(port);
+                    }
                     let sport = self.ephemeral();
                     let tag = self.next_tag;
                     self.next_tag += 1;
