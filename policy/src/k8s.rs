@@ -515,12 +515,32 @@ pub fn service_from_k8s(svc: &core::Service) -> Result<crate::service::Service, 
         .spec
         .as_ref()
         .ok_or_else(|| ctx.err("spec", "spec is required"))?;
+    // NodePort and LoadBalancer Services have a cluster IP too (their node
+    // ports and load balancers are kube-proxy's); an ExternalName Service
+    // is a DNS name only: nothing to translate.
+    let proxy_name = svc
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("service.kubernetes.io/service-proxy-name"))
+        .cloned();
     match spec.type_.as_deref() {
-        None | Some("ClusterIP") => {}
+        None | Some("ClusterIP" | "NodePort" | "LoadBalancer") => {}
+        Some("ExternalName") => {
+            return Ok(Service {
+                key,
+                cluster_ips: Vec::new(),
+                selector: None,
+                ports: Vec::new(),
+                affinity_timeout: None,
+                local_only: false,
+                proxy_name,
+            });
+        }
         Some(t) => {
             return Err(ctx.err(
                 "spec.type",
-                format!("{t}: only ClusterIP Services are supported"),
+                format!("{t:?}: must be ClusterIP, NodePort, LoadBalancer or ExternalName"),
             ));
         }
     }
@@ -661,6 +681,111 @@ pub fn service_from_k8s(svc: &core::Service) -> Result<crate::service::Service, 
         ports,
         affinity_timeout,
         local_only,
+        proxy_name,
+    })
+}
+
+/// An EndpointSlice (discovery.k8s.io/v1) into the model. Slices of
+/// address type FQDN carry no addresses a proxy can use: they are read as
+/// having no endpoints. Errors name the slice and the field.
+pub fn endpoint_slice_from_k8s(
+    s: &k8s_openapi::api::discovery::v1::EndpointSlice,
+) -> Result<crate::endpoint_slice::EndpointSlice, ValidationError> {
+    use crate::endpoint_slice::{EndpointSlice, SliceEndpoint, SlicePort};
+    let name = name_of("EndpointSlice", &s.metadata)?;
+    let key = PodKey::new(namespace_of(&s.metadata), name);
+    let ctx = Ctx {
+        object: format!("EndpointSlice {key}"),
+    };
+    let service = s
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("kubernetes.io/service-name"))
+        .cloned()
+        .ok_or_else(|| {
+            ctx.err(
+                "metadata.labels",
+                "kubernetes.io/service-name is required: it names the Service the slice belongs to",
+            )
+        })?;
+    let v6 = match s.address_type.as_str() {
+        "IPv4" => false,
+        "IPv6" => true,
+        "FQDN" => {
+            return Ok(EndpointSlice {
+                key,
+                service,
+                ports: Vec::new(),
+                endpoints: Vec::new(),
+            });
+        }
+        other => {
+            return Err(ctx.err(
+                "addressType",
+                format!("{other:?}: must be IPv4, IPv6 or FQDN"),
+            ));
+        }
+    };
+    let mut ports = Vec::new();
+    for (i, p) in s.ports.iter().flatten().enumerate() {
+        let f = format!("ports[{i}]");
+        let Some(n) = p.port else {
+            continue; // all ports: a headless Service's, nothing to translate
+        };
+        if !(1..=65535).contains(&n) {
+            return Err(ctx.err(format!("{f}.port"), format!("{n} is not 1-65535")));
+        }
+        let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
+            "TCP" => Protocol::Tcp,
+            "UDP" => Protocol::Udp,
+            "SCTP" => Protocol::Sctp,
+            other => {
+                return Err(ctx.err(
+                    format!("{f}.protocol"),
+                    format!("{other:?}: must be TCP, UDP or SCTP"),
+                ));
+            }
+        };
+        ports.push(SlicePort {
+            // "" and none both mean the Service's unnamed port
+            name: p.name.clone().filter(|n| !n.is_empty()),
+            port: n as u16,
+            protocol,
+        });
+    }
+    let mut endpoints = Vec::new();
+    for (i, e) in s.endpoints.iter().flatten().enumerate() {
+        let mut addresses = Vec::new();
+        for (j, a) in e.addresses.iter().enumerate() {
+            let ip: IpAddr = a.parse().map_err(|_| {
+                ctx.err(
+                    format!("endpoints[{i}].addresses[{j}]"),
+                    format!("{a:?} is not an IP address"),
+                )
+            })?;
+            if ip.is_ipv6() != v6 {
+                return Err(ctx.err(
+                    format!("endpoints[{i}].addresses[{j}]"),
+                    format!("{a} is not of the slice's addressType"),
+                ));
+            }
+            addresses.push(ip);
+        }
+        let c = e.conditions.as_ref();
+        endpoints.push(SliceEndpoint {
+            addresses,
+            ready: c.and_then(|c| c.ready).unwrap_or(true),
+            serving: c.and_then(|c| c.serving).unwrap_or(true),
+            terminating: c.and_then(|c| c.terminating).unwrap_or(false),
+            node: e.node_name.clone(),
+        });
+    }
+    Ok(EndpointSlice {
+        key,
+        service,
+        ports,
+        endpoints,
     })
 }
 
@@ -920,7 +1045,7 @@ mod tests {
             ),
             ("{ports: [{port: 80}]}", "spec.clusterIP"),
             (
-                "{type: NodePort, clusterIP: 10.96.0.1, ports: [{port: 80}]}",
+                "{type: Bogus, clusterIP: 10.96.0.1, ports: [{port: 80}]}",
                 "spec.type",
             ),
             (

@@ -9,6 +9,8 @@
 //! - [`k8s`] and [`manifest`]: the standard Kubernetes API types and YAML
 //!   manifests into the model, validated as the API server does;
 //! - [`service`]: ClusterIP Services and their endpoints;
+//!   [`endpoint_slice`]: the endpoints the cluster publishes, and the
+//!   frontends a service proxy translates;
 //! - [`verdict`]: flows and verdicts that name the deciding rule;
 //! - [`reference`]: the slow evaluator written from the API reference;
 //! - [`compile`]: the [`Engine`], which compiles the cluster into identity and
@@ -21,6 +23,7 @@
 mod compact;
 pub mod compile;
 pub mod diff;
+pub mod endpoint_slice;
 #[cfg(feature = "k8s")]
 pub mod k8s;
 pub mod labels;
@@ -35,6 +38,7 @@ pub mod verdict;
 
 pub use compile::{Engine, Snapshot};
 pub use diff::diff;
+pub use endpoint_slice::{EndpointSlice, FrontendSpec};
 pub use labels::{Labels, Selector};
 pub use model::{
     Change, Cluster, ContainerPort, ModelError, Namespace, Node, Pod, PodKey, Protocol,

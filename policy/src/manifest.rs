@@ -27,8 +27,10 @@ pub enum Object {
     NetworkPolicy(Policy),
     /// A Node: where its pods live and how other nodes reach it.
     Node(Node),
-    /// A ClusterIP Service.
+    /// A Service (its cluster IPs; headless and ExternalName have none).
     Service(crate::service::Service),
+    /// A Service's endpoints.
+    EndpointSlice(crate::endpoint_slice::EndpointSlice),
 }
 
 /// Which object a document describes: kind, namespace (`None` for
@@ -78,6 +80,7 @@ impl Object {
                 name: n.name.clone(),
             },
             Object::Service(s) => namespaced("Service", &s.key),
+            Object::EndpointSlice(s) => namespaced("EndpointSlice", &s.key),
         }
     }
 }
@@ -90,6 +93,7 @@ fn document_id(api: &str, kind: &str, value: &Value) -> Option<ObjectId> {
         ("v1", "Pod") => ("Pod", true),
         ("v1", "Node") => ("Node", false),
         ("v1", "Service") => ("Service", true),
+        ("discovery.k8s.io/v1", "EndpointSlice") => ("EndpointSlice", true),
         ("networking.k8s.io/v1", "NetworkPolicy") => ("NetworkPolicy", true),
         _ => return None,
     };
@@ -215,6 +219,11 @@ fn parse_named(doc: usize, value: Value, out: &mut Vec<Named>) {
         ("v1", "Service") => strict::<core::Service>(doc, &kind, &value)
             .and_then(|s| k8s::service_from_k8s(&s).map_err(|e| ManifestError::Invalid(e, doc)))
             .map(Object::Service),
+        ("discovery.k8s.io/v1", "EndpointSlice") => strict::<
+            k8s_openapi::api::discovery::v1::EndpointSlice,
+        >(doc, &kind, &value)
+        .and_then(|s| k8s::endpoint_slice_from_k8s(&s).map_err(|e| ManifestError::Invalid(e, doc)))
+        .map(Object::EndpointSlice),
         ("networking.k8s.io/v1", "NetworkPolicy") => {
             strict::<net::NetworkPolicy>(doc, &kind, &value)
                 .and_then(|np| {

@@ -47,6 +47,9 @@ pub struct Service {
     pub affinity_timeout: Option<u32>,
     /// `internalTrafficPolicy: Local`.
     pub local_only: bool,
+    /// The `service.kubernetes.io/service-proxy-name` label: the Service is
+    /// another proxy's, left alone.
+    pub proxy_name: Option<String>,
 }
 
 /// One endpoint of a Service port: a pod's address and the port it serves.
@@ -148,6 +151,7 @@ mod tests {
             }],
             affinity_timeout: None,
             local_only: false,
+            proxy_name: None,
         }
     }
 

@@ -214,7 +214,7 @@ fn the_daemonset_runs_vswitchd_with_what_it_needs_and_no_more() {
                 "the overlay binds the node's address"
             );
             assert_eq!(cluster_cidrs.len(), 1);
-            assert_eq!(service_proxy, vswitch::daemon::cli::ServiceProxy::KubeProxy);
+            assert_eq!(service_proxy, vswitch::daemon::cli::ServiceProxy::Switch);
             assert_eq!(
                 service_cidrs,
                 vec!["10.96.0.0/12".parse::<ipnet::IpNet>().unwrap()],

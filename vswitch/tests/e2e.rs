@@ -31,6 +31,8 @@ struct World {
     subnet: String,
     /// Where policy comes from: the manifest folder, or these arguments.
     source: Vec<String>,
+    /// More arguments for `vswitchd run`.
+    args: Vec<String>,
 }
 
 struct Pod {
@@ -50,6 +52,16 @@ impl World {
     /// A world whose vswitchd takes policy from `source` (arguments; empty:
     /// the manifest folder).
     fn with_source(source: Vec<String>) -> World {
+        World::with(source, vec![])
+    }
+
+    /// A world whose vswitchd takes policy from the manifest folder and
+    /// these more arguments.
+    fn with_args(args: &[&str]) -> World {
+        World::with(vec![], args.iter().map(|a| a.to_string()).collect())
+    }
+
+    fn with(source: Vec<String>, args: Vec<String>) -> World {
         let n = RUN.fetch_add(1, Ordering::Relaxed);
         let tag = format!("e{}x{n}", std::process::id() % 100_000);
         let dir = std::env::temp_dir().join(format!("vswitch-{tag}"));
@@ -67,6 +79,7 @@ impl World {
             servers: Vec::new(),
             subnet: format!("10.{}.{}", 100 + n / 250, n % 250),
             source,
+            args,
         };
         w.write_manifest(
             "00-namespace.yaml",
@@ -106,6 +119,7 @@ impl World {
             })
             // the node namespace's own loopback: no clash between tests
             .args(["--metrics-addr", "127.0.0.1:9099"])
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -912,7 +926,7 @@ fn with_kube_proxy_on_the_node_pods_reach_services_whose_endpoints_share_the_nod
     if skip_unless_able() {
         return;
     }
-    let mut w = World::new();
+    let mut w = World::with_args(&["--service-proxy", "kube-proxy"]);
     for name in ["a", "b", "c"] {
         w.write_manifest(&format!("{name}.yaml"), &pod_manifest(name));
     }
@@ -1119,6 +1133,210 @@ fn with_kube_proxy_on_the_node_pods_reach_services_whose_endpoints_share_the_nod
         "b is isolated"
     );
     // and a -> b on 8080/TCP allowed: through the Service too, though the
+    // policy names neither the cluster IP nor its port
+    let before = w.reloads();
+    w.write_manifest("allow-a.yaml", ALLOW_A_TO_B);
+    w.wait_reload(before);
+    assert_eq!(w.probe(&a.ns, "tcp", "10.96.0.81", 80), "ok", "allowed");
+    assert_ne!(
+        w.probe(&a.ns, "udp", "10.96.0.10", 53),
+        "ok",
+        "UDP still not"
+    );
+    assert_ne!(w.probe(&c.ns, "tcp", "10.96.0.81", 80), "ok", "c is not a");
+}
+
+/// A ClusterIP Service of the manifest folder: `ports` as YAML flow.
+fn service_manifest(name: &str, ip: &str, ports: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
+         spec: {{clusterIP: {ip}, ports: {ports}{extra}}}\n"
+    )
+}
+
+/// An EndpointSlice of `service` with ready IPv4 endpoints on `port`.
+fn slice_manifest(
+    service: &str,
+    port_name: &str,
+    proto: &str,
+    port: u16,
+    addrs: &[&str],
+) -> String {
+    let eps: Vec<String> = addrs
+        .iter()
+        .map(|a| format!("{{addresses: [{a}], conditions: {{ready: true}}}}"))
+        .collect();
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: {service}-1, namespace: default, labels: {{kubernetes.io/service-name: {service}}}}}\n\
+         addressType: IPv4\nports: [{{name: {port_name}, port: {port}, protocol: {proto}}}]\n\
+         endpoints: [{}]\n",
+        eps.join(", ")
+    )
+}
+
+#[test]
+fn with_the_switch_as_service_proxy_pods_reach_services_of_the_manifest_folder() {
+    if skip_unless_able() {
+        return;
+    }
+    // the default: --service-proxy switch, nothing on the node translates
+    let mut w = World::new();
+    for name in ["a", "b", "c"] {
+        w.write_manifest(&format!("{name}.yaml"), &pod_manifest(name));
+    }
+    let a = w.add_pod("a");
+    let b = w.add_pod("b");
+    let c = w.add_pod("c");
+    for p in [&b, &c] {
+        w.serve(&p.ns, 8080);
+        w.serve(&p.ns, 5353);
+        w.serve(&p.ns, 9090);
+    }
+    let before = w.reloads();
+    let services = [
+        service_manifest(
+            "web",
+            "10.96.0.80",
+            "[{name: http, port: 80, targetPort: 8080}]",
+            "",
+        ),
+        slice_manifest("web", "http", "TCP", 8080, &[&b.v4, &c.v4]),
+        service_manifest(
+            "dns",
+            "10.96.0.10",
+            "[{name: dns, port: 53, protocol: UDP, targetPort: 5353}]",
+            "",
+        ),
+        slice_manifest("dns", "dns", "UDP", 5353, &[&b.v4]),
+        service_manifest(
+            "only-b",
+            "10.96.0.81",
+            "[{name: http, port: 80, targetPort: 8080}]",
+            "",
+        ),
+        slice_manifest("only-b", "http", "TCP", 8080, &[&b.v4]),
+        service_manifest(
+            "none",
+            "10.96.0.99",
+            "[{name: http, port: 80}, {name: udp, port: 80, protocol: UDP}]",
+            "",
+        ),
+        service_manifest(
+            "sticky",
+            "10.96.0.82",
+            "[{name: http, port: 80, targetPort: 9090}]",
+            ", sessionAffinity: ClientIP",
+        ),
+        slice_manifest("sticky", "http", "TCP", 9090, &[&b.v4, &c.v4]),
+    ];
+    w.write_manifest("services.yaml", &services.join("---\n"));
+    w.wait_reload(before);
+    let metrics = w.metrics();
+    assert!(metrics.contains("vswitch_service_frontends 6"), "{metrics}");
+
+    // TCP through a Service with two endpoints: every connection is
+    // established, both endpoints serve some
+    for i in 0..16 {
+        assert_eq!(
+            w.probe(&a.ns, "tcp", "10.96.0.80", 80),
+            "ok",
+            "a -> web, connection {i}\n{}",
+            w.log()
+        );
+    }
+    let ct = w.ctl(&["conntrack"]);
+    for p in [&b, &c] {
+        assert!(
+            ct.contains(&format!("{}:8080", p.v4)),
+            "a connection to {} through the Service: {ct}",
+            p.v4
+        );
+    }
+    // ClientIP affinity: every connection of a's lands on one endpoint
+    for i in 0..12 {
+        assert_eq!(
+            w.probe(&a.ns, "tcp", "10.96.0.82", 80),
+            "ok",
+            "a -> sticky, connection {i}"
+        );
+    }
+    let ct = w.ctl(&["conntrack"]);
+    let landed = [&b, &c]
+        .into_iter()
+        .filter(|p| ct.contains(&format!("{}:9090", p.v4)))
+        .count();
+    assert_eq!(landed, 1, "one endpoint for all of a's connections: {ct}");
+    // UDP, as a pod asks cluster DNS: the answer comes from the Service
+    assert_eq!(w.probe(&a.ns, "udp", "10.96.0.10", 53), "ok", "a -> dns");
+    // hairpin: b through a Service whose only endpoint is b
+    assert_eq!(
+        w.probe(&b.ns, "tcp", "10.96.0.81", 80),
+        "ok",
+        "b -> its own Service"
+    );
+    // no endpoints: refused at once by the switch (TCP RST; ICMP port
+    // unreachable for UDP), as the client's socket measures it
+    for proto in ["tcp", "udp"] {
+        let refused = w.probe(&a.ns, proto, "10.96.0.99", 80);
+        assert!(refused.contains("refused"), "{proto}: {refused}");
+        let ms: f64 = refused
+            .rsplit_once("after ")
+            .and_then(|(_, t)| t.trim_end_matches(" ms").parse().ok())
+            .unwrap_or_else(|| panic!("no time in {refused:?}"));
+        println!("{proto}: refused after {ms} ms");
+        assert!(ms < 100.0, "{proto}: refused after {ms} ms");
+    }
+    let metrics = w.metrics();
+    assert!(
+        metrics.contains("vswitch_service_refused_total 2"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("vswitch_service_connections_total 0"),
+        "{metrics}"
+    );
+
+    // only-b's endpoint removed: new connections are refused, an
+    // established one goes on (its translation lives with its connection)
+    let mut held = Held::open(&a.ns, "10.96.0.81", 80);
+    assert_eq!(held.exchange("before"), "ok");
+    let before = w.reloads();
+    w.write_manifest(
+        "services.yaml",
+        &services.join("---\n").replace(
+            &slice_manifest("only-b", "http", "TCP", 8080, &[&b.v4]),
+            &slice_manifest("only-b", "http", "TCP", 8080, &[]),
+        ),
+    );
+    w.wait_reload(before);
+    let refused = w.probe(&a.ns, "tcp", "10.96.0.81", 80);
+    assert!(refused.contains("refused"), "a new connection: {refused}");
+    assert_eq!(
+        held.exchange("after its endpoint left the Service"),
+        "ok",
+        "the established connection goes on"
+    );
+    held.close();
+    let before = w.reloads();
+    w.write_manifest("services.yaml", &services.join("---\n"));
+    w.wait_reload(before);
+
+    // policy judges the translated connection: b denies all ingress
+    let before = w.reloads();
+    w.write_manifest("deny-b.yaml", DENY_B);
+    w.wait_reload(before);
+    assert_ne!(
+        w.probe(&a.ns, "tcp", "10.96.0.81", 80),
+        "ok",
+        "b is isolated"
+    );
+    assert_ne!(
+        w.probe(&a.ns, "udp", "10.96.0.10", 53),
+        "ok",
+        "b is isolated"
+    );
+    // a -> b on 8080/TCP allowed: through the Service too, though the
     // policy names neither the cluster IP nor its port
     let before = w.reloads();
     w.write_manifest("allow-a.yaml", ALLOW_A_TO_B);

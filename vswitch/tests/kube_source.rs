@@ -246,7 +246,7 @@ async fn initial_lists_give_one_complete_cluster() {
     run.quiet().await;
     assert_eq!(
         KINDS.map(|k| fake.count(|s| s.lists.get(&k).copied().unwrap_or(0))),
-        [1; 4]
+        [1; 6]
     );
     run.stop().await;
 }
@@ -444,7 +444,7 @@ async fn watch_events_lead_to_new_clusters() {
     run.quiet().await;
     assert_eq!(
         KINDS.map(|k| fake.count(|s| s.lists.get(&k).copied().unwrap_or(0))),
-        [1; 4],
+        [1; 6],
         "no relist: every change came by watch"
     );
     run.stop().await;
@@ -555,7 +555,7 @@ async fn an_outage_keeps_the_last_cluster_and_recovery_resyncs() {
     assert!(c.pods.contains_key(&pk("prod", "copy")));
     assert_eq!(
         KINDS.map(|k| fake.count(|s| s.lists.get(&k).copied().unwrap_or(0))),
-        [1; 4],
+        [1; 6],
         "the watches resumed from their resourceVersion: no relist"
     );
     fake.watching(&KINDS, 2).await;
@@ -821,5 +821,123 @@ async fn an_invalid_update_keeps_the_last_valid_version() {
         !notes.iter().any(|n| n.contains("prod/allow-web")),
         "notes: {notes:?}"
     );
+    run.stop().await;
+}
+
+/// The next cluster update's Services and EndpointSlices.
+async fn service_set(run: &mut Running) -> (vswitch::daemon::source::ServiceSet, Vec<String>) {
+    match run.next().await {
+        Update::Cluster {
+            services, notes, ..
+        } => (services, notes),
+        u => panic!("expected a cluster, got {}", describe(&u)),
+    }
+}
+
+/// Each frontend's endpoints as the switch would get them on node-a:
+/// "ip:port/proto -> ip:port ready|serving|terminating local".
+fn frontends(set: &vswitch::daemon::source::ServiceSet) -> Vec<String> {
+    let table = vswitch::daemon::services::table(set, "node-a");
+    let mut out: Vec<String> = table
+        .iter()
+        .map(|(k, f)| {
+            let eps: Vec<String> = f
+                .endpoints
+                .iter()
+                .map(|e| {
+                    format!(
+                        "{}:{}{}{}{}{}",
+                        e.ip,
+                        e.port,
+                        if e.ready { " ready" } else { "" },
+                        if e.serving { " serving" } else { "" },
+                        if e.terminating { " terminating" } else { "" },
+                        if e.local { " local" } else { "" },
+                    )
+                })
+                .collect();
+            format!("{}:{}/{} -> {}", k.ip, k.port, k.proto, eps.join(", "))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn services_and_endpoint_slices_are_listed_watched_and_relisted() {
+    let web = service(
+        "prod",
+        "web",
+        "10.96.0.10",
+        json!([{"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http"}]),
+    );
+    let slice = |eps: &[(&str, bool, bool, bool, &str)]| {
+        endpoint_slice(
+            "prod",
+            "web-abc12",
+            "web",
+            json!([{"name": "http", "port": 8080, "protocol": "TCP"}]),
+            eps,
+        )
+    };
+    let mut objs = objects();
+    objs.push((Kind::Services, web.clone()));
+    objs.push((
+        Kind::Slices,
+        slice(&[
+            ("10.1.0.5", true, true, false, "node-a"),
+            ("10.1.1.7", true, true, false, "node-b"),
+        ]),
+    ));
+    let fake = Fake::new(objs);
+    let mut run = Running::on(&fake);
+    let (set, _) = service_set(&mut run).await;
+    assert_eq!(
+        frontends(&set),
+        ["10.96.0.10:80/6 -> 10.1.0.5:8080 ready serving local, 10.1.1.7:8080 ready serving"]
+    );
+    fake.watching(&KINDS, 1).await;
+
+    // a watch event: the endpoint on node-b is terminating, not ready
+    fake.apply(
+        Kind::Slices,
+        slice(&[
+            ("10.1.0.5", true, true, false, "node-a"),
+            ("10.1.1.7", false, true, true, "node-b"),
+        ]),
+    );
+    let (set, _) = service_set(&mut run).await;
+    assert_eq!(
+        frontends(&set),
+        ["10.96.0.10:80/6 -> 10.1.0.5:8080 ready serving local, 10.1.1.7:8080 serving terminating"]
+    );
+
+    // an edit the API server would refuse keeps the last valid Service
+    let mut bad = web.clone();
+    bad["spec"]["sessionAffinity"] = json!("Sticky");
+    fake.apply(Kind::Services, bad);
+    let (set, notes) = service_set(&mut run).await;
+    assert_eq!(set.services.len(), 1, "the last valid version is kept");
+    assert!(
+        notes.iter().any(|n| n.contains("Service prod/web")
+            && n.contains("spec.sessionAffinity")
+            && n.contains("keeping its last valid version")),
+        "{notes:?}"
+    );
+
+    // unheard changes, then the slices' watch expires: the relist replaces
+    fake.remove(Kind::Slices, "prod/web-abc12", false);
+    fake.expire(Kind::Slices);
+    let (set, _) = service_set(&mut run).await;
+    assert_eq!(
+        frontends(&set),
+        ["10.96.0.10:80/6 -> "],
+        "no endpoints left"
+    );
+
+    // the Service deleted: no frontend
+    fake.delete(Kind::Services, "prod/web");
+    let (set, _) = service_set(&mut run).await;
+    assert!(frontends(&set).is_empty());
     run.stop().await;
 }

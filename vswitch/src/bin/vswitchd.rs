@@ -88,8 +88,9 @@ fn main() -> ExitCode {
             slow_path_per_pod,
             metrics_addr,
         }) => {
+            let node_name = node_name.clone().unwrap_or_else(host_name);
             let overlay = overlay_addr.map(|addr| OverlayOptions {
-                node_name: node_name.clone().unwrap_or_else(host_name),
+                node_name: node_name.clone(),
                 addr,
                 port: overlay_port,
                 vni,
@@ -114,6 +115,8 @@ fn main() -> ExitCode {
                     ServiceProxy::KubeProxy => service_cidrs,
                     ServiceProxy::Switch => Vec::new(),
                 },
+                service_proxy,
+                node_name,
             })
         }
         Top::Daemon(Cmd::InstallCni {

@@ -70,10 +70,12 @@ pub enum Cmd {
         /// that is on no known node is dropped, not sent out of the node.
         #[arg(long = "cluster-cidr")]
         cluster_cidrs: Vec<ipnet::IpNet>,
-        /// Who translates connections to cluster IPs. kube-proxy: kube-proxy
-        /// on the node (iptables or nftables); the switch only lets its
-        /// translations come back (see --service-cidr).
-        #[arg(long, value_enum, default_value_t = ServiceProxy::KubeProxy)]
+        /// Who translates pods' connections to cluster IPs. switch: the
+        /// switch, from Services and EndpointSlices (kube-proxy on the node
+        /// keeps NodePort, LoadBalancer and the node's own traffic).
+        /// kube-proxy: kube-proxy on the node (iptables or nftables); the
+        /// switch only lets its translations come back (see --service-cidr).
+        #[arg(long, value_enum, default_value_t = ServiceProxy::Switch)]
         service_proxy: ServiceProxy,
         /// The cluster's Service range (kube-apiserver
         /// --service-cluster-ip-range; repeat for dual stack). With

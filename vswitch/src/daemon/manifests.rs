@@ -43,6 +43,7 @@ pub enum ManifestError {
 #[derive(Debug, Clone, Default)]
 pub struct Desired {
     pub cluster: Cluster,
+    pub services: super::source::ServiceSet,
     /// Every node, sorted by name.
     pub nodes: Vec<Node>,
     pub notes: Vec<String>,
@@ -217,6 +218,7 @@ fn read_file(
 /// attached).
 fn assemble(objects: Vec<Object>, mut notes: Vec<String>) -> Desired {
     let mut cluster = Cluster::default();
+    let mut services = super::source::ServiceSet::default();
     let mut nodes: Vec<Node> = Vec::new();
     for o in &objects {
         if let Object::Namespace(ns) = o {
@@ -227,9 +229,9 @@ fn assemble(objects: Vec<Object>, mut notes: Vec<String>) -> Desired {
         match o {
             Object::Namespace(_) => {}
             Object::HostNetworkPod(_) => {}
-            // kube-proxy translates Services (--service-proxy kube-proxy):
-            // a valid one needs nothing of the switch
-            Object::Service(_) => {}
+            // the switch translates them (--service-proxy switch)
+            Object::Service(s) => services.services.push(s),
+            Object::EndpointSlice(s) => services.slices.push(s),
             Object::Node(n) => {
                 if nodes.iter().any(|m| m.name == n.name) {
                     notes.push(format!("rejected: Node {}: defined twice", n.name));
@@ -269,6 +271,7 @@ fn assemble(objects: Vec<Object>, mut notes: Vec<String>) -> Desired {
     nodes.sort();
     Desired {
         cluster,
+        services,
         nodes,
         notes,
         stale: 0,

@@ -35,6 +35,8 @@ pub struct Gauges {
     pub objects_rejected: AtomicU64,
     /// Objects served from their last valid version now.
     pub objects_stale: AtomicU64,
+    /// Service frontends (cluster IP, protocol, port) the switch translates.
+    pub frontends: AtomicU64,
 }
 
 impl Gauges {
@@ -113,7 +115,7 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str) {
 /// The exposition text.
 pub fn render(switch: &SwitchHandle, g: &Gauges) -> String {
     let stats = match switch.query(Query::Totals) {
-        Some(Answer::Totals(t)) => t,
+        Some(Answer::Totals(t)) => *t,
         _ => Totals::default(),
     };
     let ports = match switch.query(Query::Ports) {
@@ -198,7 +200,25 @@ pub fn render(switch: &SwitchHandle, g: &Gauges) -> String {
         ));
     }
     let hits = stats.datapath.get(Outcome::FastForward);
-    let gauges: [(&str, &str, &str, u64); 14] = [
+    let gauges: [(&str, &str, &str, u64); 17] = [
+        (
+            "vswitch_service_frontends",
+            "gauge",
+            "Service frontends (cluster IP, protocol, port) the switch translates.",
+            g.frontends.load(Ordering::Relaxed),
+        ),
+        (
+            "vswitch_service_connections_total",
+            "counter",
+            "New connections to Services the switch translated to an endpoint.",
+            stats.services.translated,
+        ),
+        (
+            "vswitch_service_refused_total",
+            "counter",
+            "New connections to Services refused for want of a usable endpoint.",
+            stats.services.refused,
+        ),
         (
             "vswitch_flow_cache_hits_total",
             "counter",

@@ -39,6 +39,8 @@
 //!   up to date with [`policy::diff`]) and the source's updates;
 //! - `query.rs`: answers about the live state (ports, flows, conntrack,
 //!   explain);
+//! - `services.rs`: the Services the switch proxies, from Services and
+//!   EndpointSlices to the switch's frontends;
 //! - `error.rs`: [`StartError`] and `RequestError` (with its CNI codes);
 //! - and the helpers: `cli`, `control` (the socket), `install`, `kube` and
 //!   `manifests` and `source` (where the desired cluster comes from),
@@ -59,6 +61,7 @@ pub(crate) mod netlink;
 pub mod netns;
 pub mod nodes;
 mod query;
+pub mod services;
 pub mod source;
 mod startup;
 pub(crate) mod state;

@@ -76,6 +76,7 @@ impl Daemon {
         match u {
             source::Update::Cluster {
                 cluster,
+                services,
                 nodes,
                 notes,
                 stale,
@@ -90,6 +91,7 @@ impl Daemon {
                 self.nodes = nodes;
                 self.sync_nodes();
                 let g = self.sync_model();
+                self.sync_services(services);
                 tracing::info!("desired cluster updated: policy generation {g}");
                 if !self.synced {
                     self.synced = true;

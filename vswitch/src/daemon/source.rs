@@ -16,15 +16,24 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use policy::{Cluster, Node};
+use policy::{Cluster, EndpointSlice, Node, Service};
 
 use super::manifests;
+
+/// The Services and their EndpointSlices, as the source has them (the
+/// switch translates them with `--service-proxy switch`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceSet {
+    pub services: Vec<Service>,
+    pub slices: Vec<EndpointSlice>,
+}
 
 pub enum Update {
     /// The whole desired cluster, and what was left out of it (each note
     /// names the object and the field at fault).
     Cluster {
         cluster: Cluster,
+        services: ServiceSet,
         /// Every node (this one too): where pods live, how nodes reach
         /// each other.
         nodes: Vec<Node>,
@@ -80,6 +89,7 @@ impl Source for ManifestDir {
                     }
                     Update::Cluster {
                         cluster: d.cluster,
+                        services: d.services,
                         nodes: d.nodes,
                         notes: d.notes,
                         stale: d.stale,

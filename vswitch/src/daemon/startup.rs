@@ -52,8 +52,14 @@ pub struct Options {
     /// The cluster's pod ranges (addresses there on no known node are
     /// dropped rather than sent to the node).
     pub cluster_cidrs: Vec<IpNet>,
-    /// The Service ranges kube-proxy translates on the node.
+    /// The Service ranges kube-proxy translates on the node (with
+    /// `--service-proxy kube-proxy`; empty otherwise).
     pub service_cidrs: Vec<IpNet>,
+    /// Who translates pods' connections to cluster IPs.
+    pub service_proxy: super::cli::ServiceProxy,
+    /// This node's name, as EndpointSlices give it (which endpoints are
+    /// local).
+    pub node_name: String,
 }
 
 impl Daemon {
@@ -67,7 +73,7 @@ impl Daemon {
             .open("/dev/net/tun")
             .map_err(StartError::OpenTun)?;
         let mut folder = manifests::Folder::default();
-        let (desired, nodes, rejected) = match &opts.manifests {
+        let (desired, services, nodes, rejected) = match &opts.manifests {
             Some(dir) => {
                 if !dir.is_dir() {
                     return Err(StartError::ManifestsNotAFolder(dir.clone()));
@@ -76,9 +82,9 @@ impl Daemon {
                 for n in &d.notes {
                     tracing::warn!("{n}");
                 }
-                (d.cluster, d.nodes, d.rejected)
+                (d.cluster, d.services, d.nodes, d.rejected)
             }
-            None => (Cluster::default(), Vec::new(), 0),
+            None => (Cluster::default(), Default::default(), Vec::new(), 0),
         };
         let lock = lock_state_folder(&opts.state_dir)?;
         let store = state::Store::open(&opts.state_dir).map_err(|e| StartError::StateFolder {
@@ -124,6 +130,7 @@ impl Daemon {
         server.count_refusals_in(d.gauges.control_refused.clone());
         d.set_in_sync(!opts_wait);
         d.sync_model();
+        d.sync_services(services);
         if let Some(addr) = d.opts.metrics_addr {
             metrics::serve(addr, d.switch.handle().clone(), d.gauges.clone())?;
         }

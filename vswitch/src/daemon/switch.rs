@@ -53,7 +53,7 @@ pub enum Query {
 }
 
 pub enum Answer {
-    Totals(Totals),
+    Totals(Box<Totals>),
     Ports(Vec<PortInfo>),
     Flows(Vec<FlowInfo>, usize),
     Conntrack(Vec<ConnInfo>, usize),
@@ -62,6 +62,8 @@ pub enum Answer {
 #[derive(Debug, Clone, Default)]
 pub struct Totals {
     pub datapath: Counters,
+    /// The Services' translations and refusals.
+    pub services: vswitch_datapath::ServiceCounters,
     pub policy_generation: u64,
     pub conntrack: usize,
     /// Unanswered connections evicted to make room for new ones.
@@ -195,13 +197,14 @@ fn ip_of(v: u128, v6: bool) -> IpAddr {
 fn answer(worker: &Worker, q: Query) -> Answer {
     let dp = &worker.datapath;
     match q {
-        Query::Totals => Answer::Totals(Totals {
+        Query::Totals => Answer::Totals(Box::new(Totals {
             datapath: dp.counters.clone(),
+            services: dp.service_counters(),
             policy_generation: dp.policy_generation(),
             conntrack: dp.conntrack().len(),
             conntrack_evicted: dp.conntrack().evicted(),
             flow_cache: dp.flow_cache().len(),
-        }),
+        })),
         Query::Ports => Answer::Ports(
             dp.ports()
                 .map(|(id, p)| {

@@ -79,7 +79,10 @@ fn built_in() -> Result<(Cluster, Change), DemoError> {
                 cluster.pods.insert(p.key.clone(), p);
             }
             Object::NetworkPolicy(p) => policy = Some(Change::UpsertPolicy(p)),
-            Object::HostNetworkPod(_) | Object::Node(_) | Object::Service(_) => {}
+            Object::HostNetworkPod(_)
+            | Object::Node(_)
+            | Object::Service(_)
+            | Object::EndpointSlice(_) => {}
         }
     }
     let policy = policy.ok_or(DemoError::NoPolicy)?;

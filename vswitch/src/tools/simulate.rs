@@ -65,7 +65,10 @@ pub fn load_dir(dir: &Path) -> Result<Loaded, SimulateError> {
     let mut used: BTreeSet<IpAddr> = BTreeSet::new();
     for o in objects {
         match o {
-            Object::Namespace(_) | Object::Node(_) | Object::Service(_) => {}
+            Object::Namespace(_)
+            | Object::Node(_)
+            | Object::Service(_)
+            | Object::EndpointSlice(_) => {}
             Object::HostNetworkPod(k) => notes.push(format!(
                 "skipped: Pod {k} uses the host network; NetworkPolicy does not apply to it"
             )),

@@ -44,9 +44,18 @@ pub enum Kind {
     Pods,
     Policies,
     Nodes,
+    Services,
+    Slices,
 }
 
-pub const KINDS: [Kind; 4] = [Kind::Namespaces, Kind::Pods, Kind::Policies, Kind::Nodes];
+pub const KINDS: [Kind; 6] = [
+    Kind::Namespaces,
+    Kind::Pods,
+    Kind::Policies,
+    Kind::Nodes,
+    Kind::Services,
+    Kind::Slices,
+];
 
 impl Kind {
     pub fn path(self) -> &'static str {
@@ -55,6 +64,8 @@ impl Kind {
             Kind::Pods => "/api/v1/pods",
             Kind::Policies => "/apis/networking.k8s.io/v1/networkpolicies",
             Kind::Nodes => "/api/v1/nodes",
+            Kind::Services => "/api/v1/services",
+            Kind::Slices => "/apis/discovery.k8s.io/v1/endpointslices",
         }
     }
 
@@ -63,6 +74,7 @@ impl Kind {
         let resource = self.path().rsplit('/').next().expect("a resource");
         match self {
             Kind::Policies => ("networking.k8s.io", resource),
+            Kind::Slices => ("discovery.k8s.io", resource),
             _ => ("", resource),
         }
     }
@@ -73,12 +85,15 @@ impl Kind {
             Kind::Pods => "Pod",
             Kind::Policies => "NetworkPolicy",
             Kind::Nodes => "Node",
+            Kind::Services => "Service",
+            Kind::Slices => "EndpointSlice",
         }
     }
 
     pub fn api_version(self) -> &'static str {
         match self {
             Kind::Policies => "networking.k8s.io/v1",
+            Kind::Slices => "discovery.k8s.io/v1",
             _ => "v1",
         }
     }

@@ -178,3 +178,57 @@ pub fn objects() -> Vec<(Kind, Value)> {
         ),
     ]
 }
+
+/// A ClusterIP Service as the API server returns it (with the fields a
+/// proxy does not read: status, managed fields).
+pub fn service(ns: &str, name: &str, cluster_ip: &str, ports: Value) -> Value {
+    json!({
+        "metadata": {
+            "name": name, "namespace": ns, "uid": format!("uid-svc-{ns}-{name}"),
+            "managedFields": managed_fields(),
+        },
+        "spec": {
+            "type": "ClusterIP", "clusterIP": cluster_ip, "clusterIPs": [cluster_ip],
+            "ports": ports, "selector": {"app": name}, "sessionAffinity": "None",
+            "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
+            "internalTrafficPolicy": "Cluster",
+        },
+        "status": {"loadBalancer": {}},
+    })
+}
+
+/// An EndpointSlice of `service` (IPv4) as the EndpointSlice controller
+/// writes it: `endpoints` are (address, ready, serving, terminating, node).
+pub fn endpoint_slice(
+    ns: &str,
+    name: &str,
+    service: &str,
+    ports: Value,
+    endpoints: &[(&str, bool, bool, bool, &str)],
+) -> Value {
+    let eps: Vec<Value> = endpoints
+        .iter()
+        .map(|(a, ready, serving, terminating, node)| {
+            json!({
+                "addresses": [a],
+                "conditions": {"ready": ready, "serving": serving, "terminating": terminating},
+                "nodeName": node,
+                "targetRef": {"kind": "Pod", "namespace": ns, "name": format!("pod-{a}")},
+                "zone": "z1",
+            })
+        })
+        .collect();
+    json!({
+        "metadata": {
+            "name": name, "namespace": ns, "uid": format!("uid-eps-{ns}-{name}"),
+            "labels": {
+                "kubernetes.io/service-name": service,
+                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
+            },
+            "managedFields": managed_fields(),
+        },
+        "addressType": "IPv4",
+        "endpoints": eps,
+        "ports": ports,
+    })
+}

@@ -82,17 +82,19 @@ if mode == "serve":
     time.sleep(3600)
 elif mode == "tcp":
     s = socket.socket(fam(sys.argv[2])); s.settimeout(float(sys.argv[4]))
+    t0 = time.monotonic()
     try:
         s.connect((sys.argv[2], int(sys.argv[3]))); s.sendall(b"ping")
         print("ok" if s.recv(16) == b"ping" else "fail: bad echo")
-    except OSError as e: print("fail:", e)
+    except OSError as e: print("fail:", e, "after %.1f ms" % ((time.monotonic() - t0) * 1000))
 elif mode == "udp":
     s = socket.socket(fam(sys.argv[2]), socket.SOCK_DGRAM); s.settimeout(float(sys.argv[4]))
+    t0 = time.monotonic()
     try:
         # connected: only a reply from the address and port asked counts
         s.connect((sys.argv[2], int(sys.argv[3]))); s.send(b"ping")
         print("ok" if s.recv(16) == b"ping" else "fail: bad echo")
-    except OSError as e: print("fail:", e)
+    except OSError as e: print("fail:", e, "after %.1f ms" % ((time.monotonic() - t0) * 1000))
 elif mode == "hold":
     s = socket.socket(fam(sys.argv[2])); s.settimeout(20)
     s.connect((sys.argv[2], int(sys.argv[3])))

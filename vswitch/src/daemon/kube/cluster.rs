@@ -16,14 +16,17 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use policy::k8s::{
-    PodConversion, namespace_from_k8s, node_from_k8s, pod_from_k8s, policy_from_k8s,
+    PodConversion, endpoint_slice_from_k8s, namespace_from_k8s, node_from_k8s, pod_from_k8s,
+    policy_from_k8s, service_from_k8s,
 };
 use policy::{Cluster, PodKey, PolicyKey};
 
 use crate::daemon::manifests::{Desired, ensure_namespace};
+use crate::daemon::source::ServiceSet;
 
 /// The Cluster the objects describe, and a note for each object left out
 /// (a NetworkPolicy the API server would have refused, a pod claiming an
@@ -40,6 +43,8 @@ pub fn build(
     pods: &[Arc<Pod>],
     policies: &[Arc<NetworkPolicy>],
     nodes: &[Arc<Node>],
+    services: &[Arc<Service>],
+    slices: &[Arc<EndpointSlice>],
     last: Option<&Desired>,
 ) -> Desired {
     let mut cluster = Cluster::default();
@@ -153,14 +158,65 @@ pub fn build(
         }
     }
     out_nodes.sort();
+    let services = service_set(services, slices, last, &mut notes, &mut stale);
     notes.sort();
     Desired {
         cluster,
+        services,
         nodes: out_nodes,
         notes,
         stale,
         rejected: 0,
     }
+}
+
+/// The Services and their EndpointSlices, in key order; one the API
+/// server would have refused keeps its last valid version, as policies do.
+fn service_set(
+    services: &[Arc<Service>],
+    slices: &[Arc<EndpointSlice>],
+    last: Option<&Desired>,
+    notes: &mut Vec<String>,
+    stale: &mut usize,
+) -> ServiceSet {
+    let mut set = ServiceSet::default();
+    let mut sorted: Vec<&Arc<Service>> = services.iter().collect();
+    sorted.sort_by_key(|s| key_of(&s.metadata));
+    for s in sorted {
+        match service_from_k8s(s) {
+            Ok(s) => set.services.push(s),
+            Err(e) => {
+                let key = key_of(&s.metadata);
+                let kept = last.and_then(|l| {
+                    l.services
+                        .services
+                        .iter()
+                        .find(|s| Some(&s.key) == key.as_ref())
+                });
+                reject(notes, stale, &e, kept.is_some());
+                set.services.extend(kept.cloned());
+            }
+        }
+    }
+    let mut sorted: Vec<&Arc<EndpointSlice>> = slices.iter().collect();
+    sorted.sort_by_key(|s| key_of(&s.metadata));
+    for s in sorted {
+        match endpoint_slice_from_k8s(s) {
+            Ok(s) => set.slices.push(s),
+            Err(e) => {
+                let key = key_of(&s.metadata);
+                let kept = last.and_then(|l| {
+                    l.services
+                        .slices
+                        .iter()
+                        .find(|s| Some(&s.key) == key.as_ref())
+                });
+                reject(notes, stale, &e, kept.is_some());
+                set.slices.extend(kept.cloned());
+            }
+        }
+    }
+    set
 }
 
 /// Notes a rejection, and whether the last valid version is kept.
@@ -188,6 +244,7 @@ pub fn same(a: &Desired, b: &Desired) -> bool {
         && a.cluster.pods == b.cluster.pods
         && a.cluster.policies == b.cluster.policies
         && a.nodes == b.nodes
+        && a.services == b.services
         && a.notes == b.notes
         && a.stale == b.stale
 }

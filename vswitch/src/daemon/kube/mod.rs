@@ -44,7 +44,8 @@ use std::time::Duration;
 use ::kube::Client;
 use ::kube::runtime::reflector::{self, Store, store::Writer};
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -68,6 +69,10 @@ pub const API_ACCESS: &[(&str, &str, &str)] = &[
     ("", "nodes", "list"),
     ("", "nodes", "watch"),
     ("", "nodes", "get"),
+    ("", "services", "list"),
+    ("", "services", "watch"),
+    ("discovery.k8s.io", "endpointslices", "list"),
+    ("discovery.k8s.io", "endpointslices", "watch"),
 ];
 
 /// How long a change waits for the ones that follow it before the cluster
@@ -86,6 +91,8 @@ pub struct Stores {
     pub pods: Store<Pod>,
     pub policies: Store<NetworkPolicy>,
     pub nodes: Store<Node>,
+    pub services: Store<Service>,
+    pub slices: Store<EndpointSlice>,
 }
 
 impl Stores {
@@ -101,6 +108,8 @@ struct Writers {
     pods: Writer<Pod>,
     policies: Writer<NetworkPolicy>,
     nodes: Writer<Node>,
+    services: Writer<Service>,
+    slices: Writer<EndpointSlice>,
 }
 
 enum Origin {
@@ -137,6 +146,8 @@ impl KubeSource {
         let (pods, pods_w) = reflector::store();
         let (policies, policies_w) = reflector::store();
         let (nodes, nodes_w) = reflector::store();
+        let (services, services_w) = reflector::store();
+        let (slices, slices_w) = reflector::store();
         KubeSource {
             origin,
             stores: Stores {
@@ -144,12 +155,16 @@ impl KubeSource {
                 pods,
                 policies,
                 nodes,
+                services,
+                slices,
             },
             writers: Writers {
                 namespaces: ns_w,
                 pods: pods_w,
                 policies: policies_w,
                 nodes: nodes_w,
+                services: services_w,
+                slices: slices_w,
             },
         }
     }
@@ -182,8 +197,8 @@ impl Source for KubeSource {
 /// What the loop knows: which kinds have listed, which are failing, whether
 /// the daemon was told of a failure, and what it was sent last.
 struct Progress {
-    listed: [bool; 4],
-    failing: [Option<String>; 4],
+    listed: [bool; Kind::ALL.len()],
+    failing: [Option<String>; Kind::ALL.len()],
     /// `Sync { in_sync: false }` was sent and not yet undone.
     out_of_sync: bool,
     /// A publish is due then.
@@ -196,7 +211,7 @@ type Go = bool;
 
 async fn serve(source: KubeSource, send: &dyn Fn(Update) -> bool, stop: &AtomicBool) {
     let mut progress = Progress {
-        listed: [false; 4],
+        listed: [false; Kind::ALL.len()],
         failing: Default::default(),
         out_of_sync: false,
         due: None,
@@ -214,7 +229,9 @@ async fn serve(source: KubeSource, send: &dyn Fn(Update) -> bool, stop: &AtomicB
     watch::spawn(&client, Kind::Namespaces, w.namespaces, tx.clone());
     watch::spawn(&client, Kind::Pods, w.pods, tx.clone());
     watch::spawn(&client, Kind::NetworkPolicies, w.policies, tx.clone());
-    watch::spawn(&client, Kind::Nodes, w.nodes, tx);
+    watch::spawn(&client, Kind::Nodes, w.nodes, tx.clone());
+    watch::spawn(&client, Kind::Services, w.services, tx.clone());
+    watch::spawn(&client, Kind::EndpointSlices, w.slices, tx);
     let mut tick = tokio::time::interval(STOP_POLL);
     loop {
         let due = progress.due;
@@ -349,6 +366,8 @@ impl Progress {
             &stores.pods.state(),
             &stores.policies.state(),
             &stores.nodes.state(),
+            &stores.services.state(),
+            &stores.slices.state(),
             self.last.as_ref(),
         );
         let changed = !self.last.as_ref().is_some_and(|l| cluster::same(l, &now));
@@ -361,6 +380,7 @@ impl Progress {
                 .count();
             let update = Update::Cluster {
                 cluster: now.cluster.clone(),
+                services: now.services.clone(),
                 nodes: now.nodes.clone(),
                 notes: now.notes.clone(),
                 stale: now.stale,

@@ -1,13 +1,15 @@
 //! Trimming objects before the reflector stores them: each object keeps
 //! only what the cluster model reads (names, labels, the pod fields
-//! `policy::k8s` converts, a node's pod CIDRs). Everything else, managed
+//! `policy::k8s` converts, a node's pod CIDRs, a Service's addresses and
+//! ports, a slice's endpoints). Everything else, managed
 //! fields and annotations (`last-applied-configuration` can be as large as
 //! the object) first, would only take memory: a node agent holds every pod
 //! of the cluster.
 
 use k8s_openapi::api::core::v1::{
-    Container, Namespace, Node, NodeSpec, NodeStatus, Pod, PodSpec, PodStatus,
+    Container, Namespace, Node, NodeSpec, NodeStatus, Pod, PodSpec, PodStatus, Service, ServiceSpec,
 };
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -101,6 +103,51 @@ impl Trim for Node {
             metadata: meta(&mut self.metadata),
             spec,
             status,
+        };
+    }
+}
+
+impl Trim for Service {
+    fn trim(&mut self) {
+        // what a proxy reads: type, cluster IPs, ports, affinity, traffic
+        // policy (the selector is the EndpointSlice controller's)
+        let spec = self.spec.take().map(|s| ServiceSpec {
+            type_: s.type_,
+            cluster_ip: s.cluster_ip,
+            cluster_ips: s.cluster_ips,
+            ports: s.ports,
+            session_affinity: s.session_affinity,
+            session_affinity_config: s.session_affinity_config,
+            internal_traffic_policy: s.internal_traffic_policy,
+            ..ServiceSpec::default()
+        });
+        *self = Service {
+            metadata: meta(&mut self.metadata),
+            spec,
+            status: None,
+        };
+    }
+}
+
+impl Trim for EndpointSlice {
+    fn trim(&mut self) {
+        // an endpoint's addresses, conditions and node (not its target
+        // reference, hints or zone)
+        let endpoints = self.endpoints.take().map(|es| {
+            es.into_iter()
+                .map(|e| Endpoint {
+                    addresses: e.addresses,
+                    conditions: e.conditions,
+                    node_name: e.node_name,
+                    ..Endpoint::default()
+                })
+                .collect()
+        });
+        *self = EndpointSlice {
+            metadata: meta(&mut self.metadata),
+            address_type: std::mem::take(&mut self.address_type),
+            endpoints,
+            ports: self.ports.take(),
         };
     }
 }

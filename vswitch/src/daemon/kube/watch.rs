@@ -38,14 +38,18 @@ pub enum Kind {
     Pods,
     NetworkPolicies,
     Nodes,
+    Services,
+    EndpointSlices,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Namespaces,
         Kind::Pods,
         Kind::NetworkPolicies,
         Kind::Nodes,
+        Kind::Services,
+        Kind::EndpointSlices,
     ];
 
     pub fn index(self) -> usize {
@@ -58,6 +62,8 @@ impl Kind {
             Kind::Pods => "pods",
             Kind::NetworkPolicies => "networkpolicies",
             Kind::Nodes => "nodes",
+            Kind::Services => "services",
+            Kind::EndpointSlices => "endpointslices",
         }
     }
 }

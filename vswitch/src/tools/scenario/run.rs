@@ -340,6 +340,7 @@ impl Via {
             ports,
             affinity_timeout: None,
             local_only: false,
+            proxy_name: None,
         }
     }
 }
