@@ -131,8 +131,8 @@ fn run_parallel(
 
 /// Every file with pods as network namespaces behind TAP ports and kernel
 /// sockets (root only; SCTP pairs are skipped where the kernel has no SCTP),
-/// the pods on `nodes` simulated nodes.
-fn netns_mode(nodes: usize) {
+/// the pods on `nodes` simulated nodes, Services translated by `proxy`.
+fn netns_mode(nodes: usize, proxy: ServiceProxy) {
     if skip_unless_root() {
         return;
     }
@@ -143,7 +143,7 @@ fn netns_mode(nodes: usize) {
     }
     files.extend(scenario::expand_paths(&[root().join("tests/services")]));
     let n = files.len();
-    let failures = run_parallel(files, Mode::Netns, nodes, 6, false, ServiceProxy::Switch);
+    let failures = run_parallel(files, Mode::Netns, nodes, 6, false, proxy);
     assert!(
         failures.is_empty(),
         "scenarios failed in netns mode on {nodes} node(s):\n{failures}"
@@ -169,16 +169,18 @@ fn skip_unless_root() -> bool {
     false
 }
 
+/// One node, the Service corpus through kube-proxy's rules on the node.
 #[test]
 fn corpus_and_shared_examples_pass_in_netns_mode() {
-    netns_mode(1);
+    netns_mode(1, ServiceProxy::KubeProxy);
 }
 
 /// The same with the pods spread round-robin over three simulated nodes
-/// joined by the overlay (`--mode netns --nodes 3`).
+/// joined by the overlay (`--mode netns --nodes 3`), the Service corpus
+/// through the switch.
 #[test]
 fn corpus_and_shared_examples_pass_in_netns_mode_on_three_nodes() {
-    netns_mode(3);
+    netns_mode(3, ServiceProxy::Switch);
 }
 
 /// The NetworkPolicy corpus with every pod reached through a Service of its
@@ -193,18 +195,6 @@ fn corpus_via_service_passes_in_netns_mode_through_kube_proxy() {
     let files = scenario::expand_paths(&[root().join("tests/netpol")]);
     let failures = run_parallel(files, Mode::Netns, 1, 6, true, ServiceProxy::KubeProxy);
     assert!(failures.is_empty(), "via service:\n{failures}");
-}
-
-/// The Service corpus with kube-proxy's rules on the node as the proxy
-/// (the other netns runs have the switch).
-#[test]
-fn services_pass_in_netns_mode_through_kube_proxy() {
-    if skip_unless_root() {
-        return;
-    }
-    let files = scenario::expand_paths(&[root().join("tests/services")]);
-    let failures = run_parallel(files, Mode::Netns, 1, 6, false, ServiceProxy::KubeProxy);
-    assert!(failures.is_empty(), "through kube-proxy:\n{failures}");
 }
 
 /// The NetworkPolicy corpus with every pod reached through a Service of its

@@ -25,7 +25,9 @@
 //!
 //! A hit needs the current epoch; then the frame is rewritten and sent
 //! without parsing beyond the key, without conntrack lookup and without
-//! policy. TCP packets with SYN, FIN or RST never take the fast path, since
+//! policy. A flow the service proxy translates carries its translation
+//! beside the slots (one more cache line, read by those hits only): new
+//! addresses and ports, and checksum adjustments computed once. TCP packets with SYN, FIN or RST never take the fast path, since
 //! they change connection state. The connection is refreshed (and checked
 //! to be the same, live, unexpired one) through its handle at most once a
 //! second per flow ([`REFRESH_MS`]), not on every hit: a hit reads two cache
@@ -56,7 +58,7 @@ use foldhash::SharedSeed;
 use foldhash::quality::FoldHasher;
 
 use super::conntrack::CtRef;
-use super::nat::Rewrite;
+use super::nat::Compiled;
 use super::parse::{FlowKey, Mac};
 
 /// How often a hit refreshes its connection in conntrack (milliseconds).
@@ -81,7 +83,7 @@ pub struct CacheEntry {
     pub ct: CtRef,
     pub epoch: u64,
     /// A translated connection's rewrite (Services), if any.
-    pub nat: Option<Rewrite>,
+    pub nat: Option<Compiled>,
 }
 
 /// Slots per bucket: one bucket is one cache line of signatures and indexes.
@@ -154,7 +156,7 @@ pub struct FlowCache {
     cts: Vec<CtRef>,
     /// Each slot's translation, beside the slots (read by hits of
     /// translated flows only).
-    nats: Vec<Rewrite>,
+    nats: Vec<Compiled>,
     free: Vec<u32>,
     len: usize,
     max: usize,
@@ -300,7 +302,7 @@ impl FlowCache {
 
     /// The translation of the slot at `idx` (when its `nat` says so).
     #[inline(always)]
-    pub fn nat(&self, idx: u32) -> &Rewrite {
+    pub fn nat(&self, idx: u32) -> &Compiled {
         &self.nats[idx as usize]
     }
 
@@ -375,13 +377,13 @@ impl FlowCache {
 
     /// Stores a slot's translation (the array grows to the highest
     /// translated slot only: untranslated flows cost it nothing).
-    fn set_nat(&mut self, i: u32, nat: Rewrite) {
+    fn set_nat(&mut self, i: u32, nat: Compiled) {
         let i = i as usize;
-        if nat.is_empty() && i >= self.nats.len() {
+        if nat == Compiled::default() && i >= self.nats.len() {
             return;
         }
         if i >= self.nats.len() {
-            self.nats.resize(i + 1, Rewrite::default());
+            self.nats.resize(i + 1, Compiled::default());
         }
         self.nats[i] = nat;
     }

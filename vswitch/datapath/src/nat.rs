@@ -131,31 +131,37 @@ fn bytes(a: IpAddr) -> ([u8; 16], usize) {
 }
 
 /// A running ones' complement adjustment: the sum of the new words minus
-/// the sum of the old ones.
-#[derive(Default)]
+/// the sum of the old ones (each old word added as its complement), in a
+/// wide accumulator folded once at the end.
+#[derive(Default, Clone, Copy)]
 struct Delta(u64);
 
 impl Delta {
+    #[inline(always)]
     fn change(&mut self, old: &[u8], new: &[u8]) {
-        // minus old: plus its complement, word by word
-        let neg: Vec<u8> = old.iter().map(|b| !b).collect();
-        self.0 = checksum::add(checksum::add(self.0, &neg), new);
+        for (o, n) in old.chunks_exact(2).zip(new.chunks_exact(2)) {
+            self.0 += u64::from(!u16::from_be_bytes([o[0], o[1]]));
+            self.0 += u64::from(u16::from_be_bytes([n[0], n[1]]));
+        }
     }
 
     /// `check` (a complemented checksum) updated: RFC 1624, eqn. 3.
+    #[inline(always)]
     fn full(&self, check: u16) -> u16 {
-        !checksum::fold(checksum::add(self.0, &(!check).to_be_bytes()))
+        !checksum::fold(self.0 + u64::from(!check))
     }
 
     /// `partial` (an uncomplemented pseudo-header sum) updated.
+    #[inline(always)]
     fn partial(&self, partial: u16) -> u16 {
-        checksum::fold(checksum::add(self.0, &partial.to_be_bytes()))
+        checksum::fold(self.0 + u64::from(partial))
     }
 }
 
 /// Rewrites the frame's packet in place (`partial`: its transport checksum
 /// is a partial one, completed on output). False, and the frame unchanged,
 /// if it lacks the headers to rewrite.
+#[inline]
 pub fn apply(frame: &mut [u8], rw: &Rewrite, partial: bool) -> bool {
     if rw.is_empty() {
         return true;
@@ -215,8 +221,7 @@ pub fn apply(frame: &mut [u8], rw: &Rewrite, partial: bool) -> bool {
             } else if l.proto == ip_proto::UDP && old == 0 && !l.v6 {
                 0 // IPv4 UDP without a checksum
             } else {
-                let mut d = addrs;
-                d.0 = checksum::add(d.0, &checksum::fold(port_words.0).to_be_bytes());
+                let d = Delta(addrs.0 + port_words.0);
                 match d.full(old) {
                     0 if l.proto == ip_proto::UDP => 0xffff,
                     c => c,
@@ -366,5 +371,133 @@ fn layout_quoted(frame: &[u8], l3: usize, end: usize) -> Option<Layout> {
             end,
         }),
         _ => None,
+    }
+}
+
+/// A translation made ready for the flow cache's hits: the frames of one
+/// cached flow all have the same headers where it writes (the cache's key
+/// admits only IPv4 without options or IPv6 without extension headers,
+/// unfragmented TCP or UDP), so the checksum adjustments are the same for
+/// every packet, computed once from the first and folded to 16 bits. A hit
+/// writes the new addresses and ports and adds the adjustments. One cache
+/// line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C, align(64))]
+pub struct Compiled {
+    src_addr: [u8; 16],
+    dst_addr: [u8; 16],
+    sport: u16,
+    dport: u16,
+    /// Adjustments (uncomplemented, folded): the IPv4 header's
+    /// (addresses); the transport's, full (addresses and ports) and
+    /// partial (addresses).
+    ip: u16,
+    full: u16,
+    partial: u16,
+    /// `SRC`, `DST`, `V6`, `UDP`.
+    flags: u8,
+}
+
+const SRC: u8 = 1;
+const DST: u8 = 2;
+const V6: u8 = 4;
+const UDP: u8 = 8;
+
+/// Where a cached flow's headers are.
+const V4_SRC: usize = eth::HLEN + ipv4::SRC_ADDR.start;
+const V4_DST: usize = eth::HLEN + ipv4::DST_ADDR.start;
+const V4_L4: usize = eth::HLEN + ipv4::MIN_HLEN;
+const V6_SRC: usize = eth::HLEN + ipv6::SRC_ADDR.start;
+const V6_DST: usize = eth::HLEN + ipv6::DST_ADDR.start;
+const V6_L4: usize = eth::HLEN + ipv6::HLEN;
+
+/// A 16-bit ones' complement sum of `a` and `b` (each up to 16 bits).
+#[inline(always)]
+fn add16(a: u16, b: u16) -> u16 {
+    let s = a as u32 + b as u32;
+    ((s & 0xffff) + (s >> 16)) as u16
+}
+
+impl Compiled {
+    /// The translation `rw` of `frame`'s flow, for its later packets; `None`
+    /// if the frame is not one the flow cache takes.
+    pub fn of(frame: &[u8], rw: &Rewrite) -> Option<Compiled> {
+        let l = layout(frame, eth::HLEN)?;
+        let (src_at, dst_at, l4_at) = if l.v6 {
+            (V6_SRC, V6_DST, V6_L4)
+        } else {
+            (V4_SRC, V4_DST, V4_L4)
+        };
+        if l.fragmented || l.l4 != l4_at || !matches!(l.proto, ip_proto::TCP | ip_proto::UDP) {
+            return None;
+        }
+        let alen = if l.v6 { 16 } else { 4 };
+        let mut c = Compiled::default();
+        c.flags |= if l.v6 { V6 } else { 0 } | if l.proto == ip_proto::UDP { UDP } else { 0 };
+        let (mut addrs, mut ports) = (Delta::default(), Delta::default());
+        for (end, at, port_at, is_src) in [
+            (rw.src, src_at, l4_at, true),
+            (rw.dst, dst_at, l4_at + 2, false),
+        ] {
+            let Some((addr, port)) = end else { continue };
+            let (new, n) = bytes(addr);
+            if n != alen {
+                return None;
+            }
+            addrs.change(frame.get(at..at + n)?, &new[..n]);
+            ports.change(frame.get(port_at..port_at + 2)?, &port.to_be_bytes());
+            if is_src {
+                (c.src_addr, c.sport, c.flags) = (new, port, c.flags | SRC);
+            } else {
+                (c.dst_addr, c.dport, c.flags) = (new, port, c.flags | DST);
+            }
+        }
+        c.ip = checksum::fold(addrs.0);
+        c.full = checksum::fold(addrs.0 + ports.0);
+        c.partial = c.ip;
+        Some(c)
+    }
+
+    /// Translates a packet of the flow (`partial`: its transport checksum is
+    /// partial). False, and the frame unchanged, if it is too short.
+    #[inline(always)]
+    pub fn apply(&self, frame: &mut [u8], partial: bool) -> bool {
+        let v6 = self.flags & V6 != 0;
+        let udp = self.flags & UDP != 0;
+        let (src_at, dst_at, l4_at, alen) = if v6 {
+            (V6_SRC, V6_DST, V6_L4, 16)
+        } else {
+            (V4_SRC, V4_DST, V4_L4, 4)
+        };
+        let csum_at = l4_at + if udp { 6 } else { 16 };
+        if frame.len() < csum_at + 2 {
+            return false;
+        }
+        if self.flags & SRC != 0 {
+            frame[src_at..src_at + alen].copy_from_slice(&self.src_addr[..alen]);
+            frame[l4_at..l4_at + 2].copy_from_slice(&self.sport.to_be_bytes());
+        }
+        if self.flags & DST != 0 {
+            frame[dst_at..dst_at + alen].copy_from_slice(&self.dst_addr[..alen]);
+            frame[l4_at + 2..l4_at + 4].copy_from_slice(&self.dport.to_be_bytes());
+        }
+        if !v6 {
+            let at = eth::HLEN + ipv4::CHECKSUM.start;
+            let c = !add16(!u16::from_be_bytes([frame[at], frame[at + 1]]), self.ip);
+            frame[at..at + 2].copy_from_slice(&c.to_be_bytes());
+        }
+        let old = u16::from_be_bytes([frame[csum_at], frame[csum_at + 1]]);
+        let new = if partial {
+            add16(old, self.partial)
+        } else if udp && old == 0 && !v6 {
+            0
+        } else {
+            match !add16(!old, self.full) {
+                0 if udp => 0xffff,
+                c => c,
+            }
+        };
+        frame[csum_at..csum_at + 2].copy_from_slice(&new.to_be_bytes());
+        true
     }
 }

@@ -19,7 +19,7 @@ use crate::conntrack::{self, CtError, CtRef};
 use crate::counters::Outcome;
 use crate::flow_cache::{CacheEntry, Forward};
 use crate::frag::FragKey;
-use crate::nat::Rewrite;
+use crate::nat::{Compiled, Rewrite};
 use crate::parse::{self, IpPacket, L4, Mac};
 use crate::ports::{PortId, PortKind};
 
@@ -378,6 +378,11 @@ impl Datapath {
                 .remember(key, in_port, fwd, rewrite.unwrap_or_default(), ms);
         } else if self.ct.cacheable(ct)
             && let Some(key) = parse::cache_key(frame, in_port)
+            // (a translation the cache cannot replay leaves it uncached)
+            && let Some(nat) = match rewrite {
+                None => Some(None),
+                Some(rw) => Compiled::of(frame, &rw).map(Some),
+            }
         {
             self.cache.insert(
                 key,
@@ -385,7 +390,7 @@ impl Datapath {
                     fwd,
                     ct,
                     epoch: self.epoch,
-                    nat: rewrite,
+                    nat,
                 },
                 ms as u32,
             );

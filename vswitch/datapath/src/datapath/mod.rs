@@ -4,8 +4,9 @@
 //! reads top to bottom: the flow cache's fast path, then
 //! the slow path, which parses the frame and hands it to the neighbour
 //! answers (`neighbor.rs`: ARP, NDP) or to the IP path (`ip.rs`:
-//! anti-spoofing, conntrack, policy; it routes with `route.rs`), and
-//! finally the output rewrite (`rewrite.rs`) for its port.
+//! anti-spoofing, the Services' translation (`service_proxy.rs`),
+//! conntrack, policy; it routes with `route.rs`), and finally the
+//! translation and output rewrite (`nat.rs`, `rewrite.rs`) for its port.
 //! [`Datapath::process_batch`] does the same for a batch, with the flow
 //! cache's lookups overlapped. The control side (the port registry,
 //! policy, housekeeping) is in `control.rs`.
@@ -369,7 +370,7 @@ impl Datapath {
             self.cache.refreshed(idx, now);
         }
         // a translated connection's packet: translated (service_proxy.rs)
-        if translated && !nat::apply(frame, self.cache.nat(idx), off.partial_csum) {
+        if translated && !self.cache.nat(idx).apply(frame, off.partial_csum) {
             return None;
         }
         rewrite(frame, &fwd).then_some(fwd.port)

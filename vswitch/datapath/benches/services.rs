@@ -1,0 +1,319 @@
+//! Service benchmarks (issue 14), each beside its peer in the same run:
+//!
+//! - `service_hit`: flow-cache hits of established connections, batches of
+//!   32, 1,000 connections: straight to a pod, and through a cluster IP
+//!   (translated both ways on every hit). Target: translated ≤ 1.1x direct.
+//! - `service_new_connection`: the first packet of a new connection, with
+//!   10,000 Services of 10 endpoints each installed: straight to a pod, and
+//!   to a cluster IP (frontend lookup, endpoint choice, translation,
+//!   conntrack, the translation recorded). Target: ≤ 1 µs.
+//! - `endpoint_change`: one Service's endpoints change among 10,000 x 10:
+//!   the switch's table rebuilt from the Services and EndpointSlices (as
+//!   vswitchd does after every update) and installed. Target: p99 ≤ 5 ms
+//!   (printed first, over 200 changes).
+//!
+//! Run: `cargo bench -p vswitch-datapath --bench services`
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group};
+use policy::endpoint_slice::{self, EndpointSlice, SliceEndpoint, SlicePort};
+use policy::{Cluster, Engine, Namespace, Pod, PodKey, Protocol, Service, ServicePort, TargetPort};
+use vswitch_datapath::parse::Mac;
+use vswitch_datapath::services::{Endpoint, Frontend, FrontendKey, ServiceTable};
+use vswitch_datapath::{Action, Config, Datapath, PortKind};
+
+const GW: Mac = [0x02, 0x76, 0x73, 0x77, 0x00, 0x01];
+const A: Mac = [0x02, 0, 0, 0, 0, 1];
+const B: Mac = [0x02, 0, 0, 0, 0, 2];
+const A4: [u8; 4] = [10, 0, 0, 1];
+const B4: [u8; 4] = [10, 0, 0, 2];
+const SERVICES: usize = 10_000;
+const ENDPOINTS: usize = 10;
+
+/// A 64-byte UDP frame.
+fn udp(src_mac: Mac, dst_mac: Mac, src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    let mut v = Vec::new();
+    etherparse::PacketBuilder::ethernet2(src_mac, dst_mac)
+        .ipv4(src, dst, 64)
+        .udp(sport, dport)
+        .write(&mut v, &[0u8; 22])
+        .unwrap();
+    v
+}
+
+/// The cluster IP of Service `i`.
+fn vip(i: usize) -> [u8; 4] {
+    let n = u32::from(Ipv4Addr::new(10, 96, 0, 0)) + i as u32;
+    Ipv4Addr::from(n).octets()
+}
+
+/// 10,000 Services (UDP 53), each to 10 endpoints: ports 1000.. of b.
+fn table() -> ServiceTable {
+    let mut t = ServiceTable::new();
+    for i in 0..SERVICES {
+        let endpoints = (0..ENDPOINTS)
+            .map(|e| Endpoint {
+                ip: IpAddr::from(B4),
+                port: 1000 + e as u16,
+                ready: true,
+                serving: true,
+                terminating: false,
+                local: true,
+            })
+            .collect();
+        t.insert(
+            FrontendKey {
+                ip: IpAddr::from(vip(i)),
+                proto: 17,
+                port: 53,
+            },
+            Frontend {
+                service: format!("x/s{i}"),
+                port_name: None,
+                endpoints,
+                affinity_ms: None,
+                local_only: false,
+            },
+        );
+    }
+    t
+}
+
+/// Two pods, no policy, the Services installed.
+fn datapath(cfg: Config, services: Arc<ServiceTable>) -> Datapath {
+    let mut dp = Datapath::new(cfg, Instant::now());
+    let mut c = Cluster::default();
+    c.namespaces
+        .insert("x".into(), Namespace::new("x", Default::default()));
+    for (name, ip) in [("a", A4), ("b", B4)] {
+        let p = Pod {
+            key: PodKey::new("x", name),
+            labels: Default::default(),
+            ips: vec![IpAddr::from(ip)],
+            ports: vec![],
+        };
+        c.pods.insert(p.key.clone(), p);
+    }
+    dp.set_policy(Arc::new(Engine::from_cluster(c).unwrap().snapshot()));
+    for (id, mac, ip) in [(1, A, A4), (2, B, B4)] {
+        dp.add_port(
+            id,
+            "pod",
+            mac,
+            PortKind::Pod {
+                ips: vec![IpAddr::from(ip)],
+                ready_generation: 0,
+            },
+        );
+    }
+    dp.set_services(services);
+    dp
+}
+
+fn hit(c: &mut Criterion) {
+    const BATCH: usize = 32;
+    const FLOWS: usize = 1_000;
+    let services = Arc::new(table());
+    let mut g = c.benchmark_group("service_hit");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    for (name, dst) in [("direct", B4), ("translated", vip(7))] {
+        let mut dp = datapath(Config::default(), services.clone());
+        let now = Instant::now() + Duration::from_millis(1);
+        // FLOWS connections, answered, then cached both ways
+        let mut frames = Vec::new();
+        for i in 0..FLOWS {
+            let sport = 2000 + i as u16;
+            let mut f = udp(A, GW, A4, dst, sport, 53);
+            assert_eq!(dp.process(1, &mut f, now), Action::Forward(2));
+            let dport = u16::from_be_bytes([f[36], f[37]]);
+            let mut r = udp(B, GW, B4, A4, dport, sport);
+            assert_eq!(dp.process(2, &mut r, now), Action::Forward(1));
+            frames.push(udp(A, GW, A4, dst, sport, 53));
+        }
+        let mut bufs: Vec<Vec<u8>> = frames[..BATCH].to_vec();
+        let mut i = 0;
+        let mut actions = Vec::with_capacity(BATCH);
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                for buf in bufs.iter_mut() {
+                    // the next connection's frame, as received (the last
+                    // iteration's was translated in place)
+                    i = (i + 7) % FLOWS;
+                    buf.copy_from_slice(&frames[i]);
+                }
+                let mut refs: [&mut [u8]; BATCH] = std::array::from_fn(|_| &mut [][..]);
+                for (r, buf) in refs.iter_mut().zip(bufs.iter_mut()) {
+                    *r = buf.as_mut_slice();
+                }
+                actions.clear();
+                dp.process_batch(1, &mut refs, &[], now, &mut actions);
+                black_box(&actions);
+            })
+        });
+        assert!(
+            actions.iter().all(|a| *a == Action::Forward(2)),
+            "{name}: {actions:?}"
+        );
+        let fast = dp
+            .counters
+            .get(vswitch_datapath::counters::Outcome::FastForward);
+        assert!(fast > 0, "{name}: hits");
+    }
+    g.finish();
+}
+
+fn new_connection(c: &mut Criterion) {
+    let services = Arc::new(table());
+    let mut g = c.benchmark_group("service_new_connection");
+    for (name, dst) in [("direct", B4), ("10000x10", vip(4242))] {
+        let template = udp(A, GW, A4, dst, 0, 53);
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                let mut left = iters;
+                while left > 0 {
+                    let batch = left.min(50_000);
+                    left -= batch;
+                    let cfg = Config {
+                        conntrack_per_pod_max: 0,
+                        ..Config::default()
+                    };
+                    let mut dp = datapath(cfg, services.clone());
+                    let frames: Vec<Vec<u8>> = (0..batch)
+                        .map(|i| {
+                            let mut f = template.clone();
+                            f[34..36].copy_from_slice(&(1024 + i as u16).to_be_bytes());
+                            f
+                        })
+                        .collect();
+                    let now = Instant::now();
+                    let t = Instant::now();
+                    for mut f in frames {
+                        black_box(dp.process(1, &mut f, now));
+                    }
+                    total += t.elapsed();
+                    assert_eq!(dp.conntrack().len(), batch as usize, "all tracked");
+                }
+                total
+            })
+        });
+    }
+    g.finish();
+}
+
+/// The Services and their slices, as the control plane holds them.
+fn service_set(round: usize) -> (Vec<Service>, Vec<EndpointSlice>) {
+    let mut services = Vec::with_capacity(SERVICES);
+    let mut slices = Vec::with_capacity(SERVICES);
+    for i in 0..SERVICES {
+        services.push(Service {
+            key: PodKey::new("x", format!("s{i}")),
+            cluster_ips: vec![IpAddr::from(vip(i))],
+            selector: None,
+            ports: vec![ServicePort {
+                name: None,
+                port: 53,
+                protocol: Protocol::Udp,
+                target: TargetPort::Number(53),
+            }],
+            affinity_timeout: None,
+            local_only: false,
+            proxy_name: None,
+        });
+        // the changed Service's endpoints move with the round
+        let shift = if i == 0 { round } else { 0 };
+        slices.push(EndpointSlice {
+            key: PodKey::new("x", format!("s{i}-1")),
+            service: format!("s{i}"),
+            ports: vec![SlicePort {
+                name: None,
+                port: 53,
+                protocol: Protocol::Udp,
+            }],
+            endpoints: (0..ENDPOINTS)
+                .map(|e| SliceEndpoint {
+                    addresses: vec![IpAddr::from(Ipv4Addr::from(
+                        u32::from(Ipv4Addr::new(10, 1, 0, 0)) + (i * ENDPOINTS + e + shift) as u32,
+                    ))],
+                    ready: true,
+                    serving: true,
+                    terminating: false,
+                    node: Some("n1".into()),
+                })
+                .collect(),
+        });
+    }
+    (services, slices)
+}
+
+/// What the control plane does for an update: frontends from Services
+/// and slices, the table, installed.
+fn change(dp: &mut Datapath, services: &[Service], slices: &[EndpointSlice]) {
+    let mut t = ServiceTable::new();
+    for f in endpoint_slice::frontends(services, slices) {
+        t.insert(
+            FrontendKey {
+                ip: f.ip,
+                proto: f.protocol.number(),
+                port: f.port,
+            },
+            Frontend {
+                service: f.service.to_string(),
+                port_name: f.port_name,
+                endpoints: f
+                    .endpoints
+                    .iter()
+                    .map(|e| Endpoint {
+                        ip: e.ip,
+                        port: e.port,
+                        ready: e.ready,
+                        serving: e.serving,
+                        terminating: e.terminating,
+                        local: e.node.as_deref() == Some("n1"),
+                    })
+                    .collect(),
+                affinity_ms: None,
+                local_only: false,
+            },
+        );
+    }
+    dp.set_services(Arc::new(t));
+}
+
+fn endpoint_change(c: &mut Criterion) {
+    let mut dp = datapath(Config::default(), Arc::new(ServiceTable::new()));
+    let rounds: Vec<(Vec<Service>, Vec<EndpointSlice>)> = (0..4).map(service_set).collect();
+    // p99 over 200 changes, printed first
+    let mut times: Vec<Duration> = (0..200)
+        .map(|r| {
+            let (s, e) = &rounds[r % rounds.len()];
+            let t = Instant::now();
+            change(&mut dp, s, e);
+            t.elapsed()
+        })
+        .collect();
+    times.sort();
+    println!(
+        "endpoint change, 10000 Services x 10 endpoints: median {:?}, p99 {:?} (200 changes)",
+        times[100], times[197]
+    );
+    let mut r = 0;
+    c.bench_function("endpoint_change/10000x10", |b| {
+        b.iter(|| {
+            r += 1;
+            let (s, e) = &rounds[r % rounds.len()];
+            change(&mut dp, s, e);
+        })
+    });
+}
+
+criterion_group!(benches, hit, new_connection, endpoint_change);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
