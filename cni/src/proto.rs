@@ -94,6 +94,9 @@ pub enum Request {
     Flows { limit: usize },
     /// (vswitchctl) Tracked connections, at most `limit`.
     Conntrack { limit: usize },
+    /// (vswitchctl) The Services the switch translates, with their
+    /// endpoints and connections.
+    Services {},
     /// (vswitchctl) Which policies and rules allow or deny a connection from
     /// `src` to `dst` (pod "namespace/name" or address) on `port`/`protocol`,
     /// in the live state.
@@ -155,6 +158,41 @@ pub struct FlowInfo {
     /// Computed under the current policy generation and ports (a stale
     /// entry is a miss and is replaced at its next packet).
     pub current: bool,
+}
+
+/// A Service frontend (cluster IP, port, protocol) the switch translates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceInfo {
+    /// "namespace/name"
+    pub service: String,
+    pub port_name: Option<String>,
+    pub ip: IpAddr,
+    pub port: u16,
+    /// TCP, UDP or SCTP
+    pub protocol: String,
+    /// `sessionAffinity: ClientIP`: its timeout in seconds.
+    pub affinity_seconds: Option<u64>,
+    /// `internalTrafficPolicy: Local`.
+    pub local_only: bool,
+    pub endpoints: Vec<EndpointInfo>,
+}
+
+/// An endpoint of a Service frontend, with its conditions and the switch's
+/// connections to it through the frontend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointInfo {
+    pub ip: IpAddr,
+    pub port: u16,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    /// On this node.
+    pub local: bool,
+    /// New connections may go to it (ready; with none ready, serving).
+    pub usable: bool,
+    pub connections: u64,
 }
 
 /// One tracked connection, as its originator opened it.
@@ -236,6 +274,7 @@ pub enum Reply {
         allowed: bool,
         text: String,
     },
+    Services(Vec<ServiceInfo>),
     Error(ErrorReply),
 }
 
@@ -333,6 +372,7 @@ mod tests {
             Request::Ports {},
             Request::Flows { limit: 10 },
             Request::Conntrack { limit: 10 },
+            Request::Services {},
             Request::Explain {
                 src: "a/b".into(),
                 dst: "10.0.0.1".into(),

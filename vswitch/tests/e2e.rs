@@ -1267,6 +1267,44 @@ fn with_the_switch_as_service_proxy_pods_reach_services_of_the_manifest_folder()
         .filter(|p| ct.contains(&format!("{}:9090", p.v4)))
         .count();
     assert_eq!(landed, 1, "one endpoint for all of a's connections: {ct}");
+    // what vswitchctl shows: the frontends, their endpoints and the
+    // connections through them
+    let listed = w.ctl(&["services"]);
+    println!("{listed}");
+    assert!(
+        listed.contains("default/web 10.96.0.80:80/TCP (http)"),
+        "{listed}"
+    );
+    assert!(
+        listed.contains("default/sticky 10.96.0.82:80/TCP (http)  [affinity ClientIP 10800s]"),
+        "{listed}"
+    );
+    assert!(
+        listed.contains("no endpoints: new connections are refused"),
+        "{listed}"
+    );
+    let web_connections: u64 = listed
+        .lines()
+        .skip_while(|l| !l.starts_with("default/web "))
+        .skip(1)
+        .take(2)
+        .map(|l| {
+            l.split_whitespace()
+                .rev()
+                .nth(1)
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("{l}"))
+        })
+        .sum();
+    assert!(web_connections >= 16, "web's connections: {listed}");
+    let explained = w.ctl(&["explain", "default/a", "svc:default/web", "80/TCP"]);
+    println!("{explained}");
+    for p in [&b, &c] {
+        assert!(
+            explained.contains(&format!("-> {}:8080/TCP: allowed", p.v4)),
+            "{explained}"
+        );
+    }
     // UDP, as a pod asks cluster DNS: the answer comes from the Service
     assert_eq!(w.probe(&a.ns, "udp", "10.96.0.10", 53), "ok", "a -> dns");
     // hairpin: b through a Service whose only endpoint is b
@@ -1330,6 +1368,11 @@ fn with_the_switch_as_service_proxy_pods_reach_services_of_the_manifest_folder()
         w.probe(&a.ns, "tcp", "10.96.0.81", 80),
         "ok",
         "b is isolated"
+    );
+    let explained = w.ctl(&["explain", "default/a", "svc:default/only-b", "80/TCP"]);
+    assert!(
+        explained.contains(&format!("-> {}:8080/TCP: denied", b.v4)),
+        "{explained}"
     );
     assert_ne!(
         w.probe(&a.ns, "udp", "10.96.0.10", 53),

@@ -53,8 +53,17 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
+    /// The Services the running vswitchd translates (--service-proxy
+    /// switch): each frontend, its endpoints with their conditions (`->`:
+    /// new connections may go there) and connections through it.
+    Services {
+        #[command(flatten)]
+        daemon: Daemon,
+    },
     /// Which policies and rules allow or deny a connection, from the live
-    /// state: `explain default/frontend default/db 6379/TCP`.
+    /// state: `explain default/frontend default/db 6379/TCP`, or through a
+    /// Service: `explain default/frontend svc:default/db 6379/TCP` (the
+    /// Service's port; each endpoint's verdict).
     Explain {
         #[command(flatten)]
         daemon: Daemon,
@@ -165,6 +174,7 @@ fn main() -> ExitCode {
         Command::Ports { daemon } => live(&daemon, Request::Ports {}),
         Command::Flows { daemon, limit } => live(&daemon, Request::Flows { limit }),
         Command::Conntrack { daemon, limit } => live(&daemon, Request::Conntrack { limit }),
+        Command::Services { daemon } => live(&daemon, Request::Services {}),
         Command::Explain {
             daemon,
             src,

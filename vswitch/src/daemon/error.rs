@@ -109,6 +109,16 @@ pub enum RequestError {
     BadEndpoint(String),
     #[error("no pod {0} is known")]
     UnknownPod(PodKey),
+    #[error("no Service {0} is known")]
+    UnknownService(PodKey),
+    #[error(
+        "Service {service} has no port {port}/{protocol} with a cluster IP of the source's family"
+    )]
+    NoServicePort {
+        service: PodKey,
+        port: u16,
+        protocol: String,
+    },
     #[error("pod {0} has no address")]
     PodWithoutAddress(PodKey),
     #[error("{0}: not TCP, UDP or SCTP")]
@@ -137,7 +147,9 @@ impl RequestError {
             | InterfaceMissing { .. }
             | WrongMac { .. }
             | AddressMissing { .. } => code::ATTACH_FAILED,
-            NotAttached { .. } | UnknownPod(_) => code::UNKNOWN_CONTAINER,
+            NotAttached { .. } | UnknownPod(_) | UnknownService(_) | NoServicePort { .. } => {
+                code::UNKNOWN_CONTAINER
+            }
             SwitchUnexpected => code::IO_FAILURE,
         }
     }

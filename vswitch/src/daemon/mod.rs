@@ -111,6 +111,8 @@ pub struct Daemon {
     gauges: std::sync::Arc<metrics::Gauges>,
     /// The manifest folder as read at start, handed to its source.
     folder: manifests::Folder,
+    /// The Services and EndpointSlices, as the source last gave them.
+    services: source::ServiceSet,
 }
 
 impl Daemon {
@@ -128,6 +130,7 @@ impl Daemon {
             Request::Ports {} => self.query(switch::Query::Ports),
             Request::Flows { limit } => self.query(switch::Query::Flows(limit)),
             Request::Conntrack { limit } => self.query(switch::Query::Conntrack(limit)),
+            Request::Services {} => self.query(switch::Query::Services),
             Request::Explain {
                 src,
                 dst,

@@ -35,6 +35,7 @@ impl Daemon {
             switch::Answer::Conntrack(connections, total) => {
                 Reply::Conntrack { connections, total }
             }
+            switch::Answer::Services(s) => Reply::Services(s),
         })
     }
 
@@ -65,6 +66,11 @@ impl Daemon {
         protocol: &str,
     ) -> Result<Reply, RequestError> {
         let src = self.endpoint(src)?;
+        if let Some(service) = dst.strip_prefix("svc:") {
+            let protocol = policy::Protocol::parse(&protocol.to_uppercase())
+                .ok_or_else(|| RequestError::BadProtocol(protocol.to_string()))?;
+            return self.explain_service(src, service, port, protocol);
+        }
         let mut dst_ip = self.endpoint(dst)?;
         if src.is_ipv4() != dst_ip.is_ipv4()
             && let Some(p) = PodKey::parse(dst).and_then(|k| self.engine.cluster().pods.get(&k))

@@ -125,6 +125,7 @@ impl Daemon {
             synced: !opts_wait,
             gauges: Default::default(),
             folder,
+            services: Default::default(),
         };
         d.gauges.source_objects(rejected, 0);
         server.count_refusals_in(d.gauges.control_refused.clone());

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use std::net::IpAddr;
 
-use vswitch_cni::proto::{ConnInfo, FlowInfo, PortInfo};
+use vswitch_cni::proto::{ConnInfo, EndpointInfo, FlowInfo, PortInfo, ServiceInfo};
 
 use vswitch_datapath::counters::Counters;
 use vswitch_datapath::io::event_loop::EventLoop;
@@ -50,6 +50,8 @@ pub enum Query {
     Ports,
     Flows(usize),
     Conntrack(usize),
+    /// The Services' frontends, endpoints and connections.
+    Services,
 }
 
 pub enum Answer {
@@ -57,6 +59,7 @@ pub enum Answer {
     Ports(Vec<PortInfo>),
     Flows(Vec<FlowInfo>, usize),
     Conntrack(Vec<ConnInfo>, usize),
+    Services(Vec<ServiceInfo>),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -295,6 +298,39 @@ fn answer(worker: &Worker, q: Query) -> Answer {
                 })
                 .collect();
             Answer::Conntrack(connections, ct.len())
+        }
+        Query::Services => {
+            let counts = dp.service_connections();
+            let mut out: Vec<ServiceInfo> = dp
+                .services()
+                .iter()
+                .map(|(k, f)| ServiceInfo {
+                    service: f.service.clone(),
+                    port_name: f.port_name.clone(),
+                    ip: k.ip,
+                    port: k.port,
+                    protocol: format!("{:?}", policy::Protocol::from_number(k.proto))
+                        .to_uppercase(),
+                    affinity_seconds: f.affinity_ms.map(|ms| ms / 1000),
+                    local_only: f.local_only,
+                    endpoints: f
+                        .endpoints
+                        .iter()
+                        .map(|e| EndpointInfo {
+                            ip: e.ip,
+                            port: e.port,
+                            ready: e.ready,
+                            serving: e.serving,
+                            terminating: e.terminating,
+                            local: e.local,
+                            usable: f.is_usable(e.ip, e.port),
+                            connections: counts.get(&(*k, e.ip, e.port)).copied().unwrap_or(0),
+                        })
+                        .collect(),
+                })
+                .collect();
+            out.sort_by(|a, b| (&a.service, a.ip, a.port).cmp(&(&b.service, b.ip, b.port)));
+            Answer::Services(out)
         }
     }
 }

@@ -126,6 +126,67 @@ pub fn render(reply: &Reply) -> String {
         Reply::Explanation { text, .. } => {
             let _ = writeln!(s, "{text}");
         }
+        Reply::Services(services) => {
+            for f in services {
+                let ip = match f.ip {
+                    std::net::IpAddr::V6(a) => format!("[{a}]"),
+                    a => a.to_string(),
+                };
+                let mut notes = Vec::new();
+                if let Some(t) = f.affinity_seconds {
+                    notes.push(format!("affinity ClientIP {t}s"));
+                }
+                if f.local_only {
+                    notes.push("internal traffic Local".to_string());
+                }
+                let _ = writeln!(
+                    s,
+                    "{} {}:{}/{}{}{}",
+                    f.service,
+                    ip,
+                    f.port,
+                    f.protocol,
+                    f.port_name
+                        .as_ref()
+                        .map(|n| format!(" ({n})"))
+                        .unwrap_or_default(),
+                    if notes.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  [{}]", notes.join(", "))
+                    }
+                );
+                if f.endpoints.is_empty() {
+                    let _ = writeln!(s, "    no endpoints: new connections are refused");
+                }
+                for e in &f.endpoints {
+                    let mut conditions = Vec::new();
+                    for (on, name) in [
+                        (e.ready, "ready"),
+                        (e.serving, "serving"),
+                        (e.terminating, "terminating"),
+                        (e.local, "local"),
+                    ] {
+                        if on {
+                            conditions.push(name);
+                        }
+                    }
+                    let addr = match e.ip {
+                        std::net::IpAddr::V6(a) => format!("[{a}]:{}", e.port),
+                        a => format!("{a}:{}", e.port),
+                    };
+                    let _ = writeln!(
+                        s,
+                        "    {} {:<28} {:<34} {} connections",
+                        if e.usable { "->" } else { "  " },
+                        addr,
+                        conditions.join(","),
+                        e.connections
+                    );
+                }
+            }
+            let _ = writeln!(s, "{} frontends", services.len());
+        }
         other => {
             let _ = writeln!(
                 s,

@@ -267,6 +267,26 @@ impl Datapath {
         }
     }
 
+    /// Live translated connections per frontend and endpoint.
+    pub fn service_connections(
+        &self,
+    ) -> std::collections::HashMap<(FrontendKey, IpAddr, u16), u64> {
+        let mut out = std::collections::HashMap::new();
+        for (t, (r, rw)) in &self.nat.fronts {
+            if self.ct.get(*r).is_none() {
+                continue;
+            }
+            let Some((ip, port)) = rw.dst else { continue };
+            let fe = FrontendKey {
+                ip: t.dst,
+                proto: t.proto,
+                port: t.dport,
+            };
+            *out.entry((fe, ip, port)).or_default() += 1;
+        }
+        out
+    }
+
     /// The service-loopback address of a family: the source of a pod's
     /// connection to itself through a Service.
     pub(super) fn service_loopback(&self, v6: bool) -> IpAddr {
