@@ -206,6 +206,7 @@ fn handle(s: &mut DaemonState, req: Request) -> Reply {
         Request::Ports {}
         | Request::Flows { .. }
         | Request::Conntrack { .. }
+        | Request::Services {}
         | Request::Explain { .. } => Reply::Error(ErrorReply {
             code: 100,
             msg: "the fake daemon does not answer vswitchctl".into(),
