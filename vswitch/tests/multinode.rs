@@ -653,3 +653,109 @@ fn too_big_packets_get_icmp_and_tcp_finds_the_path_mtu() {
     );
     assert!(c.outcome(0, "pod", "too_big") > 0, "{:?}", c.ports(0));
 }
+
+/// A Service and its EndpointSlice (IPv4) in the shared folder: TCP `port`
+/// to `target` on each of `endpoints` (address, node name).
+fn service_and_slice(
+    name: &str,
+    ip: &str,
+    port: u16,
+    target: u16,
+    extra: &str,
+    endpoints: &[(&str, &str)],
+) -> String {
+    let eps: Vec<String> = endpoints
+        .iter()
+        .map(|(a, node)| {
+            format!("{{addresses: [{a}], conditions: {{ready: true}}, nodeName: {node}}}")
+        })
+        .collect();
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
+         spec: {{clusterIP: {ip}, ports: [{{name: http, port: {port}, targetPort: {target}}}]{extra}}}\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+         addressType: IPv4\nports: [{{name: http, port: {target}, protocol: TCP}}]\nendpoints: [{}]\n",
+        eps.join(", ")
+    )
+}
+
+#[test]
+fn services_whose_endpoints_are_on_other_nodes_are_reached_through_the_switch() {
+    if skip_unless_able() {
+        return;
+    }
+    let mut c = Cluster::with_pods_abc();
+    for p in ["b", "c"] {
+        c.serve(p, 8080);
+    }
+    c.until_ok("a", "tcp", "b", 8080);
+    let (b, c_ip) = (c.pod("b").v4.clone(), c.pod("c").v4.clone());
+    let (node1, node2) = (c.nodes[1].name.clone(), c.nodes[2].name.clone());
+    let before = c.reloads();
+    let web = service_and_slice(
+        "web",
+        "10.96.0.80",
+        80,
+        8080,
+        "",
+        &[(&b, &node1), (&c_ip, &node2)],
+    );
+    // internalTrafficPolicy: Local, its only endpoint on node1
+    let local = service_and_slice(
+        "local",
+        "10.96.0.81",
+        80,
+        8080,
+        ", internalTrafficPolicy: Local",
+        &[(&b, &node1)],
+    );
+    c.write("30-services.yaml", &format!("{web}---\n{local}"));
+    c.wait_reloads(&before);
+    // a (node0) to web: every connection crosses the overlay to b (node1)
+    // or c (node2), translated on a's node, and both serve some
+    let a_ns = c.pod("a").ns.clone();
+    for i in 0..16 {
+        assert_eq!(
+            pods::probe(&a_ns, "tcp", "10.96.0.80", 80),
+            "ok",
+            "a -> web, connection {i}\n{}",
+            c.logs()
+        );
+    }
+    let listed = c.ctl(0, &["services"]);
+    for ep in [&b, &c_ip] {
+        let line = listed
+            .lines()
+            .skip_while(|l| !l.starts_with("default/web "))
+            .find(|l| l.contains(&format!("{ep}:8080")))
+            .unwrap_or_else(|| panic!("{ep} in {listed}"));
+        assert!(!line.contains(" 0 connections"), "{listed}");
+    }
+    // Local: no endpoint on a's node, so a is refused; b (on node1) reaches
+    // it (itself, through the service-loopback address)
+    let refused = pods::probe(&a_ns, "tcp", "10.96.0.81", 80);
+    assert!(refused.contains("refused"), "a -> local: {refused}");
+    assert_eq!(
+        pods::probe(&c.pod("b").ns, "tcp", "10.96.0.81", 80),
+        "ok",
+        "b -> local"
+    );
+    // policy at the endpoints' end: b admits only a, c nothing; a still
+    // reaches web through b, and only through b
+    let before = c.reloads();
+    c.write("20-b-from-a.yaml", ALLOW_A_TO_B);
+    c.write(
+        "21-deny-c.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-c, namespace: default}\n\
+         spec: {podSelector: {matchLabels: {app: c}}, policyTypes: [Ingress]}\n",
+    );
+    c.wait_reloads(&before);
+    let ok = (0..16)
+        .filter(|_| pods::probe(&a_ns, "tcp", "10.96.0.80", 80) == "ok")
+        .count();
+    assert!(
+        (1..16).contains(&ok),
+        "some of a's connections land on b (allowed), the others on c (denied at node2): {ok} of 16"
+    );
+}

@@ -726,3 +726,37 @@ fn a_batch_does_what_the_same_frames_one_by_one_do() {
     assert_eq!(batched.dp.counters, one.dp.counters);
     assert!(one.count(Outcome::FastForward) > 0, "some were hits");
 }
+
+#[test]
+fn an_endpoint_on_the_nodes_own_address_is_reached_by_the_node_port_and_judged_as_an_ip_block() {
+    // the API server behind default/kubernetes: its endpoint is a node's
+    // address, here this node's own
+    let mut rig = Rig::two_pods();
+    rig.dp.set_services(table(vec![(
+        key(VIP4, TCP, 443),
+        frontend(vec![endpoint(NODE4, 6443)]),
+    )]));
+    let mut syn = tcp4(A, GW, A4, VIP4, 48000, 443, "S", 64);
+    assert_eq!(
+        rig.send(1, &mut syn),
+        Action::Forward(0),
+        "by the node port"
+    );
+    assert_eq!(seen(&syn), at(A4, 48000, NODE4, 6443));
+    let mut sa = tcp4(NODE, GW, NODE4, A4, 6443, 48000, "SA", 64);
+    assert_eq!(rig.send(0, &mut sa), Action::Forward(1));
+    assert_eq!(seen(&sa), at(VIP4, 443, A4, 48000), "from the Service");
+    // a's egress allows nothing: the translated connection (to the node's
+    // address, an ipBlock peer) is denied, as a direct one would be
+    rig.apply(&policy("deny-a", "a", "policyTypes: [Egress]"));
+    let mut syn = tcp4(A, GW, A4, VIP4, 48001, 443, "S", 64);
+    assert_eq!(rig.send(1, &mut syn), Action::Drop(Outcome::PolicyDeny));
+    // and an ipBlock with the node's address allows it again
+    rig.apply(&policy(
+        "deny-a",
+        "a",
+        "policyTypes: [Egress], egress: [{to: [{ipBlock: {cidr: 192.168.0.1/32}}], ports: [{port: 6443}]}]",
+    ));
+    let mut syn = tcp4(A, GW, A4, VIP4, 48002, 443, "S", 64);
+    assert_eq!(rig.send(1, &mut syn), Action::Forward(0));
+}
