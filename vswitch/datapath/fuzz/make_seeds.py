@@ -39,6 +39,7 @@ seeds = {
  "ttl": [rec(1, eth(GW, A, 0x800, ip4(A4, B4, 6, tcp(4000, 80, 2), ttl=1)))],
  "node": [rec(0, eth(GW, NODE, 0x800, ip4(N4, A4, 6, tcp(5000, 80, 2)))), rec(0, eth(GW, NODE, 0x800, ip4(bytes([203,0,113,9]), A4, 17, udp(5, 53))))],
  "kube-proxy": [rec(1, eth(GW, A, 0x800, ip4(A4, bytes([10,96,0,10]), 6, tcp(4100, 80, 2)))), rec(0, eth(GW, NODE, 0x800, ip4(A4, B4, 6, tcp(4100, 8080, 2)))), rec(2, eth(GW, B, 0x800, ip4(B4, A4, 6, tcp(8080, 4100, 0x12)))), rec(0, eth(GW, NODE, 0x800, ip4(bytes([10,96,0,10]), A4, 6, tcp(80, 4100, 0x12))))],
+ "services": [rec(1, eth(GW, A, 0x800, ip4(A4, bytes([10,96,0,10]), 6, tcp(4200, 80, 2)))), rec(2, eth(GW, B, 0x800, ip4(B4, A4, 6, tcp(80, 4200, 0x12)))), rec(1, eth(GW, A, 0x800, ip4(A4, bytes([10,96,0,10]), 6, tcp(4200, 80, 0x10)))), rec(1, eth(GW, A, 0x800, ip4(A4, bytes([10,96,0,10]), 6, tcp(4200, 80, 0x10)))), rec(2, eth(GW, B, 0x800, ip4(B4, A4, 6, tcp(80, 4200, 0x10)))), rec(1, eth(GW, A, 0x800, ip4(A4, bytes([10,96,0,10]), 6, tcp(4201, 81, 2)))), rec(1, eth(GW, A, 0x800, ip4(A4, bytes([169,254,1,253]), 6, tcp(80, 4201, 0x12)))), rec(1, eth(GW, A, 0x800, ip4(A4, bytes([10,96,0,10]), 17, udp(4202, 53)))), rec(2, eth(GW, B, 0x800, ip4(B4, A4, 17, udp(53, 4202)))), rec(1, eth(GW, A, 0x800, ip4(A4, bytes([10,96,0,11]), 6, tcp(4203, 80, 2))))],
  "sctp": [rec(1, eth(GW, A, 0x800, ip4(A4, B4, 132, struct.pack("!HHII", 5, 80, 0, 0) + bytes([1,0,0,20]) + b"\0"*16)))],
 }
 out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus", "datapath")

@@ -252,6 +252,11 @@ impl FlowCache {
             if let Some(w) = (0..WAYS).find(|&w| b.sigs[w] == sig) {
                 let i = b.idx[w];
                 super::mem_hints::prefetch(&self.slots[i as usize]);
+                // a translated flow's translation too (the array reaches
+                // only as far as the highest translated slot)
+                if let Some(n) = self.nats.get(i as usize) {
+                    super::mem_hints::prefetch(n);
+                }
                 l.idx = Some(i);
             }
         }

@@ -82,7 +82,7 @@ pub enum RunError {
     #[error("{field}: {pattern} names no pod, external or Service of the cluster at this step")]
     NoMatch { field: String, pattern: String },
     #[error(
-        "this mode cannot reach Services: the switch's own service proxy (--service-proxy switch) is not built yet; run Services in engine or netns mode"
+        "this prober cannot reach Services (it has no service proxy); run Services in engine, dataplane or netns mode"
     )]
     NoServiceProxy,
 }
