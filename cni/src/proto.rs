@@ -176,6 +176,12 @@ pub struct ServiceInfo {
     /// `internalTrafficPolicy: Local`.
     pub local_only: bool,
     pub endpoints: Vec<EndpointInfo>,
+    /// New connections translated through it, and refused for want of an
+    /// endpoint, since it was installed.
+    #[serde(default)]
+    pub connections_total: u64,
+    #[serde(default)]
+    pub refused_total: u64,
 }
 
 /// An endpoint of a Service frontend, with its conditions and the switch's

@@ -1334,6 +1334,19 @@ fn with_the_switch_as_service_proxy_pods_reach_services_of_the_manifest_folder()
         !metrics.contains("vswitch_service_connections_total 0"),
         "{metrics}"
     );
+    // per Service: web's 16 connections, none's two refusals
+    assert!(
+        metrics.contains(
+            "vswitch_service_frontend_connections_total{service=\"default/web\",frontend=\"10.96.0.80:80/TCP\"} 16"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "vswitch_service_frontend_refused_total{service=\"default/none\",frontend=\"10.96.0.99:80/UDP\"} 1"
+        ),
+        "{metrics}"
+    );
 
     // only-b's endpoint removed: new connections are refused, an
     // established one goes on (its translation lives with its connection)

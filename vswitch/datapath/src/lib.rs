@@ -74,5 +74,5 @@ pub mod services;
 pub mod wire;
 
 pub use config::{Config, EstablishedPolicy};
-pub use datapath::{Action, Datapath, Offload, ServiceCounters};
+pub use datapath::{Action, Datapath, FrontendCounters, Offload, ServiceCounters};
 pub use ports::{PortId, PortKind, PortState, RxMeta};

@@ -219,6 +219,8 @@ fn a_tcp_connection_to_a_cluster_ip_reaches_its_endpoint_and_replies_come_from_t
     assert_eq!(rig.dp.conntrack().len(), 1);
     assert_eq!(rig.dp.conntrack().charged(1), 1);
     assert_eq!(rig.dp.service_counters().translated, 1);
+    let web = rig.dp.frontend_counters(&key(VIP4, TCP, 8080));
+    assert_eq!((web.translated, web.refused), (1, 0), "per frontend");
     // b's own connection to a is nothing of the Service's
     let mut direct = tcp4(B, GW, B4, A4, 45000, 80, "S", 64);
     assert_eq!(rig.send(2, &mut direct), Action::Forward(1));
@@ -415,6 +417,14 @@ fn a_service_without_endpoints_refuses_at_once_from_its_cluster_ip() {
     assert_eq!((i.type_u8(), i.code_u8()), (3, 3), "port unreachable");
     assert_eq!(rig.count(Outcome::Refused), 2);
     assert_eq!(rig.dp.service_counters().refused, 2);
+    for k in [key(VIP4, TCP, 8080), key(VIP4, UDP, 53)] {
+        assert_eq!(rig.dp.frontend_counters(&k).refused, 1, "{k:?}");
+    }
+    // a frontend gone takes its counters with it
+    rig.dp
+        .set_services(table(vec![(key(VIP4, UDP, 53), frontend(vec![]))]));
+    assert_eq!(rig.dp.frontend_counters(&key(VIP4, TCP, 8080)).refused, 0);
+    assert_eq!(rig.dp.frontend_counters(&key(VIP4, UDP, 53)).refused, 1);
     assert_eq!(rig.dp.conntrack().len(), 0, "nothing tracked");
 }
 

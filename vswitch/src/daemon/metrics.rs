@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use vswitch_cni::proto::PortInfo;
+use vswitch_cni::proto::{PortInfo, ServiceInfo};
 
 use super::switch::{Answer, Query, SwitchHandle, Totals};
 use vswitch_datapath::counters::Outcome;
@@ -122,6 +122,10 @@ pub fn render(switch: &SwitchHandle, g: &Gauges) -> String {
         Some(Answer::Ports(p)) => p,
         _ => Vec::new(),
     };
+    let services = match switch.query(Query::Services) {
+        Some(Answer::Services(s)) => s,
+        _ => Vec::new(),
+    };
     let mut s = String::new();
     type Field = fn(&PortInfo) -> u64;
     let per_port: [(&str, &str, Field); 7] = [
@@ -184,6 +188,33 @@ pub fn render(switch: &SwitchHandle, g: &Gauges) -> String {
                 "vswitch_port_packets_total{{port=\"{}\",name=\"{}\",outcome=\"{o}\"}} {n}\n",
                 p.id,
                 escape(&p.name)
+            ));
+        }
+    }
+    type PerService = fn(&ServiceInfo) -> u64;
+    let per_service: [(&str, &str, PerService); 2] = [
+        (
+            "vswitch_service_frontend_connections_total",
+            "New connections the switch translated through the Service frontend (cluster IP, port, protocol).",
+            |f| f.connections_total,
+        ),
+        (
+            "vswitch_service_frontend_refused_total",
+            "New connections to the Service frontend refused for want of a usable endpoint.",
+            |f| f.refused_total,
+        ),
+    ];
+    for (name, help, get) in per_service {
+        metric(&mut s, name, "counter", help);
+        for f in &services {
+            s.push_str(&format!(
+                "{name}{{service=\"{}\",frontend=\"{}\"}} {}\n",
+                escape(&f.service),
+                match f.ip {
+                    std::net::IpAddr::V6(a) => format!("[{a}]:{}/{}", f.port, f.protocol),
+                    a => format!("{a}:{}/{}", f.port, f.protocol),
+                },
+                get(f)
             ));
         }
     }

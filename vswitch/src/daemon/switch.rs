@@ -305,6 +305,8 @@ fn answer(worker: &Worker, q: Query) -> Answer {
                 .services()
                 .iter()
                 .map(|(k, f)| ServiceInfo {
+                    connections_total: dp.frontend_counters(k).translated,
+                    refused_total: dp.frontend_counters(k).refused,
                     service: f.service.clone(),
                     port_name: f.port_name.clone(),
                     ip: k.ip,

@@ -134,6 +134,7 @@ impl Datapath {
     /// Installs the Services the switch translates; new connections use
     /// them from the next packet on (established ones keep their endpoint).
     pub fn set_services(&mut self, services: Arc<ServiceTable>) {
+        self.nat.retain_frontends(|k| services.get(k).is_some());
         self.services = services;
     }
 

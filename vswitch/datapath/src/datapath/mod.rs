@@ -19,7 +19,7 @@ mod rewrite;
 mod route;
 mod service_proxy;
 
-pub use service_proxy::ServiceCounters;
+pub use service_proxy::{FrontendCounters, ServiceCounters};
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -78,6 +78,8 @@ pub(super) struct Translation {
     pub back: Rewrite,
     /// The client reaches itself.
     pub hairpin: bool,
+    /// The frontend it went through.
+    pub frontend: FrontendKey,
 }
 
 /// What [`Datapath::service_counters`] returns.
@@ -87,6 +89,15 @@ pub struct ServiceCounters {
     pub refused: u64,
     pub affinity_full: u64,
     pub connections: usize,
+}
+
+/// One frontend's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FrontendCounters {
+    /// New connections translated to an endpoint.
+    pub translated: u64,
+    /// New connections refused for want of a usable endpoint.
+    pub refused: u64,
 }
 
 /// A client's affinity to an endpoint, for one frontend.
@@ -103,6 +114,8 @@ pub(super) struct ServiceNat {
     /// How a translated connection's replies are translated back.
     backs: keyed_hash::Map<CtRef, Rewrite>,
     affinity: keyed_hash::Map<(IpAddr, FrontendKey), Affinity>,
+    /// Per frontend of the table installed (and no other: bounded by it).
+    per_frontend: keyed_hash::Map<FrontendKey, FrontendCounters>,
     hash: keyed_hash::State,
     /// New connections refused for want of an endpoint.
     pub refused: u64,
@@ -118,6 +131,7 @@ impl ServiceNat {
             fronts: keyed_hash::Map::with_hasher(keyed_hash::state()),
             backs: keyed_hash::Map::with_hasher(keyed_hash::state()),
             affinity: keyed_hash::Map::with_hasher(keyed_hash::state()),
+            per_frontend: keyed_hash::Map::with_hasher(keyed_hash::state()),
             hash: keyed_hash::state(),
             refused: 0,
             translated: 0,
@@ -135,6 +149,12 @@ impl ServiceNat {
         self.fronts.insert(front, (r, t.rewrite));
         self.backs.insert(r, t.back);
         self.translated += 1;
+        self.per_frontend.entry(t.frontend).or_default().translated += 1;
+    }
+
+    /// Keeps the counters of the frontends `keep` says are still there.
+    pub(super) fn retain_frontends(&mut self, keep: impl Fn(&FrontendKey) -> bool) {
+        self.per_frontend.retain(|k, _| keep(k));
     }
 
     /// How a translated connection's replies are translated back.
@@ -195,7 +215,7 @@ impl Datapath {
             && !self.ct.reopens(r, Dir::Orig, &ip.l4)
         {
             let back = self.nat.back(r).unwrap_or_default();
-            return Front::To(translation(ip, rewrite, back));
+            return Front::To(translation(ip, rewrite, back, frontend));
         }
         let Some(fe) = self.services.get(&frontend) else {
             return Front::Not; // a port no Service has: not ours
@@ -216,6 +236,7 @@ impl Datapath {
                 Some(e) => (e.ip, e.port),
                 None => {
                     self.nat.refused += 1;
+                    self.nat.per_frontend.entry(frontend).or_default().refused += 1;
                     return Front::Refuse;
                 }
             },
@@ -234,7 +255,7 @@ impl Datapath {
             src: Some((ip.dst, dport)),
             dst: hairpin.then_some((ip.src, sport)),
         };
-        Front::To(translation(ip, rewrite, back))
+        Front::To(translation(ip, rewrite, back, frontend))
     }
 
     /// How a translated connection's replies are translated back (`None`:
@@ -265,6 +286,11 @@ impl Datapath {
             affinity_full: self.nat.affinity_full,
             connections: self.nat.len(),
         }
+    }
+
+    /// A frontend's counters (zero for one never used).
+    pub fn frontend_counters(&self, k: &FrontendKey) -> FrontendCounters {
+        self.nat.per_frontend.get(k).copied().unwrap_or_default()
     }
 
     /// Live translated connections per frontend and endpoint.
@@ -304,7 +330,12 @@ impl Datapath {
 }
 
 /// The packet as `rewrite` leaves it.
-fn translation(ip: &IpPacket, rewrite: Rewrite, back: Rewrite) -> Translation {
+fn translation(
+    ip: &IpPacket,
+    rewrite: Rewrite,
+    back: Rewrite,
+    frontend: FrontendKey,
+) -> Translation {
     let mut packet = *ip;
     if let Some((a, p)) = rewrite.src {
         packet.src = a;
@@ -319,6 +350,7 @@ fn translation(ip: &IpPacket, rewrite: Rewrite, back: Rewrite) -> Translation {
         rewrite,
         back,
         hairpin: rewrite.src.is_some(),
+        frontend,
     }
 }
 
