@@ -41,6 +41,19 @@ struct Ctx {
 }
 
 impl Ctx {
+    /// A port's `protocol` (TCP when omitted), at `{field}.protocol`.
+    fn protocol(&self, field: &str, p: Option<&str>) -> Result<Protocol, ValidationError> {
+        match p.unwrap_or("TCP") {
+            "TCP" => Ok(Protocol::Tcp),
+            "UDP" => Ok(Protocol::Udp),
+            "SCTP" => Ok(Protocol::Sctp),
+            other => Err(self.err(
+                format!("{field}.protocol"),
+                format!("{other:?}: must be TCP, UDP or SCTP"),
+            )),
+        }
+    }
+
     fn err(&self, field: impl Into<String>, message: impl Into<String>) -> ValidationError {
         ValidationError {
             object: self.object.clone(),
@@ -597,17 +610,7 @@ pub fn service_from_k8s(svc: &core::Service) -> Result<crate::service::Service, 
         if !(1..=65535).contains(&p.port) {
             return Err(ctx.err(format!("{f}.port"), format!("{} is not 1-65535", p.port)));
         }
-        let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
-            "TCP" => Protocol::Tcp,
-            "UDP" => Protocol::Udp,
-            "SCTP" => Protocol::Sctp,
-            other => {
-                return Err(ctx.err(
-                    format!("{f}.protocol"),
-                    format!("{other:?}: must be TCP, UDP or SCTP"),
-                ));
-            }
-        };
+        let protocol = ctx.protocol(&f, p.protocol.as_deref())?;
         if let Some(n) = &p.name {
             validate_port_name(n).map_err(|m| ctx.err(format!("{f}.name"), m))?;
         } else if ports_in.len() > 1 {
@@ -736,17 +739,7 @@ pub fn endpoint_slice_from_k8s(
         if !(1..=65535).contains(&n) {
             return Err(ctx.err(format!("{f}.port"), format!("{n} is not 1-65535")));
         }
-        let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
-            "TCP" => Protocol::Tcp,
-            "UDP" => Protocol::Udp,
-            "SCTP" => Protocol::Sctp,
-            other => {
-                return Err(ctx.err(
-                    format!("{f}.protocol"),
-                    format!("{other:?}: must be TCP, UDP or SCTP"),
-                ));
-            }
-        };
+        let protocol = ctx.protocol(&f, p.protocol.as_deref())?;
         ports.push(SlicePort {
             // "" and none both mean the Service's unnamed port
             name: p.name.clone().filter(|n| !n.is_empty()),

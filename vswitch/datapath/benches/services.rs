@@ -253,35 +253,8 @@ fn service_set(round: usize) -> (Vec<Service>, Vec<EndpointSlice>) {
 /// What the control plane does for an update: frontends from Services
 /// and slices, the table, installed.
 fn change(dp: &mut Datapath, services: &[Service], slices: &[EndpointSlice]) {
-    let mut t = ServiceTable::new();
-    for f in endpoint_slice::frontends(services, slices) {
-        t.insert(
-            FrontendKey {
-                ip: f.ip,
-                proto: f.protocol.number(),
-                port: f.port,
-            },
-            Frontend {
-                service: f.service.to_string(),
-                port_name: f.port_name,
-                endpoints: f
-                    .endpoints
-                    .iter()
-                    .map(|e| Endpoint {
-                        ip: e.ip,
-                        port: e.port,
-                        ready: e.ready,
-                        serving: e.serving,
-                        terminating: e.terminating,
-                        local: e.node.as_deref() == Some("n1"),
-                    })
-                    .collect(),
-                affinity_ms: None,
-                local_only: false,
-            },
-        );
-    }
-    dp.set_services(Arc::new(t));
+    let specs = endpoint_slice::frontends(services, slices);
+    dp.set_services(Arc::new(ServiceTable::from_specs(specs, "n1")));
 }
 
 fn endpoint_change(c: &mut Criterion) {

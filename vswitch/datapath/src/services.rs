@@ -126,4 +126,41 @@ impl ServiceTable {
     pub fn iter(&self) -> impl Iterator<Item = (&FrontendKey, &Frontend)> {
         self.frontends.iter()
     }
+
+    /// The table of the frontends a service proxy translates
+    /// ([`policy::endpoint_slice::frontends`]) on the node named `node`
+    /// (an endpoint is local when its slice names it).
+    pub fn from_specs(specs: impl IntoIterator<Item = policy::FrontendSpec>, node: &str) -> Self {
+        let mut table = ServiceTable::new();
+        for f in specs {
+            let endpoints = f
+                .endpoints
+                .iter()
+                .map(|e| Endpoint {
+                    ip: e.ip,
+                    port: e.port,
+                    ready: e.ready,
+                    serving: e.serving,
+                    terminating: e.terminating,
+                    local: e.node.as_deref() == Some(node),
+                })
+                .collect();
+            let key = FrontendKey {
+                ip: f.ip,
+                proto: f.protocol.number(),
+                port: f.port,
+            };
+            table.insert(
+                key,
+                Frontend {
+                    service: f.service.to_string(),
+                    port_name: f.port_name,
+                    endpoints,
+                    affinity_ms: f.affinity_timeout.map(|s| s as u64 * 1000),
+                    local_only: f.local_only,
+                },
+            );
+        }
+        table
+    }
 }

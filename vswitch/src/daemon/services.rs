@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use policy::PodKey;
 use vswitch_cni::proto::Reply;
-use vswitch_datapath::services::{Endpoint, Frontend, FrontendKey, ServiceTable};
+use vswitch_datapath::services::ServiceTable;
 
 use super::Daemon;
 use super::cli::ServiceProxy;
@@ -22,36 +22,10 @@ use super::switch::Command;
 
 /// The switch's table for `set`, on the node named `node`.
 pub fn table(set: &ServiceSet, node: &str) -> ServiceTable {
-    let mut table = ServiceTable::new();
-    for f in policy::endpoint_slice::frontends(&set.services, &set.slices) {
-        let endpoints = f
-            .endpoints
-            .iter()
-            .map(|e| Endpoint {
-                ip: e.ip,
-                port: e.port,
-                ready: e.ready,
-                serving: e.serving,
-                terminating: e.terminating,
-                local: e.node.as_deref() == Some(node),
-            })
-            .collect();
-        table.insert(
-            FrontendKey {
-                ip: f.ip,
-                proto: f.protocol.number(),
-                port: f.port,
-            },
-            Frontend {
-                service: f.service.to_string(),
-                port_name: f.port_name,
-                endpoints,
-                affinity_ms: f.affinity_timeout.map(|s| s as u64 * 1000),
-                local_only: f.local_only,
-            },
-        );
-    }
-    table
+    ServiceTable::from_specs(
+        policy::endpoint_slice::frontends(&set.services, &set.slices),
+        node,
+    )
 }
 
 impl Daemon {
