@@ -14,9 +14,16 @@
 //!   proxy translates (not headless, not left to another proxy), with the
 //!   endpoints of the cluster IP's family from all their slices, in a
 //!   stable order, duplicates (an address in two slices) once.
+//! - [`ServiceIndex`]: the same frontends kept up to date change by change.
+//!   Given the whole set after a change, it finds the Services whose
+//!   object or slices changed and recomputes theirs only, and returns the
+//!   frontends added, changed and removed: what a proxy must install. An
+//!   endpoint change among 10,000 Services costs a comparison of the sets,
+//!   not a rebuild of every frontend.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::model::{PodKey, Protocol};
 use crate::service::Service;
@@ -138,6 +145,224 @@ pub fn frontends<'a>(
         }
     }
     out
+}
+
+/// A frontend's identity: cluster IP, protocol, port.
+pub type FrontendId = (IpAddr, Protocol, u16);
+
+impl FrontendSpec {
+    pub fn id(&self) -> FrontendId {
+        (self.ip, self.protocol, self.port)
+    }
+}
+
+/// A change a proxy installs: a frontend added or replaced, or removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrontendChange {
+    Set(FrontendSpec),
+    Remove(FrontendId),
+}
+
+/// The Services and EndpointSlices a proxy translates, and their frontends,
+/// kept up to date change by change (see the module comment).
+///
+/// Two Services that claim one cluster IP, protocol and port (the API
+/// server allocates cluster IPs uniquely; a manifest folder may not): the
+/// frontend of the greatest namespace/name is the one installed, as a
+/// rebuild in key order leaves it, and the other's takes over when it goes.
+#[derive(Debug, Default)]
+pub struct ServiceIndex {
+    services: Objects<Service>,
+    slices: Objects<EndpointSlice>,
+    /// The slices of each Service (namespace/service name).
+    by_service: HashMap<PodKey, BTreeSet<PodKey>>,
+    /// Each Service's frontends, as last computed.
+    frontends: HashMap<PodKey, Vec<FrontendSpec>>,
+    /// Which Services claim a frontend.
+    claims: HashMap<FrontendId, BTreeSet<PodKey>>,
+}
+
+/// Objects of one kind as last given: by key, and in the order given.
+/// Shared with the source: an object it did not convert anew is the same
+/// allocation, found unchanged by its address, at its place in the order
+/// without a lookup.
+#[derive(Debug)]
+struct Objects<T> {
+    by_key: HashMap<PodKey, Arc<T>>,
+    order: Vec<Arc<T>>,
+}
+
+impl<T> Default for Objects<T> {
+    fn default() -> Self {
+        Objects {
+            by_key: HashMap::new(),
+            order: Vec::new(),
+        }
+    }
+}
+
+impl<T: PartialEq> Objects<T> {
+    /// Takes the objects `items` (each key once) and tells `changed` of
+    /// each one that changed, came or went (old and new version).
+    fn merge(
+        &mut self,
+        items: Vec<Arc<T>>,
+        key: impl Fn(&T) -> &PodKey,
+        mut changed: impl FnMut(Option<&T>, Option<&T>),
+    ) {
+        // The places that differ: those holding another allocation (all of
+        // them when the count changed).
+        let places: Vec<usize> = if items.len() == self.order.len() {
+            (0..items.len())
+                .filter(|&i| !Arc::ptr_eq(&items[i], &self.order[i]))
+                .collect()
+        } else {
+            (0..items.len().max(self.order.len())).collect()
+        };
+        // the old objects there whose key is no longer given: gone (the
+        // other places hold the same objects, so the same keys)
+        let given: HashSet<&PodKey> = places
+            .iter()
+            .filter_map(|&i| items.get(i))
+            .map(|o| key(o))
+            .collect();
+        for o in places.iter().filter_map(|&i| self.order.get(i)) {
+            if !given.contains(key(o)) && self.by_key.remove(key(o)).is_some() {
+                changed(Some(o), None);
+            }
+        }
+        for item in places.iter().filter_map(|&i| items.get(i)) {
+            match self.by_key.get(key(item)) {
+                Some(old) if Arc::ptr_eq(old, item) || **old == **item => {}
+                old => {
+                    changed(old.map(|o| &**o), Some(item));
+                    self.by_key.insert(key(item).clone(), item.clone());
+                }
+            }
+        }
+        self.order = items;
+    }
+
+    fn get(&self, key: &PodKey) -> Option<&T> {
+        self.by_key.get(key).map(|o| &**o)
+    }
+}
+
+impl ServiceIndex {
+    pub fn new() -> ServiceIndex {
+        ServiceIndex::default()
+    }
+
+    /// Takes the whole set after a change (each key once) and returns the
+    /// changes to the installed frontends: none if nothing a proxy sees
+    /// changed.
+    pub fn update(
+        &mut self,
+        services: Vec<Arc<Service>>,
+        slices: Vec<Arc<EndpointSlice>>,
+    ) -> Vec<FrontendChange> {
+        let mut dirty: BTreeSet<PodKey> = BTreeSet::new();
+        self.services.merge(
+            services,
+            |s| &s.key,
+            |old, new| {
+                dirty.extend(old.or(new).map(|s| s.key.clone()));
+            },
+        );
+        let by_service = &mut self.by_service;
+        self.slices.merge(
+            slices,
+            |s| &s.key,
+            |old, new| {
+                if let Some(o) = old {
+                    let owner = PodKey::new(&o.key.namespace, &o.service);
+                    if let Some(set) = by_service.get_mut(&owner) {
+                        set.remove(&o.key);
+                        if set.is_empty() {
+                            by_service.remove(&owner);
+                        }
+                    }
+                    dirty.insert(owner);
+                }
+                if let Some(n) = new {
+                    let owner = PodKey::new(&n.key.namespace, &n.service);
+                    by_service
+                        .entry(owner.clone())
+                        .or_default()
+                        .insert(n.key.clone());
+                    dirty.insert(owner);
+                }
+            },
+        );
+        // each dirty Service's frontends anew; the ids they touch
+        let mut touched: BTreeSet<FrontendId> = BTreeSet::new();
+        for key in dirty {
+            let now = match self.services.get(&key) {
+                Some(svc) => {
+                    let slices = self
+                        .by_service
+                        .get(&key)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|k| self.slices.get(k));
+                    frontends([svc], slices)
+                }
+                None => Vec::new(),
+            };
+            let before = self.frontends.remove(&key).unwrap_or_default();
+            for f in &before {
+                if !now.iter().any(|n| n == f) {
+                    touched.insert(f.id());
+                }
+                if !now.iter().any(|n| n.id() == f.id())
+                    && let Some(c) = self.claims.get_mut(&f.id())
+                {
+                    c.remove(&key);
+                    if c.is_empty() {
+                        self.claims.remove(&f.id());
+                    }
+                }
+            }
+            for f in &now {
+                if !before.iter().any(|b| b == f) {
+                    touched.insert(f.id());
+                }
+                self.claims.entry(f.id()).or_default().insert(key.clone());
+            }
+            if !now.is_empty() {
+                self.frontends.insert(key, now);
+            }
+        }
+        touched
+            .into_iter()
+            .map(|id| match self.installed(id) {
+                Some(f) => FrontendChange::Set(f.clone()),
+                None => FrontendChange::Remove(id),
+            })
+            .collect()
+    }
+
+    /// The frontend installed for `id`: the greatest claimer's (its last
+    /// port of that number and protocol, if it repeats one).
+    pub fn installed(&self, id: FrontendId) -> Option<&FrontendSpec> {
+        let owner = self.claims.get(&id)?.last()?;
+        self.frontends.get(owner)?.iter().rfind(|f| f.id() == id)
+    }
+
+    /// Every installed frontend.
+    pub fn all(&self) -> impl Iterator<Item = &FrontendSpec> {
+        self.claims.keys().filter_map(|id| self.installed(*id))
+    }
+
+    /// A Service, as last given.
+    pub fn service(&self, key: &PodKey) -> Option<&Service> {
+        self.services.get(key)
+    }
+
+    /// A Service's frontends (none for a headless one, or another proxy's).
+    pub fn frontends_of(&self, key: &PodKey) -> &[FrontendSpec] {
+        self.frontends.get(key).map(Vec::as_slice).unwrap_or(&[])
+    }
 }
 
 #[cfg(test)]

@@ -38,7 +38,7 @@ pub mod verdict;
 
 pub use compile::{Engine, Snapshot};
 pub use diff::diff;
-pub use endpoint_slice::{EndpointSlice, FrontendSpec};
+pub use endpoint_slice::{EndpointSlice, FrontendChange, FrontendSpec, ServiceIndex};
 pub use labels::{Labels, Selector};
 pub use model::{
     Change, Cluster, ContainerPort, ModelError, Namespace, Node, Pod, PodKey, Protocol,

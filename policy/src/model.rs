@@ -173,7 +173,7 @@ pub enum Change {
 }
 
 /// A whole cluster: the input of both the reference evaluator and the compiler.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cluster {
     pub namespaces: BTreeMap<String, Namespace>,
     pub pods: BTreeMap<PodKey, Pod>,

@@ -94,7 +94,7 @@ impl Running {
 
     async fn cluster(&mut self) -> (Cluster, Vec<String>) {
         match self.next().await {
-            Update::Cluster { cluster, notes, .. } => (cluster, notes),
+            Update::Cluster { cluster, notes, .. } => (Arc::unwrap_or_clone(cluster), notes),
             u => panic!("expected a cluster, got {}", describe(&u)),
         }
     }
@@ -538,7 +538,7 @@ async fn an_outage_keeps_the_last_cluster_and_recovery_resyncs() {
                     cluster.pods.contains_key(&pk("prod", "web")) && !cluster.policies.is_empty(),
                     "never an empty or partial cluster"
                 );
-                last = Some(cluster);
+                last = Some(Arc::unwrap_or_clone(cluster));
             }
             Update::Sync { in_sync, message } => {
                 assert!(in_sync, "no second Sync false: {message}");
@@ -837,7 +837,12 @@ async fn service_set(run: &mut Running) -> (vswitch::daemon::source::ServiceSet,
 /// Each frontend's endpoints as the switch would get them on node-a:
 /// "ip:port/proto -> ip:port ready|serving|terminating local".
 fn frontends(set: &vswitch::daemon::source::ServiceSet) -> Vec<String> {
-    let table = vswitch::daemon::services::table(set, "node-a");
+    // as the daemon makes them: the index's changes, applied to a table
+    let mut table = vswitch_datapath::services::ServiceTable::new();
+    let mut index = policy::ServiceIndex::new();
+    for c in vswitch::daemon::services::changes(&mut index, set.clone(), "node-a") {
+        table.apply(c);
+    }
     let mut out: Vec<String> = table
         .iter()
         .map(|(k, f)| {
@@ -939,5 +944,98 @@ async fn services_and_endpoint_slices_are_listed_watched_and_relisted() {
     fake.delete(Kind::Services, "prod/web");
     let (set, _) = service_set(&mut run).await;
     assert!(frontends(&set).is_empty());
+    run.stop().await;
+}
+
+/// The next cluster update, whole.
+async fn whole(
+    run: &mut Running,
+) -> (
+    Arc<Cluster>,
+    vswitch::daemon::source::ServiceSet,
+    Vec<String>,
+) {
+    match run.next().await {
+        Update::Cluster {
+            cluster,
+            services,
+            notes,
+            ..
+        } => (cluster, services, notes),
+        u => panic!("expected a cluster, got {}", describe(&u)),
+    }
+}
+
+#[tokio::test]
+async fn an_endpoint_change_reuses_the_last_cluster_and_the_unchanged_objects() {
+    let ports = json!([{"name": "http", "port": 8080, "protocol": "TCP"}]);
+    let slice = |name: &str, service: &str, ready: bool| {
+        endpoint_slice(
+            "prod",
+            name,
+            service,
+            ports.clone(),
+            &[("10.1.0.5", ready, true, false, "node-a")],
+        )
+    };
+    let svc_ports = json!([{"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http"}]);
+    let mut objs = objects();
+    objs.push((
+        Kind::Services,
+        service("prod", "web", "10.96.0.10", svc_ports.clone()),
+    ));
+    objs.push((
+        Kind::Services,
+        service("prod", "db", "10.96.0.11", svc_ports.clone()),
+    ));
+    objs.push((Kind::Slices, slice("web-1", "web", true)));
+    objs.push((Kind::Slices, slice("db-1", "db", true)));
+    let fake = Fake::new(objs);
+    let mut run = Running::on(&fake);
+    let (c1, s1, notes1) = whole(&mut run).await;
+    fake.watching(&KINDS, 1).await;
+
+    // web's endpoint is no longer ready: only its slice is new
+    fake.apply(Kind::Slices, slice("web-1", "web", false));
+    let (c2, s2, notes2) = whole(&mut run).await;
+    assert!(Arc::ptr_eq(&c1, &c2), "the same cluster, not rebuilt");
+    assert_eq!(notes1, notes2, "the cluster's notes kept");
+    assert_eq!(s2.services.len(), 2);
+    for (a, b) in s1.services.iter().zip(&s2.services) {
+        assert!(Arc::ptr_eq(a, b), "unchanged Service {} shared", a.key);
+    }
+    let by_name = |s: &vswitch::daemon::source::ServiceSet, n: &str| {
+        s.slices.iter().find(|e| e.key.name == n).cloned().unwrap()
+    };
+    assert!(Arc::ptr_eq(&by_name(&s1, "db-1"), &by_name(&s2, "db-1")));
+    assert!(!by_name(&s2, "web-1").endpoints[0].ready, "the change");
+
+    // a rejected Service edit is noted, and the note goes with the fix
+    let mut bad = service("prod", "db", "10.96.0.11", svc_ports.clone());
+    bad["spec"]["sessionAffinity"] = json!("Sticky");
+    fake.apply(Kind::Services, bad);
+    let (c3, s3, notes3) = whole(&mut run).await;
+    assert!(Arc::ptr_eq(&c1, &c3));
+    assert!(
+        notes3.iter().any(|n| n.contains("Service prod/db")),
+        "{notes3:?}"
+    );
+    assert!(s3.services.iter().any(|s| s.key.name == "db"), "kept");
+    fake.apply(
+        Kind::Services,
+        service("prod", "db", "10.96.0.11", svc_ports),
+    );
+    let (_, _, notes4) = whole(&mut run).await;
+    assert_eq!(notes4, notes1, "the rejection's note gone");
+
+    // a pod changes: a new cluster, the Services still shared
+    fake.apply(
+        Kind::Pods,
+        pod("prod", "api", json!({"app": "api"}), &["10.1.0.9"]),
+    );
+    let (c5, s5, _) = whole(&mut run).await;
+    assert!(!Arc::ptr_eq(&c1, &c5));
+    assert!(c5.pods.contains_key(&pk("prod", "api")));
+    assert!(Arc::ptr_eq(&by_name(&s2, "db-1"), &by_name(&s5, "db-1")));
     run.stop().await;
 }

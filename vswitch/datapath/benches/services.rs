@@ -7,10 +7,16 @@
 //!   10,000 Services of 10 endpoints each installed: straight to a pod, and
 //!   to a cluster IP (frontend lookup, endpoint choice, translation,
 //!   conntrack, the translation recorded). Target: ≤ 1 µs.
-//! - `endpoint_change`: one Service's endpoints change among 10,000 x 10:
-//!   the switch's table rebuilt from the Services and EndpointSlices (as
-//!   vswitchd does after every update) and installed. Target: p99 ≤ 5 ms
-//!   (printed first, over 200 changes).
+//! - `endpoint_change`: one Service's endpoints change among 10,000 x 10,
+//!   from the update vswitchd receives to the switch's table changed, as
+//!   vswitchd does it: the Services and EndpointSlices compared with the
+//!   last ones, the changed Service's frontends recomputed
+//!   (`policy::ServiceIndex`) and applied in place (`update_services`);
+//!   beside it, what vswitchd did before (every frontend rebuilt and the
+//!   table replaced). The objects arrive shared, unchanged ones the same
+//!   allocations as in the last update, as the Kubernetes source sends
+//!   them. Target: p99 ≤ 5 ms (medians and p99s over 200 changes, printed
+//!   first).
 //!
 //! Run: `cargo bench -p vswitch-datapath --bench services`
 
@@ -21,9 +27,12 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group};
 use policy::endpoint_slice::{self, EndpointSlice, SliceEndpoint, SlicePort};
-use policy::{Cluster, Engine, Namespace, Pod, PodKey, Protocol, Service, ServicePort, TargetPort};
+use policy::{
+    Cluster, Engine, Namespace, Pod, PodKey, Protocol, Service, ServiceIndex, ServicePort,
+    TargetPort,
+};
 use vswitch_datapath::parse::Mac;
-use vswitch_datapath::services::{Endpoint, Frontend, FrontendKey, ServiceTable};
+use vswitch_datapath::services::{Endpoint, Frontend, FrontendKey, ServiceChange, ServiceTable};
 use vswitch_datapath::{Action, Config, Datapath, PortKind};
 
 const GW: Mac = [0x02, 0x76, 0x73, 0x77, 0x00, 0x01];
@@ -154,14 +163,17 @@ fn hit(c: &mut Criterion) {
                 black_box(&actions);
             })
         });
-        assert!(
-            actions.iter().all(|a| *a == Action::Forward(2)),
-            "{name}: {actions:?}"
-        );
-        let fast = dp
-            .counters
-            .get(vswitch_datapath::counters::Outcome::FastForward);
-        assert!(fast > 0, "{name}: hits");
+        // (when this benchmark ran: a filter may have skipped it)
+        if !actions.is_empty() {
+            assert!(
+                actions.iter().all(|a| *a == Action::Forward(2)),
+                "{name}: {actions:?}"
+            );
+            let fast = dp
+                .counters
+                .get(vswitch_datapath::counters::Outcome::FastForward);
+            assert!(fast > 0, "{name}: hits");
+        }
     }
     g.finish();
 }
@@ -205,82 +217,149 @@ fn new_connection(c: &mut Criterion) {
     g.finish();
 }
 
-/// The Services and their slices, as the control plane holds them.
-fn service_set(round: usize) -> (Vec<Service>, Vec<EndpointSlice>) {
-    let mut services = Vec::with_capacity(SERVICES);
-    let mut slices = Vec::with_capacity(SERVICES);
-    for i in 0..SERVICES {
-        services.push(Service {
-            key: PodKey::new("x", format!("s{i}")),
-            cluster_ips: vec![IpAddr::from(vip(i))],
-            selector: None,
-            ports: vec![ServicePort {
-                name: None,
-                port: 53,
-                protocol: Protocol::Udp,
-                target: TargetPort::Number(53),
-            }],
-            affinity_timeout: None,
-            local_only: false,
-            proxy_name: None,
-        });
-        // the changed Service's endpoints move with the round
-        let shift = if i == 0 { round } else { 0 };
-        slices.push(EndpointSlice {
-            key: PodKey::new("x", format!("s{i}-1")),
-            service: format!("s{i}"),
-            ports: vec![SlicePort {
-                name: None,
-                port: 53,
-                protocol: Protocol::Udp,
-            }],
-            endpoints: (0..ENDPOINTS)
-                .map(|e| SliceEndpoint {
-                    addresses: vec![IpAddr::from(Ipv4Addr::from(
-                        u32::from(Ipv4Addr::new(10, 1, 0, 0)) + (i * ENDPOINTS + e + shift) as u32,
-                    ))],
-                    ready: true,
-                    serving: true,
-                    terminating: false,
-                    node: Some("n1".into()),
-                })
-                .collect(),
-        });
+/// Service `i` (UDP 53 on its cluster IP).
+fn service(i: usize) -> Service {
+    Service {
+        key: PodKey::new("x", format!("s{i}")),
+        cluster_ips: vec![IpAddr::from(vip(i))],
+        selector: None,
+        ports: vec![ServicePort {
+            name: None,
+            port: 53,
+            protocol: Protocol::Udp,
+            target: TargetPort::Number(53),
+        }],
+        affinity_timeout: None,
+        local_only: false,
+        proxy_name: None,
     }
-    (services, slices)
 }
 
-/// What the control plane does for an update: frontends from Services
-/// and slices, the table, installed.
-fn change(dp: &mut Datapath, services: &[Service], slices: &[EndpointSlice]) {
-    let specs = endpoint_slice::frontends(services, slices);
+/// Service `i`'s slice: 10 endpoints, moved `shift` addresses on.
+fn slice(i: usize, shift: usize) -> EndpointSlice {
+    EndpointSlice {
+        key: PodKey::new("x", format!("s{i}-1")),
+        service: format!("s{i}"),
+        ports: vec![SlicePort {
+            name: None,
+            port: 53,
+            protocol: Protocol::Udp,
+        }],
+        endpoints: (0..ENDPOINTS)
+            .map(|e| SliceEndpoint {
+                addresses: vec![IpAddr::from(Ipv4Addr::from(
+                    u32::from(Ipv4Addr::new(10, 1, 0, 0)) + (i * ENDPOINTS + e + shift) as u32,
+                ))],
+                ready: true,
+                serving: true,
+                terminating: false,
+                node: Some("n1".into()),
+            })
+            .collect(),
+    }
+}
+
+/// The Services and slices as a source sends them: shared objects.
+type Set = (Vec<Arc<Service>>, Vec<Arc<EndpointSlice>>);
+
+/// Every Service and slice, s0's endpoints moved `shift` on. `base`: the
+/// objects of the last update, reused where unchanged (as the source
+/// reuses its conversions).
+fn service_set(shift: usize, base: Option<&Set>) -> Set {
+    match base {
+        Some((services, slices)) => {
+            let mut slices = slices.clone();
+            slices[0] = Arc::new(slice(0, shift));
+            (services.clone(), slices)
+        }
+        None => (
+            (0..SERVICES).map(|i| Arc::new(service(i))).collect(),
+            (0..SERVICES)
+                .map(|i| Arc::new(slice(i, if i == 0 { shift } else { 0 })))
+                .collect(),
+        ),
+    }
+}
+
+/// What vswitchd did for an update before the index: every frontend
+/// from Services and slices, a new table, installed.
+fn rebuild(dp: &mut Datapath, (services, slices): &Set) {
+    let specs =
+        endpoint_slice::frontends(services.iter().map(|s| &**s), slices.iter().map(|s| &**s));
     dp.set_services(Arc::new(ServiceTable::from_specs(specs, "n1")));
 }
 
+/// What vswitchd does for an update: the index brought to the new set, its
+/// changes applied to the switch's table.
+fn incremental(dp: &mut Datapath, index: &mut ServiceIndex, set: Set) {
+    let changes = index.update(set.0, set.1);
+    dp.update_services(changes.into_iter().map(|c| ServiceChange::of(c, "n1")));
+}
+
+/// The median and p99 of `times`.
+fn summary(mut times: Vec<Duration>) -> String {
+    times.sort();
+    let at = |q: usize| times[(times.len() * q / 100).min(times.len() - 1)];
+    format!("median {:?}, p99 {:?}", at(50), at(99))
+}
+
 fn endpoint_change(c: &mut Criterion) {
+    const CHANGES: usize = 200;
+    const ROUNDS: usize = 4;
+    let first = service_set(0, None);
+    // what vswitchd does: the sets arrive (made outside the timing),
+    // compared, the change applied
     let mut dp = datapath(Config::default(), Arc::new(ServiceTable::new()));
-    let rounds: Vec<(Vec<Service>, Vec<EndpointSlice>)> = (0..4).map(service_set).collect();
-    // p99 over 200 changes, printed first
-    let mut times: Vec<Duration> = (0..200)
+    let mut index = ServiceIndex::new();
+    incremental(&mut dp, &mut index, first.clone());
+    assert_eq!(dp.services().len(), SERVICES);
+    let mut times = Vec::with_capacity(CHANGES);
+    for r in 1..=CHANGES {
+        let set = service_set(r % ROUNDS, Some(&first));
+        let t = Instant::now();
+        incremental(&mut dp, &mut index, set);
+        times.push(t.elapsed());
+        // the change arrived: s0's endpoints moved with the round
+        let fe = dp.services().get(&FrontendKey {
+            ip: IpAddr::from(vip(0)),
+            proto: 17,
+            port: 53,
+        });
+        let lowest = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 1, 0, 0)) + (r % ROUNDS) as u32);
+        assert_eq!(
+            fe.unwrap().endpoints[0].ip,
+            IpAddr::from(lowest),
+            "change {r}"
+        );
+    }
+    println!(
+        "endpoint change, 10000 Services x 10 endpoints, incremental: {} ({CHANGES} changes)",
+        summary(times)
+    );
+    // before: every frontend rebuilt
+    let mut old = datapath(Config::default(), Arc::new(ServiceTable::new()));
+    let times = (0..CHANGES)
         .map(|r| {
-            let (s, e) = &rounds[r % rounds.len()];
+            let set = service_set(r % ROUNDS, Some(&first));
             let t = Instant::now();
-            change(&mut dp, s, e);
+            rebuild(&mut old, &set);
             t.elapsed()
         })
         .collect();
-    times.sort();
     println!(
-        "endpoint change, 10000 Services x 10 endpoints: median {:?}, p99 {:?} (200 changes)",
-        times[100], times[197]
+        "endpoint change, 10000 Services x 10 endpoints, rebuilt: {} ({CHANGES} changes)",
+        summary(times)
     );
     let mut r = 0;
-    c.bench_function("endpoint_change/10000x10", |b| {
-        b.iter(|| {
-            r += 1;
-            let (s, e) = &rounds[r % rounds.len()];
-            change(&mut dp, s, e);
-        })
+    c.bench_function("endpoint_change/10000x10/incremental", |b| {
+        b.iter_batched(
+            || {
+                r += 1;
+                service_set(r % ROUNDS, Some(&first))
+            },
+            |set| incremental(&mut dp, &mut index, set),
+            criterion::BatchSize::LargeInput,
+        )
     });
 }
 

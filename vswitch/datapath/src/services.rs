@@ -14,9 +14,11 @@
 //!   `sessionAffinity: ClientIP`, the client's last endpoint is kept
 //!   while it stays usable (the datapath's affinity table, see
 //!   `datapath/service_proxy.rs`).
-//! - The table is immutable once built, shared by the workers behind an
-//!   `Arc`, and replaced whole when Services or endpoints change; the next
-//!   packet of a new connection sees the new one.
+//! - The table is shared by the workers behind an `Arc`. The control plane
+//!   sends changes (a frontend set or removed, [`ServiceChange`]), applied
+//!   in place when the worker holds the only reference (copied once when
+//!   not), or a whole table; the next packet of a new connection sees
+//!   them.
 
 use std::net::IpAddr;
 
@@ -58,6 +60,36 @@ pub struct Frontend {
 }
 
 impl Frontend {
+    /// A service proxy's frontend on the node named `node` (an endpoint is
+    /// local when its slice names it), and its key.
+    pub fn from_spec(f: policy::FrontendSpec, node: &str) -> (FrontendKey, Frontend) {
+        let endpoints = f
+            .endpoints
+            .iter()
+            .map(|e| Endpoint {
+                ip: e.ip,
+                port: e.port,
+                ready: e.ready,
+                serving: e.serving,
+                terminating: e.terminating,
+                local: e.node.as_deref() == Some(node),
+            })
+            .collect();
+        let key = FrontendKey {
+            ip: f.ip,
+            proto: f.protocol.number(),
+            port: f.port,
+        };
+        let frontend = Frontend {
+            service: f.service.to_string(),
+            port_name: f.port_name,
+            endpoints,
+            affinity_ms: f.affinity_timeout.map(|s| s as u64 * 1000),
+            local_only: f.local_only,
+        };
+        (key, frontend)
+    }
+
     /// The endpoints a new connection may be sent to (see the module
     /// comment), in table order.
     pub fn usable(&self) -> impl Iterator<Item = &Endpoint> {
@@ -90,9 +122,43 @@ impl Frontend {
 #[derive(Debug, Clone, Default)]
 pub struct ServiceTable {
     frontends: FxHashMap<FrontendKey, Frontend>,
-    /// The cluster IPs of every frontend (a packet to one of them on a
-    /// port with no frontend is not translated).
-    ips: FxHashMap<IpAddr, ()>,
+    /// The cluster IPs of every frontend, with how many frontends each
+    /// has (a packet to one of them on a port with no frontend is not
+    /// translated).
+    ips: FxHashMap<IpAddr, u32>,
+}
+
+/// A change to the table: a frontend added or replaced, or removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceChange {
+    Set(FrontendKey, Frontend),
+    Remove(FrontendKey),
+}
+
+impl ServiceChange {
+    /// The change a service proxy's frontend change makes on the node named
+    /// `node`.
+    pub fn of(c: policy::FrontendChange, node: &str) -> ServiceChange {
+        match c {
+            policy::FrontendChange::Set(f) => {
+                let (k, f) = Frontend::from_spec(f, node);
+                ServiceChange::Set(k, f)
+            }
+            policy::FrontendChange::Remove((ip, protocol, port)) => {
+                ServiceChange::Remove(FrontendKey {
+                    ip,
+                    proto: protocol.number(),
+                    port,
+                })
+            }
+        }
+    }
+
+    pub fn key(&self) -> &FrontendKey {
+        match self {
+            ServiceChange::Set(k, _) | ServiceChange::Remove(k) => k,
+        }
+    }
 }
 
 impl ServiceTable {
@@ -102,8 +168,31 @@ impl ServiceTable {
 
     /// Adds (or replaces) a frontend.
     pub fn insert(&mut self, key: FrontendKey, frontend: Frontend) {
-        self.ips.insert(key.ip, ());
-        self.frontends.insert(key, frontend);
+        if self.frontends.insert(key, frontend).is_none() {
+            *self.ips.entry(key.ip).or_default() += 1;
+        }
+    }
+
+    /// Removes a frontend (and its cluster IP with its last one).
+    pub fn remove(&mut self, key: &FrontendKey) -> Option<Frontend> {
+        let f = self.frontends.remove(key)?;
+        if let Some(n) = self.ips.get_mut(&key.ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.ips.remove(&key.ip);
+            }
+        }
+        Some(f)
+    }
+
+    /// Applies a change.
+    pub fn apply(&mut self, c: ServiceChange) {
+        match c {
+            ServiceChange::Set(k, f) => self.insert(k, f),
+            ServiceChange::Remove(k) => {
+                self.remove(&k);
+            }
+        }
     }
 
     pub fn get(&self, key: &FrontendKey) -> Option<&Frontend> {
@@ -133,33 +222,8 @@ impl ServiceTable {
     pub fn from_specs(specs: impl IntoIterator<Item = policy::FrontendSpec>, node: &str) -> Self {
         let mut table = ServiceTable::new();
         for f in specs {
-            let endpoints = f
-                .endpoints
-                .iter()
-                .map(|e| Endpoint {
-                    ip: e.ip,
-                    port: e.port,
-                    ready: e.ready,
-                    serving: e.serving,
-                    terminating: e.terminating,
-                    local: e.node.as_deref() == Some(node),
-                })
-                .collect();
-            let key = FrontendKey {
-                ip: f.ip,
-                proto: f.protocol.number(),
-                port: f.port,
-            };
-            table.insert(
-                key,
-                Frontend {
-                    service: f.service.to_string(),
-                    port_name: f.port_name,
-                    endpoints,
-                    affinity_ms: f.affinity_timeout.map(|s| s as u64 * 1000),
-                    local_only: f.local_only,
-                },
-            );
+            let (key, frontend) = Frontend::from_spec(f, node);
+            table.insert(key, frontend);
         }
         table
     }

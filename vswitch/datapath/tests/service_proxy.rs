@@ -770,3 +770,53 @@ fn an_endpoint_on_the_nodes_own_address_is_reached_by_the_node_port_and_judged_a
     let mut syn = tcp4(A, GW, A4, VIP4, 48002, 443, "S", 64);
     assert_eq!(rig.send(1, &mut syn), Action::Forward(0));
 }
+
+#[test]
+fn changes_apply_in_place_and_a_deleted_services_established_connections_go_on() {
+    use vswitch_datapath::services::ServiceChange;
+    let mut rig = Rig::two_pods();
+    let web = key(VIP4, TCP, 8080);
+    let admin = key(VIP4, TCP, 9090);
+    rig.dp.update_services([
+        ServiceChange::Set(web, frontend(vec![endpoint(B4, 80)])),
+        ServiceChange::Set(admin, frontend(vec![endpoint(B4, 90)])),
+    ]);
+    assert_eq!(rig.dp.services().len(), 2);
+    tcp_through(&mut rig, 46000);
+    // a table someone else holds is copied, never changed under them
+    let held = Arc::new(rig.dp.services().clone());
+    rig.dp.set_services(held.clone());
+    rig.dp
+        .update_services([ServiceChange::Set(web, frontend(vec![endpoint(B4, 81)]))]);
+    assert_eq!(
+        held.get(&web).unwrap().endpoints[0].port,
+        80,
+        "the holder's"
+    );
+    assert_eq!(lands_on(&mut rig, 46001), 81, "the switch's, changed");
+    // one of the cluster IP's two frontends goes: the other stays
+    rig.dp.update_services([ServiceChange::Remove(admin)]);
+    assert!(rig.dp.services().is_cluster_ip(IpAddr::from(VIP4)));
+    let mut syn = tcp4(A, GW, A4, VIP4, 46002, 8080, "S", 64);
+    assert_eq!(rig.send(1, &mut syn), Action::Forward(2));
+    assert_eq!(seen(&syn), at(A4, 46002, B4, 81));
+    // the Service goes: no new connection is translated
+    rig.dp.update_services([ServiceChange::Remove(web)]);
+    assert!(rig.dp.services().is_empty());
+    assert!(!rig.dp.services().is_cluster_ip(IpAddr::from(VIP4)));
+    let mut syn = tcp4(A, GW, A4, VIP4, 46003, 8080, "S", 64);
+    rig.send(1, &mut syn);
+    assert_eq!(seen(&syn).dst, IpAddr::from(VIP4), "not translated");
+    // the established one goes on to b:80 (as conntrack keeps kube-proxy's
+    // translations), from the cache and, after a policy change empties it,
+    // from the slow path
+    for round in 0..2 {
+        let mut d = tcp4(A, GW, A4, VIP4, 46000, 8080, "A", 64);
+        assert_eq!(rig.send(1, &mut d), Action::Forward(2), "round {round}");
+        assert_eq!(seen(&d), at(A4, 46000, B4, 80), "round {round}");
+        let mut r = tcp4(B, GW, B4, A4, 80, 46000, "A", 64);
+        assert_eq!(rig.send(2, &mut r), Action::Forward(1), "round {round}");
+        assert_eq!(seen(&r), at(VIP4, 8080, A4, 46000), "round {round}");
+        rig.apply(&policy("allow-all", "b", "ingress: [{}]"));
+    }
+}

@@ -19,6 +19,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use policy::manifest::{self, Object, ObjectId};
@@ -219,6 +220,7 @@ fn read_file(
 fn assemble(objects: Vec<Object>, mut notes: Vec<String>) -> Desired {
     let mut cluster = Cluster::default();
     let mut services = super::source::ServiceSet::default();
+    let (mut service_keys, mut slice_keys) = (BTreeSet::new(), BTreeSet::new());
     let mut nodes: Vec<Node> = Vec::new();
     for o in &objects {
         if let Object::Namespace(ns) = o {
@@ -230,8 +232,21 @@ fn assemble(objects: Vec<Object>, mut notes: Vec<String>) -> Desired {
             Object::Namespace(_) => {}
             Object::HostNetworkPod(_) => {}
             // the switch translates them (--service-proxy switch)
-            Object::Service(s) => services.services.push(s),
-            Object::EndpointSlice(s) => services.slices.push(s),
+            // (each once: the proxy keys them by namespace/name)
+            Object::Service(s) => {
+                if !service_keys.insert(s.key.clone()) {
+                    notes.push(format!("rejected: Service {}: defined twice", s.key));
+                } else {
+                    services.services.push(Arc::new(s));
+                }
+            }
+            Object::EndpointSlice(s) => {
+                if !slice_keys.insert(s.key.clone()) {
+                    notes.push(format!("rejected: EndpointSlice {}: defined twice", s.key));
+                } else {
+                    services.slices.push(Arc::new(s));
+                }
+            }
             Object::Node(n) => {
                 if nodes.iter().any(|m| m.name == n.name) {
                     notes.push(format!("rejected: Node {}: defined twice", n.name));

@@ -96,7 +96,7 @@ pub struct Daemon {
     handle: PolicyHandle,
     switch: Switch,
     /// The cluster as the manifests describe it.
-    desired: Cluster,
+    desired: std::sync::Arc<Cluster>,
     /// Every node, as the source describes them.
     nodes: Vec<policy::Node>,
     overlay: Option<nodes::Overlay>,
@@ -112,7 +112,7 @@ pub struct Daemon {
     /// The manifest folder as read at start, handed to its source.
     folder: manifests::Folder,
     /// The Services and EndpointSlices, as the source last gave them.
-    services: source::ServiceSet,
+    services: policy::ServiceIndex,
 }
 
 impl Daemon {

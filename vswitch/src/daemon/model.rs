@@ -27,7 +27,7 @@ impl Daemon {
     /// Brings the engine to the desired cluster plus the local pods, one
     /// change at a time, and publishes the new generation.
     pub(super) fn sync_model(&mut self) -> u64 {
-        let mut target = self.desired.clone();
+        let mut target = (*self.desired).clone();
         let mut local: BTreeMap<PodKey, Vec<IpAddr>> = BTreeMap::new();
         for a in self.attachments.values() {
             let key = PodKey::parse(&a.pod).unwrap_or_else(|| PodKey::new("default", &a.pod));
@@ -87,10 +87,20 @@ impl Daemon {
                 for n in &notes {
                     tracing::warn!("{n}");
                 }
+                // An update that changes only Services or endpoints (the
+                // common one) costs no policy work: the model is compared,
+                // not recompiled.
+                let model_changed = !self.synced
+                    || !(std::sync::Arc::ptr_eq(&self.desired, &cluster)
+                        || self.desired == cluster);
                 self.desired = cluster;
                 self.nodes = nodes;
                 self.sync_nodes();
-                let g = self.sync_model();
+                let g = if model_changed {
+                    self.sync_model()
+                } else {
+                    self.engine.generation()
+                };
                 self.sync_services(services);
                 tracing::info!("desired cluster updated: policy generation {g}");
                 if !self.synced {

@@ -1,18 +1,19 @@
 //! The Services the switch proxies (`--service-proxy switch`): from the
 //! source's Services and EndpointSlices to the switch's table of frontends
-//! ([`policy::endpoint_slice::frontends`]: cluster IP, protocol and port to
-//! endpoints with their conditions), sent to the switch after every update
-//! (new connections use it from their next packet). An endpoint is local
-//! when its slice names this node. With `--service-proxy kube-proxy` the
-//! switch gets no frontends: kube-proxy on the node translates. `explain`
-//! through a Service judges each of its endpoints.
+//! (cluster IP, protocol and port to endpoints with their conditions). The
+//! daemon keeps them in a [`ServiceIndex`], which after each update
+//! recomputes the frontends of the Services whose object or slices changed
+//! only, and sends the switch those changes (new connections use them from
+//! their next packet). An endpoint is local when its slice names this node.
+//! With `--service-proxy kube-proxy` the switch gets no frontends:
+//! kube-proxy on the node translates. `explain` through a Service judges
+//! each of its endpoints, in either mode.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
-use policy::PodKey;
+use policy::{PodKey, ServiceIndex};
 use vswitch_cni::proto::Reply;
-use vswitch_datapath::services::ServiceTable;
+use vswitch_datapath::services::ServiceChange;
 
 use super::Daemon;
 use super::cli::ServiceProxy;
@@ -20,26 +21,28 @@ use super::error::RequestError;
 use super::source::ServiceSet;
 use super::switch::Command;
 
-/// The switch's table for `set`, on the node named `node`.
-pub fn table(set: &ServiceSet, node: &str) -> ServiceTable {
-    ServiceTable::from_specs(
-        policy::endpoint_slice::frontends(&set.services, &set.slices),
-        node,
-    )
+/// Brings `index` to `set` and returns the switch's changes on the node
+/// named `node` (none when nothing a proxy sees changed).
+pub fn changes(index: &mut ServiceIndex, set: ServiceSet, node: &str) -> Vec<ServiceChange> {
+    index
+        .update(set.services, set.slices)
+        .into_iter()
+        .map(|c| ServiceChange::of(c, node))
+        .collect()
 }
 
 impl Daemon {
-    /// Keeps `set` (for `explain`) and sends the switch its frontends
-    /// (switch mode only).
+    /// Keeps `set` (for `explain`) and sends the switch the changes to its
+    /// frontends (switch mode only).
     pub(super) fn sync_services(&mut self, set: ServiceSet) {
-        if self.opts.service_proxy == ServiceProxy::Switch {
-            let table = table(&set, &self.opts.node_name);
-            self.gauges
-                .frontends
-                .store(table.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            self.switch.send(Command::Services(Arc::new(table)));
+        let changes = changes(&mut self.services, set, &self.opts.node_name);
+        if self.opts.service_proxy == ServiceProxy::Switch && !changes.is_empty() {
+            self.gauges.frontends.store(
+                self.services.all().count() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            self.switch.send(Command::Services(changes));
         }
-        self.services = set;
     }
 
     /// `explain` through a Service (`svc:namespace/name`): the frontend of
@@ -55,14 +58,13 @@ impl Daemon {
     ) -> Result<Reply, RequestError> {
         let key = PodKey::parse(service)
             .ok_or_else(|| RequestError::BadEndpoint(format!("svc:{service}")))?;
-        let svc = self
+        if self.services.service(&key).is_none() {
+            return Err(RequestError::UnknownService(key));
+        }
+        let f = self
             .services
-            .services
+            .frontends_of(&key)
             .iter()
-            .find(|s| s.key == key)
-            .ok_or_else(|| RequestError::UnknownService(key.clone()))?;
-        let f = policy::endpoint_slice::frontends([svc], &self.services.slices)
-            .into_iter()
             .find(|f| f.port == port && f.protocol == protocol && f.ip.is_ipv4() == src.is_ipv4())
             .ok_or_else(|| RequestError::NoServicePort {
                 service: key.clone(),

@@ -13,6 +13,7 @@
 //!   server.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -21,18 +22,24 @@ use policy::{Cluster, EndpointSlice, Node, Service};
 use super::manifests;
 
 /// The Services and their EndpointSlices, as the source has them (the
-/// switch translates them with `--service-proxy switch`).
+/// switch translates them with `--service-proxy switch`). Shared: an
+/// object the source did not convert anew is the same allocation as in its
+/// last update, so the daemon finds what changed without comparing every
+/// object field by field.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServiceSet {
-    pub services: Vec<Service>,
-    pub slices: Vec<EndpointSlice>,
+    pub services: Vec<Arc<Service>>,
+    pub slices: Vec<Arc<EndpointSlice>>,
 }
 
 pub enum Update {
     /// The whole desired cluster, and what was left out of it (each note
     /// names the object and the field at fault).
     Cluster {
-        cluster: Cluster,
+        /// Shared: a source sends the same allocation again while the
+        /// cluster is unchanged (an update of Services or endpoints only),
+        /// so that the daemon sees that without comparing it.
+        cluster: Arc<Cluster>,
         services: ServiceSet,
         /// Every node (this one too): where pods live, how nodes reach
         /// each other.
@@ -88,7 +95,7 @@ impl Source for ManifestDir {
                         });
                     }
                     Update::Cluster {
-                        cluster: d.cluster,
+                        cluster: Arc::new(d.cluster),
                         services: d.services,
                         nodes: d.nodes,
                         notes: d.notes,
@@ -196,7 +203,7 @@ spec:
                         stale,
                         rejected,
                         ..
-                    }) => return (cluster, notes, stale, rejected),
+                    }) => return (Arc::unwrap_or_clone(cluster), notes, stale, rejected),
                     Ok(Update::Sync { .. }) => {}
                     Err(e) => panic!("no cluster from the folder source: {e}"),
                 }

@@ -116,7 +116,7 @@ impl Daemon {
             engine: Engine::new(),
             handle,
             switch,
-            desired,
+            desired: std::sync::Arc::new(desired),
             nodes,
             overlay: None,
             attachments: BTreeMap::new(),

@@ -20,7 +20,7 @@ use vswitch_datapath::io::event_loop::EventLoop;
 use vswitch_datapath::io::port::Port;
 use vswitch_datapath::io::worker::{PolicyHandle, Worker};
 use vswitch_datapath::parse::mac_text;
-use vswitch_datapath::services::ServiceTable;
+use vswitch_datapath::services::{ServiceChange, ServiceTable};
 use vswitch_datapath::{Config, Datapath, PortId, PortKind};
 
 pub enum Command {
@@ -37,8 +37,11 @@ pub enum Command {
     Mtu(PortId, u16),
     /// Detaches a port; the reply comes once its descriptor is closed.
     Detach(PortId, mpsc::Sender<()>),
-    /// The Services the switch translates (`--service-proxy switch`).
-    Services(Arc<ServiceTable>),
+    /// Changes to the Services the switch translates (`--service-proxy
+    /// switch`).
+    Services(Vec<ServiceChange>),
+    /// The whole table, replacing the last one.
+    ServiceTable(Arc<ServiceTable>),
     /// What vswitchctl and the metrics endpoint show.
     Query(Query, mpsc::Sender<Answer>),
 }
@@ -176,7 +179,8 @@ fn handle(el: &mut EventLoop, c: Command) {
         }
         Command::Ready(id, generation) => el.worker.datapath.set_ready(id, generation),
         Command::Mtu(id, mtu) => el.worker.datapath.set_mtu(id, mtu),
-        Command::Services(table) => el.worker.datapath.set_services(table),
+        Command::Services(changes) => el.worker.datapath.update_services(changes),
+        Command::ServiceTable(table) => el.worker.datapath.set_services(table),
         Command::Detach(id, done) => {
             let _ = el.deregister(id);
             drop(el.worker.detach(id));

@@ -14,7 +14,7 @@ use crate::counters::Counters;
 use crate::flow_cache::FlowCache;
 use crate::parse::Mac;
 use crate::ports::{PortId, PortKind, PortState};
-use crate::services::ServiceTable;
+use crate::services::{ServiceChange, ServiceTable};
 
 impl Datapath {
     /// Attaches a port; its id is its index.
@@ -135,7 +135,33 @@ impl Datapath {
     /// them from the next packet on (established ones keep their endpoint).
     pub fn set_services(&mut self, services: Arc<ServiceTable>) {
         self.nat.retain_frontends(|k| services.get(k).is_some());
+        for (k, _) in self.services.iter() {
+            if !services.is_cluster_ip(k.ip) {
+                self.nat.retire(k.ip);
+            }
+        }
         self.services = services;
+    }
+
+    /// Applies changes to the Services the switch translates, in place
+    /// (the table is copied first only if someone else holds it); new
+    /// connections use them from the next packet on. A removed frontend's
+    /// counters go with it.
+    pub fn update_services(&mut self, changes: impl IntoIterator<Item = ServiceChange>) {
+        let table = Arc::make_mut(&mut self.services);
+        for c in changes {
+            let removed = match &c {
+                ServiceChange::Remove(k) => Some(*k),
+                ServiceChange::Set(..) => None,
+            };
+            table.apply(c);
+            if let Some(k) = removed {
+                self.nat.forget_frontend(&k);
+                if !table.is_cluster_ip(k.ip) {
+                    self.nat.retire(k.ip);
+                }
+            }
+        }
     }
 
     pub fn services(&self) -> &ServiceTable {

@@ -126,7 +126,7 @@ impl Datapath {
         let arrived = ip;
         let mut front: Option<Translation> = None;
         let translated;
-        let ip = if from_pod && !self.services.is_empty() {
+        let ip = if from_pod && (!self.services.is_empty() || self.nat.has_retired()) {
             match self.front(ip, ms) {
                 Front::Not => ip,
                 Front::To(t) => {

@@ -35,7 +35,9 @@
 //!   packet. An established connection keeps its endpoint while its entry
 //!   lives, even if the endpoint left the Service (as kube-proxy's
 //!   conntrack does): its pod may still answer it, and policy still judges
-//!   it.
+//!   it. So do the connections of a deleted Service: its cluster IP is
+//!   kept as `retired` while translated connections may use it, so that
+//!   their packets still find their translation.
 //! - **Bounds**: `fronts` and `backs` hold one entry per translated
 //!   connection; dead ones (their conntrack entry gone) are purged when the
 //!   maps reach twice the conntrack table's size. The affinity table holds
@@ -56,6 +58,9 @@ use crate::parse::{FlowTuple, IpPacket, L4};
 use crate::ports::PortId;
 use crate::reply;
 use crate::services::FrontendKey;
+
+/// Retired cluster IPs kept before a scan prunes those no connection uses.
+const RETIRED_MAX: usize = 4096;
 
 /// What the front decided for a pod's packet.
 pub(super) enum Front {
@@ -116,6 +121,9 @@ pub(super) struct ServiceNat {
     affinity: keyed_hash::Map<(IpAddr, FrontendKey), Affinity>,
     /// Per frontend of the table installed (and no other: bounded by it).
     per_frontend: keyed_hash::Map<FrontendKey, FrontendCounters>,
+    /// Cluster IPs no frontend has any more, that translated connections
+    /// may still use (pruned with `fronts`, and at [`RETIRED_MAX`]).
+    retired: keyed_hash::Map<IpAddr, ()>,
     hash: keyed_hash::State,
     /// New connections refused for want of an endpoint.
     pub refused: u64,
@@ -132,6 +140,7 @@ impl ServiceNat {
             backs: keyed_hash::Map::with_hasher(keyed_hash::state()),
             affinity: keyed_hash::Map::with_hasher(keyed_hash::state()),
             per_frontend: keyed_hash::Map::with_hasher(keyed_hash::state()),
+            retired: keyed_hash::Map::with_hasher(keyed_hash::state()),
             hash: keyed_hash::state(),
             refused: 0,
             translated: 0,
@@ -145,6 +154,7 @@ impl ServiceNat {
         if self.fronts.len() >= 2 * ct.capacity() {
             self.fronts.retain(|_, (r, _)| ct.get(*r).is_some());
             self.backs.retain(|r, _| ct.get(*r).is_some());
+            self.prune_retired();
         }
         self.fronts.insert(front, (r, t.rewrite));
         self.backs.insert(r, t.back);
@@ -155,6 +165,48 @@ impl ServiceNat {
     /// Keeps the counters of the frontends `keep` says are still there.
     pub(super) fn retain_frontends(&mut self, keep: impl Fn(&FrontendKey) -> bool) {
         self.per_frontend.retain(|k, _| keep(k));
+    }
+
+    /// Drops a removed frontend's counters.
+    pub(super) fn forget_frontend(&mut self, k: &FrontendKey) {
+        self.per_frontend.remove(k);
+    }
+
+    /// Keeps `ip`, no longer a cluster IP, for the translated connections
+    /// that may still use it.
+    pub(super) fn retire(&mut self, ip: IpAddr) {
+        if self.fronts.is_empty() {
+            return;
+        }
+        self.retired.insert(ip, ());
+        if self.retired.len() > RETIRED_MAX {
+            self.prune_retired();
+        }
+    }
+
+    /// Keeps the retired IPs some remembered connection was sent to.
+    fn prune_retired(&mut self) {
+        if self.retired.is_empty() {
+            return;
+        }
+        let mut used: keyed_hash::Map<IpAddr, ()> =
+            keyed_hash::Map::with_hasher(keyed_hash::state());
+        for t in self.fronts.keys() {
+            if self.retired.contains_key(&t.dst) {
+                used.insert(t.dst, ());
+            }
+        }
+        self.retired = used;
+    }
+
+    /// Whether some cluster IP is retired.
+    pub(super) fn has_retired(&self) -> bool {
+        !self.retired.is_empty()
+    }
+
+    /// Whether `ip` is a retired cluster IP.
+    pub(super) fn is_retired(&self, ip: IpAddr) -> bool {
+        !self.retired.is_empty() && self.retired.contains_key(&ip)
     }
 
     /// How a translated connection's replies are translated back.
@@ -193,7 +245,7 @@ impl Datapath {
     /// The front: whether a pod's packet `ip` goes to a Service, and to
     /// which endpoint.
     pub(super) fn front(&mut self, ip: &IpPacket, ms: u64) -> Front {
-        if !self.services.is_cluster_ip(ip.dst) {
+        if !self.services.is_cluster_ip(ip.dst) && !self.nat.is_retired(ip.dst) {
             return Front::Not;
         }
         let (sport, dport) = match ip.l4 {

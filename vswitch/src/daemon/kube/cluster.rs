@@ -11,7 +11,7 @@
 //! objects are taken in key order, and when two pods claim one address the
 //! one that keeps it is decided by the pods themselves (see [`build`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -38,13 +38,12 @@ use crate::daemon::source::ServiceSet;
 /// two pods claim one address, a pod being deleted gives way to one that
 /// is not, then the older pod keeps it; the other is left out with a note.
 /// An object rejected now that `last` holds keeps its version there.
+/// Services and EndpointSlices are left to [`service_set`].
 pub fn build(
     namespaces: &[Arc<Namespace>],
     pods: &[Arc<Pod>],
     policies: &[Arc<NetworkPolicy>],
     nodes: &[Arc<Node>],
-    services: &[Arc<Service>],
-    slices: &[Arc<EndpointSlice>],
     last: Option<&Desired>,
 ) -> Desired {
     let mut cluster = Cluster::default();
@@ -158,11 +157,10 @@ pub fn build(
         }
     }
     out_nodes.sort();
-    let services = service_set(services, slices, last, &mut notes, &mut stale);
     notes.sort();
     Desired {
         cluster,
-        services,
+        services: ServiceSet::default(),
         nodes: out_nodes,
         notes,
         stale,
@@ -170,20 +168,50 @@ pub fn build(
     }
 }
 
+/// The Services and EndpointSlices converted at the last publish, by the
+/// stored object they came from (held, so that its address stays its own):
+/// an object the store still holds unchanged is not converted again, and
+/// its conversion is the same allocation as before, which the daemon
+/// compares by address.
+#[derive(Default)]
+pub struct Converted {
+    services: HashMap<usize, (Arc<Service>, Arc<policy::Service>)>,
+    slices: HashMap<usize, (Arc<EndpointSlice>, Arc<policy::EndpointSlice>)>,
+}
+
+/// `from`'s conversion: the last one if `from` is the object it came from,
+/// else a new one; kept in `next` either way.
+fn convert<K, T, E>(
+    from: &Arc<K>,
+    last: &HashMap<usize, (Arc<K>, Arc<T>)>,
+    next: &mut HashMap<usize, (Arc<K>, Arc<T>)>,
+    f: impl Fn(&K) -> Result<T, E>,
+) -> Result<Arc<T>, E> {
+    let key = Arc::as_ptr(from) as usize;
+    let t = match last.get(&key) {
+        Some((k, t)) if Arc::ptr_eq(k, from) => t.clone(),
+        _ => Arc::new(f(from)?),
+    };
+    next.insert(key, (from.clone(), t.clone()));
+    Ok(t)
+}
+
 /// The Services and their EndpointSlices, in key order; one the API
 /// server would have refused keeps its last valid version, as policies do.
-fn service_set(
+pub fn service_set(
     services: &[Arc<Service>],
     slices: &[Arc<EndpointSlice>],
     last: Option<&Desired>,
+    converted: &mut Converted,
     notes: &mut Vec<String>,
     stale: &mut usize,
 ) -> ServiceSet {
     let mut set = ServiceSet::default();
+    let mut next = Converted::default();
     let mut sorted: Vec<&Arc<Service>> = services.iter().collect();
-    sorted.sort_by_key(|s| key_of(&s.metadata));
+    sorted.sort_by(|a, b| key_ref(&a.metadata).cmp(&key_ref(&b.metadata)));
     for s in sorted {
-        match service_from_k8s(s) {
+        match convert(s, &converted.services, &mut next.services, service_from_k8s) {
             Ok(s) => set.services.push(s),
             Err(e) => {
                 let key = key_of(&s.metadata);
@@ -199,9 +227,14 @@ fn service_set(
         }
     }
     let mut sorted: Vec<&Arc<EndpointSlice>> = slices.iter().collect();
-    sorted.sort_by_key(|s| key_of(&s.metadata));
+    sorted.sort_by(|a, b| key_ref(&a.metadata).cmp(&key_ref(&b.metadata)));
     for s in sorted {
-        match endpoint_slice_from_k8s(s) {
+        match convert(
+            s,
+            &converted.slices,
+            &mut next.slices,
+            endpoint_slice_from_k8s,
+        ) {
             Ok(s) => set.slices.push(s),
             Err(e) => {
                 let key = key_of(&s.metadata);
@@ -216,7 +249,16 @@ fn service_set(
             }
         }
     }
+    *converted = next;
     set
+}
+
+/// An object's namespace and name, borrowed (for sorting without copies).
+fn key_ref(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (&str, &str) {
+    (
+        m.namespace.as_deref().unwrap_or(""),
+        m.name.as_deref().unwrap_or(""),
+    )
 }
 
 /// Notes a rejection, and whether the last valid version is kept.
@@ -236,17 +278,6 @@ fn key_of(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Opt
         m.namespace.as_deref().unwrap_or("default"),
         name,
     ))
-}
-
-/// Whether two results are the same (the Cluster has no `PartialEq`).
-pub fn same(a: &Desired, b: &Desired) -> bool {
-    a.cluster.namespaces == b.cluster.namespaces
-        && a.cluster.pods == b.cluster.pods
-        && a.cluster.policies == b.cluster.policies
-        && a.nodes == b.nodes
-        && a.services == b.services
-        && a.notes == b.notes
-        && a.stale == b.stale
 }
 
 /// A pod whose containers have all ended for good: it holds no address.

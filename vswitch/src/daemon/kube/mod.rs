@@ -38,6 +38,7 @@ mod watch;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -204,6 +205,17 @@ struct Progress {
     /// A publish is due then.
     due: Option<Instant>,
     last: Option<Desired>,
+    /// Conversions kept from the last publish (`cluster.rs`).
+    converted: cluster::Converted,
+    /// The kinds changed since the last publish.
+    dirty: [bool; Kind::ALL.len()],
+    /// The last publish's notes and stale count about Services and
+    /// EndpointSlices.
+    service_notes: Vec<String>,
+    service_stale: usize,
+    /// The cluster last sent (sent again, the same allocation, while it
+    /// does not change).
+    sent: Option<Arc<policy::Cluster>>,
 }
 
 /// Whether to go on (`send` refused the update: the daemon is gone).
@@ -216,6 +228,11 @@ async fn serve(source: KubeSource, send: &dyn Fn(Update) -> bool, stop: &AtomicB
         out_of_sync: false,
         due: None,
         last: None,
+        converted: Default::default(),
+        dirty: Default::default(),
+        service_notes: Vec::new(),
+        service_stale: 0,
+        sent: None,
     };
     let client = match source.origin {
         Origin::Client(c) => c,
@@ -327,11 +344,16 @@ impl Progress {
             }
             Signal::Listed(k) => {
                 self.listed[k.index()] = true;
+                self.dirty[k.index()] = true;
                 self.schedule();
             }
-            // Nodes are not in the cluster: their stores are read on demand.
-            Signal::Changed(Kind::Nodes) => {}
-            Signal::Changed(_) => self.schedule(),
+            // Nodes are not in the cluster: their stores are read on demand
+            // (and by the next publish).
+            Signal::Changed(Kind::Nodes) => self.dirty[Kind::Nodes.index()] = true,
+            Signal::Changed(k) => {
+                self.dirty[k.index()] = true;
+                self.schedule();
+            }
             Signal::Expired(k) => {
                 tracing::debug!("Kubernetes API: the {} watch expired; relisting", k.name());
             }
@@ -361,25 +383,70 @@ impl Progress {
         }
         let healthy = self.failing.iter().all(Option::is_none);
         let recovered = self.out_of_sync && healthy;
-        let now = build(
-            &stores.namespaces.state(),
-            &stores.pods.state(),
-            &stores.policies.state(),
-            &stores.nodes.state(),
+        // Only Services or EndpointSlices changed (the common update: an
+        // endpoint's conditions): the cluster is the last one, not rebuilt.
+        let services_only = !recovered
+            && self.last.is_some()
+            && Kind::ALL.iter().all(|k| {
+                !self.dirty[k.index()] || matches!(k, Kind::Services | Kind::EndpointSlices)
+            });
+        self.dirty = Default::default();
+        let last = self.last.take();
+        let last_notes = last.as_ref().map(|l| l.notes.clone()).unwrap_or_default();
+        let last_services = last.as_ref().map(|l| l.services.clone());
+        let (mut now, cluster_changed) = match last {
+            Some(mut now) if services_only => {
+                // the last cluster and its notes, without the last
+                // Services' notes
+                now.notes.retain(|n| !self.service_notes.contains(n));
+                now.stale -= self.service_stale;
+                (now, false)
+            }
+            last => {
+                let mut now = build(
+                    &stores.namespaces.state(),
+                    &stores.pods.state(),
+                    &stores.policies.state(),
+                    &stores.nodes.state(),
+                    last.as_ref(),
+                );
+                let changed = !last
+                    .as_ref()
+                    .is_some_and(|l| l.cluster == now.cluster && l.nodes == now.nodes);
+                now.services = last.map(|l| l.services).unwrap_or_default();
+                (now, changed)
+            }
+        };
+        // The Services, converted anew only where their objects changed; a
+        // rejected one keeps its version of the last publish (`now` holds
+        // the last set until it is replaced).
+        let (mut notes, mut stale) = (Vec::new(), 0);
+        let set = cluster::service_set(
             &stores.services.state(),
             &stores.slices.state(),
-            self.last.as_ref(),
+            last_services.is_some().then_some(&now),
+            &mut self.converted,
+            &mut notes,
+            &mut stale,
         );
-        let changed = !self.last.as_ref().is_some_and(|l| cluster::same(l, &now));
+        now.services = set;
+        now.notes.extend(notes.iter().cloned());
+        now.notes.sort();
+        now.stale += stale;
+        (self.service_notes, self.service_stale) = (notes, stale);
+        if cluster_changed || self.sent.is_none() {
+            // the daemon gets the last cluster's allocation while it is the
+            // same
+            self.sent = Some(Arc::new(now.cluster.clone()));
+        }
+        let changed = cluster_changed
+            || last_services.as_ref() != Some(&now.services)
+            || now.notes != last_notes;
         if changed || recovered {
             // Rejections first seen now (a note repeats while it holds).
-            let rejected = now
-                .notes
-                .iter()
-                .filter(|n| !self.last.as_ref().is_some_and(|l| l.notes.contains(n)))
-                .count();
+            let rejected = now.notes.iter().filter(|n| !last_notes.contains(n)).count();
             let update = Update::Cluster {
-                cluster: now.cluster.clone(),
+                cluster: self.sent.clone().unwrap_or_default(),
                 services: now.services.clone(),
                 nodes: now.nodes.clone(),
                 notes: now.notes.clone(),
@@ -390,6 +457,8 @@ impl Progress {
             if !send(update) {
                 return false;
             }
+        } else {
+            self.last = Some(now);
         }
         if recovered {
             self.out_of_sync = false;

@@ -806,7 +806,7 @@ impl Prober for NetnsProber {
                 let table = super::run::frontends(views, |b| {
                     self.ports.get(&b.pod).is_some_and(|p| p.3 == node)
                 });
-                self.switches[node].send(SwitchCommand::Services(Arc::new(table)));
+                self.switches[node].send(SwitchCommand::ServiceTable(Arc::new(table)));
             }
         }
         let ranges: Vec<ipnet::IpNet> = SERVICE_CIDRS
