@@ -462,23 +462,36 @@ impl Compiled {
     /// partial). False, and the frame unchanged, if it is too short.
     #[inline(always)]
     pub fn apply(&self, frame: &mut [u8], partial: bool) -> bool {
-        let v6 = self.flags & V6 != 0;
-        let udp = self.flags & UDP != 0;
-        let (src_at, dst_at, l4_at, alen) = if v6 {
-            (V6_SRC, V6_DST, V6_L4, 16)
+        match (self.flags & V6 != 0, self.flags & UDP != 0) {
+            (false, false) => self.apply_at::<4, false>(frame, partial),
+            (false, true) => self.apply_at::<4, true>(frame, partial),
+            (true, false) => self.apply_at::<16, false>(frame, partial),
+            (true, true) => self.apply_at::<16, true>(frame, partial),
+        }
+    }
+
+    /// [`Compiled::apply`] for one family (`N`: its address length) and
+    /// transport, so that every offset is a constant: the copies have fixed
+    /// sizes and one length check covers every write.
+    #[inline(always)]
+    fn apply_at<const N: usize, const UDP_: bool>(&self, frame: &mut [u8], partial: bool) -> bool {
+        let v6 = N == 16;
+        let udp = UDP_;
+        let (src_at, dst_at, l4_at) = if v6 {
+            (V6_SRC, V6_DST, V6_L4)
         } else {
-            (V4_SRC, V4_DST, V4_L4, 4)
+            (V4_SRC, V4_DST, V4_L4)
         };
         let csum_at = l4_at + if udp { 6 } else { 16 };
-        if frame.len() < csum_at + 2 {
+        let Some(frame) = frame.get_mut(..csum_at + 2) else {
             return false;
-        }
+        };
         if self.flags & SRC != 0 {
-            frame[src_at..src_at + alen].copy_from_slice(&self.src_addr[..alen]);
+            frame[src_at..src_at + N].copy_from_slice(&self.src_addr[..N]);
             frame[l4_at..l4_at + 2].copy_from_slice(&self.sport.to_be_bytes());
         }
         if self.flags & DST != 0 {
-            frame[dst_at..dst_at + alen].copy_from_slice(&self.dst_addr[..alen]);
+            frame[dst_at..dst_at + N].copy_from_slice(&self.dst_addr[..N]);
             frame[l4_at + 2..l4_at + 4].copy_from_slice(&self.dport.to_be_bytes());
         }
         if !v6 {
