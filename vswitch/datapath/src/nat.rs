@@ -459,14 +459,16 @@ impl Compiled {
     }
 
     /// Translates a packet of the flow (`partial`: its transport checksum is
-    /// partial). False, and the frame unchanged, if it is too short.
+    /// partial), and when it is `routed` decrements its TTL or hop limit
+    /// too (IPv4's header checksum updated once for both). False, and the
+    /// frame unchanged, if it is too short or its TTL would reach zero.
     #[inline(always)]
-    pub fn apply(&self, frame: &mut [u8], partial: bool) -> bool {
+    pub fn apply(&self, frame: &mut [u8], partial: bool, routed: bool) -> bool {
         match (self.flags & V6 != 0, self.flags & UDP != 0) {
-            (false, false) => self.apply_at::<4, false>(frame, partial),
-            (false, true) => self.apply_at::<4, true>(frame, partial),
-            (true, false) => self.apply_at::<16, false>(frame, partial),
-            (true, true) => self.apply_at::<16, true>(frame, partial),
+            (false, false) => self.apply_at::<4, false>(frame, partial, routed),
+            (false, true) => self.apply_at::<4, true>(frame, partial, routed),
+            (true, false) => self.apply_at::<16, false>(frame, partial, routed),
+            (true, true) => self.apply_at::<16, true>(frame, partial, routed),
         }
     }
 
@@ -474,7 +476,12 @@ impl Compiled {
     /// transport, so that every offset is a constant: the copies have fixed
     /// sizes and one length check covers every write.
     #[inline(always)]
-    fn apply_at<const N: usize, const UDP_: bool>(&self, frame: &mut [u8], partial: bool) -> bool {
+    fn apply_at<const N: usize, const UDP_: bool>(
+        &self,
+        frame: &mut [u8],
+        partial: bool,
+        routed: bool,
+    ) -> bool {
         let v6 = N == 16;
         let udp = UDP_;
         let (src_at, dst_at, l4_at) = if v6 {
@@ -486,6 +493,13 @@ impl Compiled {
         let Some(frame) = frame.get_mut(..csum_at + 2) else {
             return false;
         };
+        let ttl_at = eth::HLEN + if v6 { ipv6::HOP_LIMIT } else { ipv4::TTL };
+        if routed {
+            if frame[ttl_at] <= 1 {
+                return false;
+            }
+            frame[ttl_at] -= 1;
+        }
         if self.flags & SRC != 0 {
             frame[src_at..src_at + N].copy_from_slice(&self.src_addr[..N]);
             frame[l4_at..l4_at + 2].copy_from_slice(&self.sport.to_be_bytes());
@@ -496,7 +510,10 @@ impl Compiled {
         }
         if !v6 {
             let at = eth::HLEN + ipv4::CHECKSUM.start;
-            let c = !add16(!u16::from_be_bytes([frame[at], frame[at + 1]]), self.ip);
+            let mut c = !add16(!u16::from_be_bytes([frame[at], frame[at + 1]]), self.ip);
+            if routed {
+                c = checksum::ttl_decremented(c);
+            }
             frame[at..at + 2].copy_from_slice(&c.to_be_bytes());
         }
         let old = u16::from_be_bytes([frame[csum_at], frame[csum_at + 1]]);

@@ -820,3 +820,25 @@ fn changes_apply_in_place_and_a_deleted_services_established_connections_go_on()
         rig.apply(&policy("allow-all", "b", "ingress: [{}]"));
     }
 }
+
+#[test]
+fn a_cached_translated_packet_loses_one_ttl_and_one_at_the_end_is_answered_as_expired() {
+    let mut rig = rig();
+    tcp_through(&mut rig, 47000);
+    let fast = rig.count(Outcome::FastForward);
+    // a hit: translated, TTL 64 -> 63, both checksums right (seen checks)
+    let mut d = tcp4(A, GW, A4, VIP4, 47000, 8080, "A", 64);
+    assert_eq!(rig.send(1, &mut d), Action::Forward(2));
+    assert_eq!(seen(&d), at(A4, 47000, B4, 80));
+    assert_eq!(d[14 + 8], 63, "TTL");
+    let mut r = tcp4(B, GW, B4, A4, 80, 47000, "A", 9);
+    assert_eq!(rig.send(2, &mut r), Action::Forward(1));
+    assert_eq!(seen(&r), at(VIP4, 8080, A4, 47000));
+    assert_eq!(r[14 + 8], 8, "TTL of the reply");
+    assert_eq!(rig.count(Outcome::FastForward), fast + 2, "both hits");
+    // TTL 1: not forwarded, untouched by the hit; the slow path answers
+    let mut last = tcp4(A, GW, A4, VIP4, 47000, 8080, "A", 1);
+    let action = rig.send(1, &mut last);
+    assert!(matches!(action, Action::Reply(1, _)), "{action:?}");
+    assert_eq!(rig.count(Outcome::FastForward), fast + 2, "no hit");
+}

@@ -369,9 +369,18 @@ impl Datapath {
             }
             self.cache.refreshed(idx, now);
         }
-        // a translated connection's packet: translated (service_proxy.rs)
-        if translated && !self.cache.nat(idx).apply(frame, off.partial_csum) {
-            return None;
+        // a translated connection's packet: translated, its TTL with it
+        // (service_proxy.rs)
+        if translated {
+            if !self
+                .cache
+                .nat(idx)
+                .apply(frame, off.partial_csum, fwd.routed)
+            {
+                return None;
+            }
+            rewrite::macs(frame, &fwd);
+            return Some(fwd.port);
         }
         rewrite(frame, &fwd).then_some(fwd.port)
     }

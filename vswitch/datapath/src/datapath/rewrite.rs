@@ -77,7 +77,14 @@ pub(super) fn rewrite(frame: &mut [u8], fwd: &Forward) -> bool {
             _ => {}
         }
     }
+    macs(frame, fwd);
+    true
+}
+
+/// Writes a frame's MACs for its output (a translated hit's rewrite does
+/// the TTL itself, `nat::Compiled::apply`).
+#[inline(always)]
+pub(super) fn macs(frame: &mut [u8], fwd: &Forward) {
     frame[eth::DST].copy_from_slice(&fwd.dst_mac);
     frame[eth::SRC].copy_from_slice(&fwd.src_mac);
-    true
 }
