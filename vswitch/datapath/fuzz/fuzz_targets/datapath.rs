@@ -8,7 +8,9 @@
 //! frames from the node port with a pod's source (kube-proxy's way back)
 //! are taken for connections the pod opened there. Services are set too, so
 //! that pods' connections to their cluster IPs are translated (to the other
-//! pod, to the pod itself, or refused for want of an endpoint).
+//! pod, to the pod itself, or refused for want of an endpoint), and changed
+//! as frames pass (a frontend removed and set again, a cluster IP's only
+//! frontend removed), so that connections outlive their Service.
 //!
 //! Run: `cd vswitch/datapath/fuzz && cargo fuzz run datapath` (see README).
 
@@ -20,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use policy::{Cluster, Engine, Namespace, Pod, PodKey};
-use vswitch_datapath::services::{Endpoint, Frontend, FrontendKey, ServiceTable};
+use vswitch_datapath::services::{Endpoint, Frontend, FrontendKey, ServiceChange, ServiceTable};
 use vswitch_datapath::{Config, Datapath, PortKind};
 
 /// Frontends (one endpoint each: the two datapaths hash under keys of
@@ -115,6 +117,22 @@ fuzz_target!(|data: &[u8]| {
         if n % 8 == 0 {
             dp.expire(now, 16);
             batched.expire(now, 16);
+        }
+        // Services change: web and 10.96.0.11 go, then come back
+        let t = services();
+        let web = FrontendKey { ip: "10.96.0.10".parse().unwrap(), proto: 6, port: 80 };
+        let none = FrontendKey { ip: "10.96.0.11".parse().unwrap(), proto: 6, port: 80 };
+        let changes = match n % 16 {
+            5 => vec![ServiceChange::Remove(web), ServiceChange::Remove(none)],
+            13 => vec![
+                ServiceChange::Set(web, t.get(&web).unwrap().clone()),
+                ServiceChange::Set(none, t.get(&none).unwrap().clone()),
+            ],
+            _ => vec![],
+        };
+        if !changes.is_empty() {
+            dp.update_services(changes.clone());
+            batched.update_services(changes);
         }
     }
     assert_eq!(dp.counters.outcome_total(), dp.counters.rx_packets);

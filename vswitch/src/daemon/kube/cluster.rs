@@ -11,7 +11,7 @@
 //! objects are taken in key order, and when two pods claim one address the
 //! one that keeps it is decided by the pods themselves (see [`build`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -24,6 +24,7 @@ use policy::k8s::{
     policy_from_k8s, service_from_k8s,
 };
 use policy::{Cluster, PodKey, PolicyKey};
+use rustc_hash::FxHashMap;
 
 use crate::daemon::manifests::{Desired, ensure_namespace};
 use crate::daemon::source::ServiceSet;
@@ -172,19 +173,20 @@ pub fn build(
 /// stored object they came from (held, so that its address stays its own):
 /// an object the store still holds unchanged is not converted again, and
 /// its conversion is the same allocation as before, which the daemon
-/// compares by address.
+/// compares by address. (Keyed by the objects' addresses, which no client
+/// of the API server chooses: a plain fast hash.)
 #[derive(Default)]
 pub struct Converted {
-    services: HashMap<usize, (Arc<Service>, Arc<policy::Service>)>,
-    slices: HashMap<usize, (Arc<EndpointSlice>, Arc<policy::EndpointSlice>)>,
+    services: FxHashMap<usize, (Arc<Service>, Arc<policy::Service>)>,
+    slices: FxHashMap<usize, (Arc<EndpointSlice>, Arc<policy::EndpointSlice>)>,
 }
 
 /// `from`'s conversion: the last one if `from` is the object it came from,
 /// else a new one; kept in `next` either way.
 fn convert<K, T, E>(
     from: &Arc<K>,
-    last: &HashMap<usize, (Arc<K>, Arc<T>)>,
-    next: &mut HashMap<usize, (Arc<K>, Arc<T>)>,
+    last: &FxHashMap<usize, (Arc<K>, Arc<T>)>,
+    next: &mut FxHashMap<usize, (Arc<K>, Arc<T>)>,
     f: impl Fn(&K) -> Result<T, E>,
 ) -> Result<Arc<T>, E> {
     let key = Arc::as_ptr(from) as usize;
@@ -196,8 +198,11 @@ fn convert<K, T, E>(
     Ok(t)
 }
 
-/// The Services and their EndpointSlices, in key order; one the API
-/// server would have refused keeps its last valid version, as policies do.
+/// The Services and their EndpointSlices, in the stores' order (which
+/// stays while the objects do; the daemon finds changes by key); one the
+/// API server would have refused keeps its last valid version, as policies
+/// do. Not sorted: at 10,000 Services sorting cost more than the rest of a
+/// publish.
 pub fn service_set(
     services: &[Arc<Service>],
     slices: &[Arc<EndpointSlice>],
@@ -207,10 +212,11 @@ pub fn service_set(
     stale: &mut usize,
 ) -> ServiceSet {
     let mut set = ServiceSet::default();
-    let mut next = Converted::default();
-    let mut sorted: Vec<&Arc<Service>> = services.iter().collect();
-    sorted.sort_by(|a, b| key_ref(&a.metadata).cmp(&key_ref(&b.metadata)));
-    for s in sorted {
+    let mut next = Converted {
+        services: FxHashMap::with_capacity_and_hasher(services.len(), Default::default()),
+        slices: FxHashMap::with_capacity_and_hasher(slices.len(), Default::default()),
+    };
+    for s in services {
         match convert(s, &converted.services, &mut next.services, service_from_k8s) {
             Ok(s) => set.services.push(s),
             Err(e) => {
@@ -226,9 +232,7 @@ pub fn service_set(
             }
         }
     }
-    let mut sorted: Vec<&Arc<EndpointSlice>> = slices.iter().collect();
-    sorted.sort_by(|a, b| key_ref(&a.metadata).cmp(&key_ref(&b.metadata)));
-    for s in sorted {
+    for s in slices {
         match convert(
             s,
             &converted.slices,
@@ -251,14 +255,6 @@ pub fn service_set(
     }
     *converted = next;
     set
-}
-
-/// An object's namespace and name, borrowed (for sorting without copies).
-fn key_ref(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (&str, &str) {
-    (
-        m.namespace.as_deref().unwrap_or(""),
-        m.name.as_deref().unwrap_or(""),
-    )
 }
 
 /// Notes a rejection, and whether the last valid version is kept.

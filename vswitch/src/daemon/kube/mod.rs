@@ -13,7 +13,11 @@
 //! - then after each change, debounced: the first change schedules a
 //!   publish [`DEBOUNCE`] later, so a burst gives one update; a result
 //!   equal to the last one sent is not sent again (pod status churn,
-//!   bookmarks, node heartbeats change nothing the model holds).
+//!   bookmarks, node heartbeats change nothing the model holds);
+//! - but a change of Services or EndpointSlices alone is published at
+//!   once (at most one publish a [`DEBOUNCE`]), and rebuilds only them:
+//!   the cluster, its notes and the unchanged objects' conversions are the
+//!   last publish's, sent as the same shared allocations.
 //!
 //! Errors. A watcher that fails backs off and retries (resuming its watch
 //! where it was when it can, relisting after 410 Gone). The first failure
@@ -53,7 +57,7 @@ use tokio::time::Instant;
 
 use super::manifests::Desired;
 use super::source::{Source, Update};
-pub use cluster::build;
+pub use cluster::{Converted, build, service_set};
 pub use connect::{ConnectError, client, node_pod_cidrs, node_pod_cidrs_blocking};
 pub use trim::Trim;
 use watch::{Kind, Signal};
@@ -204,6 +208,10 @@ struct Progress {
     out_of_sync: bool,
     /// A publish is due then.
     due: Option<Instant>,
+    /// ... for a change of the cluster's kinds (not Services alone).
+    due_for_cluster: bool,
+    /// The last publish.
+    published: Option<Instant>,
     last: Option<Desired>,
     /// Conversions kept from the last publish (`cluster.rs`).
     converted: cluster::Converted,
@@ -227,6 +235,8 @@ async fn serve(source: KubeSource, send: &dyn Fn(Update) -> bool, stop: &AtomicB
         failing: Default::default(),
         out_of_sync: false,
         due: None,
+        due_for_cluster: false,
+        published: None,
         last: None,
         converted: Default::default(),
         dirty: Default::default(),
@@ -328,9 +338,22 @@ fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 impl Progress {
-    fn schedule(&mut self) {
-        if self.due.is_none() {
-            self.due = Some(Instant::now() + DEBOUNCE);
+    /// Schedules a publish for a change of kind `k`: a change to the
+    /// cluster's kinds [`DEBOUNCE`] later (a policy deleted and created
+    /// again, say, never shows its gap); a change of Services or
+    /// EndpointSlices alone at once, or [`DEBOUNCE`] after the last publish
+    /// (an endpoint's change reaches the switch without waiting, and a
+    /// burst still gives one publish a period).
+    fn schedule(&mut self, k: Kind) {
+        let now = Instant::now();
+        if matches!(k, Kind::Services | Kind::EndpointSlices) {
+            if self.due.is_none() {
+                let next = self.published.map_or(now, |p| (p + DEBOUNCE).max(now));
+                self.due = Some(next);
+            }
+        } else if !self.due_for_cluster {
+            self.due_for_cluster = true;
+            self.due = Some(self.due.map_or(now + DEBOUNCE, |d| d.max(now + DEBOUNCE)));
         }
     }
 
@@ -339,20 +362,20 @@ impl Progress {
             Signal::Reached(k) => {
                 if self.failing[k.index()].take().is_some() {
                     tracing::debug!("Kubernetes API: {} reachable again", k.name());
-                    self.schedule();
+                    self.schedule(k);
                 }
             }
             Signal::Listed(k) => {
                 self.listed[k.index()] = true;
                 self.dirty[k.index()] = true;
-                self.schedule();
+                self.schedule(k);
             }
             // Nodes are not in the cluster: their stores are read on demand
             // (and by the next publish).
             Signal::Changed(Kind::Nodes) => self.dirty[Kind::Nodes.index()] = true,
             Signal::Changed(k) => {
                 self.dirty[k.index()] = true;
-                self.schedule();
+                self.schedule(k);
             }
             Signal::Expired(k) => {
                 tracing::debug!("Kubernetes API: the {} watch expired; relisting", k.name());
@@ -378,9 +401,11 @@ impl Progress {
     /// kind is healthy.
     fn publish(&mut self, stores: &Stores, send: &dyn Fn(Update) -> bool) -> Go {
         self.due = None;
+        self.due_for_cluster = false;
         if !self.listed.iter().all(|l| *l) {
             return true;
         }
+        self.published = Some(Instant::now());
         let healthy = self.failing.iter().all(Option::is_none);
         let recovered = self.out_of_sync && healthy;
         // Only Services or EndpointSlices changed (the common update: an
