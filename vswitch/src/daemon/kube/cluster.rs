@@ -11,7 +11,7 @@
 //! objects are taken in key order, and when two pods claim one address the
 //! one that keeps it is decided by the pods themselves (see [`build`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -216,17 +216,20 @@ pub fn service_set(
         services: FxHashMap::with_capacity_and_hasher(services.len(), Default::default()),
         slices: FxHashMap::with_capacity_and_hasher(slices.len(), Default::default()),
     };
+    // the last versions by key, made at the first rejection (so that many
+    // rejected objects cost a lookup each, not a search of the last set)
+    let mut last_services: Option<HashMap<&PodKey, &Arc<policy::Service>>> = None;
+    let mut last_slices: Option<HashMap<&PodKey, &Arc<policy::EndpointSlice>>> = None;
     for s in services {
         match convert(s, &converted.services, &mut next.services, service_from_k8s) {
             Ok(s) => set.services.push(s),
             Err(e) => {
                 let key = key_of(&s.metadata);
-                let kept = last.and_then(|l| {
-                    l.services
-                        .services
-                        .iter()
-                        .find(|s| Some(&s.key) == key.as_ref())
+                let by_key = last_services.get_or_insert_with(|| {
+                    let all = last.map(|l| l.services.services.as_slice()).unwrap_or(&[]);
+                    all.iter().map(|s| (&s.key, s)).collect()
                 });
+                let kept = key.as_ref().and_then(|k| by_key.get(k).copied());
                 reject(notes, stale, &e, kept.is_some());
                 set.services.extend(kept.cloned());
             }
@@ -242,12 +245,11 @@ pub fn service_set(
             Ok(s) => set.slices.push(s),
             Err(e) => {
                 let key = key_of(&s.metadata);
-                let kept = last.and_then(|l| {
-                    l.services
-                        .slices
-                        .iter()
-                        .find(|s| Some(&s.key) == key.as_ref())
+                let by_key = last_slices.get_or_insert_with(|| {
+                    let all = last.map(|l| l.services.slices.as_slice()).unwrap_or(&[]);
+                    all.iter().map(|s| (&s.key, s)).collect()
                 });
+                let kept = key.as_ref().and_then(|k| by_key.get(k).copied());
                 reject(notes, stale, &e, kept.is_some());
                 set.slices.extend(kept.cloned());
             }
