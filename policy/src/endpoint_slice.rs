@@ -349,6 +349,15 @@ impl ServiceIndex {
         self.frontends.get(owner)?.iter().rfind(|f| f.id() == id)
     }
 
+    /// How many frontends are installed (each claimed id has one).
+    pub fn len(&self) -> usize {
+        self.claims.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.claims.is_empty()
+    }
+
     /// Every installed frontend.
     pub fn all(&self) -> impl Iterator<Item = &FrontendSpec> {
         self.claims.keys().filter_map(|id| self.installed(*id))

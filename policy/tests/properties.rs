@@ -212,6 +212,11 @@ fn service_index_changes_equal_a_full_rebuild() {
             let all: BTreeMap<FrontendId, policy::FrontendSpec> =
                 index.all().map(|f| (f.id(), f.clone())).collect();
             assert_eq!(all, want, "seed {seed} step {step}: the index's own view");
+            assert_eq!(
+                index.len(),
+                want.len(),
+                "seed {seed} step {step}: its count"
+            );
         }
     }
     assert!(

@@ -153,12 +153,6 @@ impl ServiceChange {
             }
         }
     }
-
-    pub fn key(&self) -> &FrontendKey {
-        match self {
-            ServiceChange::Set(k, _) | ServiceChange::Remove(k) => k,
-        }
-    }
 }
 
 impl ServiceTable {

@@ -38,7 +38,7 @@ impl Daemon {
         let changes = changes(&mut self.services, set, &self.opts.node_name);
         if self.opts.service_proxy == ServiceProxy::Switch && !changes.is_empty() {
             self.gauges.frontends.store(
-                self.services.all().count() as u64,
+                self.services.len() as u64,
                 std::sync::atomic::Ordering::Relaxed,
             );
             self.switch.send(Command::Services(changes));
