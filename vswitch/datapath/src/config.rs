@@ -45,6 +45,10 @@ pub struct Config {
     /// `io/budget.rs`); 0: no limit.
     pub slow_path_per_pod: u32,
     pub flow_cache_max: usize,
+    /// The flow cache's hash key. `None` (always, outside tests): drawn from
+    /// the OS's randomness, so that pods cannot craft flows that collide.
+    /// Tests that compare two datapaths give both the same key.
+    pub flow_cache_key: Option<u64>,
     pub frag_max: usize,
     pub frag_ttl_ms: u64,
     pub timeouts: Timeouts,
@@ -83,6 +87,7 @@ impl Default for Config {
             conntrack_pickup_ms: 60_000,
             slow_path_per_pod: 10_000,
             flow_cache_max: 65_536,
+            flow_cache_key: None,
             frag_max: 4096,
             frag_ttl_ms: 2_000,
             timeouts: Timeouts::default(),

@@ -174,6 +174,11 @@ fn random_u64(x: u64) -> u64 {
 
 impl FlowCache {
     pub fn new(max: usize) -> FlowCache {
+        FlowCache::with_key(max, random_u64(1))
+    }
+
+    /// A cache whose hash key is given (tests that compare two caches).
+    pub fn with_key(max: usize, key: u64) -> FlowCache {
         let n = (max.max(WAYS) * 4 / WAYS).next_power_of_two();
         // huge pages asked for before the first touch
         let mut buckets = Vec::with_capacity(n);
@@ -190,8 +195,8 @@ impl FlowCache {
             len: 0,
             max,
             mask: n as u64 - 1,
-            seed: random_u64(1),
-            shared: SharedSeed::from_u64(random_u64(2)),
+            seed: key,
+            shared: SharedSeed::from_u64(key.rotate_left(32) ^ 0x9E37_79B9_7F4A_7C15),
         }
     }
 

@@ -111,7 +111,10 @@ impl Datapath {
             services: Arc::new(ServiceTable::new()),
             nat: service_proxy::ServiceNat::new(),
             frags: FragTable::new(cfg.frag_max, cfg.frag_ttl_ms),
-            cache: FlowCache::new(cfg.flow_cache_max),
+            cache: match cfg.flow_cache_key {
+                Some(key) => FlowCache::with_key(cfg.flow_cache_max, key),
+                None => FlowCache::new(cfg.flow_cache_max),
+            },
             cfg,
             ports: Vec::new(),
             by_mac: FxHashMap::default(),
