@@ -121,6 +121,18 @@ impl CPort {
         }
     }
 
+    /// An entry that matches nothing (what is left of a rule whose every
+    /// entry was not understood).
+    pub(crate) fn nothing() -> CPort {
+        CPort {
+            protocol: 0,
+            kind: RANGE,
+            lo: 1,
+            hi: 0,
+            name: 0,
+        }
+    }
+
     /// Does `(protocol, port)` towards a pod with `dst` ports match?
     #[inline]
     pub(crate) fn matches(&self, protocol: u8, port: u16, dst: Option<&PodPorts>) -> bool {

@@ -4,8 +4,8 @@
 
 use crate::model::{Change, Cluster};
 
-/// The changes that turn `from` into `to`: namespaces first, then pods and
-/// policies, deletions of namespaces last.
+/// The changes that turn `from` into `to`: namespaces first, then pods,
+/// policies, admin policies and nodes, deletions of namespaces last.
 pub fn diff(from: &Cluster, to: &Cluster) -> Vec<Change> {
     let mut out = Vec::new();
     for (name, ns) in &to.namespaces {
@@ -32,6 +32,26 @@ pub fn diff(from: &Cluster, to: &Cluster) -> Vec<Change> {
     for (key, p) in &to.policies {
         if from.policies.get(key) != Some(p) {
             out.push(Change::UpsertPolicy(p.clone()));
+        }
+    }
+    for key in from.admin_policies.keys() {
+        if !to.admin_policies.contains_key(key) {
+            out.push(Change::DeleteAdminPolicy(key.clone()));
+        }
+    }
+    for (key, p) in &to.admin_policies {
+        if from.admin_policies.get(key) != Some(p) {
+            out.push(Change::UpsertAdminPolicy(p.clone()));
+        }
+    }
+    for name in from.nodes.keys() {
+        if !to.nodes.contains_key(name) {
+            out.push(Change::DeleteNode(name.clone()));
+        }
+    }
+    for (name, n) in &to.nodes {
+        if from.nodes.get(name) != Some(n) {
+            out.push(Change::UpsertNode(n.clone()));
         }
     }
     for name in from.namespaces.keys() {
@@ -109,7 +129,11 @@ mod tests {
         );
         assert_eq!(
             down.len(),
-            a.namespaces.len() + a.pods.len() + a.policies.len()
+            a.namespaces.len()
+                + a.pods.len()
+                + a.policies.len()
+                + a.admin_policies.len()
+                + a.nodes.len()
         );
     }
 }

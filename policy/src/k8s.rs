@@ -386,10 +386,19 @@ pub fn node_from_k8s(node: &core::Node) -> Result<Node, ValidationError> {
     let ctx = Ctx {
         object: format!("Node {name}"),
     };
+    let labels: Labels = node
+        .metadata
+        .labels
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    check_labels(&ctx, &labels)?;
     let mut addresses = Vec::new();
+    let mut other_addresses = Vec::new();
     let listed = node.status.as_ref().and_then(|s| s.addresses.as_ref());
     for (i, a) in listed.into_iter().flatten().enumerate() {
-        if a.type_ != "InternalIP" {
+        if a.type_ == "Hostname" || a.type_ == "InternalDNS" || a.type_ == "ExternalDNS" {
             continue;
         }
         let ip: IpAddr = a.address.parse().map_err(|_| {
@@ -398,8 +407,13 @@ pub fn node_from_k8s(node: &core::Node) -> Result<Node, ValidationError> {
                 format!("invalid IP address {:?}", a.address),
             )
         })?;
-        if !addresses.contains(&ip) {
-            addresses.push(ip);
+        let list = if a.type_ == "InternalIP" {
+            &mut addresses
+        } else {
+            &mut other_addresses
+        };
+        if !list.contains(&ip) {
+            list.push(ip);
         }
     }
     let spec = node.spec.as_ref();
@@ -424,7 +438,9 @@ pub fn node_from_k8s(node: &core::Node) -> Result<Node, ValidationError> {
     }
     Ok(Node {
         name,
+        labels,
         addresses,
+        other_addresses,
         pod_cidrs,
     })
 }

@@ -6,6 +6,9 @@
 //! - [`labels`]: labels and label selectors;
 //! - [`model`] and [`netpol`]: the cluster (namespaces, pods, policies) and a
 //!   validated NetworkPolicy with the API's defaults made explicit;
+//! - [`admin`]: ClusterNetworkPolicy and the v1alpha1 AdminNetworkPolicy
+//!   and BaselineAdminNetworkPolicy, validated, in tiers around
+//!   NetworkPolicy;
 //! - [`k8s`] and [`manifest`]: the standard Kubernetes API types and YAML
 //!   manifests into the model, validated as the API server does;
 //! - [`service`]: ClusterIP Services and their endpoints;
@@ -20,6 +23,7 @@
 //!   the [`Engine`] accepts;
 //! - [`synth`]: deterministic synthetic clusters for tests and benchmarks.
 
+pub mod admin;
 mod compact;
 pub mod compile;
 pub mod diff;
@@ -36,12 +40,13 @@ pub mod service;
 pub mod synth;
 pub mod verdict;
 
+pub use admin::{Action, AdminKey, AdminKind, AdminPeer, AdminPolicy, AdminRule, Subject, Tier};
 pub use compile::{Engine, Snapshot};
 pub use diff::diff;
 pub use endpoint_slice::{EndpointSlice, FrontendChange, FrontendSpec, ServiceIndex};
 pub use labels::{Labels, Selector};
 pub use model::{
-    Change, Cluster, ContainerPort, ModelError, Namespace, Node, Pod, PodKey, Protocol,
+    Change, Cluster, ContainerPort, ModelError, Namespace, Node, NodeInfo, Pod, PodKey, Protocol,
 };
 pub use netpol::{Direction, Policy, PolicyKey};
 pub use service::{Backend, Service, ServicePort, TargetPort};

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
+use crate::admin::{AdminKey, AdminPolicy};
 use crate::labels::Labels;
 use crate::netpol::{Policy, PolicyKey};
 
@@ -66,14 +67,18 @@ impl fmt::Display for Protocol {
 }
 
 /// A node of the cluster, as far as pod networking cares: where its pods
-/// live (`spec.podCIDRs`) and the address other nodes reach it at (its
-/// first InternalIP). Not part of NetworkPolicy semantics; carried here so
-/// that every source (manifests, the API server) describes nodes one way.
+/// live (`spec.podCIDRs`), the address other nodes reach it at (its
+/// first InternalIP), and its labels. Admin policies' `nodes` peers select
+/// nodes by label and match their InternalIP addresses.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Node {
     pub name: String,
+    pub labels: Labels,
     /// InternalIP addresses, in the order the Node lists them.
     pub addresses: Vec<IpAddr>,
+    /// Its other IP addresses (ExternalIP): admin policies' `nodes` peers
+    /// match every address of `status.addresses`.
+    pub other_addresses: Vec<IpAddr>,
     pub pod_cidrs: Vec<ipnet::IpNet>,
 }
 
@@ -160,6 +165,31 @@ pub enum ModelError {
     PolicyNamespace { policy: PolicyKey },
 }
 
+/// A cluster node's labels and addresses: what admin policies' `nodes`
+/// peers see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: String,
+    pub labels: Labels,
+    /// Every IP address of `status.addresses`.
+    pub addresses: Vec<IpAddr>,
+}
+
+impl From<&Node> for NodeInfo {
+    fn from(n: &Node) -> NodeInfo {
+        NodeInfo {
+            name: n.name.clone(),
+            labels: n.labels.clone(),
+            addresses: n
+                .addresses
+                .iter()
+                .chain(&n.other_addresses)
+                .copied()
+                .collect(),
+        }
+    }
+}
+
 /// One change to a cluster, as every consumer of the model takes it (the
 /// engine's incremental API, the scenario runner, the control plane).
 #[derive(Debug, Clone)]
@@ -170,6 +200,10 @@ pub enum Change {
     DeletePod(PodKey),
     UpsertPolicy(Policy),
     DeletePolicy(PolicyKey),
+    UpsertAdminPolicy(AdminPolicy),
+    DeleteAdminPolicy(AdminKey),
+    UpsertNode(NodeInfo),
+    DeleteNode(String),
 }
 
 /// A whole cluster: the input of both the reference evaluator and the compiler.
@@ -178,6 +212,11 @@ pub struct Cluster {
     pub namespaces: BTreeMap<String, Namespace>,
     pub pods: BTreeMap<PodKey, Pod>,
     pub policies: BTreeMap<PolicyKey, Policy>,
+    /// ClusterNetworkPolicies, AdminNetworkPolicies and
+    /// BaselineAdminNetworkPolicies (cluster-scoped).
+    pub admin_policies: BTreeMap<AdminKey, AdminPolicy>,
+    /// The cluster's nodes (for admin policies' `nodes` peers).
+    pub nodes: BTreeMap<String, NodeInfo>,
 }
 
 impl Cluster {
@@ -213,6 +252,18 @@ impl Cluster {
             }
             Change::DeletePolicy(k) => {
                 self.policies.remove(k);
+            }
+            Change::UpsertAdminPolicy(p) => {
+                self.admin_policies.insert(p.key.clone(), p.clone());
+            }
+            Change::DeleteAdminPolicy(k) => {
+                self.admin_policies.remove(k);
+            }
+            Change::UpsertNode(n) => {
+                self.nodes.insert(n.name.clone(), n.clone());
+            }
+            Change::DeleteNode(n) => {
+                self.nodes.remove(n);
             }
         }
     }

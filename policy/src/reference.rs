@@ -15,7 +15,20 @@
 //!   with namespaceSelector pods in matching namespaces (AND podSelector);
 //!   an ipBlock matches addresses in the cidr and not in any except;
 //! - named ports are resolved on the destination pod.
+//!
+//! And from the network-policy-api reference (ClusterNetworkPolicy,
+//! AdminNetworkPolicy, BaselineAdminNetworkPolicy):
+//! - each side is decided by the Admin tier, then NetworkPolicy, then the
+//!   Baseline tier, then allowed by default;
+//! - in a tier, the policies whose subject selects the pod are taken by
+//!   priority (then name, then kind), their rules in order; the first rule
+//!   with a matching peer and port decides: Accept, Deny, or Pass (on to
+//!   the next tier);
+//! - `networks` match any address in them, pods' too; `nodes` the
+//!   addresses of the selected Nodes; a peer not understood matches
+//!   nothing in an Accept rule and everything in a Deny or Pass rule.
 
+use crate::admin::{Action, AdminPeer, AdminPolicy, Tier};
 use crate::model::{Cluster, Pod};
 use crate::netpol::{Direction, NamespaceScope, Peer, Policy};
 use crate::verdict::{Explanation, Flow, Reason};
@@ -26,8 +39,115 @@ pub fn evaluate(cluster: &Cluster, flow: &Flow) -> Explanation {
     let src = cluster.pod_by_ip(flow.src);
     let dst = cluster.pod_by_ip(flow.dst);
     Explanation {
-        egress: side(cluster, Direction::Egress, src, flow.dst, dst, flow),
-        ingress: side(cluster, Direction::Ingress, dst, flow.src, src, flow),
+        egress: tiers(cluster, Direction::Egress, src, flow.dst, dst, flow),
+        ingress: tiers(cluster, Direction::Ingress, dst, flow.src, src, flow),
+    }
+}
+
+/// One side through the tiers: Admin, NetworkPolicy, Baseline, default.
+fn tiers(
+    cluster: &Cluster,
+    dir: Direction,
+    subject: Option<&Pod>,
+    peer_ip: IpAddr,
+    peer: Option<&Pod>,
+    flow: &Flow,
+) -> Reason {
+    let Some(pod) = subject else {
+        return Reason::NotAPod;
+    };
+    if let Some(r) = admin_tier(cluster, Tier::Admin, dir, pod, peer_ip, peer, flow) {
+        return r;
+    }
+    let np = side(cluster, dir, subject, peer_ip, peer, flow);
+    if np != Reason::NotIsolated {
+        return np;
+    }
+    admin_tier(cluster, Tier::Baseline, dir, pod, peer_ip, peer, flow).unwrap_or(np)
+}
+
+/// The decision of one tier's policies selecting `pod`, `None` when no rule
+/// matched or a Pass rule did.
+fn admin_tier(
+    cluster: &Cluster,
+    tier: Tier,
+    dir: Direction,
+    pod: &Pod,
+    peer_ip: IpAddr,
+    peer: Option<&Pod>,
+    flow: &Flow,
+) -> Option<Reason> {
+    let no_labels = Default::default();
+    let ns_labels = cluster
+        .namespace_labels(&pod.key.namespace)
+        .unwrap_or(&no_labels);
+    let mut policies: Vec<&AdminPolicy> = cluster
+        .admin_policies
+        .values()
+        .filter(|p| p.tier == tier && p.subject.selects(ns_labels, &pod.labels))
+        .collect();
+    policies.sort_by(|a, b| a.order().cmp(&b.order()));
+    let dst_pod = match dir {
+        Direction::Ingress => Some(pod),
+        Direction::Egress => peer,
+    };
+    for policy in policies {
+        for (i, rule) in policy.rules(dir).iter().enumerate() {
+            if rule.denies_all() {
+                return Some(Reason::Admin {
+                    tier,
+                    policy: policy.key.clone(),
+                    rule: i,
+                    name: rule.name.clone(),
+                    action: Action::Deny,
+                });
+            }
+            let peer_ok = rule
+                .peers
+                .iter()
+                .any(|p| admin_peer_matches(cluster, p, peer_ip, peer));
+            let port_ok = rule.ports.as_ref().is_none_or(|ports| {
+                ports.iter().any(|p| {
+                    p.matches(
+                        flow.protocol,
+                        flow.dst_port,
+                        dst_pod.map(|d| d.ports.as_slice()),
+                    )
+                })
+            });
+            if peer_ok && port_ok {
+                return match rule.action {
+                    Action::Pass => None,
+                    action => Some(Reason::Admin {
+                        tier,
+                        policy: policy.key.clone(),
+                        rule: i,
+                        name: rule.name.clone(),
+                        action,
+                    }),
+                };
+            }
+        }
+    }
+    None
+}
+
+fn admin_peer_matches(cluster: &Cluster, peer: &AdminPeer, ip: IpAddr, pod: Option<&Pod>) -> bool {
+    let ns_matches = |pod: &Pod, sel: &crate::labels::Selector| {
+        cluster
+            .namespace_labels(&pod.key.namespace)
+            .is_some_and(|l| sel.matches(l))
+    };
+    match peer {
+        AdminPeer::Namespaces(sel) => pod.is_some_and(|p| ns_matches(p, sel)),
+        AdminPeer::Pods { namespaces, pods } => {
+            pod.is_some_and(|p| ns_matches(p, namespaces) && pods.matches(&p.labels))
+        }
+        AdminPeer::Networks(nets) => nets.iter().any(|n| n.contains(&ip)),
+        AdminPeer::Nodes(sel) => cluster
+            .nodes
+            .values()
+            .any(|n| sel.matches(&n.labels) && n.addresses.contains(&ip)),
     }
 }
 

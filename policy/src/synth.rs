@@ -7,8 +7,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 
+use crate::admin::{Action, AdminKey, AdminKind, AdminPeer, AdminPolicy, AdminRule, Subject, Tier};
 use crate::labels::{Labels, Operator, Requirement, Selector};
-use crate::model::{Change, Cluster, ContainerPort, Namespace, Pod, PodKey, Protocol};
+use crate::model::{Change, Cluster, ContainerPort, Namespace, NodeInfo, Pod, PodKey, Protocol};
 use crate::netpol::{IpBlock, NamespaceScope, Peer, Policy, PolicyKey, PortMatch, PortRule, Rule};
 use crate::verdict::Flow;
 
@@ -213,7 +214,111 @@ pub fn random_policy(rng: &mut Rng, namespace: &str, name: &str) -> Policy {
     }
 }
 
-/// A small random cluster: 1-3 namespaces, up to 12 pods, up to 6 policies.
+/// Addresses of the random clusters' nodes (outside the pods' ranges, some
+/// inside ipBlocks and networks).
+const NODE_ADDRS: &[&str] = &["192.0.2.5", "10.0.3.3", "fd00:0:0:9::1", "203.0.113.9"];
+
+fn random_node(rng: &mut Rng, index: usize) -> NodeInfo {
+    NodeInfo {
+        name: format!("node{index}"),
+        labels: random_labels(rng),
+        addresses: NODE_ADDRS
+            .iter()
+            .filter(|_| rng.chance(40))
+            .map(|a| a.parse().expect("ip"))
+            .collect(),
+    }
+}
+
+fn random_admin_peer(rng: &mut Rng, egress: bool) -> AdminPeer {
+    match rng.below(if egress { 5 } else { 3 }) {
+        0 => AdminPeer::Namespaces(random_selector(rng)),
+        1 | 2 => AdminPeer::Pods {
+            namespaces: random_selector(rng),
+            pods: random_selector(rng),
+        },
+        3 => {
+            let nets = [
+                "10.0.0.0/16",
+                "10.0.1.0/24",
+                "10.0.1.10/32",
+                "192.0.2.0/25",
+                "0.0.0.0/0",
+                "fd00::/16",
+                "fd00:0:0:9::/64",
+            ];
+            AdminPeer::Networks(
+                (0..1 + rng.below(2))
+                    .map(|_| rng.pick(&nets).parse().expect("cidr"))
+                    .collect(),
+            )
+        }
+        _ => AdminPeer::Nodes(random_selector(rng)),
+    }
+}
+
+fn random_admin_rules(rng: &mut Rng, egress: bool, baseline_v1: bool) -> Vec<AdminRule> {
+    (0..rng.below(4))
+        .map(|i| {
+            let action = if baseline_v1 {
+                *rng.pick(&[Action::Accept, Action::Deny])
+            } else {
+                *rng.pick(&[Action::Accept, Action::Deny, Action::Pass])
+            };
+            let unknown = rng.chance(8);
+            let ports = match rng.below(5) {
+                0 | 1 => None,
+                _ if unknown && rng.chance(50) => Some(vec![]),
+                _ => Some((0..1 + rng.below(2)).map(|_| random_port(rng)).collect()),
+            };
+            AdminRule {
+                name: rng.chance(50).then(|| format!("r{i}")),
+                action,
+                peers: (0..1 + rng.below(2))
+                    .map(|_| random_admin_peer(rng, egress))
+                    .collect(),
+                ports,
+                unknown,
+            }
+        })
+        .collect()
+}
+
+/// A random admin policy of any of the three kinds.
+pub fn random_admin_policy(rng: &mut Rng, name: &str) -> AdminPolicy {
+    let kind = *rng.pick(&[
+        AdminKind::ClusterNetworkPolicy,
+        AdminKind::ClusterNetworkPolicy,
+        AdminKind::AdminNetworkPolicy,
+        AdminKind::BaselineAdminNetworkPolicy,
+    ]);
+    let tier = match kind {
+        AdminKind::ClusterNetworkPolicy => *rng.pick(&[Tier::Admin, Tier::Baseline]),
+        AdminKind::AdminNetworkPolicy => Tier::Admin,
+        AdminKind::BaselineAdminNetworkPolicy => Tier::Baseline,
+    };
+    let v1_baseline = kind == AdminKind::BaselineAdminNetworkPolicy;
+    let subject = if rng.chance(50) {
+        Subject::Namespaces(random_selector(rng))
+    } else {
+        Subject::Pods {
+            namespaces: random_selector(rng),
+            pods: random_selector(rng),
+        }
+    };
+    AdminPolicy {
+        key: AdminKey::new(kind, name),
+        tier,
+        // few values, so that ties (ordered by name, then kind) happen
+        priority: if v1_baseline { 0 } else { rng.below(3) as u32 },
+        subject,
+        ingress: random_admin_rules(rng, false, v1_baseline),
+        egress: random_admin_rules(rng, true, v1_baseline),
+    }
+}
+
+/// A small random cluster: 1-3 namespaces, up to 12 pods, up to 6 policies,
+/// and (in two clusters of three) up to 4 admin policies and 3 nodes.
 pub fn random_cluster(rng: &mut Rng) -> Cluster {
     let mut c = Cluster::default();
     let namespaces = 1 + rng.below(3);
@@ -231,6 +336,16 @@ pub fn random_cluster(rng: &mut Rng) -> Cluster {
         let ns = format!("n{}", rng.below(namespaces));
         let p = random_policy(rng, &ns, &format!("np{i}"));
         c.policies.insert(p.key.clone(), p);
+    }
+    if rng.chance(66) {
+        for i in 0..rng.below(5) {
+            let p = random_admin_policy(rng, &format!("ap{}", i % 3));
+            c.admin_policies.insert(p.key.clone(), p);
+        }
+        for i in 0..rng.below(4) {
+            let n = random_node(rng, i);
+            c.nodes.insert(n.name.clone(), n);
+        }
     }
     c
 }
@@ -335,6 +450,23 @@ pub fn random_change(rng: &mut Rng, c: &Cluster) -> Change {
         6 if !c.policies.is_empty() => {
             let keys: Vec<&PolicyKey> = c.policies.keys().collect();
             Change::DeletePolicy((*rng.pick(&keys)).clone())
+        }
+        7 if rng.chance(60) => {
+            let name = format!("ap{}", rng.below(3));
+            Change::UpsertAdminPolicy(random_admin_policy(rng, &name))
+        }
+        7 if !c.admin_policies.is_empty() => {
+            let keys: Vec<&AdminKey> = c.admin_policies.keys().collect();
+            Change::DeleteAdminPolicy((*rng.pick(&keys)).clone())
+        }
+        8 if rng.chance(50) => {
+            if !c.nodes.is_empty() && rng.chance(30) {
+                let names: Vec<&String> = c.nodes.keys().collect();
+                Change::DeleteNode((*rng.pick(&names)).clone())
+            } else {
+                let i = rng.below(3);
+                Change::UpsertNode(random_node(rng, i))
+            }
         }
         _ => {
             let ns = rng.pick(&ns_names).to_string();

@@ -5,11 +5,15 @@
 //! job. A verdict always says which side decided and how: the egress side of
 //! the source pod and the ingress side of the destination pod each either do
 //! not isolate, allow by a named rule, or deny because the pod is isolated in
-//! that direction and no rule allowed the flow.
+//! that direction and no rule allowed the flow. With admin policies, a rule
+//! of the Admin tier (before NetworkPolicy) or of the Baseline tier (after
+//! it) may decide a side instead: the verdict then names the tier, the
+//! policy and the rule.
 
 use std::fmt;
 use std::net::IpAddr;
 
+use crate::admin::{Action, AdminKey, Tier};
 use crate::model::Protocol;
 use crate::netpol::{Direction, PolicyKey};
 
@@ -36,6 +40,19 @@ pub struct RuleId {
     pub index: u16,
 }
 
+/// Identifies an admin policy inside an [`crate::Engine`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AdminId(pub u32);
+
+/// One rule of one admin policy, in one direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AdminRuleId {
+    pub policy: AdminId,
+    pub direction: Direction,
+    /// Index of the rule in the policy's `ingress` or `egress` list.
+    pub index: u16,
+}
+
 /// How one side (the source's egress or the destination's ingress) decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Decision {
@@ -47,11 +64,15 @@ pub enum Decision {
     Allowed(RuleId),
     /// The pod is isolated and no rule allows the flow.
     Denied,
+    /// An admin policy's rule (Admin or Baseline tier) accepted the flow.
+    AdminAccepted(AdminRuleId),
+    /// An admin policy's rule (Admin or Baseline tier) denied the flow.
+    AdminDenied(AdminRuleId),
 }
 
 impl Decision {
     pub fn allows(self) -> bool {
-        !matches!(self, Decision::Denied)
+        !matches!(self, Decision::Denied | Decision::AdminDenied(_))
     }
 }
 
@@ -82,11 +103,24 @@ pub enum Reason {
     Denied {
         isolated_by: Vec<PolicyKey>,
     },
+    /// A rule of an admin policy decided: `action` is Accept or Deny.
+    Admin {
+        tier: Tier,
+        policy: AdminKey,
+        rule: usize,
+        /// The rule's `name`, if it has one.
+        name: Option<String>,
+        action: Action,
+    },
 }
 
 impl Reason {
     pub fn allows(&self) -> bool {
-        !matches!(self, Reason::Denied { .. })
+        match self {
+            Reason::Denied { .. } => false,
+            Reason::Admin { action, .. } => *action == Action::Accept,
+            _ => true,
+        }
     }
 }
 
@@ -115,6 +149,24 @@ impl Explanation {
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
+            Reason::Admin {
+                tier,
+                policy,
+                rule,
+                name,
+                action,
+            } => {
+                let verb = if *action == Action::Accept {
+                    "accepted"
+                } else {
+                    "denied"
+                };
+                let name = name
+                    .as_ref()
+                    .map(|n| format!(" \"{n}\""))
+                    .unwrap_or_default();
+                format!("{dir}: {verb} by {tier} tier {policy} {dir}[{rule}]{name}")
+            }
         };
         format!(
             "{}; {}",

@@ -3,7 +3,18 @@
 //! failure can be replayed with `SEED=n`.
 
 use policy::synth::{self, Rng};
-use policy::{Cluster, Engine, Explanation, reference};
+use policy::{Action, Cluster, Engine, Explanation, Reason, Tier, reference};
+
+/// How many sides each kind of rule decided, to show the generator reaches
+/// every tier and action.
+#[derive(Debug, Default)]
+struct Tally {
+    allowed: usize,
+    /// Admin tier accepts and denies, Baseline tier accepts and denies.
+    tiers: [usize; 4],
+    /// NetworkPolicy decided a side of a pod some admin policy selects.
+    after_pass_or_no_match: usize,
+}
 
 fn seeds(default_count: u64) -> Vec<u64> {
     match std::env::var("SEED") {
@@ -18,34 +29,61 @@ fn check_flows(
     rng: &mut Rng,
     n: usize,
     context: &str,
-) -> usize {
-    let mut allowed = 0;
+    tally: &mut Tally,
+) {
     for _ in 0..n {
         let flow = synth::random_flow(rng, cluster);
         let want: Explanation = reference::evaluate(cluster, &flow);
         let got = engine.explain(&flow);
         assert_eq!(got, want, "{context}: flow {flow:?}\ncluster: {cluster:#?}");
         assert_eq!(engine.verdict(&flow).allowed(), want.allowed());
-        allowed += want.allowed() as usize;
+        tally.allowed += want.allowed() as usize;
+        for side in [&want.egress, &want.ingress] {
+            match side {
+                Reason::Admin { tier, action, .. } => {
+                    let i = match (tier, action) {
+                        (Tier::Admin, Action::Accept) => 0,
+                        (Tier::Admin, _) => 1,
+                        (Tier::Baseline, Action::Accept) => 2,
+                        (Tier::Baseline, _) => 3,
+                    };
+                    tally.tiers[i] += 1;
+                }
+                Reason::Allowed { .. } | Reason::Denied { .. }
+                    if !cluster.admin_policies.is_empty() =>
+                {
+                    tally.after_pass_or_no_match += 1
+                }
+                _ => {}
+            }
+        }
     }
-    allowed
 }
 
 #[test]
 fn compiled_verdicts_equal_the_reference() {
-    let (mut allowed, mut total) = (0, 0);
+    let (mut tally, mut total) = (Tally::default(), 0);
     for seed in seeds(600) {
         let mut rng = Rng::new(seed);
         let cluster = synth::random_cluster(&mut rng);
         let engine = Engine::from_cluster(cluster.clone()).expect("valid cluster");
-        allowed += check_flows(&engine, &cluster, &mut rng, 200, &format!("seed {seed}"));
+        let context = format!("seed {seed}");
+        check_flows(&engine, &cluster, &mut rng, 200, &context, &mut tally);
         total += 200;
     }
     // The generator must produce both outcomes in earnest, or this proves little.
+    let allowed = tally.allowed;
     assert!(
         allowed > total / 10 && allowed < total * 9 / 10,
         "allowed {allowed} of {total}"
     );
+    // and every tier's every decision, and NetworkPolicy under admin policies
+    if std::env::var("SEED").is_err() {
+        assert!(
+            tally.tiers.iter().all(|&n| n > total / 200) && tally.after_pass_or_no_match > 0,
+            "{tally:?} of {total}"
+        );
+    }
 }
 
 #[test]
@@ -66,7 +104,14 @@ fn incremental_updates_equal_a_full_recompile() {
             let full = Engine::from_cluster(cluster.clone()).expect("valid cluster");
             let context = format!("seed {seed} step {step} after {change:?}");
             assert_eq!(engine.canonical(), full.canonical(), "{context}");
-            check_flows(&engine, &cluster, &mut rng, 20, &context);
+            check_flows(
+                &engine,
+                &cluster,
+                &mut rng,
+                20,
+                &context,
+                &mut Tally::default(),
+            );
         }
     }
 }

@@ -38,6 +38,11 @@
 //! - Pod address or port changes touch the endpoint map only.
 //!   The result equals a full compile; tests compare canonical dumps.
 //!
+//! # Admin tiers
+//! ClusterNetworkPolicy and the v1alpha1 admin policies compile into tables
+//! shared by the identities they select: see [`tiers`]. A verdict consults
+//! the Admin tier's table, then NetworkPolicy's, then the Baseline tier's.
+//!
 //! # Threading
 //! The engine is single-writer. Tables sit behind `Arc`s, so a snapshot for
 //! readers on other threads costs a copy of the pointer vectors, and a patch
@@ -51,6 +56,9 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use rustc_hash::{FxHashMap, FxHashSet};
 
+mod tiers;
+
+use crate::admin::{Action, Tier};
 use crate::compact::{self, CPort, PodPorts, PortNames, RulePorts};
 use crate::labels::{Labels, Selector};
 use crate::model::{Change, Cluster, ModelError, Namespace, Pod, PodKey};
@@ -174,7 +182,10 @@ impl CidrMap {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct CompiledRule {
+    /// For an admin policy's rule, `policy` holds its [`AdminId`]'s number.
     id: RuleId,
+    /// NetworkPolicy rules accept; admin rules say what they do.
+    action: Action,
     /// Empty: every port of every protocol.
     ports: RulePorts,
 }
@@ -204,9 +215,8 @@ struct DirTable {
 }
 
 impl DirTable {
-    /// The first rule, in policy order, that admits the peer and the port.
-    /// The peer indexes are read first (independent loads), their union is
-    /// scanned lowest rule first, and ports are checked only for candidates.
+    /// The decision of a NetworkPolicy table: the first rule that admits
+    /// the flow allows it, and none denies it.
     #[inline]
     fn decide(
         &self,
@@ -216,6 +226,24 @@ impl DirTable {
         port: u16,
         dst_ports: Option<&PodPorts>,
     ) -> Decision {
+        match self.first(peer, peer_ip, protocol, port, dst_ports) {
+            Some(i) => Decision::Allowed(self.rules[i as usize].id),
+            None => Decision::Denied,
+        }
+    }
+
+    /// The first rule, in policy order, that admits the peer and the port.
+    /// The peer indexes are read first (independent loads), their union is
+    /// scanned lowest rule first, and ports are checked only for candidates.
+    #[inline]
+    fn first(
+        &self,
+        peer: Option<&Endpoint>,
+        peer_ip: IpAddr,
+        protocol: u8,
+        port: u16,
+        dst_ports: Option<&PodPorts>,
+    ) -> Option<u16> {
         let sets = [
             peer.and_then(|p| self.by_identity.get(&p.identity)),
             peer.map(|_| &self.any_pod),
@@ -230,20 +258,15 @@ impl DirTable {
         while bits != 0 {
             let i = bits.trailing_zeros() as u16;
             if matches(i) {
-                return Decision::Allowed(self.rules[i as usize].id);
+                return Some(i);
             }
             bits &= bits - 1;
         }
         // Rules 64 and up (rare: over 64 rules select one identity).
-        let best = sets
-            .iter()
+        sets.iter()
             .flatten()
             .filter_map(|s| s.more().iter().copied().find(|&i| matches(i)))
-            .min();
-        match best {
-            Some(i) => Decision::Allowed(self.rules[i as usize].id),
-            None => Decision::Denied,
-        }
+            .min()
     }
 }
 
@@ -337,6 +360,8 @@ struct SelectorEntry {
     matches: FxHashSet<IdentityId>,
     /// Identities whose tables reference this selector, with a count.
     users: FxHashMap<IdentityId, u32>,
+    /// References from admin tier tables ([`tiers`]).
+    tier_users: u32,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -383,9 +408,12 @@ fn selector_matches(cluster: &Cluster, key: &PeerSelector, ident: &Identity) -> 
     ns_ok && key.pods.matches(&ident.labels)
 }
 
+/// The verdict: each side through the Admin tier, NetworkPolicy, the
+/// Baseline tier and the default, in that order.
 fn verdict_in(
     endpoints: &AddrMap<Endpoint>,
     tables: &[Option<Arc<EndpointTables>>],
+    tiers: &tiers::TierView,
     flow: &Flow,
 ) -> Verdict {
     let src = endpoints.get(&flow.src);
@@ -396,6 +424,13 @@ fn verdict_in(
         let Some(me) = me else {
             return Decision::NotAPod;
         };
+        let tier = tiers.of(me.identity);
+        let decide_tier = |t: Tier| {
+            tier.and_then(|tt| tt.decide(t, dir, peer, peer_ip, protocol, flow.dst_port, dst_ports))
+        };
+        if let Some(d) = decide_tier(Tier::Admin) {
+            return d;
+        }
         let table = tables[me.identity.0 as usize]
             .as_deref()
             .and_then(|t| match dir {
@@ -403,8 +438,8 @@ fn verdict_in(
                 Direction::Egress => t.egress.as_ref(),
             });
         match table {
-            None => Decision::NotIsolated,
             Some(t) => t.decide(peer, peer_ip, protocol, flow.dst_port, dst_ports),
+            None => decide_tier(Tier::Baseline).unwrap_or(Decision::NotIsolated),
         }
     };
     Verdict {
@@ -420,6 +455,7 @@ pub struct Snapshot {
     generation: u64,
     endpoints: AddrMap<Endpoint>,
     tables: Vec<Option<Arc<EndpointTables>>>,
+    tiers: tiers::TierView,
 }
 
 impl Snapshot {
@@ -433,7 +469,7 @@ impl Snapshot {
     }
 
     pub fn verdict(&self, flow: &Flow) -> Verdict {
-        verdict_in(&self.endpoints, &self.tables, flow)
+        verdict_in(&self.endpoints, &self.tables, &self.tiers, flow)
     }
 }
 
@@ -451,6 +487,8 @@ pub struct Engine {
     policy_keys: Vec<Option<PolicyKey>>,
     /// Grows with every distinct port name ever seen (names are few).
     port_names: PortNames,
+    /// The admin tiers' compiled tables ([`tiers`]).
+    tiers: tiers::Tiers,
 }
 
 impl Engine {
@@ -478,6 +516,10 @@ impl Engine {
         for id in ids {
             e.rebuild(id);
         }
+        e.cluster.nodes = cluster.nodes;
+        e.cluster.admin_policies = cluster.admin_policies;
+        e.alloc_admin_ids();
+        e.retier_all();
         e.generation = 1;
         Ok(e)
     }
@@ -505,7 +547,7 @@ impl Engine {
 
     /// The verdict for a new connection: a few hash and array lookups.
     pub fn verdict(&self, flow: &Flow) -> Verdict {
-        verdict_in(&self.endpoints, &self.tables, flow)
+        verdict_in(&self.endpoints, &self.tables, &self.tiers.view, flow)
     }
 
     /// A read-only copy of what verdicts need, for the datapath's threads.
@@ -516,6 +558,7 @@ impl Engine {
             generation: self.generation,
             endpoints: self.endpoints.clone(),
             tables: self.tables.clone(),
+            tiers: self.tiers.view.clone(),
         }
     }
 
@@ -529,6 +572,8 @@ impl Engine {
                 policy: self.policy_key(r.policy).cloned().expect("live policy"),
                 rule: r.index as usize,
             },
+            Decision::AdminAccepted(r) => self.admin_reason(r, Action::Accept),
+            Decision::AdminDenied(r) => self.admin_reason(r, Action::Deny),
             Decision::Denied => {
                 let id = self.endpoints.get(&ip).expect("isolated pod").identity;
                 let t = self.tables[id.0 as usize].as_deref().expect("isolated");
@@ -571,6 +616,14 @@ impl Engine {
             Change::DeletePolicy(k) => {
                 self.delete_policy(&k);
             }
+            Change::UpsertAdminPolicy(p) => self.upsert_admin_policy(p),
+            Change::DeleteAdminPolicy(k) => {
+                self.delete_admin_policy(&k);
+            }
+            Change::UpsertNode(n) => self.upsert_node(n),
+            Change::DeleteNode(n) => {
+                self.delete_node(&n);
+            }
         }
         Ok(())
     }
@@ -593,6 +646,7 @@ impl Engine {
             .copied()
             .collect();
         let mut patches: BTreeSet<(IdentityId, IdentityId)> = BTreeSet::new();
+        let mut tier_patches: BTreeSet<IdentityId> = BTreeSet::new();
         for entry in self.selectors.slots.iter_mut().flatten() {
             if !matches!(entry.key.namespaces, NamespaceScope::Selector(_)) {
                 continue;
@@ -606,11 +660,20 @@ impl Engine {
                 };
                 if changed {
                     patches.extend(entry.users.keys().map(|&u| (u, x)));
+                    if entry.tier_users > 0 {
+                        tier_patches.insert(x);
+                    }
                 }
             }
         }
         for (user, x) in patches {
             self.patch(user, x);
+        }
+        for x in tier_patches {
+            self.patch_tiers(x);
+        }
+        if !self.cluster.admin_policies.is_empty() {
+            self.retier_namespace(&name);
         }
     }
 
@@ -853,7 +916,9 @@ impl Engine {
         for u in users {
             self.patch(u, id);
         }
+        self.patch_tiers(id);
         self.rebuild(id);
+        self.retier(id);
         id
     }
 
@@ -865,6 +930,7 @@ impl Engine {
             return;
         }
         self.set_tables(id, None);
+        self.untier(id);
         let mut users: BTreeSet<IdentityId> = BTreeSet::new();
         for entry in self.selectors.slots.iter_mut().flatten() {
             if entry.matches.remove(&id) {
@@ -874,6 +940,7 @@ impl Engine {
         for u in users {
             self.patch(u, id);
         }
+        self.patch_tiers(id);
         let ident = self.identities.slots[id.0 as usize].take().expect("live");
         self.identities
             .by_key
@@ -938,6 +1005,7 @@ impl Engine {
                             direction: dir,
                             index: i as u16,
                         },
+                        action: Action::Accept,
                         ports: RulePorts::from_iter(
                             rule.ports
                                 .iter()
@@ -1008,11 +1076,17 @@ impl Engine {
             if *n == 0 {
                 e.users.remove(&id);
             }
-            if e.users.is_empty() {
-                let e = self.selectors.slots[sid.0 as usize].take().expect("live");
-                self.selectors.by_key.remove(&e.key);
-                self.selectors.free.push(sid.0);
-            }
+            self.collect_selector(sid);
+        }
+    }
+
+    /// Frees a selector nothing references any more.
+    fn collect_selector(&mut self, sid: SelectorId) {
+        let e = self.selectors.slots[sid.0 as usize].as_ref().expect("live");
+        if e.users.is_empty() && e.tier_users == 0 {
+            let e = self.selectors.slots[sid.0 as usize].take().expect("live");
+            self.selectors.by_key.remove(&e.key);
+            self.selectors.free.push(sid.0);
         }
     }
 
@@ -1044,6 +1118,7 @@ impl Engine {
             key: key.clone(),
             matches,
             users: FxHashMap::default(),
+            tier_users: 0,
         };
         let sid = match self.selectors.free.pop() {
             Some(i) => {
@@ -1057,6 +1132,64 @@ impl Engine {
         };
         self.selectors.by_key.insert(key, sid);
         sid
+    }
+
+    /// One direction table in the canonical dump.
+    fn dump_dir(
+        &self,
+        out: &mut String,
+        dir: &str,
+        dt: &DirTable,
+        rule_name: &dyn Fn(&RuleId) -> String,
+        ident_name: &dyn Fn(&IdentityId) -> String,
+    ) {
+        let names = |s: &RuleSet| {
+            s.iter()
+                .map(|i| rule_name(&dt.rules[i as usize].id))
+                .collect::<Vec<_>>()
+        };
+        let _ = writeln!(
+            out,
+            "  {dir} isolated_by={:?}",
+            dt.isolated_by
+                .iter()
+                .map(|p| self.policy_key(*p).expect("live").to_string())
+                .collect::<Vec<_>>()
+        );
+        for r in &dt.rules {
+            let ports: Vec<String> = r
+                .ports
+                .as_slice()
+                .iter()
+                .map(|p| p.describe(&self.port_names))
+                .collect();
+            let _ = writeln!(
+                out,
+                "    rule {} {} ports={ports:?}",
+                rule_name(&r.id),
+                r.action
+            );
+        }
+        let mut by: Vec<String> = dt
+            .by_identity
+            .iter()
+            .map(|(k, s)| format!("{} -> {:?}", ident_name(k), names(s)))
+            .collect();
+        by.sort();
+        for line in by {
+            let _ = writeln!(out, "    peer {line}");
+        }
+        let _ = writeln!(
+            out,
+            "    any_pod {:?} any_peer {:?}",
+            names(&dt.any_pod),
+            names(&dt.any_peer)
+        );
+        for (fam, map) in [("v4", &dt.v4), ("v6", &dt.v6)] {
+            for (s, set) in &map.segments {
+                let _ = writeln!(out, "    {fam} from {s:#x} {:?}", names(set));
+            }
+        }
     }
 
     /// A dump of the compiled state with every id replaced by the names it
@@ -1093,50 +1226,10 @@ impl Engine {
             };
             for (dir, dt) in [("ingress", &t.ingress), ("egress", &t.egress)] {
                 let Some(dt) = dt else { continue };
-                let names = |s: &RuleSet| {
-                    s.iter()
-                        .map(|i| rule_name(&dt.rules[i as usize].id))
-                        .collect::<Vec<_>>()
-                };
-                let _ = writeln!(
-                    out,
-                    "  {dir} isolated_by={:?}",
-                    dt.isolated_by
-                        .iter()
-                        .map(|p| self.policy_key(*p).expect("live").to_string())
-                        .collect::<Vec<_>>()
-                );
-                for r in &dt.rules {
-                    let ports: Vec<String> = r
-                        .ports
-                        .as_slice()
-                        .iter()
-                        .map(|p| p.describe(&self.port_names))
-                        .collect();
-                    let _ = writeln!(out, "    rule {} ports={ports:?}", rule_name(&r.id));
-                }
-                let mut by: Vec<String> = dt
-                    .by_identity
-                    .iter()
-                    .map(|(k, s)| format!("{} -> {:?}", ident_name(k), names(s)))
-                    .collect();
-                by.sort();
-                for line in by {
-                    let _ = writeln!(out, "    peer {line}");
-                }
-                let _ = writeln!(
-                    out,
-                    "    any_pod {:?} any_peer {:?}",
-                    names(&dt.any_pod),
-                    names(&dt.any_peer)
-                );
-                for (fam, map) in [("v4", &dt.v4), ("v6", &dt.v6)] {
-                    for (s, set) in &map.segments {
-                        let _ = writeln!(out, "    {fam} from {s:#x} {:?}", names(set));
-                    }
-                }
+                self.dump_dir(&mut out, dir, dt, &rule_name, &ident_name);
             }
         }
+        self.canonical_tiers(&mut out, &ident_name);
         let mut sels: Vec<String> = self
             .selectors
             .slots
