@@ -101,6 +101,19 @@ fn selector(ctx: &Ctx, field: &str, s: &LabelSelector) -> Result<Selector, Valid
     Selector::build(field, labels, exprs).map_err(|(f, m)| ctx.err(f, m))
 }
 
+/// A label selector validated as the API server does, errors naming
+/// `object` and `field`.
+pub(crate) fn label_selector(
+    object: &str,
+    field: &str,
+    s: &LabelSelector,
+) -> Result<Selector, ValidationError> {
+    let ctx = Ctx {
+        object: object.to_string(),
+    };
+    selector(&ctx, field, s)
+}
+
 /// Converts and validates a NetworkPolicy.
 pub fn policy_from_k8s(np: &net::NetworkPolicy) -> Result<Policy, ValidationError> {
     let name = name_of("NetworkPolicy", &np.metadata)?;

@@ -24,6 +24,8 @@
 //! - [`synth`]: deterministic synthetic clusters for tests and benchmarks.
 
 pub mod admin;
+#[cfg(feature = "k8s")]
+pub mod admin_k8s;
 mod compact;
 pub mod compile;
 pub mod diff;

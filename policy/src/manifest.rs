@@ -13,6 +13,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_norway::Value;
 
+use crate::admin_k8s::{AdminObject, admin_policy_from_k8s};
 use crate::k8s::{self, PodConversion, ValidationError};
 use crate::model::{Namespace, Node, Pod, PodKey};
 use crate::netpol::Policy;
@@ -31,6 +32,9 @@ pub enum Object {
     Service(crate::service::Service),
     /// A Service's endpoints.
     EndpointSlice(crate::endpoint_slice::EndpointSlice),
+    /// A ClusterNetworkPolicy, AdminNetworkPolicy or
+    /// BaselineAdminNetworkPolicy.
+    AdminPolicy(crate::admin::AdminPolicy),
 }
 
 /// Which object a document describes: kind, namespace (`None` for
@@ -81,6 +85,11 @@ impl Object {
             },
             Object::Service(s) => namespaced("Service", &s.key),
             Object::EndpointSlice(s) => namespaced("EndpointSlice", &s.key),
+            Object::AdminPolicy(p) => ObjectId {
+                kind: p.key.kind.as_str(),
+                namespace: None,
+                name: p.key.name.clone(),
+            },
         }
     }
 }
@@ -95,6 +104,15 @@ fn document_id(api: &str, kind: &str, value: &Value) -> Option<ObjectId> {
         ("v1", "Service") => ("Service", true),
         ("discovery.k8s.io/v1", "EndpointSlice") => ("EndpointSlice", true),
         ("networking.k8s.io/v1", "NetworkPolicy") => ("NetworkPolicy", true),
+        ("policy.networking.k8s.io/v1alpha2", "ClusterNetworkPolicy") => {
+            ("ClusterNetworkPolicy", false)
+        }
+        ("policy.networking.k8s.io/v1alpha1", "AdminNetworkPolicy") => {
+            ("AdminNetworkPolicy", false)
+        }
+        ("policy.networking.k8s.io/v1alpha1", "BaselineAdminNetworkPolicy") => {
+            ("BaselineAdminNetworkPolicy", false)
+        }
         _ => return None,
     };
     let meta = value.get("metadata")?;
@@ -124,7 +142,7 @@ pub enum ManifestError {
     #[error("document {doc}: not valid YAML: {message}")]
     Yaml { doc: usize, message: String },
     #[error(
-        "document {doc}: {kind} is not supported (supported: Namespace, Pod, NetworkPolicy, Node)"
+        "document {doc}: {kind} is not supported (supported: Namespace, Pod, Node, Service, EndpointSlice, NetworkPolicy, ClusterNetworkPolicy, AdminNetworkPolicy, BaselineAdminNetworkPolicy)"
     )]
     Unsupported { doc: usize, kind: String },
     #[error("document {doc}: {object}: {field}: {message}")]
@@ -231,6 +249,16 @@ fn parse_named(doc: usize, value: Value, out: &mut Vec<Named>) {
                 })
                 .map(Object::NetworkPolicy)
         }
+        ("policy.networking.k8s.io/v1alpha2", "ClusterNetworkPolicy")
+        | (
+            "policy.networking.k8s.io/v1alpha1",
+            "AdminNetworkPolicy" | "BaselineAdminNetworkPolicy",
+        ) => strict::<AdminObject>(doc, &kind, &value)
+            .and_then(|o| {
+                admin_policy_from_k8s(&api, &kind, &o.metadata, o.spec.as_ref(), false)
+                    .map_err(|e| ManifestError::Invalid(e, doc))
+            })
+            .map(Object::AdminPolicy),
         _ => Err(ManifestError::Unsupported {
             doc,
             kind: if kind.is_empty() {

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use policy::manifest::{self, Object, ObjectId};
-use policy::{Cluster, Namespace, Node, Pod, PodKey};
+use policy::{Cluster, Namespace, Node, NodeInfo, Pod, PodKey};
 
 /// Why the manifest folder could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -251,7 +251,15 @@ fn assemble(objects: Vec<Object>, mut notes: Vec<String>) -> Desired {
                 if nodes.iter().any(|m| m.name == n.name) {
                     notes.push(format!("rejected: Node {}: defined twice", n.name));
                 } else {
+                    cluster.nodes.insert(n.name.clone(), NodeInfo::from(&n));
                     nodes.push(n);
+                }
+            }
+            Object::AdminPolicy(p) => {
+                if cluster.admin_policies.contains_key(&p.key) {
+                    notes.push(format!("rejected: {}: defined twice", p.key));
+                } else {
+                    cluster.admin_policies.insert(p.key.clone(), p);
                 }
             }
             Object::Pod(p) => {

@@ -82,7 +82,8 @@ fn built_in() -> Result<(Cluster, Change), DemoError> {
             Object::HostNetworkPod(_)
             | Object::Node(_)
             | Object::Service(_)
-            | Object::EndpointSlice(_) => {}
+            | Object::EndpointSlice(_)
+            | Object::AdminPolicy(_) => {}
         }
     }
     let policy = policy.ok_or(DemoError::NoPolicy)?;

@@ -65,10 +65,13 @@ pub fn load_dir(dir: &Path) -> Result<Loaded, SimulateError> {
     let mut used: BTreeSet<IpAddr> = BTreeSet::new();
     for o in objects {
         match o {
-            Object::Namespace(_)
-            | Object::Node(_)
-            | Object::Service(_)
-            | Object::EndpointSlice(_) => {}
+            Object::Namespace(_) | Object::Service(_) | Object::EndpointSlice(_) => {}
+            Object::Node(n) => {
+                cluster.nodes.insert(n.name.clone(), (&n).into());
+            }
+            Object::AdminPolicy(p) => {
+                cluster.admin_policies.insert(p.key.clone(), p);
+            }
             Object::HostNetworkPod(k) => notes.push(format!(
                 "skipped: Pod {k} uses the host network; NetworkPolicy does not apply to it"
             )),

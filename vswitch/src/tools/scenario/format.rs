@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use policy::manifest::{self, Object};
-use policy::{ContainerPort, Labels, Namespace, Pod, PodKey, Policy, PolicyKey, Protocol, Service};
+use policy::{
+    AdminPolicy, ContainerPort, Labels, Namespace, NodeInfo, Pod, PodKey, Policy, PolicyKey,
+    Protocol, Service,
+};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -29,6 +32,20 @@ struct ClusterSpec {
     pods: Vec<PodSpec>,
     #[serde(default)]
     externals: Vec<ExternalSpec>,
+    #[serde(default)]
+    nodes: Vec<NodeSpec>,
+}
+
+/// A host that is also a Kubernetes Node: an external with labels.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeSpec {
+    name: String,
+    #[serde(default)]
+    labels: Labels,
+    ipv4: Option<Ipv4Addr>,
+    ipv6: Option<Ipv6Addr>,
+    ports: Option<Vec<PortSpec>>,
 }
 
 #[derive(Deserialize, Clone)]
@@ -181,6 +198,12 @@ pub enum Action {
     /// `apply` of a v1 Service: create, or replace by namespace/name.
     ApplyService(Service),
     DeleteService(PodKey),
+    /// `apply` of a ClusterNetworkPolicy, AdminNetworkPolicy or
+    /// BaselineAdminNetworkPolicy: create, or replace by kind and name.
+    ApplyAdmin(AdminPolicy),
+    /// `delete-policy: NAME` (no namespace): the cluster-scoped policy of
+    /// that name.
+    DeleteAdminPolicy(String),
 }
 
 /// One side of a `FROM -> TO` entry.
@@ -280,10 +303,12 @@ pub enum Problem {
     ExternalWithoutAddress(String),
     #[error("{0:?} may not contain '/' or be '*'")]
     ExternalName(String),
-    #[error("only NetworkPolicy and Service objects can be applied")]
+    #[error(
+        "only NetworkPolicy, ClusterNetworkPolicy, AdminNetworkPolicy, BaselineAdminNetworkPolicy and Service objects can be applied"
+    )]
     NotNetworkPolicy,
     #[error(
-        "{0} is not supported by this engine (supported: networking.k8s.io/v1 NetworkPolicy, v1 Service)"
+        "{0} is not supported by this engine (supported: networking.k8s.io/v1 NetworkPolicy, policy.networking.k8s.io/v1alpha2 ClusterNetworkPolicy, policy.networking.k8s.io/v1alpha1 AdminNetworkPolicy and BaselineAdminNetworkPolicy, v1 Service)"
     )]
     Unsupported(String),
     #[error("rejected: {0}")]
@@ -396,7 +421,11 @@ pub struct Scenario {
     pub name: String,
     pub namespaces: Vec<Namespace>,
     pub pods: Vec<Pod>,
+    /// Hosts that serve and connect (`cluster.externals` and
+    /// `cluster.nodes`).
     pub externals: Vec<External>,
+    /// `cluster.nodes`: also Kubernetes Nodes (their labels and addresses).
+    pub nodes: Vec<NodeInfo>,
     pub steps: Vec<Step>,
 }
 
@@ -492,6 +521,7 @@ fn applied(field: &str, value: serde_norway::Value) -> Result<Action, FormatErro
     match out.pop() {
         Some(Ok(Object::NetworkPolicy(p))) if out.is_empty() => Ok(Action::Apply(p)),
         Some(Ok(Object::Service(s))) if out.is_empty() => Ok(Action::ApplyService(s)),
+        Some(Ok(Object::AdminPolicy(p))) if out.is_empty() => Ok(Action::ApplyAdmin(p)),
         Some(Ok(_)) => Err(Problem::NotNetworkPolicy.at(field)),
         Some(Err(manifest::ManifestError::Unsupported { kind, .. })) => {
             Err(Problem::Unsupported(kind.to_string()).at(field))
@@ -614,8 +644,13 @@ fn action(field: &str, a: serde_norway::Value) -> Result<Action, FormatError> {
         "apply" => applied(&at, v)?,
         "delete-service" => Action::DeleteService(key(&decode::<String>(&at, v)?)?),
         "delete-policy" => {
-            let k = key(&decode::<String>(&at, v)?)?;
-            Action::DeletePolicy(PolicyKey::new(k.namespace, k.name))
+            let name = decode::<String>(&at, v)?;
+            if !name.contains('/') && !name.is_empty() {
+                Action::DeleteAdminPolicy(name)
+            } else {
+                let k = key(&name)?;
+                Action::DeletePolicy(PolicyKey::new(k.namespace, k.name))
+            }
         }
         "set-pod-labels" => {
             let s: SetPodLabels = decode(&at, v)?;
@@ -648,10 +683,10 @@ pub fn parse(text: &str) -> Result<Scenario, FormatError> {
             Problem::Value(inner).at(&path)
         }
     })?;
-    let (namespaces, pods, externals) = match spec.cluster {
+    let (namespaces, pods, externals, nodes) = match spec.cluster {
         None => {
             let (n, p) = standard_cluster();
-            (n, p, Vec::new())
+            (n, p, Vec::new(), Vec::new())
         }
         Some(c) => {
             let namespaces = c
@@ -685,7 +720,34 @@ pub fn parse(text: &str) -> Result<Scenario, FormatError> {
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            (namespaces, pods, externals)
+            let mut externals = externals;
+            let mut nodes = Vec::new();
+            for (i, n) in c.nodes.into_iter().enumerate() {
+                let f = format!("cluster.nodes[{i}]");
+                if n.name.contains('/') || n.name == "*" {
+                    return Err(Problem::ExternalName(n.name).at(&format!("{f}.name")));
+                }
+                if n.ipv4.is_none() && n.ipv6.is_none() {
+                    return Err(Problem::ExternalWithoutAddress(n.name).at(&f));
+                }
+                nodes.push(NodeInfo {
+                    name: n.name.clone(),
+                    labels: n.labels,
+                    addresses: n
+                        .ipv4
+                        .map(IpAddr::V4)
+                        .into_iter()
+                        .chain(n.ipv6.map(IpAddr::V6))
+                        .collect(),
+                });
+                externals.push(External {
+                    name: n.name,
+                    ipv4: n.ipv4,
+                    ipv6: n.ipv6,
+                    ports: ports(&f, n.ports)?,
+                });
+            }
+            (namespaces, pods, externals, nodes)
         }
     };
     if spec.steps.is_empty() {
@@ -712,6 +774,7 @@ pub fn parse(text: &str) -> Result<Scenario, FormatError> {
         namespaces,
         pods,
         externals,
+        nodes,
         steps,
     })
 }

@@ -45,6 +45,12 @@ pub enum WorldError {
     NoNamespace(String),
     #[error("NetworkPolicy {0} does not exist")]
     NoPolicy(String),
+    #[error(
+        "no ClusterNetworkPolicy, AdminNetworkPolicy or BaselineAdminNetworkPolicy is named {0}"
+    )]
+    NoAdminPolicy(String),
+    #[error("{0} names policies of more than one kind: {1}")]
+    AmbiguousAdminPolicy(String, String),
     #[error("Service {0} does not exist")]
     NoService(PodKey),
     #[error("pod {0} already exists")]
@@ -491,6 +497,26 @@ impl World {
                 }
                 Change::UpsertNamespace(n.clone())
             }
+            Action::ApplyAdmin(p) => Change::UpsertAdminPolicy(p.clone()),
+            Action::DeleteAdminPolicy(name) => {
+                let keys: Vec<&policy::AdminKey> = self
+                    .cluster
+                    .admin_policies
+                    .keys()
+                    .filter(|k| &k.name == name)
+                    .collect();
+                match keys.as_slice() {
+                    [] => return Err(WorldError::NoAdminPolicy(name.clone())),
+                    [k] => Change::DeleteAdminPolicy((*k).clone()),
+                    many => {
+                        let kinds: Vec<&str> = many.iter().map(|k| k.kind.as_str()).collect();
+                        return Err(WorldError::AmbiguousAdminPolicy(
+                            name.clone(),
+                            kinds.join(", "),
+                        ));
+                    }
+                }
+            }
             Action::ApplyService(_) | Action::DeleteService(_) => {
                 unreachable!("Services are no change of the policy model")
             }
@@ -716,7 +742,14 @@ fn run_steps(
             .collect(),
     });
     let mut world = World {
-        cluster: Cluster::default(),
+        cluster: Cluster {
+            nodes: scenario
+                .nodes
+                .iter()
+                .map(|n| (n.name.clone(), n.clone()))
+                .collect(),
+            ..Cluster::default()
+        },
         externals: scenario.externals.clone(),
         services: Default::default(),
         via,
