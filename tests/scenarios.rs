@@ -5,7 +5,10 @@
 //! (`tests/services/`) and the NetworkPolicy corpus with every pod behind a
 //! Service of its own (`--via service`) pass in every mode: the switch as
 //! the service proxy (dataplane; netns on one and three nodes), and
-//! kube-proxy's rules on each node (netns).
+//! kube-proxy's rules on each node (netns). The admin policy corpus
+//! (`tests/admin/`: ClusterNetworkPolicy, AdminNetworkPolicy,
+//! BaselineAdminNetworkPolicy) passes in engine and dataplane modes, and in
+//! netns mode on one and three nodes.
 
 use std::path::{Path, PathBuf};
 
@@ -62,6 +65,21 @@ fn corpus_passes_in_engine_mode() {
 #[test]
 fn corpus_passes_in_dataplane_mode() {
     corpus(Mode::Dataplane);
+}
+
+fn admin_corpus(mode: Mode) {
+    let n = run_all(&root().join("tests/admin"), mode);
+    assert!(n >= 40, "the admin corpus has {n} files, fewer than 40");
+}
+
+#[test]
+fn admin_corpus_passes_in_engine_mode() {
+    admin_corpus(Mode::Engine);
+}
+
+#[test]
+fn admin_corpus_passes_in_dataplane_mode() {
+    admin_corpus(Mode::Dataplane);
 }
 
 #[test]
@@ -142,13 +160,14 @@ fn netns_mode(nodes: usize, proxy: ServiceProxy) {
         files.extend(scenario::expand_paths(&[shared]));
     }
     files.extend(scenario::expand_paths(&[root().join("tests/services")]));
+    files.extend(scenario::expand_paths(&[root().join("tests/admin")]));
     let n = files.len();
     let failures = run_parallel(files, Mode::Netns, nodes, 6, false, proxy);
     assert!(
         failures.is_empty(),
         "scenarios failed in netns mode on {nodes} node(s):\n{failures}"
     );
-    assert!(n >= 50);
+    assert!(n >= 100);
 }
 
 /// Prints `SKIPPED` and returns true without root (a failure under CI).

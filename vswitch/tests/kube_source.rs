@@ -246,7 +246,7 @@ async fn initial_lists_give_one_complete_cluster() {
     run.quiet().await;
     assert_eq!(
         KINDS.map(|k| fake.count(|s| s.lists.get(&k).copied().unwrap_or(0))),
-        [1; 6]
+        [1; 9]
     );
     run.stop().await;
 }
@@ -428,7 +428,9 @@ async fn watch_events_lead_to_new_clusters() {
     assert!(clusters <= 2, "{clusters} clusters for one burst");
     run.quiet().await;
 
-    // A node's CIDRs change: the node view follows, the cluster is not resent.
+    // A node's CIDRs change: the node view follows, and an update carries
+    // the node (nodes are in the cluster now: admin policies select them
+    // by label), the policy model unchanged.
     fake.apply(
         Kind::Nodes,
         node(
@@ -441,10 +443,15 @@ async fn watch_events_lead_to_new_clusters() {
         stores.node_pod_cidrs().get("node-b") == Some(&nets(&["10.1.2.0/24"]))
     })
     .await;
+    let Update::Cluster { nodes, .. } = run.next().await else {
+        panic!("expected a cluster");
+    };
+    let b = nodes.iter().find(|n| n.name == "node-b").expect("node-b");
+    assert_eq!(b.pod_cidrs, nets(&["10.1.2.0/24"]));
     run.quiet().await;
     assert_eq!(
         KINDS.map(|k| fake.count(|s| s.lists.get(&k).copied().unwrap_or(0))),
-        [1; 6],
+        [1; 9],
         "no relist: every change came by watch"
     );
     run.stop().await;
@@ -555,7 +562,7 @@ async fn an_outage_keeps_the_last_cluster_and_recovery_resyncs() {
     assert!(c.pods.contains_key(&pk("prod", "copy")));
     assert_eq!(
         KINDS.map(|k| fake.count(|s| s.lists.get(&k).copied().unwrap_or(0))),
-        [1; 6],
+        [1; 9],
         "the watches resumed from their resourceVersion: no relist"
     );
     fake.watching(&KINDS, 2).await;
@@ -591,8 +598,10 @@ async fn stored_objects_are_trimmed() {
         let status = n.status.as_ref().expect("the addresses are kept");
         assert!(status.images.is_none(), "the rest of the status is dropped");
         let addresses = status.addresses.as_ref().expect("addresses");
-        assert_eq!(addresses.len(), 1, "InternalIP only: {addresses:?}");
-        assert_eq!(addresses[0].type_, "InternalIP");
+        // InternalIP (the overlay's) and ExternalIP (admin policies'
+        // `nodes` peers match every IP address), not the Hostname
+        let types: Vec<&str> = addresses.iter().map(|a| a.type_.as_str()).collect();
+        assert_eq!(types, ["ExternalIP", "InternalIP"], "{addresses:?}");
         assert!(n.metadata.managed_fields.is_none());
     }
     for ns in run.stores.namespaces.state() {
@@ -1037,5 +1046,162 @@ async fn an_endpoint_change_reuses_the_last_cluster_and_the_unchanged_objects() 
     assert!(!Arc::ptr_eq(&c1, &c5));
     assert!(c5.pods.contains_key(&pk("prod", "api")));
     assert!(Arc::ptr_eq(&by_name(&s2, "db-1"), &by_name(&s5, "db-1")));
+    run.stop().await;
+}
+
+/// A ClusterNetworkPolicy as the API server returns it (status, managed
+/// fields), denying ingress into `prod` from namespaces labelled `team: b`.
+fn cnp(name: &str, priority: i64) -> serde_json::Value {
+    json!({
+        "metadata": {"name": name, "uid": format!("uid-cnp-{name}"), "managedFields": managed_fields()},
+        "spec": {
+            "tier": "Admin",
+            "priority": priority,
+            "subject": {"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": "prod"}}},
+            "ingress": [{"name": "no-team-b", "action": "Deny",
+                         "from": [{"namespaces": {"matchLabels": {"team": "b"}}}]}],
+            "egress": [{"action": "Accept", "to": [{"nodes": {"matchLabels": {"kubernetes.io/hostname": "node-a"}}}],
+                        "protocols": [{"tcp": {"destinationPort": {"number": 6443}}}]}],
+        },
+        "status": {"conditions": []},
+    })
+}
+
+fn admin_objects() -> Vec<(Kind, serde_json::Value)> {
+    let mut v = objects();
+    v.push((Kind::Cnps, cnp("guard", 5)));
+    v.push((
+        Kind::Anps,
+        json!({"metadata": {"name": "old-style"}, "spec": {
+            "priority": 7,
+            "subject": {"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "db"}}}},
+            "egress": [{"action": "Pass", "to": [{"networks": ["10.0.0.0/8"]}],
+                        "ports": [{"portRange": {"protocol": "UDP", "start": 53, "end": 54}}]}]}}),
+    ));
+    v.push((
+        Kind::Banps,
+        json!({"metadata": {"name": "default"}, "spec": {
+            "subject": {"namespaces": {}},
+            "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}]}}),
+    ));
+    v
+}
+
+/// The three admin kinds are listed, watched and converted (nodes with
+/// their labels and addresses too, for `nodes` peers); a rejected edit
+/// keeps the last valid version, a deletion removes.
+#[tokio::test]
+async fn admin_policies_are_listed_watched_and_converted() {
+    use policy::{Action, AdminKey, AdminKind, AdminPeer, Tier};
+    let fake = Fake::new(admin_objects());
+    let mut run = Running::on(&fake);
+    let (c, notes) = run.cluster().await;
+    assert!(
+        !notes
+            .iter()
+            .any(|n| n.contains("ClusterNetworkPolicy") || n.contains("AdminNetworkPolicy")),
+        "{notes:?}"
+    );
+    let guard = AdminKey::new(AdminKind::ClusterNetworkPolicy, "guard");
+    let keys: Vec<String> = c.admin_policies.keys().map(|k| k.to_string()).collect();
+    assert_eq!(
+        keys,
+        [
+            "ClusterNetworkPolicy guard",
+            "AdminNetworkPolicy old-style",
+            "BaselineAdminNetworkPolicy default"
+        ]
+    );
+    let g = &c.admin_policies[&guard];
+    assert_eq!((g.tier, g.priority), (Tier::Admin, 5));
+    assert_eq!(g.ingress[0].name.as_deref(), Some("no-team-b"));
+    assert_eq!(g.ingress[0].action, Action::Deny);
+    assert!(matches!(g.egress[0].peers[0], AdminPeer::Nodes(_)));
+    let banp = &c.admin_policies[&AdminKey::new(AdminKind::BaselineAdminNetworkPolicy, "default")];
+    assert_eq!(banp.tier, Tier::Baseline);
+    // the nodes, with every IP address of status.addresses
+    let a = &c.nodes["node-a"];
+    assert_eq!(
+        a.labels.get("kubernetes.io/hostname").map(String::as_str),
+        Some("node-a")
+    );
+    assert_eq!(a.addresses, ips(&["192.168.1.10", "203.0.113.7"]));
+    fake.watching(&KINDS, 1).await;
+
+    // a watched change
+    fake.apply(Kind::Cnps, cnp("guard", 9));
+    let (c, _) = run.cluster().await;
+    assert_eq!(c.admin_policies[&guard].priority, 9);
+    // an edit the API's schema refuses keeps the last valid version
+    fake.apply(Kind::Cnps, cnp("guard", 1001));
+    let Update::Cluster {
+        cluster: c,
+        notes,
+        stale,
+        ..
+    } = run.next().await
+    else {
+        panic!("expected a cluster");
+    };
+    assert_eq!(c.admin_policies[&guard].priority, 9);
+    assert_eq!(stale, 1);
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("ClusterNetworkPolicy guard")
+                && n.contains("spec.priority")
+                && n.contains("last valid version")),
+        "{notes:?}"
+    );
+    // a peer whose only field this build does not know (pruned to {} by
+    // the API server would be the same): the Deny rule fails closed
+    let mut future = cnp("guard", 2);
+    future["spec"]["ingress"][0]["from"] = json!([{"serviceAccounts": {"name": "x"}}]);
+    fake.apply(Kind::Cnps, future);
+    let (c, _) = run.cluster().await;
+    assert!(c.admin_policies[&guard].ingress[0].denies_all());
+    // a relabelled node is a new cluster (its labels select it)
+    let mut n = node("node-b", json!({"podCIDR": "10.1.1.0/24"}));
+    n["metadata"]["labels"]["role"] = json!("edge");
+    fake.apply(Kind::Nodes, n);
+    let (c, _) = run.cluster().await;
+    assert_eq!(
+        c.nodes["node-b"].labels.get("role").map(String::as_str),
+        Some("edge")
+    );
+    fake.delete(Kind::Cnps, "guard");
+    let (c, _) = run.cluster().await;
+    assert!(!c.admin_policies.contains_key(&guard));
+    run.stop().await;
+}
+
+/// A cluster without the admin policy CRDs (their lists answer 404) is
+/// published without them, the other kinds unaffected, and in sync; a CRD
+/// installed later is picked up.
+#[tokio::test]
+async fn a_missing_crd_is_skipped_and_picked_up_when_installed() {
+    let fake = Fake::new(objects());
+    fake.with(|s| s.absent.extend([Kind::Cnps, Kind::Anps, Kind::Banps]));
+    let mut run = Running::on(&fake);
+    let (c, _) = run.cluster().await;
+    assert!(c.admin_policies.is_empty());
+    assert_eq!(c.pods.len(), 3, "the other kinds are there");
+    // installed, with an object
+    fake.with(|s| s.absent.remove(&Kind::Cnps));
+    fake.apply_unheard(Kind::Cnps, cnp("guard", 5));
+    let mut got = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(Update::Cluster { cluster, .. }) = timeout(Duration::from_secs(1), run.next())
+            .await
+            .map_err(|_| ())
+            && !cluster.admin_policies.is_empty()
+        {
+            got = Some(cluster);
+            break;
+        }
+    }
+    let c = got.expect("the ClusterNetworkPolicy arrives once its CRD is there");
+    assert_eq!(c.admin_policies.len(), 1);
     run.stop().await;
 }

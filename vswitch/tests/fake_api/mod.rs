@@ -46,15 +46,21 @@ pub enum Kind {
     Nodes,
     Services,
     Slices,
+    Cnps,
+    Anps,
+    Banps,
 }
 
-pub const KINDS: [Kind; 6] = [
+pub const KINDS: [Kind; 9] = [
     Kind::Namespaces,
     Kind::Pods,
     Kind::Policies,
     Kind::Nodes,
     Kind::Services,
     Kind::Slices,
+    Kind::Cnps,
+    Kind::Anps,
+    Kind::Banps,
 ];
 
 impl Kind {
@@ -66,6 +72,9 @@ impl Kind {
             Kind::Nodes => "/api/v1/nodes",
             Kind::Services => "/api/v1/services",
             Kind::Slices => "/apis/discovery.k8s.io/v1/endpointslices",
+            Kind::Cnps => "/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies",
+            Kind::Anps => "/apis/policy.networking.k8s.io/v1alpha1/adminnetworkpolicies",
+            Kind::Banps => "/apis/policy.networking.k8s.io/v1alpha1/baselineadminnetworkpolicies",
         }
     }
 
@@ -75,6 +84,7 @@ impl Kind {
         match self {
             Kind::Policies => ("networking.k8s.io", resource),
             Kind::Slices => ("discovery.k8s.io", resource),
+            Kind::Cnps | Kind::Anps | Kind::Banps => ("policy.networking.k8s.io", resource),
             _ => ("", resource),
         }
     }
@@ -87,6 +97,9 @@ impl Kind {
             Kind::Nodes => "Node",
             Kind::Services => "Service",
             Kind::Slices => "EndpointSlice",
+            Kind::Cnps => "ClusterNetworkPolicy",
+            Kind::Anps => "AdminNetworkPolicy",
+            Kind::Banps => "BaselineAdminNetworkPolicy",
         }
     }
 
@@ -94,6 +107,8 @@ impl Kind {
         match self {
             Kind::Policies => "networking.k8s.io/v1",
             Kind::Slices => "discovery.k8s.io/v1",
+            Kind::Cnps => "policy.networking.k8s.io/v1alpha2",
+            Kind::Anps | Kind::Banps => "policy.networking.k8s.io/v1alpha1",
             _ => "v1",
         }
     }
@@ -148,6 +163,8 @@ pub struct Server {
     pub parked: Vec<(Kind, SendResponse<Resp>)>,
     /// Every request: `path?query`.
     pub log: Vec<String>,
+    /// Kinds whose CRD is not installed: every request gets 404.
+    pub absent: HashSet<Kind>,
 }
 
 #[derive(Clone, Default)]
@@ -434,6 +451,16 @@ impl Server {
                 &status(404, "NotFound", &format!("no route {path}")),
             ));
         };
+        if self.absent.contains(&kind) {
+            return Answer::Now(json_response(
+                404,
+                &status(
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource",
+                ),
+            ));
+        }
         if let Some(code) = self.failing.get(&kind) {
             self.failed += 1;
             let reason = if *code == 403 {

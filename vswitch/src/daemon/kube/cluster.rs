@@ -19,13 +19,17 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use policy::admin_k8s::admin_policy_from_k8s;
 use policy::k8s::{
     PodConversion, endpoint_slice_from_k8s, namespace_from_k8s, node_from_k8s, pod_from_k8s,
     policy_from_k8s, service_from_k8s,
 };
-use policy::{Cluster, PodKey, PolicyKey};
+use policy::{Cluster, NodeInfo, PodKey, PolicyKey};
 use rustc_hash::FxHashMap;
 
+use super::admin::{
+    AdminNetworkPolicy, AdminResource, BaselineAdminNetworkPolicy, ClusterNetworkPolicy,
+};
 use crate::daemon::manifests::{Desired, ensure_namespace};
 use crate::daemon::source::ServiceSet;
 
@@ -45,6 +49,7 @@ pub fn build(
     pods: &[Arc<Pod>],
     policies: &[Arc<NetworkPolicy>],
     nodes: &[Arc<Node>],
+    admin: &AdminStores<'_>,
     last: Option<&Desired>,
 ) -> Desired {
     let mut cluster = Cluster::default();
@@ -158,6 +163,31 @@ pub fn build(
         }
     }
     out_nodes.sort();
+    cluster.nodes = out_nodes
+        .iter()
+        .map(|n| (n.name.clone(), NodeInfo::from(n)))
+        .collect();
+    admin_policies(
+        admin.cnps,
+        &mut cluster,
+        last_cluster,
+        &mut notes,
+        &mut stale,
+    );
+    admin_policies(
+        admin.anps,
+        &mut cluster,
+        last_cluster,
+        &mut notes,
+        &mut stale,
+    );
+    admin_policies(
+        admin.banps,
+        &mut cluster,
+        last_cluster,
+        &mut notes,
+        &mut stale,
+    );
     notes.sort();
     Desired {
         cluster,
@@ -166,6 +196,43 @@ pub fn build(
         notes,
         stale,
         rejected: 0,
+    }
+}
+
+/// The stored admin policies of the three kinds.
+pub struct AdminStores<'a> {
+    pub cnps: &'a [Arc<ClusterNetworkPolicy>],
+    pub anps: &'a [Arc<AdminNetworkPolicy>],
+    pub banps: &'a [Arc<BaselineAdminNetworkPolicy>],
+}
+
+/// One admin kind's policies into the cluster; one the API server's schema
+/// would have refused (or that uses what vswitch does not implement) keeps
+/// its last valid version. Read from the API server, so a peer or protocol
+/// left empty by pruning fails closed.
+fn admin_policies<K: AdminResource>(
+    objects: &[Arc<K>],
+    cluster: &mut Cluster,
+    last: Option<&Cluster>,
+    notes: &mut Vec<String>,
+    stale: &mut usize,
+) {
+    for o in objects {
+        match admin_policy_from_k8s(K::API_VERSION, K::KIND, o.metadata(), o.spec(), true) {
+            Ok(p) => {
+                cluster.admin_policies.insert(p.key.clone(), p);
+            }
+            Err(e) => {
+                let kept = o.metadata().name.as_ref().and_then(|name| {
+                    let kind = policy::AdminKind::parse(K::KIND)?;
+                    last?.admin_policies.get(&policy::AdminKey::new(kind, name))
+                });
+                reject(notes, stale, &e, kept.is_some());
+                if let Some(p) = kept {
+                    cluster.admin_policies.insert(p.key.clone(), p.clone());
+                }
+            }
+        }
     }
 }
 

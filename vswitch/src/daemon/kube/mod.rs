@@ -1,7 +1,9 @@
 //! The Kubernetes API source: the desired cluster from the API server.
 //!
-//! Design. Four watchers (Namespaces, Pods, NetworkPolicies, Nodes, all
-//! namespaces) run on a tokio runtime of the source's own thread, each
+//! Design. Watchers (Namespaces, Pods, NetworkPolicies, Nodes, Services,
+//! EndpointSlices, and the admin policies' CustomResources:
+//! ClusterNetworkPolicies, AdminNetworkPolicies,
+//! BaselineAdminNetworkPolicies) run on a tokio runtime of the source's own thread, each
 //! feeding a reflector store with trimmed objects (`watch.rs`, `trim.rs`). The
 //! stores are the state: a list or relist is swapped into a store whole, so
 //! each store is always one complete list plus the changes since. The
@@ -32,9 +34,14 @@
 //! A rejected new version of an object keeps the version last published
 //! (see `cluster.rs`): an edit the source cannot take never opens traffic.
 //!
-//! Nodes are not part of the cluster model: their pod CIDRs are read from
-//! the node store on demand ([`Stores::node_pod_cidrs`]).
+//! A cluster without an admin policy CRD is served without that kind: its
+//! 404 counts as an empty list (`admin.rs`).
+//!
+//! Nodes' labels and addresses are part of the cluster model (admin
+//! policies' `nodes` peers); their pod CIDRs are read from the node store
+//! on demand ([`Stores::node_pod_cidrs`]).
 
+mod admin;
 mod cluster;
 mod connect;
 mod trim;
@@ -57,6 +64,7 @@ use tokio::time::Instant;
 
 use super::manifests::Desired;
 use super::source::{Source, Update};
+pub use admin::{AdminNetworkPolicy, BaselineAdminNetworkPolicy, ClusterNetworkPolicy};
 pub use cluster::{Converted, build, service_set};
 pub use connect::{ConnectError, client, node_pod_cidrs, node_pod_cidrs_blocking};
 pub use trim::Trim;
@@ -78,6 +86,24 @@ pub const API_ACCESS: &[(&str, &str, &str)] = &[
     ("", "services", "watch"),
     ("discovery.k8s.io", "endpointslices", "list"),
     ("discovery.k8s.io", "endpointslices", "watch"),
+    ("policy.networking.k8s.io", "clusternetworkpolicies", "list"),
+    (
+        "policy.networking.k8s.io",
+        "clusternetworkpolicies",
+        "watch",
+    ),
+    ("policy.networking.k8s.io", "adminnetworkpolicies", "list"),
+    ("policy.networking.k8s.io", "adminnetworkpolicies", "watch"),
+    (
+        "policy.networking.k8s.io",
+        "baselineadminnetworkpolicies",
+        "list",
+    ),
+    (
+        "policy.networking.k8s.io",
+        "baselineadminnetworkpolicies",
+        "watch",
+    ),
 ];
 
 /// How long a change waits for the ones that follow it before the cluster
@@ -98,6 +124,9 @@ pub struct Stores {
     pub nodes: Store<Node>,
     pub services: Store<Service>,
     pub slices: Store<EndpointSlice>,
+    pub cnps: Store<ClusterNetworkPolicy>,
+    pub anps: Store<AdminNetworkPolicy>,
+    pub banps: Store<BaselineAdminNetworkPolicy>,
 }
 
 impl Stores {
@@ -115,6 +144,9 @@ struct Writers {
     nodes: Writer<Node>,
     services: Writer<Service>,
     slices: Writer<EndpointSlice>,
+    cnps: Writer<ClusterNetworkPolicy>,
+    anps: Writer<AdminNetworkPolicy>,
+    banps: Writer<BaselineAdminNetworkPolicy>,
 }
 
 enum Origin {
@@ -153,6 +185,9 @@ impl KubeSource {
         let (nodes, nodes_w) = reflector::store();
         let (services, services_w) = reflector::store();
         let (slices, slices_w) = reflector::store();
+        let (cnps, cnps_w) = reflector::store();
+        let (anps, anps_w) = reflector::store();
+        let (banps, banps_w) = reflector::store();
         KubeSource {
             origin,
             stores: Stores {
@@ -162,6 +197,9 @@ impl KubeSource {
                 nodes,
                 services,
                 slices,
+                cnps,
+                anps,
+                banps,
             },
             writers: Writers {
                 namespaces: ns_w,
@@ -170,6 +208,9 @@ impl KubeSource {
                 nodes: nodes_w,
                 services: services_w,
                 slices: slices_w,
+                cnps: cnps_w,
+                anps: anps_w,
+                banps: banps_w,
             },
         }
     }
@@ -258,7 +299,10 @@ async fn serve(source: KubeSource, send: &dyn Fn(Update) -> bool, stop: &AtomicB
     watch::spawn(&client, Kind::NetworkPolicies, w.policies, tx.clone());
     watch::spawn(&client, Kind::Nodes, w.nodes, tx.clone());
     watch::spawn(&client, Kind::Services, w.services, tx.clone());
-    watch::spawn(&client, Kind::EndpointSlices, w.slices, tx);
+    watch::spawn(&client, Kind::EndpointSlices, w.slices, tx.clone());
+    watch::spawn(&client, Kind::ClusterNetworkPolicies, w.cnps, tx.clone());
+    watch::spawn(&client, Kind::AdminNetworkPolicies, w.anps, tx.clone());
+    watch::spawn(&client, Kind::BaselineAdminNetworkPolicies, w.banps, tx);
     let mut tick = tokio::time::interval(STOP_POLL);
     loop {
         let due = progress.due;
@@ -370,9 +414,21 @@ impl Progress {
                 self.dirty[k.index()] = true;
                 self.schedule(k);
             }
-            // Nodes are not in the cluster: their stores are read on demand
-            // (and by the next publish).
-            Signal::Changed(Kind::Nodes) => self.dirty[Kind::Nodes.index()] = true,
+            Signal::Absent(k) => {
+                // no CRD: an empty kind (logged once, at the first list)
+                if !self.listed[k.index()] {
+                    tracing::info!(
+                        "Kubernetes API: {} are not served (their CRD is not installed); going on without them",
+                        k.name()
+                    );
+                    self.listed[k.index()] = true;
+                    self.dirty[k.index()] = true;
+                    self.schedule(k);
+                }
+                if self.failing[k.index()].take().is_some() {
+                    self.schedule(k);
+                }
+            }
             Signal::Changed(k) => {
                 self.dirty[k.index()] = true;
                 self.schedule(k);
@@ -428,11 +484,17 @@ impl Progress {
                 (now, false)
             }
             last => {
+                let admin = cluster::AdminStores {
+                    cnps: &stores.cnps.state(),
+                    anps: &stores.anps.state(),
+                    banps: &stores.banps.state(),
+                };
                 let mut now = build(
                     &stores.namespaces.state(),
                     &stores.pods.state(),
                     &stores.policies.state(),
                     &stores.nodes.state(),
+                    &admin,
                     last.as_ref(),
                 );
                 let changed = !last

@@ -20,7 +20,7 @@ pub trait Trim {
 
 /// Identity (name, namespace, uid, resourceVersion), labels and the two
 /// timestamps that decide which pod keeps a contested address.
-fn meta(m: &mut ObjectMeta) -> ObjectMeta {
+pub(super) fn meta(m: &mut ObjectMeta) -> ObjectMeta {
     ObjectMeta {
         name: m.name.take(),
         namespace: m.namespace.take(),
@@ -87,16 +87,19 @@ impl Trim for NetworkPolicy {
 impl Trim for Node {
     fn trim(&mut self) {
         // A node's status (images, conditions) is most of it; the overlay
-        // needs only its InternalIP addresses.
+        // needs only its InternalIP addresses, admin policies' `nodes`
+        // peers its IP addresses (InternalIP and ExternalIP).
         let spec = self.spec.take().map(|s| NodeSpec {
             pod_cidr: s.pod_cidr,
             pod_cidrs: s.pod_cidrs,
             ..NodeSpec::default()
         });
         let status = self.status.take().map(|s| NodeStatus {
-            addresses: s
-                .addresses
-                .map(|a| a.into_iter().filter(|a| a.type_ == "InternalIP").collect()),
+            addresses: s.addresses.map(|a| {
+                a.into_iter()
+                    .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+                    .collect()
+            }),
             ..NodeStatus::default()
         });
         *self = Node {

@@ -40,17 +40,33 @@ pub enum Kind {
     Nodes,
     Services,
     EndpointSlices,
+    ClusterNetworkPolicies,
+    AdminNetworkPolicies,
+    BaselineAdminNetworkPolicies,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Namespaces,
         Kind::Pods,
         Kind::NetworkPolicies,
         Kind::Nodes,
         Kind::Services,
         Kind::EndpointSlices,
+        Kind::ClusterNetworkPolicies,
+        Kind::AdminNetworkPolicies,
+        Kind::BaselineAdminNetworkPolicies,
     ];
+
+    /// A CustomResource kind: the cluster may not have its CRD.
+    pub fn optional(self) -> bool {
+        matches!(
+            self,
+            Kind::ClusterNetworkPolicies
+                | Kind::AdminNetworkPolicies
+                | Kind::BaselineAdminNetworkPolicies
+        )
+    }
 
     pub fn index(self) -> usize {
         self as usize
@@ -64,6 +80,9 @@ impl Kind {
             Kind::Nodes => "nodes",
             Kind::Services => "services",
             Kind::EndpointSlices => "endpointslices",
+            Kind::ClusterNetworkPolicies => "clusternetworkpolicies",
+            Kind::AdminNetworkPolicies => "adminnetworkpolicies",
+            Kind::BaselineAdminNetworkPolicies => "baselineadminnetworkpolicies",
         }
     }
 }
@@ -81,6 +100,9 @@ pub enum Signal {
     Expired(Kind),
     /// The list or watch failed; the watcher backs off and retries.
     Failed(Kind, String),
+    /// An optional kind's list answered 404: its CRD is not installed. It
+    /// counts as listed and empty; the watcher retries.
+    Absent(Kind),
 }
 
 /// Starts watching `kind` on the current runtime; the task ends when the
@@ -102,6 +124,10 @@ where
                 Ok(watcher::Event::InitDone) => Signal::Listed(kind),
                 Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => Signal::Changed(kind),
                 Err(watcher::Error::WatchError(s)) if s.code == 410 => Signal::Expired(kind),
+                Err(
+                    watcher::Error::InitialListFailed(Error::Api(s))
+                    | watcher::Error::WatchStartFailed(Error::Api(s)),
+                ) if kind.optional() && s.code == 404 => Signal::Absent(kind),
                 Err(e) => Signal::Failed(kind, super::error_text(&e)),
             };
             if tx.send(signal).is_err() {
