@@ -658,3 +658,121 @@ pub fn scale_policy(rng: &mut Rng, scale: Scale, ns: &str, name: &str, deny_all:
         egress,
     }
 }
+
+/// `per_tier` admin policies for each tier (ClusterNetworkPolicies),
+/// shaped like a platform team's: each selects the namespaces of a team or
+/// an environment (or the pods of an app cluster-wide), and guards them:
+/// deny from another team's namespaces, accept monitoring on its port, pass
+/// the team's own traffic to NetworkPolicy, deny egress to a private range
+/// except through a named gateway network, accept the nodes' API port.
+/// Priorities spread over 0..1000, with some ties.
+pub fn scale_admin_policies(scale: Scale, per_tier: usize, seed: u64) -> Vec<AdminPolicy> {
+    let mut rng = Rng::new(seed);
+    let label = |k: &str, v: String| {
+        let mut s = Selector::default();
+        s.match_labels.insert(k.into(), v);
+        s
+    };
+    let mut out = Vec::new();
+    for tier in [Tier::Admin, Tier::Baseline] {
+        for i in 0..per_tier {
+            let team = rng.below(10);
+            let subject = match rng.below(3) {
+                0 => Subject::Namespaces(label("team", format!("t{team}"))),
+                1 => Subject::Namespaces(label(
+                    "env",
+                    if rng.chance(50) { "prod" } else { "dev" }.into(),
+                )),
+                _ => Subject::Pods {
+                    namespaces: Selector::everything(),
+                    pods: label("app", format!("app{}", rng.below(scale.apps))),
+                },
+            };
+            let tcp = |lo: u16, hi: u16| PortRule {
+                protocol: Protocol::Tcp,
+                port: PortMatch::Range(lo, hi),
+            };
+            let rule = |name: &str, action: Action, peers: Vec<AdminPeer>, ports| AdminRule {
+                name: Some(name.into()),
+                action,
+                peers,
+                ports,
+                unknown: false,
+            };
+            let other = (team + 1 + rng.below(9)) % 10;
+            let ingress = vec![
+                rule(
+                    "monitoring",
+                    Action::Accept,
+                    vec![AdminPeer::Pods {
+                        namespaces: label("env", "prod".into()),
+                        pods: label("app", "app0".into()),
+                    }],
+                    Some(vec![PortRule {
+                        protocol: Protocol::Tcp,
+                        port: PortMatch::Named("metrics".into()),
+                    }]),
+                ),
+                rule(
+                    "other-team",
+                    Action::Deny,
+                    vec![AdminPeer::Namespaces(label("team", format!("t{other}")))],
+                    None,
+                ),
+                rule(
+                    "own-team",
+                    Action::Pass,
+                    vec![AdminPeer::Namespaces(label("team", format!("t{team}")))],
+                    Some(vec![tcp(8000, 8100), tcp(443, 443)]),
+                ),
+            ];
+            let b = 16 + rng.below(16);
+            let egress = vec![
+                rule(
+                    "api-server",
+                    Action::Accept,
+                    vec![AdminPeer::Nodes(label(
+                        "node-role.kubernetes.io/control-plane",
+                        "".into(),
+                    ))],
+                    Some(vec![tcp(6443, 6443)]),
+                ),
+                rule(
+                    "gateway",
+                    Action::Accept,
+                    vec![AdminPeer::Networks(vec![
+                        format!("172.{b}.1.0/24").parse().expect("cidr"),
+                    ])],
+                    None,
+                ),
+                rule(
+                    "private",
+                    Action::Deny,
+                    vec![AdminPeer::Networks(vec![
+                        "172.16.0.0/12".parse().expect("cidr"),
+                    ])],
+                    None,
+                ),
+            ];
+            out.push(AdminPolicy {
+                key: AdminKey::new(
+                    AdminKind::ClusterNetworkPolicy,
+                    format!(
+                        "{}-{i}",
+                        if tier == Tier::Admin {
+                            "admin"
+                        } else {
+                            "baseline"
+                        }
+                    ),
+                ),
+                tier,
+                priority: (rng.below(100) * 10) as u32,
+                subject,
+                ingress,
+                egress,
+            });
+        }
+    }
+    out
+}
