@@ -41,8 +41,8 @@ fn scenario_run_reports_each_file_and_the_totals() {
         "name: invalid\nsteps:\n  - expect:\n      - probe: {port: 80, protocol: TCP}\n        default: perhaps\n",
     );
     let unsupported = temp_file(
-        "anp.yaml",
-        "name: anp\nsteps:\n  - do:\n      - apply: {apiVersion: policy.networking.k8s.io/v1alpha1, kind: AdminNetworkPolicy, metadata: {name: a}, spec: {}}\n    expect: []\n",
+        "ingress.yaml",
+        "name: ingress\nsteps:\n  - do:\n      - apply: {apiVersion: networking.k8s.io/v1, kind: Ingress, metadata: {name: a, namespace: x}, spec: {}}\n    expect: []\n",
     );
     let (code, out, _) = vswitchctl(&[
         "scenario",
@@ -83,7 +83,10 @@ fn scenario_run_reports_each_file_and_the_totals() {
         !out.contains("(?:") && !out.contains(": 0 pairs probed"),
         "{out}"
     );
-    assert!(out.contains("AdminNetworkPolicy is not supported"), "{out}");
+    assert!(
+        out.contains("networking.k8s.io/v1 Ingress is not supported"),
+        "{out}"
+    );
     assert_eq!(out.lines().last(), Some("1 passed, 3 failed"), "{out}");
 }
 
@@ -129,7 +132,9 @@ fn policy_simulate_prints_the_matrix_and_names_rejected_objects() {
         "{err}"
     );
     assert!(
-        out.contains("3 namespaces, 5 pods, 1 policies loaded; 2 objects rejected"),
+        out.contains(
+            "3 namespaces, 5 pods, 1 policies, 0 admin policies loaded; 2 objects rejected"
+        ),
         "{out}"
     );
     // the good policy still works: only default/frontend reaches default/db

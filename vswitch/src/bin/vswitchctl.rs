@@ -124,11 +124,13 @@ enum Via {
 
 #[derive(Subcommand)]
 enum PolicyCommand {
-    /// Prints who can reach whom, from a folder of Pod, Namespace and
-    /// NetworkPolicy manifests.
+    /// Prints who can reach whom, from a folder of Pod, Namespace,
+    /// NetworkPolicy and admin policy (ClusterNetworkPolicy,
+    /// AdminNetworkPolicy, BaselineAdminNetworkPolicy, Node) manifests.
     Simulate {
-        /// A folder of Pod, Namespace and NetworkPolicy manifests (YAML or
-        /// JSON, read recursively).
+        /// A folder of Pod, Namespace, NetworkPolicy, ClusterNetworkPolicy,
+        /// AdminNetworkPolicy, BaselineAdminNetworkPolicy and Node manifests
+        /// (YAML or JSON, read recursively).
         #[arg(long)]
         manifests: PathBuf,
         /// Port number (1-65535) or the name of a pod's container port
@@ -287,10 +289,11 @@ fn policy_simulate(
     let color = color.enabled();
     let c = loaded.engine.cluster();
     out!(
-        "{} namespaces, {} pods, {} policies loaded; {} objects rejected\n",
+        "{} namespaces, {} pods, {} policies, {} admin policies loaded; {} objects rejected\n",
         c.namespaces.len(),
         c.pods.len(),
         c.policies.len(),
+        c.admin_policies.len(),
         loaded.rejected
     );
     for (port, proto) in ports {

@@ -171,6 +171,52 @@ spec:
             .ingress
     }
 
+    /// An admin policy in the folder decides before NetworkPolicy; a
+    /// rejected edit of it keeps its last valid version; deleting the file
+    /// removes it.
+    #[test]
+    fn a_cluster_network_policy_in_the_folder_is_enforced_and_kept_when_broken() {
+        const CNP: &str = "\
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: guard-db}
+spec:
+  tier: Admin
+  priority: 10
+  subject: {pods: {podSelector: {matchLabels: {app: db}}}}
+  ingress:
+    - {name: no-web, action: Deny, from: [{pods: {podSelector: {matchLabels: {app: web}}}}]}
+";
+        let dir = std::env::temp_dir().join(format!("vsw-cnp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        write(&dir.join("pods.yaml"), PODS);
+        let cnp = dir.join("cnp.yaml");
+        write(&cnp, CNP);
+        let mut folder = manifests::Folder::default();
+        let d = folder.load(&dir).unwrap();
+        assert!(d.notes.is_empty(), "{:?}", d.notes);
+        assert!(matches!(web_to_db(&d.cluster), Decision::AdminDenied(_)));
+        // priority out of range: rejected, the last valid version stays
+        write(&cnp, &CNP.replace("priority: 10", "priority: 1010"));
+        let d = folder.load(&dir).unwrap();
+        assert!(matches!(web_to_db(&d.cluster), Decision::AdminDenied(_)));
+        assert!(
+            d.notes
+                .iter()
+                .any(|n| n.contains("ClusterNetworkPolicy guard-db")
+                    && n.contains("spec.priority")
+                    && n.contains("last valid version")),
+            "{:?}",
+            d.notes
+        );
+        std::fs::remove_file(&cnp).unwrap();
+        let d = folder.load(&dir).unwrap();
+        assert!(d.cluster.admin_policies.is_empty());
+        assert_eq!(web_to_db(&d.cluster), Decision::NotIsolated);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// The folder source running on a thread, as the daemon runs it.
     struct Running {
         updates: mpsc::Receiver<Update>,
