@@ -823,12 +823,24 @@ mod tests {
             .to_string();
         assert!(e.starts_with("steps[0]"), "{e}");
         let e = parse(
-            "name: t\nsteps: [{do: [{apply: {apiVersion: policy.networking.k8s.io/v1alpha1, kind: AdminNetworkPolicy, metadata: {name: a}}}], expect: []}]",
+            "name: t\nsteps: [{do: [{apply: {apiVersion: networking.k8s.io/v1, kind: Ingress, metadata: {name: a}}}], expect: []}]",
         )
         .unwrap_err()
         .to_string();
         assert!(
             e.contains("steps[0].do[0].apply") && e.contains("not supported"),
+            "{e}"
+        );
+        // an admin policy the API would refuse names its field
+        let e = parse(
+            "name: t\nsteps: [{do: [{apply: {apiVersion: policy.networking.k8s.io/v1alpha1, kind: AdminNetworkPolicy, metadata: {name: a}}}], expect: []}]",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains(
+                "steps[0].do[0].apply: rejected: AdminNetworkPolicy a: spec: Required value"
+            ),
             "{e}"
         );
     }
