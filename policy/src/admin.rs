@@ -20,9 +20,10 @@
 //! implementation, and this one never depends on when an object arrived.
 //!
 //! A peer or protocol this build does not understand (an empty one, left
-//! after the API server pruned a field it does not know) fails closed, as
-//! the API's types say: in an `Accept` rule it matches nothing; a `Deny` or
-//! `Pass` rule holding one is treated as a rule that denies everything.
+//! after the API server pruned a field it does not know, or one it cannot
+//! take) fails closed, as the API's types say: an `Accept` rule holding one
+//! matches no traffic; a `Deny` or `Pass` rule holding one is treated as a
+//! rule that denies everything.
 //!
 //! Build one with [`crate::admin_k8s`], which validates as the API
 //! server's schema does.
@@ -190,6 +191,12 @@ impl AdminRule {
     /// closed, denying every connection it is asked about.
     pub fn denies_all(&self) -> bool {
         self.unknown && self.action != Action::Accept
+    }
+
+    /// An `Accept` rule with something not understood: it fails closed,
+    /// matching no traffic.
+    pub fn matches_nothing(&self) -> bool {
+        self.unknown && self.action == Action::Accept
     }
 }
 

@@ -11,7 +11,11 @@
 //! know, and fails closed ([`crate::admin`]); in a manifest it is an error.
 //!
 //! Not implemented, so rejected with an error naming the field (never
-//! ignored): `domainNames` peers.
+//! ignored): `domainNames` peers. From the API server an object cannot be
+//! refused, and dropping it would drop its Deny rules: there a peer or
+//! protocol this build cannot take (domainNames, a selector or protocol the
+//! CRD's schema lets through) makes its rule fail closed instead, and is
+//! returned as a warning naming the field.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use serde::{Deserialize, Serialize};
@@ -189,9 +193,30 @@ struct Check {
     /// Read from the API server: unknown fields were pruned, so an empty
     /// peer or protocol is one this build does not know (fail closed).
     pruned: bool,
+    /// What a rule failed closed for (from the API server only).
+    warnings: std::cell::RefCell<Vec<ValidationError>>,
 }
 
 impl Check {
+    /// A peer's or protocol's conversion: from the API server an error
+    /// makes the rule fail closed (`unknown`) and is kept as a warning; in
+    /// a manifest it rejects the object.
+    fn soft<T>(
+        &self,
+        r: Result<T, ValidationError>,
+        unknown: &mut bool,
+    ) -> Result<Option<T>, ValidationError> {
+        match r {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if self.pruned => {
+                *unknown = true;
+                self.warnings.borrow_mut().push(e);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     fn err(&self, field: impl Into<String>, message: impl Into<String>) -> ValidationError {
         ValidationError {
             object: self.object.clone(),
@@ -325,14 +350,17 @@ fn cidr(check: &Check, field: &str, s: &str) -> Result<ipnet::IpNet, ValidationE
 }
 
 /// Converts and validates one of the three kinds. `kind` and `api_version`
-/// as the object states them; `pruned`: read from the API server.
+/// as the object states them; `pruned`: read from the API server, where
+/// what a rule's peers or protocols hold that this build cannot take makes
+/// the rule fail closed, each such field returned as a warning (in a
+/// manifest it is an error, and the warnings are empty).
 pub fn admin_policy_from_k8s(
     api_version: &str,
     kind: &str,
     metadata: &ObjectMeta,
     spec: Option<&AdminSpec>,
     pruned: bool,
-) -> Result<AdminPolicy, ValidationError> {
+) -> Result<(AdminPolicy, Vec<ValidationError>), ValidationError> {
     let unsupported = || ValidationError {
         object: format!("{kind} (unknown)"),
         field: "apiVersion".into(),
@@ -367,6 +395,7 @@ pub fn admin_policy_from_k8s(
         kind: admin_kind,
         version,
         pruned,
+        warnings: Default::default(),
     };
     if admin_kind == AdminKind::BaselineAdminNetworkPolicy && name != "default" {
         return Err(check.err(
@@ -440,14 +469,15 @@ pub fn admin_policy_from_k8s(
         }
     }
     let [ingress, egress] = rules;
-    Ok(AdminPolicy {
+    let policy = AdminPolicy {
         key: AdminKey::new(admin_kind, name),
         tier,
         priority,
         subject,
         ingress,
         egress,
-    })
+    };
+    Ok((policy, check.warnings.into_inner()))
 }
 
 fn rule(
@@ -485,105 +515,21 @@ fn rule(
     let mut address_peer = false;
     for (i, p) in list.iter().enumerate() {
         let f = format!("{peers_field}[{i}]");
-        let set = [
-            p.namespaces.is_some(),
-            p.pods.is_some(),
-            p.networks.is_some(),
-            p.nodes.is_some(),
-            p.domain_names.is_some(),
-        ]
-        .iter()
-        .filter(|x| **x)
-        .count();
-        if set == 0 && check.pruned {
-            unknown = true;
-            continue;
-        }
-        let one_of = match dir {
-            Direction::Ingress => "namespaces or pods",
-            Direction::Egress => "namespaces, pods, networks or nodes",
-        };
-        if set != 1 {
-            return Err(check.err(f, format!("exactly one of {one_of} must be set")));
-        }
-        if dir == Direction::Ingress
-            && (p.networks.is_some() || p.nodes.is_some() || p.domain_names.is_some())
-        {
-            let which = if p.networks.is_some() {
-                "networks"
-            } else if p.nodes.is_some() {
-                "nodes"
-            } else {
-                "domainNames"
-            };
-            return Err(check.err(
-                format!("{f}.{which}"),
-                "unknown field (ingress peers are namespaces or pods)",
-            ));
-        }
-        if p.domain_names.is_some() {
-            return Err(check.err(
-                format!("{f}.domainNames"),
-                "domainNames peers are not supported by vswitch (it has no DNS-based policy): use networks with the addresses instead",
-            ));
-        }
-        if let Some(ns) = &p.namespaces {
-            out.push(AdminPeer::Namespaces(
-                check.selector(&format!("{f}.namespaces"), ns)?,
-            ));
-        } else if let Some(pods) = &p.pods {
-            let (namespaces, pods) = check.namespaced_pod(&format!("{f}.pods"), pods)?;
-            out.push(AdminPeer::Pods { namespaces, pods });
-        } else if let Some(nets) = &p.networks {
-            let nf = format!("{f}.networks");
-            check.count(&nf, nets.len(), 1, 25)?;
-            let mut parsed = Vec::new();
-            for (j, n) in nets.iter().enumerate() {
-                if nets[..j].contains(n) {
-                    return Err(check.err(format!("{nf}[{j}]"), format!("Duplicate value: {n:?}")));
-                }
-                parsed.push(cidr(check, &format!("{nf}[{j}]"), n)?);
-            }
-            address_peer = true;
-            out.push(AdminPeer::Networks(parsed));
-        } else if let Some(nodes) = &p.nodes {
-            address_peer = true;
-            out.push(AdminPeer::Nodes(
-                check.selector(&format!("{f}.nodes"), nodes)?,
-            ));
+        let peer = peer(check, &f, dir, p, &mut address_peer);
+        match check.soft(peer, &mut unknown)? {
+            Some(Some(p)) => out.push(p),
+            Some(None) => unknown = true,
+            None => {}
         }
     }
-    let ports = match check.version {
-        Version::V1alpha2 => {
-            if r.ports.is_some() {
-                return Err(check.err(
-                    format!("{field}.ports"),
-                    "unknown field (v1alpha2 rules take protocols)",
-                ));
-            }
-            match &r.protocols {
-                None => None,
-                Some(list) => Some(protocols(check, field, list, &mut unknown)?),
-            }
-        }
-        Version::V1alpha1 => {
-            if r.protocols.is_some() {
-                return Err(check.err(
-                    format!("{field}.protocols"),
-                    "unknown field (v1alpha1 rules take ports)",
-                ));
-            }
-            match &r.ports {
-                None => None,
-                Some(list) => Some(v1_ports(check, field, list, &mut unknown)?),
-            }
-        }
-    };
+    let ports = rule_ports(check, field, r, &mut unknown)?;
     let named = ports
         .iter()
         .flatten()
         .any(|p| matches!(p.port, PortMatch::Named(_)));
-    if address_peer && named {
+    // (from the API server, a named port beside an address peer simply
+    // matches no address: the standard channel's CRD allows it)
+    if address_peer && named && !check.pruned {
         return Err(check.err(
             field.to_string(),
             "networks/nodes/domainNames peer cannot be set with namedPorts since there are no namedPorts for networks/nodes/domainNames",
@@ -596,6 +542,121 @@ fn rule(
         ports,
         unknown,
     })
+}
+
+/// One peer; `None`: empty from the API server (a field this build does
+/// not know).
+fn peer(
+    check: &Check,
+    f: &str,
+    dir: Direction,
+    p: &PeerSpec,
+    address_peer: &mut bool,
+) -> Result<Option<AdminPeer>, ValidationError> {
+    let set = [
+        p.namespaces.is_some(),
+        p.pods.is_some(),
+        p.networks.is_some(),
+        p.nodes.is_some(),
+        p.domain_names.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
+    if set == 0 && check.pruned {
+        return Ok(None);
+    }
+    let one_of = match dir {
+        Direction::Ingress => "namespaces or pods",
+        Direction::Egress => "namespaces, pods, networks or nodes",
+    };
+    if set != 1 {
+        return Err(check.err(f, format!("exactly one of {one_of} must be set")));
+    }
+    if dir == Direction::Ingress
+        && (p.networks.is_some() || p.nodes.is_some() || p.domain_names.is_some())
+    {
+        let which = if p.networks.is_some() {
+            "networks"
+        } else if p.nodes.is_some() {
+            "nodes"
+        } else {
+            "domainNames"
+        };
+        return Err(check.err(
+            format!("{f}.{which}"),
+            "unknown field (ingress peers are namespaces or pods)",
+        ));
+    }
+    if p.domain_names.is_some() {
+        return Err(check.err(
+                format!("{f}.domainNames"),
+                "domainNames peers are not supported by vswitch (it has no DNS-based policy): use networks with the addresses instead",
+            ));
+    }
+    if let Some(ns) = &p.namespaces {
+        return Ok(Some(AdminPeer::Namespaces(
+            check.selector(&format!("{f}.namespaces"), ns)?,
+        )));
+    }
+    if let Some(pods) = &p.pods {
+        let (namespaces, pods) = check.namespaced_pod(&format!("{f}.pods"), pods)?;
+        return Ok(Some(AdminPeer::Pods { namespaces, pods }));
+    }
+    if let Some(nets) = &p.networks {
+        let nf = format!("{f}.networks");
+        check.count(&nf, nets.len(), 1, 25)?;
+        let mut parsed = Vec::new();
+        for (j, n) in nets.iter().enumerate() {
+            if nets[..j].contains(n) {
+                return Err(check.err(format!("{nf}[{j}]"), format!("Duplicate value: {n:?}")));
+            }
+            parsed.push(cidr(check, &format!("{nf}[{j}]"), n)?);
+        }
+        *address_peer = true;
+        return Ok(Some(AdminPeer::Networks(parsed)));
+    }
+    let nodes = p.nodes.as_ref().expect("the one field set");
+    *address_peer = true;
+    Ok(Some(AdminPeer::Nodes(
+        check.selector(&format!("{f}.nodes"), nodes)?,
+    )))
+}
+
+/// A rule's protocols (v1alpha2) or ports (v1alpha1); `None`: every port.
+fn rule_ports(
+    check: &Check,
+    field: &str,
+    r: &RuleSpec,
+    unknown: &mut bool,
+) -> Result<Option<Vec<PortRule>>, ValidationError> {
+    let ports = match check.version {
+        Version::V1alpha2 => {
+            if r.ports.is_some() {
+                return Err(check.err(
+                    format!("{field}.ports"),
+                    "unknown field (v1alpha2 rules take protocols)",
+                ));
+            }
+            match &r.protocols {
+                None => None,
+                Some(list) => Some(protocols(check, field, list, unknown)?),
+            }
+        }
+        Version::V1alpha1 => {
+            if r.protocols.is_some() {
+                return Err(check.err(
+                    format!("{field}.protocols"),
+                    "unknown field (v1alpha1 rules take ports)",
+                ));
+            }
+            match &r.ports {
+                None => None,
+                Some(list) => Some(v1_ports(check, field, list, unknown)?),
+            }
+        }
+    };
+    Ok(ports)
 }
 
 /// A named port of any protocol: the container port's protocol decides.
@@ -630,57 +691,61 @@ fn protocols(
             *unknown = true;
             continue;
         }
-        if set != 1 {
-            return Err(check.err(
-                f,
-                "exactly one of tcp, udp, sctp or destinationNamedPort must be set",
-            ));
-        }
-        if let Some(name) = &p.destination_named_port {
-            if name.is_empty() {
-                return Err(check.err(format!("{f}.destinationNamedPort"), "Required value"));
+        let entry = || -> Result<Vec<PortRule>, ValidationError> {
+            if set != 1 {
+                return Err(check.err(
+                    f.clone(),
+                    "exactly one of tcp, udp, sctp or destinationNamedPort must be set",
+                ));
             }
-            out.extend(named(name));
-            continue;
-        }
-        let (protocol, pname, ports) = entries
-            .iter()
-            .find_map(|(proto, n, e)| e.as_ref().map(|e| (*proto, *n, e)))
-            .expect("one is set");
-        let pf = format!("{f}.{pname}.destinationPort");
-        let Some(port) = &ports.destination_port else {
-            return Err(check.err(pf, "Required value"));
-        };
-        let port = match port {
-            PortSpec {
-                number: Some(n),
-                range: None,
-            } => {
-                let n = check.port_number(&format!("{pf}.number"), Some(*n))?;
-                PortMatch::Range(n, n)
-            }
-            PortSpec {
-                number: None,
-                range: Some(r),
-            } => {
-                if r.protocol.is_some() {
-                    return Err(check.err(format!("{pf}.range.protocol"), "unknown field"));
+            if let Some(name) = &p.destination_named_port {
+                if name.is_empty() {
+                    return Err(check.err(format!("{f}.destinationNamedPort"), "Required value"));
                 }
-                let start = check.port_number(&format!("{pf}.range.start"), r.start)?;
-                let end = check.port_number(&format!("{pf}.range.end"), r.end)?;
-                if start >= end {
-                    return Err(check.err(
-                        format!("{pf}.range"),
-                        "Start port must be less than End port",
-                    ));
+                return Ok(named(name).collect());
+            }
+            let (protocol, pname, ports) = entries
+                .iter()
+                .find_map(|(proto, n, e)| e.as_ref().map(|e| (*proto, *n, e)))
+                .expect("one is set");
+            let pf = format!("{f}.{pname}.destinationPort");
+            let Some(port) = &ports.destination_port else {
+                return Err(check.err(pf, "Required value"));
+            };
+            let port = match port {
+                PortSpec {
+                    number: Some(n),
+                    range: None,
+                } => {
+                    let n = check.port_number(&format!("{pf}.number"), Some(*n))?;
+                    PortMatch::Range(n, n)
                 }
-                PortMatch::Range(start, end)
-            }
-            _ => {
-                return Err(check.err(pf, "You must specify either Port or Range"));
-            }
+                PortSpec {
+                    number: None,
+                    range: Some(r),
+                } => {
+                    if r.protocol.is_some() {
+                        return Err(check.err(format!("{pf}.range.protocol"), "unknown field"));
+                    }
+                    let start = check.port_number(&format!("{pf}.range.start"), r.start)?;
+                    let end = check.port_number(&format!("{pf}.range.end"), r.end)?;
+                    if start >= end {
+                        return Err(check.err(
+                            format!("{pf}.range"),
+                            "Start port must be less than End port",
+                        ));
+                    }
+                    PortMatch::Range(start, end)
+                }
+                _ => {
+                    return Err(check.err(pf, "You must specify either Port or Range"));
+                }
+            };
+            Ok(vec![PortRule { protocol, port }])
         };
-        out.push(PortRule { protocol, port });
+        if let Some(v) = check.soft(entry(), unknown)? {
+            out.extend(v);
+        }
     }
     Ok(out)
 }
@@ -703,36 +768,42 @@ fn v1_ports(
             *unknown = true;
             continue;
         }
-        if set != 1 {
-            return Err(check.err(
-                f,
-                "exactly one of portNumber, namedPort or portRange must be set",
-            ));
-        }
-        if let Some(n) = &p.port_number {
-            let protocol =
-                check.protocol(&format!("{f}.portNumber.protocol"), n.protocol.as_deref())?;
-            let port = check.port_number(&format!("{f}.portNumber.port"), n.port)?;
-            out.push(PortRule {
-                protocol,
-                port: PortMatch::Range(port, port),
-            });
-        } else if let Some(name) = &p.named_port {
-            if name.is_empty() {
-                return Err(check.err(format!("{f}.namedPort"), "Required value"));
+        let entry = || -> Result<Vec<PortRule>, ValidationError> {
+            if set != 1 {
+                return Err(check.err(
+                    f.clone(),
+                    "exactly one of portNumber, namedPort or portRange must be set",
+                ));
             }
-            out.extend(named(name));
-        } else if let Some(r) = &p.port_range {
-            let protocol =
-                check.protocol(&format!("{f}.portRange.protocol"), r.protocol.as_deref())?;
-            let start = check.port_number(&format!("{f}.portRange.start"), r.start)?;
-            let end = check.port_number(&format!("{f}.portRange.end"), r.end)?;
-            // v1alpha1's schema does not require start <= end; such a
-            // range holds no port, and matches none
-            out.push(PortRule {
-                protocol,
-                port: PortMatch::Range(start, end),
-            });
+            if let Some(n) = &p.port_number {
+                let protocol =
+                    check.protocol(&format!("{f}.portNumber.protocol"), n.protocol.as_deref())?;
+                let port = check.port_number(&format!("{f}.portNumber.port"), n.port)?;
+                return Ok(vec![PortRule {
+                    protocol,
+                    port: PortMatch::Range(port, port),
+                }]);
+            } else if let Some(name) = &p.named_port {
+                if name.is_empty() {
+                    return Err(check.err(format!("{f}.namedPort"), "Required value"));
+                }
+                return Ok(named(name).collect());
+            } else if let Some(r) = &p.port_range {
+                let protocol =
+                    check.protocol(&format!("{f}.portRange.protocol"), r.protocol.as_deref())?;
+                let start = check.port_number(&format!("{f}.portRange.start"), r.start)?;
+                let end = check.port_number(&format!("{f}.portRange.end"), r.end)?;
+                // v1alpha1's schema does not require start <= end; such a
+                // range holds no port, and matches none
+                return Ok(vec![PortRule {
+                    protocol,
+                    port: PortMatch::Range(start, end),
+                }]);
+            }
+            Ok(vec![])
+        };
+        if let Some(v) = check.soft(entry(), unknown)? {
+            out.extend(v);
         }
     }
     Ok(out)
@@ -1011,11 +1082,120 @@ spec:
         let conv = |a: &str, pruned| {
             admin_policy_from_k8s(api, "ClusterNetworkPolicy", &meta, Some(&spec(a)), pruned)
         };
-        let accept = conv("Accept", true).expect("read from the API server");
-        assert!(accept.egress[0].peers.is_empty() && !accept.egress[0].denies_all());
+        let (accept, warnings) = conv("Accept", true).expect("read from the API server");
+        assert!(accept.egress[0].matches_nothing() && !accept.egress[0].denies_all());
+        assert!(
+            warnings.is_empty(),
+            "an empty peer is no error: {warnings:?}"
+        );
         for a in ["Deny", "Pass"] {
-            assert!(conv(a, true).expect("pruned").egress[0].denies_all());
+            assert!(conv(a, true).expect("pruned").0.egress[0].denies_all());
         }
         assert!(conv("Deny", false).is_err(), "in a manifest it is an error");
+    }
+
+    /// From the API server an object cannot be refused, and dropping it
+    /// would drop its Deny rules: what this build cannot take in a peer or
+    /// protocol (domainNames, a selector the CRD lets through, a v1alpha1
+    /// protocol the CRD does not check) makes its rule fail closed, and is
+    /// returned naming the field.
+    #[test]
+    fn from_the_api_server_what_cannot_be_taken_fails_closed_naming_the_field() {
+        let peer = |v: PeerSpec| AdminSpec {
+            tier: Some("Admin".into()),
+            priority: Some(1),
+            subject: Some(SubjectSpec {
+                namespaces: Some(LabelSelector::default()),
+                pods: None,
+            }),
+            egress: Some(vec![
+                RuleSpec {
+                    action: Some("Accept".into()),
+                    to: Some(vec![v]),
+                    ..Default::default()
+                },
+                RuleSpec {
+                    action: Some("Deny".into()),
+                    to: Some(vec![PeerSpec {
+                        networks: Some(vec!["0.0.0.0/0".into()]),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                },
+            ]),
+            ..Default::default()
+        };
+        let meta = ObjectMeta {
+            name: Some("egress".into()),
+            ..Default::default()
+        };
+        let api = "policy.networking.k8s.io/v1alpha2";
+        let domains = peer(PeerSpec {
+            domain_names: Some(vec!["*.example.com".into()]),
+            ..Default::default()
+        });
+        let (p, warnings) =
+            admin_policy_from_k8s(api, "ClusterNetworkPolicy", &meta, Some(&domains), true)
+                .expect("applied");
+        assert!(p.egress[0].matches_nothing(), "the Accept matches nothing");
+        assert_eq!(p.egress[1].action, Action::Deny, "the Deny stays");
+        assert_eq!(warnings.len(), 1);
+        assert_eq!(warnings[0].field, "spec.egress[0].to[0].domainNames");
+        // in a manifest the same object is rejected, naming the field
+        let e = admin_policy_from_k8s(api, "ClusterNetworkPolicy", &meta, Some(&domains), false)
+            .expect_err("rejected");
+        assert_eq!(e.field, "spec.egress[0].to[0].domainNames");
+        // a selector the API server's schema does not check
+        let bad = LabelSelector {
+            match_labels: Some([("app".to_string(), "bad value!".to_string())].into()),
+            ..Default::default()
+        };
+        let (p, warnings) = admin_policy_from_k8s(
+            api,
+            "ClusterNetworkPolicy",
+            &meta,
+            Some(&peer(PeerSpec {
+                namespaces: Some(bad),
+                ..Default::default()
+            })),
+            true,
+        )
+        .expect("applied");
+        assert!(p.egress[0].matches_nothing());
+        assert!(
+            warnings[0]
+                .field
+                .starts_with("spec.egress[0].to[0].namespaces"),
+            "{warnings:?}"
+        );
+        // a v1alpha1 protocol its CRD does not check, in a Deny rule
+        let mut spec = peer(PeerSpec {
+            namespaces: Some(LabelSelector::default()),
+            ..Default::default()
+        });
+        spec.tier = None;
+        let rules = spec.egress.as_mut().unwrap();
+        rules[0].action = Some("Deny".into());
+        rules[0].ports = Some(vec![V1PortSpec {
+            port_number: Some(V1Port {
+                protocol: Some("tcp".into()),
+                port: Some(80),
+            }),
+            ..Default::default()
+        }]);
+        rules[1].action = Some("Allow".into());
+        let (p, warnings) = admin_policy_from_k8s(
+            "policy.networking.k8s.io/v1alpha1",
+            "AdminNetworkPolicy",
+            &meta,
+            Some(&spec),
+            true,
+        )
+        .expect("applied");
+        assert!(p.egress[0].denies_all(), "the Deny denies all");
+        assert_eq!(
+            warnings[0].field,
+            "spec.egress[0].ports[0].portNumber.protocol"
+        );
     }
 }

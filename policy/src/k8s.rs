@@ -414,12 +414,18 @@ pub fn node_from_k8s(node: &core::Node) -> Result<Node, ValidationError> {
         if a.type_ == "Hostname" || a.type_ == "InternalDNS" || a.type_ == "ExternalDNS" {
             continue;
         }
-        let ip: IpAddr = a.address.parse().map_err(|_| {
-            ctx.err(
-                format!("status.addresses[{i}].address"),
-                format!("invalid IP address {:?}", a.address),
-            )
-        })?;
+        let ip: IpAddr = match a.address.parse() {
+            Ok(ip) => ip,
+            // only the InternalIP is needed (the overlay's); another
+            // address that does not parse is left out, not the Node
+            Err(_) if a.type_ != "InternalIP" => continue,
+            Err(_) => {
+                return Err(ctx.err(
+                    format!("status.addresses[{i}].address"),
+                    format!("invalid IP address {:?}", a.address),
+                ));
+            }
+        };
         let list = if a.type_ == "InternalIP" {
             &mut addresses
         } else {

@@ -256,6 +256,7 @@ fn parse_named(doc: usize, value: Value, out: &mut Vec<Named>) {
         ) => strict::<AdminObject>(doc, &kind, &value)
             .and_then(|o| {
                 admin_policy_from_k8s(&api, &kind, &o.metadata, o.spec.as_ref(), false)
+                    .map(|(p, _)| p)
                     .map_err(|e| ManifestError::Invalid(e, doc))
             })
             .map(Object::AdminPolicy),

@@ -25,8 +25,9 @@
 //!   with a matching peer and port decides: Accept, Deny, or Pass (on to
 //!   the next tier);
 //! - `networks` match any address in them, pods' too; `nodes` the
-//!   addresses of the selected Nodes; a peer not understood matches
-//!   nothing in an Accept rule and everything in a Deny or Pass rule.
+//!   addresses of the selected Nodes; a peer or protocol not understood
+//!   makes an Accept rule match nothing, and a Deny or Pass rule deny
+//!   everything.
 
 use crate::admin::{Action, AdminPeer, AdminPolicy, Tier};
 use crate::model::{Cluster, Pod};
@@ -101,6 +102,9 @@ fn admin_tier(
                     name: rule.name.clone(),
                     action: Action::Deny,
                 });
+            }
+            if rule.matches_nothing() {
+                continue;
             }
             let peer_ok = rule
                 .peers

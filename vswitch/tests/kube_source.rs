@@ -1205,3 +1205,17 @@ async fn a_missing_crd_is_skipped_and_picked_up_when_installed() {
     assert_eq!(c.admin_policies.len(), 1);
     run.stop().await;
 }
+
+/// A ClusterRole from before the admin kinds (403 for them): the rest of
+/// the cluster is still published, in sync.
+#[tokio::test]
+async fn a_forbidden_admin_kind_does_not_hold_back_the_rest() {
+    let fake = Fake::new(objects());
+    fake.fail(&[Kind::Cnps, Kind::Anps, Kind::Banps], 403);
+    let mut run = Running::on(&fake);
+    let (c, _) = run.cluster().await;
+    assert!(c.admin_policies.is_empty());
+    assert_eq!(c.pods.len(), 3, "the other kinds are there");
+    run.quiet().await;
+    run.stop().await;
+}

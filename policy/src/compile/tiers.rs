@@ -419,6 +419,15 @@ impl Engine {
                             direction: dir,
                             index: i as u16,
                         };
+                        if rule.matches_nothing() {
+                            // fails closed: a rule no peer reaches
+                            t.rules.push(CompiledRule {
+                                id,
+                                action: rule.action,
+                                ports: RulePorts::from_iter([CPort::nothing()]),
+                            });
+                            continue;
+                        }
                         if rule.denies_all() {
                             // fails closed: every peer, every port
                             t.rules.push(CompiledRule {

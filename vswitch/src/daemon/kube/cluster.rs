@@ -219,7 +219,13 @@ fn admin_policies<K: AdminResource>(
 ) {
     for o in objects {
         match admin_policy_from_k8s(K::API_VERSION, K::KIND, o.metadata(), o.spec(), true) {
-            Ok(p) => {
+            Ok((p, warnings)) => {
+                // what a rule could not take: the rule fails closed
+                for w in warnings {
+                    notes.push(format!(
+                        "applied failing closed: {w}; the rule holding it matches no traffic (Accept) or denies all (Deny, Pass)"
+                    ));
+                }
                 cluster.admin_policies.insert(p.key.clone(), p);
             }
             Err(e) => {

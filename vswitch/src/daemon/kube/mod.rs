@@ -414,13 +414,21 @@ impl Progress {
                 self.dirty[k.index()] = true;
                 self.schedule(k);
             }
-            Signal::Absent(k) => {
-                // no CRD: an empty kind (logged once, at the first list)
+            Signal::Absent(k, code) => {
+                // no CRD, or no permission yet: an empty kind (logged once,
+                // at the first list)
                 if !self.listed[k.index()] {
-                    tracing::info!(
-                        "Kubernetes API: {} are not served (their CRD is not installed); going on without them",
-                        k.name()
-                    );
+                    if code == 403 {
+                        tracing::warn!(
+                            "Kubernetes API: {} are forbidden to vswitch (re-apply deploy/rbac.yaml); going on without them",
+                            k.name()
+                        );
+                    } else {
+                        tracing::info!(
+                            "Kubernetes API: {} are not served (their CRD is not installed); going on without them",
+                            k.name()
+                        );
+                    }
                     self.listed[k.index()] = true;
                     self.dirty[k.index()] = true;
                     self.schedule(k);

@@ -100,9 +100,10 @@ pub enum Signal {
     Expired(Kind),
     /// The list or watch failed; the watcher backs off and retries.
     Failed(Kind, String),
-    /// An optional kind's list answered 404: its CRD is not installed. It
+    /// An optional kind's list answered 404 (its CRD is not installed) or
+    /// 403 (the ClusterRole does not grant it yet): the status code. It
     /// counts as listed and empty; the watcher retries.
-    Absent(Kind),
+    Absent(Kind, u16),
 }
 
 /// Starts watching `kind` on the current runtime; the task ends when the
@@ -127,7 +128,9 @@ where
                 Err(
                     watcher::Error::InitialListFailed(Error::Api(s))
                     | watcher::Error::WatchStartFailed(Error::Api(s)),
-                ) if kind.optional() && s.code == 404 => Signal::Absent(kind),
+                ) if kind.optional() && (s.code == 404 || s.code == 403) => {
+                    Signal::Absent(kind, s.code)
+                }
                 Err(e) => Signal::Failed(kind, super::error_text(&e)),
             };
             if tx.send(signal).is_err() {
