@@ -215,6 +215,15 @@ struct DirTable {
 }
 
 impl DirTable {
+    /// Sets the identity index's entry for `x` (none when `set` is empty).
+    fn set_peer(&mut self, x: IdentityId, set: RuleSet) {
+        if set.is_empty() {
+            self.by_identity.remove(&x);
+        } else {
+            self.by_identity.insert(x, set);
+        }
+    }
+
     /// The decision of a NetworkPolicy table: the first rule that admits
     /// the flow allows it, and none denies it.
     #[inline]
@@ -395,6 +404,32 @@ struct Selectors {
 impl Selectors {
     fn get(&self, id: SelectorId) -> &SelectorEntry {
         self.slots[id.0 as usize].as_ref().expect("live selector")
+    }
+
+    /// The rules of `t` whose selectors match identity `x`.
+    fn rules_matching(&self, t: &DirTable, x: IdentityId) -> RuleSet {
+        let mut set = RuleSet::default();
+        for (sid, rule) in &t.refs {
+            if self.get(*sid).matches.contains(&x) {
+                set.insert(*rule);
+            }
+        }
+        set
+    }
+
+    /// Completes a table whose rules, selector references and CIDR blocks
+    /// are in: the CIDR maps and the identity index.
+    fn finish(&self, t: &mut DirTable, blocks: Vec<(IpBlock, u16)>) {
+        let (v4, v6): (Vec<_>, Vec<_>) = blocks
+            .into_iter()
+            .partition(|(b, _)| b.cidr.addr().is_ipv4());
+        t.v4 = CidrMap::build(&v4);
+        t.v6 = CidrMap::build(&v6);
+        for (sid, rule) in &t.refs {
+            for m in &self.get(*sid).matches {
+                t.by_identity.entry(*m).or_default().insert(*rule);
+            }
+        }
     }
 }
 
@@ -964,17 +999,8 @@ impl Engine {
             let Some(t) = tables.dir_mut(dir) else {
                 continue;
             };
-            let mut set = RuleSet::default();
-            for (sid, rule) in &t.refs {
-                if self.selectors.get(*sid).matches.contains(&x) {
-                    set.insert(*rule);
-                }
-            }
-            if set.is_empty() {
-                t.by_identity.remove(&x);
-            } else {
-                t.by_identity.insert(x, set);
-            }
+            let set = self.selectors.rules_matching(t, x);
+            t.set_peer(x, set);
         }
     }
 
@@ -1036,16 +1062,7 @@ impl Engine {
                 }
             }
             if let Some(t) = table.as_mut() {
-                let (v4, v6): (Vec<_>, Vec<_>) = blocks
-                    .into_iter()
-                    .partition(|(b, _)| b.cidr.addr().is_ipv4());
-                t.v4 = CidrMap::build(&v4);
-                t.v6 = CidrMap::build(&v6);
-                for (sid, rule) in &t.refs {
-                    for m in &self.selectors.get(*sid).matches {
-                        t.by_identity.entry(*m).or_default().insert(*rule);
-                    }
-                }
+                self.selectors.finish(t, blocks);
             }
             match dir {
                 Direction::Ingress => tables.ingress = table,

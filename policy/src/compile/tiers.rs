@@ -221,21 +221,14 @@ impl Engine {
                 let Some(t) = slot.dirs[d].as_ref() else {
                     continue;
                 };
-                let mut set = RuleSet::default();
-                for (sid, rule) in &t.refs {
-                    if self.selectors.get(*sid).matches.contains(&x) {
-                        set.insert(*rule);
-                    }
-                }
+                let set = self.selectors.rules_matching(t, x);
                 if t.by_identity.get(&x).unwrap_or(&RuleSet::default()) == &set {
                     continue;
                 }
-                let t = Arc::make_mut(slot).dirs[d].as_mut().expect("present");
-                if set.is_empty() {
-                    t.by_identity.remove(&x);
-                } else {
-                    t.by_identity.insert(x, set);
-                }
+                Arc::make_mut(slot).dirs[d]
+                    .as_mut()
+                    .expect("present")
+                    .set_peer(x, set);
             }
         }
     }
@@ -502,16 +495,7 @@ impl Engine {
                 if t.rules.is_empty() {
                     continue;
                 }
-                let (v4, v6): (Vec<_>, Vec<_>) = blocks
-                    .into_iter()
-                    .partition(|(b, _)| b.cidr.addr().is_ipv4());
-                t.v4 = CidrMap::build(&v4);
-                t.v6 = CidrMap::build(&v6);
-                for (sid, rule) in &t.refs {
-                    for m in &self.selectors.get(*sid).matches {
-                        t.by_identity.entry(*m).or_default().insert(*rule);
-                    }
-                }
+                self.selectors.finish(&mut t, blocks);
                 table.dirs[slot(tier, dir)] = Some(t);
             }
         }

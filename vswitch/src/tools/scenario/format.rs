@@ -500,6 +500,23 @@ fn ports(field: &str, spec: Option<Vec<PortSpec>>) -> Result<Vec<ContainerPort>,
         .collect()
 }
 
+/// A host outside the cluster (`cluster.externals`, and the hosts of
+/// `cluster.nodes`), checked.
+fn external(f: &str, e: ExternalSpec) -> Result<External, FormatError> {
+    if e.name.contains('/') || e.name == "*" {
+        return Err(Problem::ExternalName(e.name).at(&format!("{f}.name")));
+    }
+    if e.ipv4.is_none() && e.ipv6.is_none() {
+        return Err(Problem::ExternalWithoutAddress(e.name).at(f));
+    }
+    Ok(External {
+        name: e.name,
+        ipv4: e.ipv4,
+        ipv6: e.ipv6,
+        ports: ports(f, e.ports)?,
+    })
+}
+
 fn pod(field: &str, p: PodSpec) -> Result<Pod, FormatError> {
     let mut ips = Vec::new();
     ips.extend(p.ipv4.map(IpAddr::V4));
@@ -700,52 +717,33 @@ pub fn parse(text: &str) -> Result<Scenario, FormatError> {
                 .enumerate()
                 .map(|(i, p)| pod(&format!("cluster.pods[{i}]"), p))
                 .collect::<Result<Vec<_>, _>>()?;
-            let externals = c
+            let mut externals = c
                 .externals
                 .into_iter()
                 .enumerate()
-                .map(|(i, e)| {
-                    let f = format!("cluster.externals[{i}]");
-                    if e.name.contains('/') || e.name == "*" {
-                        return Err(Problem::ExternalName(e.name).at(&format!("{f}.name")));
-                    }
-                    if e.ipv4.is_none() && e.ipv6.is_none() {
-                        return Err(Problem::ExternalWithoutAddress(e.name).at(&f));
-                    }
-                    Ok(External {
-                        name: e.name,
-                        ipv4: e.ipv4,
-                        ipv6: e.ipv6,
-                        ports: ports(&f, e.ports)?,
-                    })
-                })
+                .map(|(i, e)| external(&format!("cluster.externals[{i}]"), e))
                 .collect::<Result<Vec<_>, _>>()?;
-            let mut externals = externals;
+            // a node is an external host with labels
             let mut nodes = Vec::new();
             for (i, n) in c.nodes.into_iter().enumerate() {
-                let f = format!("cluster.nodes[{i}]");
-                if n.name.contains('/') || n.name == "*" {
-                    return Err(Problem::ExternalName(n.name).at(&format!("{f}.name")));
-                }
-                if n.ipv4.is_none() && n.ipv6.is_none() {
-                    return Err(Problem::ExternalWithoutAddress(n.name).at(&f));
-                }
-                nodes.push(NodeInfo {
-                    name: n.name.clone(),
-                    labels: n.labels,
-                    addresses: n
-                        .ipv4
-                        .map(IpAddr::V4)
-                        .into_iter()
-                        .chain(n.ipv6.map(IpAddr::V6))
-                        .collect(),
-                });
-                externals.push(External {
+                let host = ExternalSpec {
                     name: n.name,
                     ipv4: n.ipv4,
                     ipv6: n.ipv6,
-                    ports: ports(&f, n.ports)?,
+                    ports: n.ports,
+                };
+                let host = external(&format!("cluster.nodes[{i}]"), host)?;
+                nodes.push(NodeInfo {
+                    name: host.name.clone(),
+                    labels: n.labels,
+                    addresses: host
+                        .ipv4
+                        .map(IpAddr::V4)
+                        .into_iter()
+                        .chain(host.ipv6.map(IpAddr::V6))
+                        .collect(),
                 });
+                externals.push(host);
             }
             (namespaces, pods, externals, nodes)
         }
