@@ -16,9 +16,16 @@ struct Tally {
     after_pass_or_no_match: usize,
 }
 
+/// `SEED=N` reruns one seed; `SEED=A..B` runs a range (for long runs).
 fn seeds(default_count: u64) -> Vec<u64> {
     match std::env::var("SEED") {
-        Ok(s) => vec![s.parse().expect("SEED is a number")],
+        Ok(s) => match s.split_once("..") {
+            Some((a, b)) => {
+                let n = |x: &str| x.parse::<u64>().expect("SEED is N or A..B");
+                (n(a)..n(b)).collect()
+            }
+            None => vec![s.parse().expect("SEED is N or A..B")],
+        },
         Err(_) => (1..=default_count).collect(),
     }
 }

@@ -40,8 +40,10 @@
 //!
 //! # Admin tiers
 //! ClusterNetworkPolicy and the v1alpha1 admin policies compile into tables
-//! shared by the identities they select: see [`tiers`]. A verdict consults
-//! the Admin tier's table, then NetworkPolicy's, then the Baseline tier's.
+//! shared by the identities they select: see [`tiers`]. Those tables index
+//! peers by class (the identities the admin selectors cannot tell apart:
+//! see [`classes`]), not by identity. A verdict consults the Admin tier's
+//! table, then NetworkPolicy's, then the Baseline tier's.
 //!
 //! # Threading
 //! The engine is single-writer. Tables sit behind `Arc`s, so a snapshot for
@@ -56,6 +58,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use rustc_hash::{FxHashMap, FxHashSet};
 
+mod classes;
 mod tiers;
 
 use crate::admin::{Action, Tier};
@@ -69,7 +72,7 @@ use crate::verdict::{Decision, Explanation, Flow, PolicyId, Reason, RuleId, Verd
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct IdentityId(pub u32);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 struct SelectorId(u32);
 
 /// A set of rule indexes of one table, ascending.
@@ -208,6 +211,9 @@ struct DirTable {
     /// Peer selectors used by the rules, to patch `by_identity`.
     refs: Vec<(SelectorId, u16)>,
     by_identity: FxHashMap<IdentityId, RuleSet>,
+    /// Admin tier tables index peers by class instead ([`classes`]): the
+    /// rules admitting each class, by class number.
+    by_class: Vec<RuleSet>,
     any_pod: RuleSet,
     any_peer: RuleSet,
     v4: CidrMap,
@@ -215,6 +221,15 @@ struct DirTable {
 }
 
 impl DirTable {
+    /// Builds the CIDR maps from the rules' address blocks.
+    fn set_blocks(&mut self, blocks: Vec<(IpBlock, u16)>) {
+        let (v4, v6): (Vec<_>, Vec<_>) = blocks
+            .into_iter()
+            .partition(|(b, _)| b.cidr.addr().is_ipv4());
+        self.v4 = CidrMap::build(&v4);
+        self.v6 = CidrMap::build(&v6);
+    }
+
     /// Sets the identity index's entry for `x` (none when `set` is empty).
     fn set_peer(&mut self, x: IdentityId, set: RuleSet) {
         if set.is_empty() {
@@ -235,27 +250,31 @@ impl DirTable {
         port: u16,
         dst_ports: Option<&PodPorts>,
     ) -> Decision {
-        match self.first(peer, peer_ip, protocol, port, dst_ports) {
+        let peer_set = peer.and_then(|p| self.by_identity.get(&p.identity));
+        match self.first(peer_set, peer.is_some(), peer_ip, protocol, port, dst_ports) {
             Some(i) => Decision::Allowed(self.rules[i as usize].id),
             None => Decision::Denied,
         }
     }
 
-    /// The first rule, in policy order, that admits the peer and the port.
-    /// The peer indexes are read first (independent loads), their union is
-    /// scanned lowest rule first, and ports are checked only for candidates.
+    /// The first rule, in policy order, that admits the peer and the port,
+    /// given the peer's entry in the identity or class index and whether
+    /// the peer is a pod. The peer indexes are read first (independent
+    /// loads), their union is scanned lowest rule first, and ports are
+    /// checked only for candidates.
     #[inline]
     fn first(
         &self,
-        peer: Option<&Endpoint>,
+        peer_set: Option<&RuleSet>,
+        peer_is_pod: bool,
         peer_ip: IpAddr,
         protocol: u8,
         port: u16,
         dst_ports: Option<&PodPorts>,
     ) -> Option<u16> {
         let sets = [
-            peer.and_then(|p| self.by_identity.get(&p.identity)),
-            peer.map(|_| &self.any_pod),
+            peer_set,
+            peer_is_pod.then_some(&self.any_pod),
             Some(&self.any_peer),
             match peer_ip {
                 IpAddr::V4(_) => self.v4.get(peer_ip),
@@ -420,11 +439,7 @@ impl Selectors {
     /// Completes a table whose rules, selector references and CIDR blocks
     /// are in: the CIDR maps and the identity index.
     fn finish(&self, t: &mut DirTable, blocks: Vec<(IpBlock, u16)>) {
-        let (v4, v6): (Vec<_>, Vec<_>) = blocks
-            .into_iter()
-            .partition(|(b, _)| b.cidr.addr().is_ipv4());
-        t.v4 = CidrMap::build(&v4);
-        t.v6 = CidrMap::build(&v6);
+        t.set_blocks(blocks);
         for (sid, rule) in &t.refs {
             for m in &self.get(*sid).matches {
                 t.by_identity.entry(*m).or_default().insert(*rule);
@@ -461,7 +476,9 @@ fn verdict_in(
         };
         let tier = tiers.of(me.identity);
         let decide_tier = |t: Tier| {
-            tier.and_then(|tt| tt.decide(t, dir, peer, peer_ip, protocol, flow.dst_port, dst_ports))
+            let tt = tier?;
+            let class = peer.map(|p| tiers.class_of(p.identity));
+            tt.decide(t, dir, class, peer_ip, protocol, flow.dst_port, dst_ports)
         };
         if let Some(d) = decide_tier(Tier::Admin) {
             return d;
@@ -705,7 +722,7 @@ impl Engine {
             self.patch(user, x);
         }
         for x in tier_patches {
-            self.patch_tiers(x);
+            self.reclass(x);
         }
         if !self.cluster.admin_policies.is_empty() {
             self.retier_namespace(&name);
@@ -951,7 +968,7 @@ impl Engine {
         for u in users {
             self.patch(u, id);
         }
-        self.patch_tiers(id);
+        self.reclass(id);
         self.rebuild(id);
         self.retier(id);
         id
@@ -975,7 +992,7 @@ impl Engine {
         for u in users {
             self.patch(u, id);
         }
-        self.patch_tiers(id);
+        self.unclass(id);
         let ident = self.identities.slots[id.0 as usize].take().expect("live");
         self.identities
             .by_key
@@ -1157,6 +1174,7 @@ impl Engine {
         out: &mut String,
         dir: &str,
         dt: &DirTable,
+        peers: Vec<(IdentityId, &RuleSet)>,
         rule_name: &dyn Fn(&RuleId) -> String,
         ident_name: &dyn Fn(&IdentityId) -> String,
     ) {
@@ -1187,8 +1205,7 @@ impl Engine {
                 r.action
             );
         }
-        let mut by: Vec<String> = dt
-            .by_identity
+        let mut by: Vec<String> = peers
             .iter()
             .map(|(k, s)| format!("{} -> {:?}", ident_name(k), names(s)))
             .collect();
@@ -1243,7 +1260,8 @@ impl Engine {
             };
             for (dir, dt) in [("ingress", &t.ingress), ("egress", &t.egress)] {
                 let Some(dt) = dt else { continue };
-                self.dump_dir(&mut out, dir, dt, &rule_name, &ident_name);
+                let peers = dt.by_identity.iter().map(|(k, s)| (*k, s)).collect();
+                self.dump_dir(&mut out, dir, dt, peers, &rule_name, &ident_name);
             }
         }
         self.canonical_tiers(&mut out, &ident_name);

@@ -12,19 +12,21 @@
 //! A tier table holds, for each tier and direction, a [`DirTable`] whose
 //! rules are the selecting policies' rules in evaluation order (priority,
 //! name, kind; then rule order) with their actions; the peer indexes are
-//! NetworkPolicy's (identities through the shared selector cache, every
-//! pod, every peer, CIDR maps for `networks` and the addresses of the
-//! `nodes` selected). The first rule that matches decides, as for
+//! NetworkPolicy's (every pod, every peer, CIDR maps for `networks` and
+//! the addresses of the `nodes` selected), except that pods chosen by a
+//! selector are indexed by peer class ([`classes`]), not by identity: a
+//! short vector instead of a hash map over most identities. The first rule that matches decides, as for
 //! NetworkPolicy; a Pass rule hands the side to the next tier.
 //!
 //! # Incremental updates
 //! - An admin policy change rebuilds the tables whose key holds it, then
 //!   moves the identities its old or new subject selects to the table of
 //!   their new key (made when first needed, dropped with its last user).
-//! - A new or vanished identity is patched into or out of every table's
-//!   identity index (tables are few); it takes the table of its key.
-//! - A namespace relabel patches the changed selector matches and re-keys
-//!   the namespace's identities (subjects select namespaces by label).
+//! - A new or vanished identity joins or leaves its peer class (a new
+//!   class is patched into every table); it takes the table of its key.
+//! - A namespace relabel re-classes the identities whose selector matches
+//!   changed and re-keys the namespace's identities (subjects select
+//!   namespaces by label).
 //! - A node change rebuilds the tables with `nodes` peers.
 //!
 //! The result equals a full compile; the canonical dump shows it.
@@ -56,7 +58,7 @@ fn slot(tier: Tier, dir: Direction) -> usize {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct TierTable {
     /// Admin ingress, Admin egress, Baseline ingress, Baseline egress.
-    dirs: [Option<DirTable>; 4],
+    pub(super) dirs: [Option<DirTable>; 4],
     /// Every selector reference of the table (to release them).
     selectors: Vec<SelectorId>,
     /// Some rule has a `nodes` peer (node changes rebuild the table).
@@ -72,14 +74,23 @@ impl TierTable {
         &self,
         tier: Tier,
         dir: Direction,
-        peer: Option<&Endpoint>,
+        peer_class: Option<u32>,
         peer_ip: IpAddr,
         protocol: u8,
         port: u16,
         dst_ports: Option<&PodPorts>,
     ) -> Option<Decision> {
         let t = self.dirs[slot(tier, dir)].as_ref()?;
-        let r = &t.rules[t.first(peer, peer_ip, protocol, port, dst_ports)? as usize];
+        let peer_set = peer_class.and_then(|c| t.by_class.get(c as usize));
+        let first = t.first(
+            peer_set,
+            peer_class.is_some(),
+            peer_ip,
+            protocol,
+            port,
+            dst_ports,
+        )?;
+        let r = &t.rules[first as usize];
         let id = AdminRuleId {
             policy: AdminId(r.id.policy.0),
             direction: dir,
@@ -93,11 +104,13 @@ impl TierTable {
     }
 }
 
-/// What verdicts read: each identity's table.
+/// What verdicts read: each identity's table and peer class.
 #[derive(Debug, Clone, Default)]
 pub(super) struct TierView {
     of: Vec<u32>,
-    tables: Vec<Option<Arc<TierTable>>>,
+    pub(super) tables: Vec<Option<Arc<TierTable>>>,
+    /// By identity ([`classes`]).
+    pub(super) class_of: Vec<u32>,
 }
 
 impl TierView {
@@ -107,6 +120,15 @@ impl TierView {
             Some(&i) if i != NONE => self.tables[i as usize].as_deref(),
             _ => None,
         }
+    }
+
+    /// The peer class of a live identity.
+    #[inline]
+    pub(super) fn class_of(&self, id: IdentityId) -> u32 {
+        self.class_of
+            .get(id.0 as usize)
+            .copied()
+            .unwrap_or(classes::NO_CLASS)
     }
 }
 
@@ -121,6 +143,7 @@ pub(super) struct Tiers {
     free: Vec<u32>,
     ids: BTreeMap<AdminKey, AdminId>,
     names: Vec<Option<AdminKey>>,
+    pub(super) classes: classes::Classes,
 }
 
 impl Tiers {
@@ -209,27 +232,6 @@ impl Engine {
         self.tiers.view.of[id.0 as usize] = NONE;
         if old != NONE {
             self.release_tier(old);
-        }
-    }
-
-    /// Recomputes every table's identity index entry for `x` (after `x`
-    /// appeared, vanished, or its namespace's labels changed). A table is
-    /// copied (when a snapshot holds it) only if its entry changes.
-    pub(super) fn patch_tiers(&mut self, x: IdentityId) {
-        for slot in self.tiers.view.tables.iter_mut().flatten() {
-            for d in 0..4 {
-                let Some(t) = slot.dirs[d].as_ref() else {
-                    continue;
-                };
-                let set = self.selectors.rules_matching(t, x);
-                if t.by_identity.get(&x).unwrap_or(&RuleSet::default()) == &set {
-                    continue;
-                }
-                Arc::make_mut(slot).dirs[d]
-                    .as_mut()
-                    .expect("present")
-                    .set_peer(x, set);
-            }
         }
     }
 
@@ -363,10 +365,7 @@ impl Engine {
 
     fn release_tier_selectors(&mut self, sids: &[SelectorId]) {
         for &sid in sids {
-            self.selectors.slots[sid.0 as usize]
-                .as_mut()
-                .expect("live")
-                .tier_users -= 1;
+            self.remove_tier_user(sid);
             self.collect_selector(sid);
         }
     }
@@ -483,10 +482,7 @@ impl Engine {
                                 namespaces: NamespaceScope::Selector(namespaces.clone()),
                                 pods,
                             });
-                            self.selectors.slots[sid.0 as usize]
-                                .as_mut()
-                                .expect("live")
-                                .tier_users += 1;
+                            self.add_tier_user(sid);
                             table.selectors.push(sid);
                             t.refs.push((sid, idx));
                         }
@@ -495,9 +491,13 @@ impl Engine {
                 if t.rules.is_empty() {
                     continue;
                 }
-                self.selectors.finish(&mut t, blocks);
+                t.set_blocks(blocks);
                 table.dirs[slot(tier, dir)] = Some(t);
             }
+        }
+        // Last, once every selector of the table has split the classes.
+        for t in table.dirs.iter_mut().flatten() {
+            self.fill_classes(t);
         }
         table
     }
@@ -573,7 +573,13 @@ impl Engine {
                         let k = self.tiers.name(AdminId(r.policy.0)).expect("live");
                         format!("{k}:{}[{}]", r.direction, r.index)
                     };
-                    self.dump_dir(out, &format!("{tier} {dir}"), dt, &rule_name, ident_name);
+                    let peers = self
+                        .identities
+                        .live()
+                        .filter_map(|(x, _)| Some((x, self.class_rules(dt, x)?)))
+                        .collect();
+                    let what = format!("{tier} {dir}");
+                    self.dump_dir(out, &what, dt, peers, &rule_name, ident_name);
                 }
             }
         }
