@@ -1,6 +1,7 @@
-//! Peer classes: the identities that the admin tiers' selectors cannot
-//! tell apart, numbered densely, so an admin tier table indexes its peers
-//! by class in a short vector instead of by identity in a hash map.
+//! Peer classes: the peers that the admin tiers cannot tell apart,
+//! numbered densely, so an admin tier table indexes its peers by class in
+//! short vectors instead of by identity in a hash map and by address in a
+//! CIDR map of its own.
 //!
 //! # Why
 //! An admin policy's peers usually name whole namespaces, so a tier
@@ -9,14 +10,18 @@
 //! lookup (two cache misses when cold) on every verdict. The selectors
 //! that admin rules use are few, and so are the distinct sets of them an
 //! identity matches: a cluster with 10,000 identities has tens of classes.
+//! Likewise the `networks` and `nodes` addresses of all admin policies are
+//! few, and shared by many tables: one address map for all of them stays
+//! in cache where a map per table would not.
 //!
-//! # How
+//! # Peer classes (pods)
 //! - An identity's class is the set of *admin selectors* (the cached peer
 //!   selectors that some tier table references) that match it. Classes
 //!   are interned with a member count; `class_of` (in the snapshot's view)
 //!   maps each identity to its class number.
-//! - Each tier table's [`DirTable`] has `by_class`: for each class, the
-//!   rules whose selectors the class holds.
+//! - Each tier table's [`TierDir`] has `by_class`: for each class, the
+//!   rules whose selectors the class holds, and those that admit every pod
+//!   or every peer.
 //! - A class appears when its first member does: every tier table gets
 //!   its entry. It is freed with its last member: the entries are cleared.
 //! - A selector becoming an admin selector (its first tier reference) or
@@ -26,11 +31,84 @@
 //! - An identity is classed when it appears, unclassed when it vanishes,
 //!   and re-classed when its namespace's labels change the selectors it
 //!   matches.
+//!
+//! # Address classes
+//! - The address blocks of every admin policy (its `networks`, and the
+//!   addresses of the Nodes its `nodes` peers select) cut each family's
+//!   address space into intervals; an interval's number is its class.
+//! - Each [`TierDir`] has `by_net`: for each address class, the rules
+//!   whose blocks cover it (from the table's own blocks).
+//! - The intervals change only with admin policies and Nodes; then every
+//!   table's `by_net` is refilled.
 
+use super::tiers::TierDir;
 use super::*;
+use crate::admin::AdminPeer;
 
 /// Sentinel of `class_of`: the identity is not live.
 pub(super) const NO_CLASS: u32 = u32::MAX;
+
+/// The classes of a flow's peer: its identity's when it is a pod, and its
+/// address's when some admin block covers the address space.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PeerClasses {
+    pub(super) pod: Option<u32>,
+    pub(super) net: Option<u32>,
+}
+
+/// The interval starts of the admin policies' address blocks, per family;
+/// an address's class is its interval's number (IPv6 after IPv4's).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct NetClasses {
+    v4: Vec<u128>,
+    v6: Vec<u128>,
+}
+
+impl NetClasses {
+    /// Cuts the address space at every block's ends.
+    fn build(blocks: impl IntoIterator<Item = IpNet>) -> NetClasses {
+        let mut c = NetClasses::default();
+        for net in blocks {
+            let (list, top) = match net {
+                IpNet::V4(_) => (&mut c.v4, u32::MAX as u128),
+                IpNet::V6(_) => (&mut c.v6, u128::MAX),
+            };
+            let (lo, hi) = net_range(&net);
+            list.push(lo);
+            if hi < top {
+                list.push(hi + 1);
+            }
+        }
+        for list in [&mut c.v4, &mut c.v6] {
+            if !list.is_empty() {
+                list.push(0);
+            }
+            list.sort_unstable();
+            list.dedup();
+        }
+        c
+    }
+
+    /// The class of an address; `None` when no block is of its family.
+    #[inline]
+    pub(super) fn class_of(&self, ip: IpAddr) -> Option<u32> {
+        let (list, base) = match ip {
+            IpAddr::V4(_) => (&self.v4, 0),
+            IpAddr::V6(_) => (&self.v6, self.v4.len()),
+        };
+        if list.is_empty() {
+            return None;
+        }
+        let bits = ip_bits(ip);
+        Some((base + list.partition_point(|s| *s <= bits) - 1) as u32)
+    }
+
+    /// Every class with its first address (as the family's bits).
+    fn classes(&self) -> impl Iterator<Item = (bool, u128)> + '_ {
+        let v4 = self.v4.iter().map(|s| (true, *s));
+        v4.chain(self.v6.iter().map(|s| (false, *s)))
+    }
+}
 
 /// The admin selectors an identity matches, ascending.
 type ClassKey = Vec<SelectorId>;
@@ -116,26 +194,118 @@ impl Engine {
     }
 
     /// Fills a tier table's class index for every live class.
-    pub(super) fn fill_classes(&self, t: &mut DirTable) {
-        t.by_class.clear();
+    pub(super) fn fill_classes(&self, d: &mut TierDir) {
+        d.by_class.clear();
         for (c, key) in self.tiers.classes.keys.iter().enumerate() {
             let Some(key) = key else {
                 continue;
             };
-            let set = rules_of_class(t, key);
+            let set = rules_of_class(&d.t, key);
             if !set.is_empty() {
-                if t.by_class.len() <= c {
-                    t.by_class.resize(c + 1, RuleSet::default());
+                if d.by_class.len() <= c {
+                    d.by_class.resize(c + 1, RuleSet::default());
                 }
-                t.by_class[c] = set;
+                d.by_class[c] = set;
             }
         }
     }
 
+    /// Fills a tier table's address index from its blocks.
+    pub(super) fn fill_nets(&self, d: &mut TierDir) {
+        d.by_net.clear();
+        if d.blocks.is_empty() {
+            return;
+        }
+        for (c, (v4, start)) in self.tiers.view.nets.classes().enumerate() {
+            let mut set = RuleSet::default();
+            for (net, rule) in &d.blocks {
+                let (lo, hi) = net_range(net);
+                if net.addr().is_ipv4() == v4 && (lo..=hi).contains(&start) {
+                    set.insert(*rule);
+                }
+            }
+            if !set.is_empty() {
+                d.by_net.resize(c + 1, RuleSet::default());
+                d.by_net[c] = set;
+            }
+        }
+    }
+
+    /// Recomputes the address classes from the admin policies and Nodes,
+    /// and, when they changed, every tier table's address index.
+    pub(super) fn refresh_nets(&mut self) {
+        let mut blocks: Vec<IpNet> = Vec::new();
+        for p in self.cluster.admin_policies.values() {
+            for rule in p.ingress.iter().chain(&p.egress) {
+                for peer in &rule.peers {
+                    match peer {
+                        AdminPeer::Networks(nets) => blocks.extend(nets),
+                        AdminPeer::Nodes(sel) => {
+                            let nodes = self.cluster.nodes.values();
+                            for n in nodes.filter(|n| sel.matches(&n.labels)) {
+                                blocks.extend(n.addresses.iter().map(|a| IpNet::from(*a)));
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let nets = NetClasses::build(blocks);
+        if nets == self.tiers.view.nets {
+            return;
+        }
+        self.tiers.view.nets = nets;
+        let mut tables = std::mem::take(&mut self.tiers.view.tables);
+        for table in tables.iter_mut().flatten() {
+            if table.dirs.iter().flatten().all(|d| d.blocks.is_empty()) {
+                continue;
+            }
+            for d in Arc::make_mut(table).dirs.iter_mut().flatten() {
+                self.fill_nets(d);
+            }
+        }
+        self.tiers.view.tables = tables;
+    }
+
     /// The rule set a table holds for an identity (for the canonical dump).
-    pub(super) fn class_rules<'t>(&self, t: &'t DirTable, x: IdentityId) -> Option<&'t RuleSet> {
+    pub(super) fn class_rules<'t>(&self, d: &'t TierDir, x: IdentityId) -> Option<&'t RuleSet> {
         let c = *self.tiers.view.class_of.get(x.0 as usize)?;
-        t.by_class.get(c as usize).filter(|s| !s.is_empty())
+        d.by_class.get(c as usize).filter(|s| !s.is_empty())
+    }
+
+    /// The canonical dump of a tier table's address blocks: each block
+    /// with the rules its address class holds (class numbers left out).
+    pub(super) fn dump_nets(
+        &self,
+        out: &mut String,
+        d: &TierDir,
+        rule_name: &dyn Fn(&RuleId) -> String,
+    ) {
+        let mut lines: Vec<String> = d
+            .blocks
+            .iter()
+            .map(|(net, _)| {
+                let rules: Vec<String> = self
+                    .tiers
+                    .view
+                    .nets
+                    .class_of(net.network())
+                    .and_then(|c| d.by_net.get(c as usize))
+                    .map(|s| {
+                        s.iter()
+                            .map(|i| rule_name(&d.t.rules[i as usize].id))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                format!("    block {net} -> {rules:?}")
+            })
+            .collect();
+        lines.sort();
+        lines.dedup();
+        for l in lines {
+            let _ = writeln!(out, "{l}");
+        }
     }
 
     // ----- internals --------------------------------------------------
@@ -183,11 +353,11 @@ impl Engine {
         cl.by_key.insert(key.clone(), c);
         // Every tier table learns what the new class admits.
         for table in self.tiers.view.tables.iter_mut().flatten() {
-            for d in 0..4 {
+            for d in 0..table.dirs.len() {
                 let Some(t) = table.dirs[d].as_ref() else {
                     continue;
                 };
-                let set = rules_of_class(t, &key);
+                let set = rules_of_class(&t.t, &key);
                 let now = t.by_class.get(c as usize);
                 if now.unwrap_or(&RuleSet::default()) == &set {
                     continue;
@@ -213,7 +383,7 @@ impl Engine {
         cl.by_key.remove(&key);
         cl.free.push(c);
         for table in self.tiers.view.tables.iter_mut().flatten() {
-            for d in 0..4 {
+            for d in 0..table.dirs.len() {
                 let stale = table.dirs[d]
                     .as_ref()
                     .and_then(|t| t.by_class.get(c as usize))
@@ -230,8 +400,14 @@ impl Engine {
 }
 
 /// The rules of `t` whose selectors are in the class `key`.
+/// The rules of `t` a pod of the class `key` reaches: those whose
+/// selectors are in the class, and those of every pod or every peer (so
+/// a verdict reads one entry, not three).
 fn rules_of_class(t: &DirTable, key: &[SelectorId]) -> RuleSet {
     let mut set = RuleSet::default();
+    for i in t.any_pod.iter().chain(t.any_peer.iter()) {
+        set.insert(i);
+    }
     for (sid, rule) in &t.refs {
         if key.binary_search(sid).is_ok() {
             set.insert(*rule);
@@ -267,18 +443,22 @@ mod tests {
             classes > 1 && classes * 10 < identities,
             "{classes} classes for {identities} identities"
         );
+        let nets = e.tiers.view.nets.classes().count();
+        assert!(nets > 2, "the policies' networks cut the address space");
         let members: u32 = e.tiers.classes.members.iter().sum();
         assert_eq!(members as usize, identities, "every identity in one class");
         for t in e.tiers.view.tables.iter().flatten() {
-            for dt in t.dirs.iter().flatten() {
-                assert!(dt.by_identity.is_empty(), "tier tables index by class");
-                assert!(dt.by_class.len() <= e.tiers.classes.keys.len());
+            for d in t.dirs.iter().flatten() {
+                assert!(d.t.by_identity.is_empty(), "tier tables index by class");
+                assert!(d.by_class.len() <= e.tiers.classes.keys.len());
+                assert!(d.by_net.len() <= nets);
             }
         }
         for p in &admin {
             e.delete_admin_policy(&p.key);
         }
         assert!(e.tiers.classes.admin.is_empty(), "no admin selector left");
+        assert_eq!(e.tiers.view.nets.classes().count(), 0, "no block left");
         assert_eq!(live_classes(&e), 1, "one class: matches no admin selector");
     }
 }

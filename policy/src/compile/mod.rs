@@ -211,9 +211,6 @@ struct DirTable {
     /// Peer selectors used by the rules, to patch `by_identity`.
     refs: Vec<(SelectorId, u16)>,
     by_identity: FxHashMap<IdentityId, RuleSet>,
-    /// Admin tier tables index peers by class instead ([`classes`]): the
-    /// rules admitting each class, by class number.
-    by_class: Vec<RuleSet>,
     any_pod: RuleSet,
     any_peer: RuleSet,
     v4: CidrMap,
@@ -250,39 +247,38 @@ impl DirTable {
         port: u16,
         dst_ports: Option<&PodPorts>,
     ) -> Decision {
-        let peer_set = peer.and_then(|p| self.by_identity.get(&p.identity));
-        match self.first(peer_set, peer.is_some(), peer_ip, protocol, port, dst_ports) {
-            Some(i) => Decision::Allowed(self.rules[i as usize].id),
-            None => Decision::Denied,
-        }
-    }
-
-    /// The first rule, in policy order, that admits the peer and the port,
-    /// given the peer's entry in the identity or class index and whether
-    /// the peer is a pod. The peer indexes are read first (independent
-    /// loads), their union is scanned lowest rule first, and ports are
-    /// checked only for candidates.
-    #[inline]
-    fn first(
-        &self,
-        peer_set: Option<&RuleSet>,
-        peer_is_pod: bool,
-        peer_ip: IpAddr,
-        protocol: u8,
-        port: u16,
-        dst_ports: Option<&PodPorts>,
-    ) -> Option<u16> {
         let sets = [
-            peer_set,
-            peer_is_pod.then_some(&self.any_pod),
+            peer.and_then(|p| self.by_identity.get(&p.identity)),
+            peer.map(|_| &self.any_pod),
             Some(&self.any_peer),
             match peer_ip {
                 IpAddr::V4(_) => self.v4.get(peer_ip),
                 IpAddr::V6(_) => self.v6.get(peer_ip),
             },
         ];
+        match self.first(&sets, 0..u16::MAX, protocol, port, dst_ports) {
+            Some(i) => Decision::Allowed(self.rules[i as usize].id),
+            None => Decision::Denied,
+        }
+    }
+
+    /// The first rule, in policy order, in any of the peer's index entries
+    /// `sets` (read first: independent loads) whose ports match. Their
+    /// union is scanned lowest rule first, and ports are checked only for
+    /// candidates.
+    #[inline]
+    fn first(
+        &self,
+        sets: &[Option<&RuleSet>],
+        range: std::ops::Range<u16>,
+        protocol: u8,
+        port: u16,
+        dst_ports: Option<&PodPorts>,
+    ) -> Option<u16> {
         let matches = |i: u16| self.rules[i as usize].ports_match(protocol, port, dst_ports);
-        let mut bits = sets.iter().flatten().fold(0u64, |acc, s| acc | s.bits);
+        let below = |n: u16| 1u64.checked_shl(n as u32).map_or(u64::MAX, |b| b - 1);
+        let mask = below(range.end) & !below(range.start);
+        let mut bits = sets.iter().flatten().fold(0u64, |acc, s| acc | s.bits) & mask;
         while bits != 0 {
             let i = bits.trailing_zeros() as u16;
             if matches(i) {
@@ -293,7 +289,10 @@ impl DirTable {
         // Rules 64 and up (rare: over 64 rules select one identity).
         sets.iter()
             .flatten()
-            .filter_map(|s| s.more().iter().copied().find(|&i| matches(i)))
+            .filter_map(|s| {
+                let more = s.more().iter().copied();
+                more.filter(|i| range.contains(i)).find(|&i| matches(i))
+            })
             .min()
     }
 }
@@ -474,12 +473,10 @@ fn verdict_in(
         let Some(me) = me else {
             return Decision::NotAPod;
         };
-        let tier = tiers.of(me.identity);
-        let decide_tier = |t: Tier| {
-            let tt = tier?;
-            let class = peer.map(|p| tiers.class_of(p.identity));
-            tt.decide(t, dir, class, peer_ip, protocol, flow.dst_port, dst_ports)
-        };
+        let tier = tiers
+            .of(me.identity)
+            .and_then(|t| t.side(dir, tiers.classes_of(peer, peer_ip)));
+        let decide_tier = |t: Tier| tier.as_ref()?.decide(t, protocol, flow.dst_port, dst_ports);
         if let Some(d) = decide_tier(Tier::Admin) {
             return d;
         }
@@ -571,6 +568,7 @@ impl Engine {
         e.cluster.nodes = cluster.nodes;
         e.cluster.admin_policies = cluster.admin_policies;
         e.alloc_admin_ids();
+        e.refresh_nets();
         e.retier_all();
         e.generation = 1;
         Ok(e)

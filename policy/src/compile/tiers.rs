@@ -9,14 +9,17 @@
 //! of selecting policies. A cluster has few such sets (typically one per
 //! kind of namespace), so few tables, each built once.
 //!
-//! A tier table holds, for each tier and direction, a [`DirTable`] whose
-//! rules are the selecting policies' rules in evaluation order (priority,
-//! name, kind; then rule order) with their actions; the peer indexes are
-//! NetworkPolicy's (every pod, every peer, CIDR maps for `networks` and
-//! the addresses of the `nodes` selected), except that pods chosen by a
-//! selector are indexed by peer class ([`classes`]), not by identity: a
-//! short vector instead of a hash map over most identities. The first rule that matches decides, as for
-//! NetworkPolicy; a Pass rule hands the side to the next tier.
+//! A tier table holds, for each direction, a [`TierDir`]: the Admin
+//! tier's rules, then the Baseline tier's, each in evaluation order
+//! (priority, name, kind; then rule order) with their actions, in
+//! NetworkPolicy's table form (every-pod and every-peer indexes) except
+//! that peers are indexed by class ([`classes`]): pods by the admin
+//! selectors they match, addresses by the admin blocks that cover them,
+//! each a short vector instead of a hash map over most identities or a
+//! CIDR map per table. A side reads its peer's two index entries once;
+//! the Admin tier's first matching rule decides, a Pass rule (or none)
+//! hands the side to NetworkPolicy, and when no NetworkPolicy isolates the
+//! pod the Baseline tier's first matching rule does, from the same entries.
 //!
 //! # Incremental updates
 //! - An admin policy change rebuilds the tables whose key holds it, then
@@ -42,23 +45,37 @@ const NONE: u32 = u32::MAX;
 /// The admin policies selecting an identity, by id, ascending.
 type TierKey = Vec<AdminId>;
 
-fn slot(tier: Tier, dir: Direction) -> usize {
-    let t = match tier {
-        Tier::Admin => 0,
-        Tier::Baseline => 2,
-    };
-    t + match dir {
+fn dir_slot(dir: Direction) -> usize {
+    match dir {
         Direction::Ingress => 0,
         Direction::Egress => 1,
     }
+}
+
+/// One direction of a [`TierTable`]: the Admin tier's rules, then the
+/// Baseline tier's from `baseline_from`, in NetworkPolicy's table form for
+/// the rules and the every-pod and every-peer indexes, with the selector
+/// and address indexes by class ([`classes`]). One table for both tiers,
+/// so a side reads its peer's index entries once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct TierDir {
+    /// Its identity index and CIDR maps stay empty.
+    pub(super) t: DirTable,
+    pub(super) baseline_from: u16,
+    /// The rules whose selectors admit each peer class.
+    pub(super) by_class: Vec<RuleSet>,
+    /// The rules whose `networks` or `nodes` admit each address class.
+    pub(super) by_net: Vec<RuleSet>,
+    /// Those rules' address blocks, to refill `by_net`.
+    pub(super) blocks: Vec<(IpNet, u16)>,
 }
 
 /// The compiled admin rules of the identities one set of admin policies
 /// selects.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct TierTable {
-    /// Admin ingress, Admin egress, Baseline ingress, Baseline egress.
-    pub(super) dirs: [Option<DirTable>; 4],
+    /// Ingress, egress.
+    pub(super) dirs: [Option<TierDir>; 2],
     /// Every selector reference of the table (to release them).
     selectors: Vec<SelectorId>,
     /// Some rule has a `nodes` peer (node changes rebuild the table).
@@ -66,34 +83,48 @@ pub(super) struct TierTable {
 }
 
 impl TierTable {
-    /// A tier's decision for one side, `None` when no rule matched or a
-    /// Pass rule did.
-    #[allow(clippy::too_many_arguments)]
+    /// One side's tiers: its peer's index entries, read once.
+    #[inline]
+    pub(super) fn side(&self, dir: Direction, peer: classes::PeerClasses) -> Option<TierSide<'_>> {
+        let d = self.dirs[dir_slot(dir)].as_ref()?;
+        // A pod's class entry holds the every-pod and every-peer rules.
+        let sets = [
+            match peer.pod {
+                Some(c) => d.by_class.get(c as usize),
+                None => Some(&d.t.any_peer),
+            },
+            peer.net.and_then(|c| d.by_net.get(c as usize)),
+        ];
+        Some(TierSide { d, sets, dir })
+    }
+}
+
+/// The tiers of one side of a flow.
+pub(super) struct TierSide<'a> {
+    d: &'a TierDir,
+    sets: [Option<&'a RuleSet>; 2],
+    dir: Direction,
+}
+
+impl TierSide<'_> {
+    /// A tier's decision, `None` when no rule matched or a Pass rule did.
     #[inline]
     pub(super) fn decide(
         &self,
         tier: Tier,
-        dir: Direction,
-        peer_class: Option<u32>,
-        peer_ip: IpAddr,
         protocol: u8,
         port: u16,
         dst_ports: Option<&PodPorts>,
     ) -> Option<Decision> {
-        let t = self.dirs[slot(tier, dir)].as_ref()?;
-        let peer_set = peer_class.and_then(|c| t.by_class.get(c as usize));
-        let first = t.first(
-            peer_set,
-            peer_class.is_some(),
-            peer_ip,
-            protocol,
-            port,
-            dst_ports,
-        )?;
-        let r = &t.rules[first as usize];
+        let range = match tier {
+            Tier::Admin => 0..self.d.baseline_from,
+            Tier::Baseline => self.d.baseline_from..u16::MAX,
+        };
+        let t = &self.d.t;
+        let r = &t.rules[t.first(&self.sets, range, protocol, port, dst_ports)? as usize];
         let id = AdminRuleId {
             policy: AdminId(r.id.policy.0),
-            direction: dir,
+            direction: self.dir,
             index: r.id.index,
         };
         match r.action {
@@ -111,6 +142,8 @@ pub(super) struct TierView {
     pub(super) tables: Vec<Option<Arc<TierTable>>>,
     /// By identity ([`classes`]).
     pub(super) class_of: Vec<u32>,
+    /// The address classes ([`classes`]).
+    pub(super) nets: classes::NetClasses,
 }
 
 impl TierView {
@@ -122,13 +155,19 @@ impl TierView {
         }
     }
 
-    /// The peer class of a live identity.
+    /// The classes of a flow's peer: of its identity when it is a pod,
+    /// and of its address.
     #[inline]
-    pub(super) fn class_of(&self, id: IdentityId) -> u32 {
-        self.class_of
-            .get(id.0 as usize)
-            .copied()
-            .unwrap_or(classes::NO_CLASS)
+    pub(super) fn classes_of(&self, peer: Option<&Endpoint>, ip: IpAddr) -> classes::PeerClasses {
+        classes::PeerClasses {
+            pod: peer.map(|p| {
+                self.class_of
+                    .get(p.identity.0 as usize)
+                    .copied()
+                    .unwrap_or(classes::NO_CLASS)
+            }),
+            net: self.nets.class_of(ip),
+        }
     }
 }
 
@@ -162,6 +201,7 @@ impl Engine {
         let old = self.cluster.admin_policies.insert(key, policy.clone());
         self.rebuild_tier_tables(|k, _| k.contains(&id));
         self.retier_selected(old.as_ref(), Some(&policy));
+        self.refresh_nets();
         self.generation += 1;
     }
 
@@ -172,6 +212,7 @@ impl Engine {
         self.retier_selected(Some(&old), None);
         let id = self.tiers.ids.remove(key).expect("admin id");
         self.tiers.names[id.0 as usize] = None;
+        self.refresh_nets();
         self.generation += 1;
         true
     }
@@ -180,6 +221,7 @@ impl Engine {
     pub fn upsert_node(&mut self, node: NodeInfo) {
         self.cluster.nodes.insert(node.name.clone(), node);
         self.rebuild_tier_tables(|_, t| t.has_nodes);
+        self.refresh_nets();
         self.generation += 1;
     }
 
@@ -188,6 +230,7 @@ impl Engine {
             return false;
         }
         self.rebuild_tier_tables(|_, t| t.has_nodes);
+        self.refresh_nets();
         self.generation += 1;
         true
     }
@@ -398,10 +441,14 @@ impl Engine {
             .collect();
         policies.sort_by(|(_, a), (_, b)| a.order().cmp(&b.order()));
         let mut table = TierTable::default();
-        for tier in [Tier::Admin, Tier::Baseline] {
-            for dir in [Direction::Ingress, Direction::Egress] {
-                let mut t = DirTable::default();
-                let mut blocks: Vec<(IpBlock, u16)> = Vec::new();
+        for dir in [Direction::Ingress, Direction::Egress] {
+            let mut t = DirTable::default();
+            let mut blocks: Vec<(IpNet, u16)> = Vec::new();
+            let mut baseline_from = 0;
+            for tier in [Tier::Admin, Tier::Baseline] {
+                if tier == Tier::Baseline {
+                    baseline_from = t.rules.len() as u16;
+                }
                 for (id, p) in policies.iter().filter(|(_, p)| p.tier == tier) {
                     for (i, rule) in p.rules(dir).iter().enumerate() {
                         let idx = u16::try_from(t.rules.len())
@@ -448,13 +495,7 @@ impl Engine {
                                 AdminPeer::Namespaces(ns) => (ns, Selector::everything()),
                                 AdminPeer::Pods { namespaces, pods } => (namespaces, pods.clone()),
                                 AdminPeer::Networks(nets) => {
-                                    blocks.extend(nets.iter().map(|n| {
-                                        let block = IpBlock {
-                                            cidr: *n,
-                                            except: vec![],
-                                        };
-                                        (block, idx)
-                                    }));
+                                    blocks.extend(nets.iter().map(|n| (*n, idx)));
                                     continue;
                                 }
                                 AdminPeer::Nodes(sel) => {
@@ -464,11 +505,7 @@ impl Engine {
                                             continue;
                                         }
                                         for a in &n.addresses {
-                                            let block = IpBlock {
-                                                cidr: IpNet::from(*a),
-                                                except: vec![],
-                                            };
-                                            blocks.push((block, idx));
+                                            blocks.push((IpNet::from(*a), idx));
                                         }
                                     }
                                     continue;
@@ -488,16 +525,21 @@ impl Engine {
                         }
                     }
                 }
-                if t.rules.is_empty() {
-                    continue;
-                }
-                t.set_blocks(blocks);
-                table.dirs[slot(tier, dir)] = Some(t);
             }
+            if t.rules.is_empty() {
+                continue;
+            }
+            table.dirs[dir_slot(dir)] = Some(TierDir {
+                t,
+                baseline_from,
+                blocks,
+                ..TierDir::default()
+            });
         }
         // Last, once every selector of the table has split the classes.
-        for t in table.dirs.iter_mut().flatten() {
-            self.fill_classes(t);
+        for d in table.dirs.iter_mut().flatten() {
+            self.fill_classes(d);
+            self.fill_nets(d);
         }
         table
     }
@@ -564,23 +606,22 @@ impl Engine {
                 "tier table {name:?} users={} nodes={}",
                 self.tiers.users[i], t.has_nodes
             );
-            for tier in [Tier::Admin, Tier::Baseline] {
-                for dir in [Direction::Ingress, Direction::Egress] {
-                    let Some(dt) = &t.dirs[slot(tier, dir)] else {
-                        continue;
-                    };
-                    let rule_name = |r: &RuleId| {
-                        let k = self.tiers.name(AdminId(r.policy.0)).expect("live");
-                        format!("{k}:{}[{}]", r.direction, r.index)
-                    };
-                    let peers = self
-                        .identities
-                        .live()
-                        .filter_map(|(x, _)| Some((x, self.class_rules(dt, x)?)))
-                        .collect();
-                    let what = format!("{tier} {dir}");
-                    self.dump_dir(out, &what, dt, peers, &rule_name, ident_name);
-                }
+            for dir in [Direction::Ingress, Direction::Egress] {
+                let Some(d) = &t.dirs[dir_slot(dir)] else {
+                    continue;
+                };
+                let rule_name = |r: &RuleId| {
+                    let k = self.tiers.name(AdminId(r.policy.0)).expect("live");
+                    format!("{k}:{}[{}]", r.direction, r.index)
+                };
+                let peers = self
+                    .identities
+                    .live()
+                    .filter_map(|(x, _)| Some((x, self.class_rules(d, x)?)))
+                    .collect();
+                let what = format!("{dir} baseline_from={}", d.baseline_from);
+                self.dump_dir(out, &what, &d.t, peers, &rule_name, ident_name);
+                self.dump_nets(out, d, &rule_name);
             }
         }
         for l in lines {
