@@ -461,4 +461,29 @@ mod tests {
         assert_eq!(e.tiers.view.nets.classes().count(), 0, "no block left");
         assert_eq!(live_classes(&e), 1, "one class: matches no admin selector");
     }
+    /// Tier tables of more than two words of rules (as large admin
+    /// policy sets make) decide as the reference evaluator does.
+    #[test]
+    fn tables_of_many_rules_equal_the_reference() {
+        let scale = Scale::new(1_000, 100);
+        let mut cluster = synth::scale_cluster(scale, 5);
+        for p in synth::scale_admin_policies(scale, 100, 6) {
+            cluster.admin_policies.insert(p.key.clone(), p);
+        }
+        let e = Engine::from_cluster(cluster.clone()).expect("valid");
+        let most = e.tiers.view.tables.iter().flatten();
+        let most = most.flat_map(|t| t.dirs.iter().flatten());
+        let most = most.map(|d| d.t.rules.len()).max().unwrap_or(0);
+        assert!(most > 128, "the largest table has {most} rules");
+        let mut rng = synth::Rng::new(9);
+        let mut decided_late = 0;
+        for _ in 0..20_000 {
+            let flow = synth::random_flow(&mut rng, &cluster);
+            let want = crate::reference::evaluate(&cluster, &flow);
+            assert_eq!(e.explain(&flow), want, "flow {flow:?}");
+            let late = |r: &Reason| matches!(r, Reason::Admin { rule, .. } if *rule > 0);
+            decided_late += (late(&want.egress) || late(&want.ingress)) as usize;
+        }
+        assert!(decided_late > 100, "{decided_late} flows decided by later rules");
+    }
 }
