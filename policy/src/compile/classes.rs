@@ -484,6 +484,9 @@ mod tests {
             let late = |r: &Reason| matches!(r, Reason::Admin { rule, .. } if *rule > 0);
             decided_late += (late(&want.egress) || late(&want.ingress)) as usize;
         }
-        assert!(decided_late > 100, "{decided_late} flows decided by later rules");
+        assert!(
+            decided_late > 100,
+            "{decided_late} flows decided by later rules"
+        );
     }
 }
