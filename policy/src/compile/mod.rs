@@ -256,26 +256,24 @@ impl DirTable {
                 IpAddr::V6(_) => self.v6.get(peer_ip),
             },
         ];
-        match self.first(&sets, 0..u16::MAX, protocol, port, dst_ports) {
+        let matches = |i: u16| self.rules[i as usize].ports_match(protocol, port, dst_ports);
+        match self.first(&sets, 0..u16::MAX, matches) {
             Some(i) => Decision::Allowed(self.rules[i as usize].id),
             None => Decision::Denied,
         }
     }
 
-    /// The first rule, in policy order, in any of the peer's index entries
-    /// `sets` (read first: independent loads) whose ports match. Their
-    /// union is scanned lowest rule first, and ports are checked only for
-    /// candidates.
+    /// The first rule in `range`, in policy order, in any of the peer's
+    /// index entries `sets` (read first: independent loads) that `matches`
+    /// (its ports). Their union is scanned lowest rule first, and ports are
+    /// checked only for candidates.
     #[inline]
     fn first(
         &self,
         sets: &[Option<&RuleSet>],
         range: std::ops::Range<u16>,
-        protocol: u8,
-        port: u16,
-        dst_ports: Option<&PodPorts>,
+        matches: impl Fn(u16) -> bool,
     ) -> Option<u16> {
-        let matches = |i: u16| self.rules[i as usize].ports_match(protocol, port, dst_ports);
         let below = |n: u16| 1u64.checked_shl(n as u32).map_or(u64::MAX, |b| b - 1);
         let mask = below(range.end) & !below(range.start);
         let mut bits = sets.iter().flatten().fold(0u64, |acc, s| acc | s.bits) & mask;

@@ -121,7 +121,8 @@ impl TierSide<'_> {
             Tier::Baseline => self.d.baseline_from..u16::MAX,
         };
         let t = &self.d.t;
-        let r = &t.rules[t.first(&self.sets, range, protocol, port, dst_ports)? as usize];
+        let matches = |i: u16| t.rules[i as usize].ports_match(protocol, port, dst_ports);
+        let r = &t.rules[t.first(&self.sets, range, matches)? as usize];
         let id = AdminRuleId {
             policy: AdminId(r.id.policy.0),
             direction: self.dir,
