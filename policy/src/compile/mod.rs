@@ -285,6 +285,9 @@ impl DirTable {
             bits &= bits - 1;
         }
         // Rules 64 and up (rare: over 64 rules select one identity).
+        if range.end <= 64 {
+            return None;
+        }
         sets.iter()
             .flatten()
             .filter_map(|s| {

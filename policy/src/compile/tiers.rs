@@ -95,6 +95,9 @@ impl TierTable {
             },
             peer.net.and_then(|c| d.by_net.get(c as usize)),
         ];
+        if sets.iter().flatten().all(|s| s.is_empty()) {
+            return None; // no rule of either tier reaches this peer
+        }
         Some(TierSide { d, sets, dir })
     }
 }
