@@ -1,24 +1,31 @@
 #!/usr/bin/env bash
-# Throughput between two pods, side by side in one run:
+# Two pods, side by side in one run, each vswitch path with a NetworkPolicy
+# on the server pod (ingress from the client's app only):
 #   vswitch  - vswitchd in a node namespace, pods wired by vswitch-cni
 #              (host-local IPAM), TAP devices with virtio-net headers;
+#   bridge   - a Linux bridge in a node namespace, pods on veth pairs;
 #   vswitch across nodes - two node namespaces joined by a veth pair (the
 #              underlay), a vswitchd on each, one pod on each: VXLAN over
 #              UDP, segmentation and checksums in software;
-#   bridge   - a Linux bridge in a node namespace, pods on veth pairs;
 #   kernel VXLAN - two node namespaces, each a Linux bridge with a veth pod
 #              and a kernel VXLAN device to the other (flannel's layout).
-# iperf3: TCP with one stream, TCP with four, and UDP with 64-byte
-# payloads sent as fast as possible (packets per second received).
-# Needs root, iperf3 and /usr/lib/cni/host-local. Usage:
+# Each path: iperf3 TCP with one stream and with four, UDP with 64-byte
+# payloads sent as fast as possible (packets per second received, and
+# lost); sockperf ping-pong with 64-byte messages over TCP and over UDP
+# (round trip, average and 99th percentile); ping (average round trip).
+# Beside each vswitch figure, the cores vswitchd used meanwhile (utime and
+# stime from /proc), and per Gbit/s or per 100 kpps. Last, every figure as
+# a ratio: vswitch to the bridge, vswitch across nodes to kernel VXLAN.
+# Needs root, iperf3, sockperf, ping and /usr/lib/cni/host-local. Usage:
 #   benches/throughput.sh [SECONDS]   (default 5 per measurement)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-5}
 . benches/support/prelude.sh
-prelude iperf3 python3 ip
+prelude iperf3 sockperf ping python3 ip
 work=$(mktemp -d)
 tag=tp$$
+hz=$(getconf CLK_TCK)
 cleanup() {
   for d in ${daemon:-} ${daemons:-}; do kill "$d" 2>/dev/null && wait "$d" 2>/dev/null; done
   for ns in $(ip netns list | awk '{print $1}' | grep "^$tag" || true); do
@@ -29,87 +36,173 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# one iperf3 run from $1 to address $2 with more flags; prints the figure
-measure() {
-  local ns=$1 dst=$2; shift 2
-  ip netns exec "$ns" iperf3 -c "$dst" -t "$secs" -J "$@" > "$work/out.json"
-  python3 - "$work/out.json" <<'EOF'
+# CPU ticks (user + system) of the processes named, all their threads
+ticks() {
+  local t=0 p
+  for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+  echo "$t"
+}
+
+# record PATH METRIC VALUE [CORES]: one figure, into the run's results
+record() {
+  echo "$1|$2|$3|${4:-}" >> "$work/results"
+}
+
+# figures of one iperf3 run as "value extra" (Gbit/s, or kpps and % lost)
+iperf_figure() {
+  python3 - "$1" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
 if "error" in r:
-    print("error: " + r["error"]); sys.exit(0)
+    print("nan error:" + r["error"].replace(" ", "_")); sys.exit(0)
 e = r["end"]
 if r["start"]["test_start"]["protocol"] == "UDP":
-    s = e["sum"]  # packets sent; lost as the receiver counted them
+    s = e["sum"]
     got = s["packets"] - s["lost_packets"]
-    print("%.0f kpps (%.0f%% lost)" % (got / s["seconds"] / 1e3, s["lost_percent"]))
+    print("%.1f %.1f" % (got / s["seconds"] / 1e3, s["lost_percent"]))
 else:
-    print("%.2f Gbit/s" % (e["sum_received"]["bits_per_second"] / 1e9))
+    print("%.3f 0" % (e["sum_received"]["bits_per_second"] / 1e9))
 EOF
 }
 
-run_suite() {
-  local label=$1 client=$2 server=$3 dst=$4
-  ip netns exec "$server" iperf3 -s -D >/dev/null
-  sleep 0.3
-  local one four udp
-  one=$(measure "$client" "$dst")
-  four=$(measure "$client" "$dst" -P 4)
-  udp=$(measure "$client" "$dst" -u -l 64 -b 0)
-  printf "%-34s %16s %16s %22s\n" "$label" "$one" "$four" "$udp"
+# sockperf's round trip average and 99th percentile, in microseconds
+sockperf_figure() {
+  python3 -c '
+import re, sys
+t = re.sub(r"\x1b\[[0-9;]*m", "", open(sys.argv[1]).read())
+avg = re.search(r"avg-(?:latency|rtt)=([0-9.]+)", t)
+p99 = re.search(r"percentile 99\.000 =\s*([0-9.]+)", t)
+print(avg.group(1) if avg else "nan", p99.group(1) if p99 else "nan")' "$1"
 }
 
-printf "%-34s %16s %16s %22s\n" "path" "TCP 1 stream" "TCP 4 streams" "UDP 64 B"
+# run_suite LABEL CLIENT-NS SERVER-NS SERVER-ADDR [PIDS...]: every figure
+run_suite() {
+  local label=$1 client=$2 server=$3 dst=$4
+  shift 4
+  local pids=("$@") t0 t1 s0 s1 v x cores
+  ip netns exec "$server" iperf3 -s -D >/dev/null
+  ip netns exec "$server" sockperf server -i "$dst" -p 11111 --tcp >/dev/null 2>&1 &
+  ip netns exec "$server" sockperf server -i "$dst" -p 11112 >/dev/null 2>&1 &
+  sleep 0.5
+  # cores used by PIDS while a command runs; leaves them in $cores
+  timed() {
+    cores=""
+    [ ${#pids[@]} -gt 0 ] && { t0=$(ticks "${pids[@]}"); s0=$(date +%s.%N); }
+    "$@"
+    if [ ${#pids[@]} -gt 0 ]; then
+      t1=$(ticks "${pids[@]}"); s1=$(date +%s.%N)
+      cores=$(python3 -c "print('%.3f' % (($t1 - $t0) / $hz / ($s1 - $s0)))")
+    fi
+  }
+  for m in "tcp1" "tcp4:-P 4" "udp64:-u -l 64 -b 0"; do
+    local name=${m%%:*} flags=""
+    [ "$name" != "$m" ] && flags=${m#*:}
+    # shellcheck disable=SC2086
+    timed ip netns exec "$client" iperf3 -c "$dst" -t "$secs" -J $flags > "$work/out.json" || true
+    read -r v x < <(iperf_figure "$work/out.json")
+    record "$label" "$name" "$v" "$cores"
+    [ "$name" = udp64 ] && record "$label" udp64-lost "$x"
+  done
+  for proto in tcp udp; do
+    local port=11112 opt=""
+    [ $proto = tcp ] && { port=11111; opt=--tcp; }
+    # shellcheck disable=SC2086
+    timed ip netns exec "$client" sockperf ping-pong -i "$dst" -p $port $opt -m 64 -t "$secs" \
+      --full-rtt > "$work/sp.out" 2>&1 || true
+    read -r v x < <(sockperf_figure "$work/sp.out")
+    record "$label" "$proto-rr-avg" "$v" "$cores"
+    record "$label" "$proto-rr-p99" "$x"
+  done
+  v=$(ip netns exec "$client" ping -q -c 200 -i 0.01 "$dst" | sed -n 's|.*= [0-9.]*/\([0-9.]*\)/.*|\1|p')
+  record "$label" ping "${v:-nan}"
+  ip netns pids "$server" | xargs -r kill 2>/dev/null || true
+  sleep 0.2
+  echo "measured: $label" >&2
+}
 
-# --- vswitch
+# cni_add NS CONF NAME: attaches a pod; prints its IPv4 address
+cni_add() {
+  ip netns add "$1"
+  ip -n "$1" link set lo up
+  echo "$2" | CNI_COMMAND=ADD CNI_CONTAINERID="$1" CNI_NETNS="/var/run/netns/$1" \
+    CNI_IFNAME=eth0 CNI_PATH=/usr/lib/cni \
+    CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=$3" "$bin/vswitch-cni" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["ips"][0]["address"].split("/")[0])'
+}
+
+# the policy on the server: ingress from the client's app only
+policy_manifests() {
+  cat > "$1/policy.yaml" <<EOF
+apiVersion: v1
+kind: Namespace
+metadata: {name: default}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: server-from-client, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  policyTypes: [Ingress]
+  ingress: [{from: [{podSelector: {matchLabels: {app: client}}}]}]
+EOF
+}
+
+# pod_manifest DIR NAME APP [NODE ADDRESS]: a pod's Pod object (on one
+# node the switch learns the address from the CNI call, by name)
+pod_manifest() {
+  local spec="{containers: [{name: c, image: x}]}" status=""
+  [ $# -gt 3 ] && { spec="{nodeName: $4, containers: [{name: c, image: x}]}"
+    status=$'\nstatus: {podIPs: [{ip: "'"$5"'"}]}'; }
+  printf 'apiVersion: v1\nkind: Pod\nmetadata: {name: %s, namespace: default, labels: {app: %s}}\nspec: %s%s\n' \
+    "$2" "$3" "$spec" "$status" > "$1/pod-$2.yaml"
+}
+
+wait_ready() {
+  for _ in $(seq 200); do grep -q "vswitchd: ready" "$1" 2>/dev/null && return; sleep 0.05; done
+  echo "vswitchd did not start:" >&2; cat "$1" >&2; exit 1
+}
+
+# wait_policy CLIENT-NS OTHER-NS ADDR: the policy must be in force before
+# measuring: the client reaches the server's iperf3, a third pod does not
+wait_policy() {
+  local probe='
+import socket, sys
+s = socket.socket(); s.settimeout(0.3)
+try:
+    s.connect((sys.argv[1], 5201)); sys.exit(0)
+except OSError:
+    sys.exit(1)'
+  for _ in $(seq 100); do
+    if ip netns exec "$1" python3 -c "$probe" "$3" && ! ip netns exec "$2" python3 -c "$probe" "$3"; then
+      return
+    fi
+    sleep 0.1
+  done
+  echo "the NetworkPolicy did not take effect" >&2; exit 1
+}
+
+# --- vswitch, one node
+mkdir -p "$work/m"
+policy_manifests "$work/m"
+pod_manifest "$work/m" a client
+pod_manifest "$work/m" b server
+pod_manifest "$work/m" c other
 ip netns add $tag-node
 ip -n $tag-node link set lo up
 ip netns exec $tag-node "$bin/vswitchd" run --socket "$work/sock" --state-dir "$work/state" \
-  2>"$work/vswitchd.log" &
+  --manifests "$work/m" 2>"$work/vswitchd.log" &
 daemon=$!
-for _ in $(seq 100); do [ -S "$work/sock" ] && break; sleep 0.05; done
+wait_ready "$work/vswitchd.log"
 conf="{\"cniVersion\":\"1.0.0\",\"name\":\"tp\",\"type\":\"vswitch-cni\",\"socket\":\"$work/sock\",
   \"ipam\":{\"type\":\"host-local\",\"dataDir\":\"$work/ipam\",\"ranges\":[[{\"subnet\":\"10.203.0.0/24\"}]]}}"
-addrs=()
-for p in a b; do
-  ip netns add $tag-$p
-  ip -n $tag-$p link set lo up
-  out=$(echo "$conf" | CNI_COMMAND=ADD CNI_CONTAINERID=$tag-$p CNI_NETNS=/var/run/netns/$tag-$p \
-    CNI_IFNAME=eth0 CNI_PATH=/usr/lib/cni CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAME=$p" "$bin/vswitch-cni")
-  addrs+=("$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ips"][0]["address"].split("/")[0])')")
-done
-run_suite "vswitch (TAP + userspace switch)" $tag-a $tag-b "${addrs[1]}"
-
-# --- vswitch, the two pods on two nodes
-ip netns add $tag-n1
-ip netns add $tag-n2
-ip -n $tag-n1 link add u1 type veth peer name u2 netns $tag-n2
-mkdir -p "$work/m"
-for i in 1 2; do
-  ip -n $tag-n$i link set lo up
-  ip -n $tag-n$i addr add 192.168.205.$i/24 dev u$i
-  ip -n $tag-n$i link set u$i up
-  printf -- '---\napiVersion: v1\nkind: Node\nmetadata: {name: n%s}\nspec: {podCIDRs: [10.205.%s.0/24]}\nstatus: {addresses: [{type: InternalIP, address: 192.168.205.%s}]}\n' \
-    $i $i $i >> "$work/m/nodes.yaml"
-done
-daemons=""
-for i in 1 2; do
-  ip netns exec $tag-n$i "$bin/vswitchd" run --socket "$work/s$i" --state-dir "$work/st$i" \
-    --manifests "$work/m" --node-name n$i --overlay-addr 192.168.205.$i 2>"$work/n$i.log" &
-  daemons="$daemons $!"
-  for _ in $(seq 100); do [ -S "$work/s$i" ] && break; sleep 0.05; done
-done
-xaddrs=()
-for i in 1 2; do
-  conf="{\"cniVersion\":\"1.1.0\",\"name\":\"tp\",\"type\":\"vswitch-cni\",\"socket\":\"$work/s$i\",
-    \"ipam\":{\"type\":\"host-local\",\"dataDir\":\"$work/ipam$i\",\"ranges\":[[{\"subnet\":\"10.205.$i.0/24\"}]]}}"
-  ip netns add $tag-x$i
-  ip -n $tag-x$i link set lo up
-  out=$(echo "$conf" | CNI_COMMAND=ADD CNI_CONTAINERID=$tag-x$i CNI_NETNS=/var/run/netns/$tag-x$i \
-    CNI_IFNAME=eth0 CNI_PATH=/usr/lib/cni CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAME=x$i" "$bin/vswitch-cni")
-  xaddrs+=("$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ips"][0]["address"].split("/")[0])')")
-done
-run_suite "vswitch across two nodes (VXLAN)" $tag-x1 $tag-x2 "${xaddrs[1]}"
+a=$(cni_add $tag-a "$conf" a)
+b=$(cni_add $tag-b "$conf" b)
+cni_add $tag-c "$conf" c >/dev/null
+ip netns exec $tag-b iperf3 -s -D >/dev/null
+wait_policy $tag-a $tag-c "$b"
+ip netns pids $tag-b | xargs -r kill 2>/dev/null || true
+sleep 0.2
+run_suite "vswitch + NetworkPolicy" $tag-a $tag-b "$b" "$daemon"
 
 # --- Linux bridge and veth pairs
 ip netns add $tag-bnode
@@ -126,6 +219,43 @@ for p in ba bb; do
   ip -n $tag-$p link set eth0 up
 done
 run_suite "Linux bridge + veth" $tag-ba $tag-bb 10.204.0.3
+
+# --- vswitch, the two pods on two nodes
+ip netns add $tag-n1
+ip netns add $tag-n2
+ip -n $tag-n1 link add u1 type veth peer name u2 netns $tag-n2
+mkdir -p "$work/x"
+policy_manifests "$work/x"
+for i in 1 2; do
+  ip -n $tag-n$i link set lo up
+  ip -n $tag-n$i addr add 192.168.205.$i/24 dev u$i
+  ip -n $tag-n$i link set u$i up
+  printf -- '---\napiVersion: v1\nkind: Node\nmetadata: {name: n%s}\nspec: {podCIDRs: [10.205.%s.0/24]}\nstatus: {addresses: [{type: InternalIP, address: 192.168.205.%s}]}\n' \
+    $i $i $i >> "$work/x/nodes.yaml"
+done
+daemons=""
+for i in 1 2; do
+  ip netns exec $tag-n$i "$bin/vswitchd" run --socket "$work/s$i" --state-dir "$work/st$i" \
+    --manifests "$work/x" --node-name n$i --overlay-addr 192.168.205.$i 2>"$work/n$i.log" &
+  daemons="$daemons $!"
+  wait_ready "$work/n$i.log"
+done
+xaddrs=()
+for i in 1 2 3; do
+  n=$(( i == 3 ? 1 : i ))
+  conf="{\"cniVersion\":\"1.1.0\",\"name\":\"tp\",\"type\":\"vswitch-cni\",\"socket\":\"$work/s$n\",
+    \"ipam\":{\"type\":\"host-local\",\"dataDir\":\"$work/ipam$n\",\"ranges\":[[{\"subnet\":\"10.205.$n.0/24\"}]]}}"
+  xaddrs+=("$(cni_add $tag-x$i "$conf" x$i)")
+done
+pod_manifest "$work/x" x1 client n1 "${xaddrs[0]}"
+pod_manifest "$work/x" x2 server n2 "${xaddrs[1]}"
+pod_manifest "$work/x" x3 other n1 "${xaddrs[2]}"
+ip netns exec $tag-x2 iperf3 -s -D >/dev/null
+wait_policy $tag-x1 $tag-x3 "${xaddrs[1]}"
+ip netns pids $tag-x2 | xargs -r kill 2>/dev/null || true
+sleep 0.2
+# shellcheck disable=SC2086
+run_suite "vswitch + NetworkPolicy, 2 nodes (VXLAN)" $tag-x1 $tag-x2 "${xaddrs[1]}" $daemons
 
 # --- the kernel's own overlay: on each of two nodes a Linux bridge with a
 # veth pod and a VXLAN device (VNI 1, UDP 4789) to the other node
@@ -150,4 +280,46 @@ for i in 1 2; do
   ip -n $tag-kp$i link set eth0 up
 done
 run_suite "Linux bridge + kernel VXLAN, 2 nodes" $tag-kp1 $tag-kp2 10.206.0.2
+
+# --- the table, then the ratios
+python3 - "$work/results" "$secs" <<'EOF'
+import sys
+rows, order = {}, []
+for line in open(sys.argv[1]):
+    path, metric, value, cores = line.rstrip("\n").split("|")
+    if path not in rows:
+        rows[path] = {}
+        order.append(path)
+    rows[path][metric] = (float(value), float(cores) if cores else None)
+cols = [("tcp1", "TCP 1 stream", "Gbit/s"), ("tcp4", "TCP 4 streams", "Gbit/s"),
+        ("udp64", "UDP 64 B", "kpps"), ("udp64-lost", "UDP lost", "%"),
+        ("tcp-rr-avg", "TCP RR avg", "us"), ("tcp-rr-p99", "TCP RR p99", "us"),
+        ("udp-rr-avg", "UDP RR avg", "us"), ("udp-rr-p99", "UDP RR p99", "us"),
+        ("ping", "ping avg", "ms")]
+def cell(r, k):
+    v, c = r.get(k, (float("nan"), None))
+    s = "%.3g" % v if v == v else "-"
+    if c is not None:
+        per = {"tcp1": v, "tcp4": v, "udp64": v / 100}.get(k)
+        s += " (%.2f cores%s)" % (c, ", %.2f per %s" % (c / per, "Gbit/s" if k != "udp64" else "100 kpps")
+                                   if per else "")
+    return s
+print("%-42s" % "path", " | ".join("%s (%s)" % (n, u) for _, n, u in cols))
+for p in order:
+    print("%-42s" % p, " | ".join(cell(rows[p], k) for k, _, _ in cols))
+print()
+pairs = [("vswitch + NetworkPolicy", "Linux bridge + veth"),
+         ("vswitch + NetworkPolicy, 2 nodes (VXLAN)", "Linux bridge + kernel VXLAN, 2 nodes")]
+print("ratios (higher is better for rates, lower for times):")
+for a, b in pairs:
+    if a not in rows or b not in rows:
+        continue
+    parts = []
+    for k, n, _ in cols:
+        if k == "udp64-lost":
+            continue
+        x, y = rows[a].get(k, (float("nan"),))[0], rows[b].get(k, (float("nan"),))[0]
+        parts.append("%s %.2fx" % (n, x / y) if y and x == x and y == y else "%s -" % n)
+    print("  %s / %s: %s" % (a, b, ", ".join(parts)))
+EOF
 echo "($secs s per figure; $(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))"
