@@ -23,6 +23,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+trap "exit 130" INT TERM # so that a killed run cleans up too
 
 ip netns add $tag-node
 ip -n $tag-node link set lo up

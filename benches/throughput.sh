@@ -35,6 +35,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+trap "exit 130" INT TERM # so that a killed run cleans up too
 
 # CPU ticks (user + system) of the processes named, all their threads
 ticks() {
