@@ -51,6 +51,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+trap "exit 130" INT TERM # so that a killed run cleans up too
 
 # ---- the load generators and probes
 cat > "$work/nn.py" <<'EOF'
