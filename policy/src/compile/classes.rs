@@ -48,14 +48,6 @@ use crate::admin::AdminPeer;
 /// Sentinel of `class_of`: the identity is not live.
 pub(super) const NO_CLASS: u32 = u32::MAX;
 
-/// The classes of a flow's peer: its identity's when it is a pod, and its
-/// address's when some admin block covers the address space.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct PeerClasses {
-    pub(super) pod: Option<u32>,
-    pub(super) net: Option<u32>,
-}
-
 /// The interval starts of the admin policies' address blocks, per family;
 /// an address's class is its interval's number (IPv6 after IPv4's).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -66,27 +58,19 @@ pub(super) struct NetClasses {
 
 impl NetClasses {
     /// Cuts the address space at every block's ends.
-    fn build(blocks: impl IntoIterator<Item = IpNet>) -> NetClasses {
-        let mut c = NetClasses::default();
-        for net in blocks {
-            let (list, top) = match net {
-                IpNet::V4(_) => (&mut c.v4, u32::MAX as u128),
-                IpNet::V6(_) => (&mut c.v6, u128::MAX),
-            };
-            let (lo, hi) = net_range(&net);
-            list.push(lo);
-            if hi < top {
-                list.push(hi + 1);
+    fn build(blocks: &[IpNet]) -> NetClasses {
+        let (v4, v6): (Vec<&IpNet>, Vec<&IpNet>) = blocks.iter().partition(|n| n.addr().is_ipv4());
+        let starts = |nets: Vec<&IpNet>| {
+            if nets.is_empty() {
+                Vec::new()
+            } else {
+                interval_starts(nets)
             }
+        };
+        NetClasses {
+            v4: starts(v4),
+            v6: starts(v6),
         }
-        for list in [&mut c.v4, &mut c.v6] {
-            if !list.is_empty() {
-                list.push(0);
-            }
-            list.sort_unstable();
-            list.dedup();
-        }
-        c
     }
 
     /// The class of an address; `None` when no block is of its family.
@@ -132,18 +116,13 @@ impl Engine {
             .as_mut()
             .expect("live selector");
         entry.tier_users += 1;
-        if entry.tier_users > 1 {
-            return;
-        }
-        self.tiers.classes.admin.insert(sid);
-        let mut matched: Vec<IdentityId> = entry.matches.iter().copied().collect();
-        matched.sort_unstable();
-        for x in matched {
-            let mut key = self.class_key_of(x);
-            if let Err(at) = key.binary_search(&sid) {
-                key.insert(at, sid);
-            }
-            self.set_class(x, key);
+        if entry.tier_users == 1 {
+            self.tiers.classes.admin.insert(sid);
+            self.rekey_matches(sid, |key| {
+                if let Err(at) = key.binary_search(&sid) {
+                    key.insert(at, sid);
+                }
+            });
         }
     }
 
@@ -154,15 +133,21 @@ impl Engine {
             .as_mut()
             .expect("live selector");
         entry.tier_users -= 1;
-        if entry.tier_users > 0 {
-            return;
+        if entry.tier_users == 0 {
+            self.tiers.classes.admin.remove(&sid);
+            self.rekey_matches(sid, |key| key.retain(|s| *s != sid));
         }
-        self.tiers.classes.admin.remove(&sid);
-        let mut matched: Vec<IdentityId> = entry.matches.iter().copied().collect();
+    }
+
+    /// Moves every identity `sid` matches to the class of its key as
+    /// `change` leaves it.
+    fn rekey_matches(&mut self, sid: SelectorId, change: impl Fn(&mut ClassKey)) {
+        let mut matched: Vec<IdentityId> =
+            self.selectors.get(sid).matches.iter().copied().collect();
         matched.sort_unstable();
         for x in matched {
             let mut key = self.class_key_of(x);
-            key.retain(|s| *s != sid);
+            change(&mut key);
             self.set_class(x, key);
         }
     }
@@ -251,7 +236,7 @@ impl Engine {
                 }
             }
         }
-        let nets = NetClasses::build(blocks);
+        let nets = NetClasses::build(&blocks);
         if nets == self.tiers.view.nets {
             return;
         }

@@ -137,23 +137,36 @@ fn net_range(net: &IpNet) -> (u128, u128) {
     (ip_bits(net.network()), ip_bits(net.broadcast()))
 }
 
+/// Where the ends of `nets` (all of one family) cut that family's address
+/// space: 0, and each net's first address and the one after its last,
+/// ascending. Each start begins an interval no net's edge crosses.
+fn interval_starts<'a>(nets: impl IntoIterator<Item = &'a IpNet>) -> Vec<u128> {
+    let mut starts: Vec<u128> = vec![0];
+    for net in nets {
+        let top = match net {
+            IpNet::V4(_) => u32::MAX as u128,
+            IpNet::V6(_) => u128::MAX,
+        };
+        let (lo, hi) = net_range(net);
+        starts.push(lo);
+        if hi < top {
+            starts.push(hi + 1);
+        }
+    }
+    starts.sort_unstable();
+    starts.dedup();
+    starts
+}
+
 impl CidrMap {
     fn build(blocks: &[(IpBlock, u16)]) -> CidrMap {
         if blocks.is_empty() {
             return CidrMap::default();
         }
-        let mut bounds: Vec<u128> = vec![0];
-        for (b, _) in blocks {
-            for net in std::iter::once(&b.cidr).chain(&b.except) {
-                let (lo, hi) = net_range(net);
-                bounds.push(lo);
-                if let Some(next) = hi.checked_add(1) {
-                    bounds.push(next);
-                }
-            }
-        }
-        bounds.sort_unstable();
-        bounds.dedup();
+        let nets = blocks
+            .iter()
+            .flat_map(|(b, _)| std::iter::once(&b.cidr).chain(&b.except));
+        let bounds = interval_starts(nets);
         let mut map = CidrMap::default();
         for start in bounds {
             let mut set = RuleSet::default();
@@ -474,9 +487,7 @@ fn verdict_in(
         let Some(me) = me else {
             return Decision::NotAPod;
         };
-        let tier = tiers
-            .of(me.identity)
-            .and_then(|t| t.side(dir, tiers.classes_of(peer, peer_ip)));
+        let tier = tiers.side(me.identity, dir, peer, peer_ip);
         let decide_tier = |t: Tier| tier.as_ref()?.decide(t, protocol, flow.dst_port, dst_ports);
         if let Some(d) = decide_tier(Tier::Admin) {
             return d;

@@ -82,26 +82,6 @@ pub(super) struct TierTable {
     has_nodes: bool,
 }
 
-impl TierTable {
-    /// One side's tiers: its peer's index entries, read once.
-    #[inline]
-    pub(super) fn side(&self, dir: Direction, peer: classes::PeerClasses) -> Option<TierSide<'_>> {
-        let d = self.dirs[dir_slot(dir)].as_ref()?;
-        // A pod's class entry holds the every-pod and every-peer rules.
-        let sets = [
-            match peer.pod {
-                Some(c) => d.by_class.get(c as usize),
-                None => Some(&d.t.any_peer),
-            },
-            peer.net.and_then(|c| d.by_net.get(c as usize)),
-        ];
-        if sets.iter().flatten().all(|s| s.is_empty()) {
-            return None; // no rule of either tier reaches this peer
-        }
-        Some(TierSide { d, sets, dir })
-    }
-}
-
 /// The tiers of one side of a flow.
 pub(super) struct TierSide<'a> {
     d: &'a TierDir,
@@ -159,19 +139,39 @@ impl TierView {
         }
     }
 
-    /// The classes of a flow's peer: of its identity when it is a pod,
-    /// and of its address.
+    /// The tiers of one side of a flow: `me`'s table for `dir`, with the
+    /// peer's entries read once (by its identity's class when it is a pod,
+    /// by its address's class when the table has address rules). `None`:
+    /// no admin rule of either tier reaches the peer.
     #[inline]
-    pub(super) fn classes_of(&self, peer: Option<&Endpoint>, ip: IpAddr) -> classes::PeerClasses {
-        classes::PeerClasses {
-            pod: peer.map(|p| {
-                self.class_of
-                    .get(p.identity.0 as usize)
-                    .copied()
-                    .unwrap_or(classes::NO_CLASS)
-            }),
-            net: self.nets.class_of(ip),
+    pub(super) fn side(
+        &self,
+        me: IdentityId,
+        dir: Direction,
+        peer: Option<&Endpoint>,
+        peer_ip: IpAddr,
+    ) -> Option<TierSide<'_>> {
+        let d = self.of(me)?.dirs[dir_slot(dir)].as_ref()?;
+        // A pod's class entry holds the every-pod and every-peer rules.
+        let by_peer = match peer {
+            Some(p) => {
+                let c = self.class_of.get(p.identity.0 as usize).copied();
+                c.and_then(|c| d.by_class.get(c as usize))
+            }
+            None => Some(&d.t.any_peer),
+        };
+        let by_net = match d.by_net.is_empty() {
+            true => None,
+            false => self
+                .nets
+                .class_of(peer_ip)
+                .and_then(|c| d.by_net.get(c as usize)),
+        };
+        let sets = [by_peer, by_net];
+        if sets.iter().flatten().all(|s| s.is_empty()) {
+            return None;
         }
+        Some(TierSide { d, sets, dir })
     }
 }
 
