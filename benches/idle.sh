@@ -12,18 +12,11 @@ pods=${1:-100}
 secs=${2:-20}
 . benches/support/prelude.sh
 prelude python3 ip
-work=$(mktemp -d)
-tag=idle$$
+pod_scratch idle
 hz=$(getconf CLK_TCK)
 cleanup() {
   [ -n "${daemon:-}" ] && kill "$daemon" 2>/dev/null && wait "$daemon" 2>/dev/null
-  for ns in $(ip netns list | awk '{print $1}' | grep "^$tag" || true); do
-    ip netns del "$ns"
-  done
-  rm -rf "$work"
 }
-trap cleanup EXIT
-trap "exit 130" INT TERM # so that a killed run cleans up too
 
 ip netns add $tag-node
 ip -n $tag-node link set lo up

@@ -40,18 +40,10 @@ rounds=${2:-3}
 . benches/support/prelude.sh
 prelude python3 ip
 py=$(python3 -c 'import sys; print(sys.executable)')
-work=$(mktemp -d)
-tag=nn$$
+pod_scratch nn
 cleanup() {
   for p in ${floods:-} ${server:-} ${daemon:-}; do kill "$p" 2>/dev/null && { wait "$p" 2>/dev/null || true; }; done
-  for ns in $(ip netns list | awk '{print $1}' | grep "^$tag" || true); do
-    ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null || true
-    ip netns del "$ns"
-  done
-  rm -rf "$work"
 }
-trap cleanup EXIT
-trap "exit 130" INT TERM # so that a killed run cleans up too
 
 # ---- the load generators and probes
 cat > "$work/nn.py" <<'EOF'

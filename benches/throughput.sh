@@ -23,19 +23,11 @@ cd "$(dirname "$0")/.."
 secs=${1:-5}
 . benches/support/prelude.sh
 prelude iperf3 sockperf ping python3 ip
-work=$(mktemp -d)
-tag=tp$$
+pod_scratch tp
 hz=$(getconf CLK_TCK)
 cleanup() {
   for d in ${daemon:-} ${daemons:-}; do kill "$d" 2>/dev/null && wait "$d" 2>/dev/null; done
-  for ns in $(ip netns list | awk '{print $1}' | grep "^$tag" || true); do
-    ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null || true
-    ip netns del "$ns"
-  done
-  rm -rf "$work"
 }
-trap cleanup EXIT
-trap "exit 130" INT TERM # so that a killed run cleans up too
 
 # CPU ticks (user + system) of the processes named, all their threads
 ticks() {
@@ -76,25 +68,28 @@ p99 = re.search(r"percentile 99\.000 =\s*([0-9.]+)", t)
 print(avg.group(1) if avg else "nan", p99.group(1) if p99 else "nan")' "$1"
 }
 
+# timed COMMAND...: runs it; leaves in $cores the cores the processes in
+# the caller's $pids used meanwhile (empty when there are none)
+timed() {
+  local t0 t1 s0 s1
+  cores=""
+  [ ${#pids[@]} -gt 0 ] && { t0=$(ticks "${pids[@]}"); s0=$(date +%s.%N); }
+  "$@"
+  if [ ${#pids[@]} -gt 0 ]; then
+    t1=$(ticks "${pids[@]}"); s1=$(date +%s.%N)
+    cores=$(python3 -c "print('%.3f' % (($t1 - $t0) / $hz / ($s1 - $s0)))")
+  fi
+}
+
 # run_suite LABEL CLIENT-NS SERVER-NS SERVER-ADDR [PIDS...]: every figure
 run_suite() {
   local label=$1 client=$2 server=$3 dst=$4
   shift 4
-  local pids=("$@") t0 t1 s0 s1 v x cores
+  local pids=("$@") v x cores
   ip netns exec "$server" iperf3 -s -D >/dev/null
   ip netns exec "$server" sockperf server -i "$dst" -p 11111 --tcp >/dev/null 2>&1 &
   ip netns exec "$server" sockperf server -i "$dst" -p 11112 >/dev/null 2>&1 &
   sleep 0.5
-  # cores used by PIDS while a command runs; leaves them in $cores
-  timed() {
-    cores=""
-    [ ${#pids[@]} -gt 0 ] && { t0=$(ticks "${pids[@]}"); s0=$(date +%s.%N); }
-    "$@"
-    if [ ${#pids[@]} -gt 0 ]; then
-      t1=$(ticks "${pids[@]}"); s1=$(date +%s.%N)
-      cores=$(python3 -c "print('%.3f' % (($t1 - $t0) / $hz / ($s1 - $s0)))")
-    fi
-  }
   for m in "tcp1" "tcp4:-P 4" "udp64:-u -l 64 -b 0"; do
     local name=${m%%:*} flags=""
     [ "$name" != "$m" ] && flags=${m#*:}

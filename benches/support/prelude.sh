@@ -19,3 +19,22 @@ prelude() {
       echo "error: target/release/$b is missing: run cargo build --release first" >&2; exit 1; }
   done
 }
+
+# `pod_scratch PREFIX`: a scratch folder ($work) and a prefix for network
+# namespaces ($tag). On exit, or when killed, the script's own `cleanup`
+# runs first (if it has one: its daemons), then every namespace named
+# $tag... goes with its processes, and the folder.
+pod_scratch() {
+  work=$(mktemp -d)
+  tag=$1$$
+  trap 'if declare -F cleanup >/dev/null; then cleanup || true; fi; scratch_cleanup' EXIT
+  trap "exit 130" INT TERM
+}
+
+scratch_cleanup() {
+  for ns in $(ip netns list | awk '{print $1}' | grep "^$tag" || true); do
+    ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null || true
+    ip netns del "$ns"
+  done
+  rm -rf "$work"
+}
