@@ -5,9 +5,11 @@
 //! virtio-net header, every frame read is preceded by a `virtio_net_hdr`
 //! (checksum and segmentation offload state); the port strips it into
 //! [`RxMeta`] and puts it back on send, so offloaded frames cross the switch
-//! intact.
+//! intact. Header and frame travel in two pieces of one `readv`/`writev`:
+//! a frame (up to 64 kB with segmentation offload) is copied only by the
+//! kernel, straight into the caller's buffer and out of it.
 
-use std::io;
+use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, RawFd};
 
 use tun_rs::{DeviceBuilder, Layer, SyncDevice};
@@ -32,8 +34,6 @@ impl From<TapError> for io::Error {
 pub struct TapPort {
     dev: SyncDevice,
     vnet_hdr: bool,
-    /// Reused for header + frame on send, and for reads.
-    scratch: Vec<u8>,
 }
 
 impl TapPort {
@@ -48,11 +48,7 @@ impl TapPort {
             .build_sync()?;
         dev.set_nonblocking(true)?;
         let vnet_hdr = vnet_hdr && dev.tcp_gso();
-        Ok(TapPort {
-            dev,
-            vnet_hdr,
-            scratch: vec![0; 65_536 + VnetHdr::LEN],
-        })
+        Ok(TapPort { dev, vnet_hdr })
     }
 
     /// Creates a persistent TAP device (it outlives this process, so that a
@@ -76,11 +72,7 @@ impl TapPort {
             .build_sync()?;
         dev.set_nonblocking(true)?;
         let vnet_hdr = dev.tcp_gso();
-        Ok(TapPort {
-            dev,
-            vnet_hdr,
-            scratch: vec![0; 65_536 + VnetHdr::LEN],
-        })
+        Ok(TapPort { dev, vnet_hdr })
     }
 
     pub fn name(&self) -> io::Result<String> {
@@ -102,24 +94,25 @@ fn would_block(e: io::Error) -> io::Result<bool> {
 
 impl Port for TapPort {
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<(usize, RxMeta)>> {
-        if !self.vnet_hdr {
-            return match self.dev.recv(buf) {
-                Ok(n) => Ok(Some((n, RxMeta::default()))),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-                Err(e) => Err(e),
-            };
-        }
-        let n = match self.dev.recv(&mut self.scratch) {
+        let mut hdr = [0u8; VnetHdr::LEN];
+        let n = if self.vnet_hdr {
+            self.dev
+                .recv_vectored(&mut [IoSliceMut::new(&mut hdr), IoSliceMut::new(buf)])
+        } else {
+            self.dev.recv(buf)
+        };
+        let n = match n {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
             Err(e) => return Err(e),
         };
-        let vnet =
-            VnetHdr::parse(&self.scratch[..n]).ok_or(TapError::ShortVnetHeader { len: n })?;
-        let len = (n - VnetHdr::LEN).min(buf.len());
-        buf[..len].copy_from_slice(&self.scratch[VnetHdr::LEN..VnetHdr::LEN + len]);
+        if !self.vnet_hdr {
+            return Ok(Some((n, RxMeta::default())));
+        }
+        let vnet = VnetHdr::parse(&hdr[..n.min(VnetHdr::LEN)])
+            .ok_or(TapError::ShortVnetHeader { len: n })?;
         Ok(Some((
-            len,
+            n - VnetHdr::LEN,
             RxMeta {
                 vnet,
                 ..RxMeta::default()
@@ -129,13 +122,10 @@ impl Port for TapPort {
 
     fn send(&mut self, frame: &[u8], meta: &RxMeta) -> io::Result<bool> {
         let r = if self.vnet_hdr {
-            self.scratch.clear();
-            self.scratch.resize(VnetHdr::LEN, 0);
-            meta.vnet.write(&mut self.scratch[..VnetHdr::LEN]);
-            self.scratch.extend_from_slice(frame);
-            let r = self.dev.send(&self.scratch);
-            self.scratch.resize(65_536 + VnetHdr::LEN, 0);
-            r
+            let mut hdr = [0u8; VnetHdr::LEN];
+            meta.vnet.write(&mut hdr);
+            self.dev
+                .send_vectored(&[IoSlice::new(&hdr), IoSlice::new(frame)])
         } else {
             self.dev.send(frame)
         };
