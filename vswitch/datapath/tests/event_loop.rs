@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use kit::{A, A4, B, B4, attach_pod, socket_switch, udp4, udp4_carrying};
-use vswitch_datapath::io::event_loop::{DRAIN_ROUNDS, EventLoop};
+use vswitch_datapath::io::event_loop::{BUSY_POLL_MAX, DRAIN_ROUNDS, EventLoop};
 use vswitch_datapath::io::port::{Port, RxMeta, SocketPort};
 use vswitch_datapath::io::worker::{PENDING_FRAMES, PolicyHandle, SHARED_SLICE, Worker};
 use vswitch_datapath::{Config, Datapath};
@@ -320,4 +320,105 @@ fn a_flooding_pod_takes_a_slice_of_each_round_while_another_pod_sends() {
         "the flood alone again: a batch"
     );
     assert_eq!(el.worker.datapath.port(3).unwrap().counters.rx_packets, 10);
+}
+
+/// A socket port that counts its reads.
+struct Counted(SocketPort, Arc<AtomicUsize>);
+
+impl Port for Counted {
+    fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<Option<(usize, RxMeta)>> {
+        self.1.fetch_add(1, Ordering::Relaxed);
+        self.0.recv(buf)
+    }
+
+    fn send(&mut self, frame: &[u8], meta: &RxMeta) -> std::io::Result<bool> {
+        self.0.send(frame, meta)
+    }
+
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.0.raw_fd()
+    }
+}
+
+/// A round reads the ports that had an edge (or frames left), not every
+/// port: traffic between two pods costs the node's idle pods no system
+/// call, however many there are.
+#[test]
+fn idle_ports_are_not_read_while_others_have_traffic() {
+    let (mut el, pod_a, pod_b) = switch();
+    let mut idle = Vec::new();
+    for id in 3..43 {
+        let (pod, sw) = UnixDatagram::pair().unwrap();
+        let reads = Arc::new(AtomicUsize::new(0));
+        el.worker.attach(
+            id,
+            Box::new(Counted(SocketPort::new(sw).unwrap(), reads.clone())),
+        );
+        el.register(id).unwrap();
+        idle.push((pod, reads));
+    }
+    pod_b
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    for seq in 0..50 {
+        pod_a.send(&frame(seq)).unwrap();
+        let mut calls = 0;
+        while el.worker.datapath.counters.rx_packets <= seq as u64 && calls < 100 {
+            el.run_once(Duration::from_millis(100)).unwrap();
+            calls += 1;
+        }
+        pod_b.recv(&mut buf).expect("the frame arrives");
+    }
+    for (_, reads) in &idle {
+        // read once when attached (frames may precede the first edge)
+        assert_eq!(reads.load(Ordering::Relaxed), 1, "an idle port was read");
+    }
+    // and an idle port that sends is read again
+    let (pod, reads) = &idle[7];
+    pod.send(&udp4(
+        [0x02, 0, 0, 0, 0, 0x10],
+        B,
+        [10, 0, 0, 16],
+        B4,
+        1,
+        53,
+    ))
+    .unwrap();
+    el.run_once(Duration::from_millis(100)).unwrap();
+    assert!(reads.load(Ordering::Relaxed) > 1, "its edge was missed");
+}
+
+/// The busy poll adapts: traffic right after a sleep starts it, and with
+/// no traffic it dies out within a few calls, so an idle switch sleeps.
+#[test]
+fn the_busy_poll_starts_with_traffic_and_stops_when_idle() {
+    let (mut el, pod_a, _pod_b) = switch();
+    assert_eq!(el.busy_poll_window(), Duration::ZERO, "no spin at start");
+    // a frame that is waiting when the loop sleeps wakes it at once: a
+    // spin would have caught it (retried: a preempted test thread can
+    // sleep longer than the window)
+    let mut tries = 0;
+    while el.busy_poll_window().is_zero() && tries < 50 {
+        pod_a.send(&frame(tries)).unwrap();
+        el.run_once(Duration::from_millis(100)).unwrap();
+        el.run_once(Duration::from_millis(100)).unwrap();
+        tries += 1;
+    }
+    assert!(!el.busy_poll_window().is_zero(), "traffic started no spin");
+    assert!(el.busy_poll_window() <= BUSY_POLL_MAX);
+    // no traffic: each call's spin fails and halves the window
+    for _ in 0..16 {
+        el.run_once(Duration::from_millis(1)).unwrap();
+    }
+    assert_eq!(
+        el.busy_poll_window(),
+        Duration::ZERO,
+        "idle, still spinning"
+    );
+    // and it stays off: sleeps that end without traffic start nothing
+    for _ in 0..5 {
+        el.run_once(Duration::from_millis(1)).unwrap();
+        assert_eq!(el.busy_poll_window(), Duration::ZERO);
+    }
 }

@@ -15,6 +15,20 @@
 //! behind raise no new edge: when the last round received anything, the
 //! next call does not sleep but polls again at once.
 //!
+//! Readable edges go to the worker ([`Worker::wake`]), which reads only
+//! the ports that had one or still hold frames.
+//!
+//! Before it sleeps, the loop may poll for a while (adaptive busy
+//! polling, as KVM's halt polling): a request's answer often comes a few
+//! tens of microseconds after the request went through, and sleeping in
+//! epoll costs a wakeup of the switch thread on top of the round trip.
+//! The window starts when a sleep ended by traffic was shorter than
+//! [`BUSY_POLL_MAX`] (a spin would have caught it), doubles each time a
+//! spin catches traffic, halves each time it does not, and is never longer
+//! than [`BUSY_POLL_MAX`]: an idle switch does not spin at all, and the
+//! end of a burst costs a few spins at most. The spin asks epoll (with no
+//! wait) for readiness, one system call per turn whatever the ports.
+//!
 //! A pod's port paused for its slow-path budget (`budget.rs`) is not
 //! watched while the pause lasts (its frames would wake the loop for
 //! nothing); the wait ends when the first pause does, and the round after
@@ -41,7 +55,15 @@ pub struct EventLoop {
     /// The last round received frames: some may be left (no new edge will
     /// say so), so the next call polls without waiting.
     more: bool,
+    /// The busy-poll window (zero: sleep at once).
+    spin: Duration,
 }
+
+/// The longest busy poll before a sleep.
+pub const BUSY_POLL_MAX: Duration = Duration::from_micros(100);
+
+/// The window a busy poll starts with.
+const BUSY_POLL_START: Duration = Duration::from_micros(10);
 
 /// The waker's token: above every port id.
 const WAKE: Token = Token(1 << 20);
@@ -58,7 +80,8 @@ pub const DRAIN_TIME: Duration = Duration::from_millis(2);
 const HOUSEKEEPING: Duration = Duration::from_millis(1000);
 
 impl EventLoop {
-    pub fn new(worker: Worker) -> io::Result<EventLoop> {
+    pub fn new(mut worker: Worker) -> io::Result<EventLoop> {
+        worker.track_edges();
         Ok(EventLoop {
             poll: Poll::new()?,
             events: Events::with_capacity(256),
@@ -66,7 +89,13 @@ impl EventLoop {
             fds: Vec::new(),
             next_housekeeping: Instant::now() + HOUSEKEEPING,
             more: false,
+            spin: Duration::ZERO,
         })
+    }
+
+    /// The current busy-poll window.
+    pub fn busy_poll_window(&self) -> Duration {
+        self.spin
     }
 
     /// A waker for other threads: it ends the current wait at once (the
@@ -116,10 +145,11 @@ impl EventLoop {
                 .map_or(self.next_housekeeping, |r| r.min(self.next_housekeeping));
             timeout.min(due.saturating_duration_since(now))
         };
-        match self.poll.poll(&mut self.events, Some(wait)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+        self.wait(wait)?;
+        for event in self.events.iter() {
+            if event.token() != WAKE && event.is_readable() {
+                self.worker.wake(event.token().0 as PortId);
+            }
         }
         // Bounded: until a round receives nothing, or the bound.
         let start = Instant::now();
@@ -161,6 +191,51 @@ impl EventLoop {
             self.next_housekeeping = now + HOUSEKEEPING;
         }
         Ok(total)
+    }
+
+    /// Waits for events at most `wait`: first a busy poll within the
+    /// window, then a sleep for the rest; adapts the window to what came.
+    fn wait(&mut self, wait: Duration) -> io::Result<()> {
+        if wait.is_zero() {
+            return self.poll_events(Duration::ZERO);
+        }
+        let start = Instant::now();
+        if !self.spin.is_zero() {
+            let until = start + self.spin.min(wait);
+            loop {
+                self.poll_events(Duration::ZERO)?;
+                if !self.events.is_empty() {
+                    self.spin = (self.spin * 2).min(BUSY_POLL_MAX);
+                    return Ok(());
+                }
+                if Instant::now() >= until {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+            self.spin /= 2;
+            if self.spin < Duration::from_micros(1) {
+                self.spin = Duration::ZERO;
+            }
+        }
+        let slept = Instant::now();
+        self.poll_events(wait.saturating_sub(slept - start))?;
+        // traffic that a spin would have caught: start spinning
+        if self.spin.is_zero() && !self.events.is_empty() && slept.elapsed() <= BUSY_POLL_MAX {
+            self.spin = BUSY_POLL_START;
+        }
+        Ok(())
+    }
+
+    fn poll_events(&mut self, timeout: Duration) -> io::Result<()> {
+        match self.poll.poll(&mut self.events, Some(timeout)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                self.events.clear();
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Runs rounds until `stop` says so.

@@ -4,7 +4,12 @@
 //! [`PolicyHandle`], read once per batch with one atomic load, no lock.
 //!
 //! This loop polls its ports; the daemon's loop (with TAP file descriptors)
-//! waits on them with mio and calls the same [`Worker::poll`].
+//! waits on them with mio and calls the same [`Worker::poll`]. Under that
+//! loop ([`Worker::track_edges`]) a port with a descriptor is read only
+//! when it may hold frames: after a readable edge, and while it fills its
+//! slice each round; a port that answered "nothing waiting" is not read
+//! again until its next edge, so a round costs system calls for the busy
+//! ports only, not for every pod on the node.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -139,6 +144,14 @@ pub struct Worker {
     busy: usize,
     /// Per port: its slow-path budget (pods' ports only).
     budgets: Vec<Budget>,
+    /// Per port: read it in the next round. Cleared once a port with a
+    /// descriptor is drained, when edges are tracked; set again by
+    /// [`Worker::wake`].
+    ready: Vec<bool>,
+    /// Per port: it has a descriptor (so edges say when it has frames).
+    has_fd: Vec<bool>,
+    /// Whether an event loop reports edges ([`Worker::wake`]).
+    edges: bool,
 }
 
 /// A port's slice of a round while others have frames too, if it filled
@@ -162,6 +175,9 @@ impl Worker {
             full: Vec::new(),
             busy: 0,
             budgets: Vec::new(),
+            ready: Vec::new(),
+            has_fd: Vec::new(),
+            edges: false,
         }
     }
 
@@ -170,8 +186,33 @@ impl Worker {
         if self.ports.len() <= i {
             self.ports.resize_with(i + 1, || None);
             self.pending.resize_with(i + 1, Pending::default);
+            self.ready.resize(i + 1, false);
+            self.has_fd.resize(i + 1, false);
         }
+        // read at once: frames may have come before its first edge is seen
+        self.ready[i] = true;
+        self.has_fd[i] = port.raw_fd().is_some();
         self.ports[i] = Some(port);
+    }
+
+    /// From now on, ports with a descriptor are read only after
+    /// [`Worker::wake`] (the event loop's readable edges) and while they
+    /// have frames left.
+    pub fn track_edges(&mut self) {
+        self.edges = true;
+    }
+
+    /// A port's descriptor became readable: read it in the next round.
+    pub fn wake(&mut self, id: PortId) {
+        if let Some(r) = self.ready.get_mut(id as usize) {
+            *r = true;
+        }
+    }
+
+    /// Whether a port will be read in the next round (it had an edge or
+    /// frames left, or edges are not tracked).
+    pub fn ready(&self, id: PortId) -> bool {
+        self.ready.get(id as usize).is_some_and(|r| *r)
     }
 
     pub fn detach(&mut self, id: PortId) -> Option<Box<dyn Port>> {
@@ -231,6 +272,9 @@ impl Worker {
         self.budgets.resize_with(self.ports.len(), Budget::default);
         let rate = self.datapath.config().slow_path_per_pod;
         for id in 0..self.ports.len() {
+            if !self.ready[id] {
+                continue;
+            }
             let mut slice = if shared && self.full[id] {
                 batch.min(SHARED_SLICE)
             } else {
@@ -258,7 +302,11 @@ impl Worker {
             while self.lens.len() < slice {
                 match port.recv(&mut self.bufs[self.lens.len()]) {
                     Ok(Some(x)) => self.lens.push(x),
-                    Ok(None) | Err(_) => break,
+                    Ok(None) | Err(_) => {
+                        // drained (or failing): wait for the next edge
+                        self.ready[id] = !(self.edges && self.has_fd[id]);
+                        break;
+                    }
                 }
             }
             // Full: it had a batch's worth, or would have (its slice was full).
