@@ -152,8 +152,6 @@ pub struct TunnelPort {
     /// Segments of the frame being sent, back to back, and their lengths.
     segments: Vec<u8>,
     lens: Vec<usize>,
-    /// One datagram (VXLAN header and frame), or several back to back.
-    datagram: Vec<u8>,
     /// Whether the kernel takes `UDP_SEGMENT` (until it refuses once).
     gso: bool,
     pub drops: TunnelDrops,
@@ -182,25 +180,30 @@ impl TunnelPort {
             mtu,
             segments: Vec::with_capacity(65_536 + 4096),
             lens: Vec::with_capacity(64),
-            datagram: Vec::with_capacity(65_536),
             gso: true,
             drops: TunnelDrops::default(),
         })
     }
 
-    /// Sends equal-sized frames (the last may be shorter) as VXLAN
-    /// datagrams in one system call. `None`: the kernel refused the offload
-    /// (the caller sends them one by one).
+    /// Sends equal-sized frames (the last may be shorter; at most
+    /// [`GSO_MAX_SEGMENTS`]) as VXLAN datagrams in one system call, each
+    /// datagram as two pieces of the message, the VXLAN header and the
+    /// frame where it lies (nothing is copied before the kernel does).
+    /// `None`: the kernel refused the offload (the caller sends them one by
+    /// one).
     fn send_batch(&mut self, frames: &[u8], size: usize) -> Option<io::Result<bool>> {
-        self.datagram.clear();
-        for f in frames.chunks(size) {
-            self.datagram.extend_from_slice(&self.header);
-            self.datagram.extend_from_slice(f);
+        debug_assert!(frames.len().div_ceil(size) <= GSO_MAX_SEGMENTS);
+        let mut iov: [IoSlice; 2 * GSO_MAX_SEGMENTS] = std::array::from_fn(|_| IoSlice::new(&[]));
+        let mut pieces = 0;
+        for (pair, f) in iov.chunks_mut(2).zip(frames.chunks(size)) {
+            pair[0] = IoSlice::new(&self.header);
+            pair[1] = IoSlice::new(f);
+            pieces += 2;
         }
         let seg = (overlay::HLEN + size) as u16;
         let r = sendmsg::<SockaddrStorage>(
             self.sock.as_raw_fd(),
-            &[IoSlice::new(&self.datagram)],
+            &iov[..pieces],
             &[ControlMessage::UdpGsoSegments(&seg)],
             MsgFlags::MSG_DONTWAIT,
             None,
@@ -223,14 +226,18 @@ impl TunnelPort {
         }
     }
 
-    /// Sends one datagram. `Ok(false)`: the socket's buffer is full.
+    /// Sends one datagram (header and frame as two pieces). `Ok(false)`:
+    /// the socket's buffer is full.
     fn send_one(&mut self, frame: &[u8]) -> io::Result<bool> {
-        self.datagram.clear();
-        self.datagram.extend_from_slice(&self.header);
-        self.datagram.extend_from_slice(frame);
-        match self.sock.send(&self.datagram) {
+        match sendmsg::<SockaddrStorage>(
+            self.sock.as_raw_fd(),
+            &[IoSlice::new(&self.header), IoSlice::new(frame)],
+            &[],
+            MsgFlags::MSG_DONTWAIT,
+            None,
+        ) {
             Ok(_) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(nix::errno::Errno::EAGAIN) => Ok(false),
             Err(e) => {
                 self.drops.refused += 1;
                 tracing::debug!("overlay: {e}");
