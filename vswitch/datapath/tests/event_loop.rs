@@ -407,6 +407,24 @@ fn the_busy_poll_starts_with_traffic_and_stops_when_idle() {
     }
     assert!(!el.busy_poll_window().is_zero(), "traffic started no spin");
     assert!(el.busy_poll_window() <= BUSY_POLL_MAX);
+    // a frame already waiting when the loop would spin is caught at once:
+    // frames come faster than a sleep costs, so the window shrinks (it
+    // grows only when the spin waited for what it caught)
+    let mut halved = false;
+    for seq in 0..20 {
+        let before = el.busy_poll_window();
+        if before.is_zero() {
+            break;
+        }
+        pod_a.send(&frame(100 + seq)).unwrap();
+        el.run_once(Duration::from_millis(100)).unwrap();
+        el.run_once(Duration::from_millis(100)).unwrap();
+        if el.busy_poll_window() < before {
+            halved = true;
+            break;
+        }
+    }
+    assert!(halved, "a spin that caught waiting frames grew the window");
     // no traffic: each call's spin fails and halves the window
     for _ in 0..16 {
         el.run_once(Duration::from_millis(1)).unwrap();
