@@ -23,10 +23,14 @@
 //! tens of microseconds after the request went through, and sleeping in
 //! epoll costs a wakeup of the switch thread on top of the round trip.
 //! The window starts when a sleep ended by traffic was shorter than
-//! [`BUSY_POLL_MAX`] (a spin would have caught it), doubles each time a
-//! spin catches traffic, halves each time it does not, and is never longer
-//! than [`BUSY_POLL_MAX`]: an idle switch does not spin at all, and the
-//! end of a burst costs a few spins at most. The spin asks epoll (with no
+//! [`BUSY_POLL_MAX`] (a spin would have caught it) and the call before took
+//! a frame or two ([`BUSY_POLL_FRAMES`]: a request, not a stream); it
+//! doubles each time a spin waits for traffic and catches it, halves each
+//! time a spin catches nothing or catches frames at once (a stream or a
+//! flood, which a sleep takes in larger batches: spinning cost a UDP flood
+//! a quarter of its rate), and is never longer than [`BUSY_POLL_MAX`]: an
+//! idle switch does not spin at all, and the end of a burst costs a few
+//! spins at most. The spin asks epoll (with no
 //! wait) for readiness, one system call per turn whatever the ports, and
 //! yields the core between turns: on a node whose cores are all busy (pods
 //! and the switch), a spin gives way to any thread that is ready to run
