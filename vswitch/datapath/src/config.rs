@@ -44,6 +44,9 @@ pub struct Config {
     /// Beyond it the worker stops reading the port for a while (see
     /// `io/budget.rs`); 0: no limit.
     pub slow_path_per_pod: u32,
+    /// The longest the event loop busy polls before it sleeps, in
+    /// microseconds (see `io/event_loop.rs`); 0: it never spins.
+    pub busy_poll_us: u32,
     pub flow_cache_max: usize,
     /// The flow cache's hash key. `None` (always, outside tests): drawn from
     /// the OS's randomness, so that pods cannot craft flows that collide.
@@ -86,6 +89,7 @@ impl Default for Config {
             conntrack_per_pod_max: 229_376 / 8,
             conntrack_pickup_ms: 60_000,
             slow_path_per_pod: 10_000,
+            busy_poll_us: 200,
             flow_cache_max: 65_536,
             flow_cache_key: None,
             frag_max: 4096,

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use kit::{A, A4, B, B4, attach_pod, socket_switch, udp4, udp4_carrying};
-use vswitch_datapath::io::event_loop::{BUSY_POLL_MAX, DRAIN_ROUNDS, EventLoop};
+use vswitch_datapath::io::event_loop::{DRAIN_ROUNDS, EventLoop};
 use vswitch_datapath::io::port::{Port, RxMeta, SocketPort};
 use vswitch_datapath::io::worker::{PENDING_FRAMES, PolicyHandle, SHARED_SLICE, Worker};
 use vswitch_datapath::{Config, Datapath};
@@ -406,7 +406,7 @@ fn the_busy_poll_starts_with_traffic_and_stops_when_idle() {
         tries += 1;
     }
     assert!(!el.busy_poll_window().is_zero(), "traffic started no spin");
-    assert!(el.busy_poll_window() <= BUSY_POLL_MAX);
+    assert!(el.busy_poll_window() <= el.busy_poll_max());
     // a frame already waiting when the loop would spin is caught at once:
     // frames come faster than a sleep costs, so the window shrinks (it
     // grows only when the spin waited for what it caught)
@@ -439,4 +439,22 @@ fn the_busy_poll_starts_with_traffic_and_stops_when_idle() {
         el.run_once(Duration::from_millis(1)).unwrap();
         assert_eq!(el.busy_poll_window(), Duration::ZERO);
     }
+}
+
+/// `busy_poll_us: 0` turns busy polling off: the traffic that opens the
+/// window otherwise opens nothing.
+#[test]
+fn no_busy_poll_when_it_is_turned_off() {
+    let (mut el, pod_a, _pod_b) = socket_switch(Config {
+        busy_poll_us: 0,
+        ..Config::default()
+    });
+    assert_eq!(el.busy_poll_max(), Duration::ZERO);
+    for seq in 0..20 {
+        pod_a.send(&frame(seq)).unwrap();
+        el.run_once(Duration::from_millis(100)).unwrap();
+        el.run_once(Duration::from_millis(100)).unwrap();
+        assert_eq!(el.busy_poll_window(), Duration::ZERO);
+    }
+    assert_eq!(el.worker.datapath.counters.rx_packets, 20);
 }

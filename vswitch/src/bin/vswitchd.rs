@@ -86,6 +86,7 @@ fn main() -> ExitCode {
             conntrack_per_pod,
             conntrack_pickup_secs,
             slow_path_per_pod,
+            busy_poll_us,
             metrics_addr,
         }) => {
             let node_name = node_name.clone().unwrap_or_else(host_name);
@@ -108,6 +109,7 @@ fn main() -> ExitCode {
                 conntrack_per_pod,
                 conntrack_pickup_ms: conntrack_pickup_secs.saturating_mul(1000),
                 slow_path_per_pod,
+                busy_poll_us,
                 metrics_addr,
                 overlay,
                 cluster_cidrs,

@@ -105,6 +105,12 @@ pub enum Cmd {
         /// limit.
         #[arg(long, default_value_t = vswitch_datapath::Config::default().slow_path_per_pod)]
         slow_path_per_pod: u32,
+        /// The longest the switch polls for traffic before it sleeps, in
+        /// microseconds, after traffic that came soon after a sleep
+        /// (request and answer): lower latency for some CPU while pods
+        /// talk. 0: never; it always sleeps.
+        #[arg(long, default_value_t = vswitch_datapath::Config::default().busy_poll_us)]
+        busy_poll_us: u32,
         /// Serve Prometheus metrics at http://ADDR/metrics (off by default).
         #[arg(long)]
         metrics_addr: Option<std::net::SocketAddr>,

@@ -45,6 +45,8 @@ pub struct Options {
     pub conntrack_pickup_ms: u64,
     /// Slow-path frames a pod may cost per second (0: no limit).
     pub slow_path_per_pod: u32,
+    /// The event loop's longest busy poll, in microseconds (0: none).
+    pub busy_poll_us: u32,
     /// Where Prometheus metrics are served (off when `None`).
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Pods on other nodes, through the overlay (off when `None`: one node).
@@ -97,6 +99,7 @@ impl Daemon {
             conntrack_per_pod_max: opts.conntrack_per_pod,
             conntrack_pickup_ms: opts.conntrack_pickup_ms,
             slow_path_per_pod: opts.slow_path_per_pod,
+            busy_poll_us: opts.busy_poll_us,
             cluster_cidrs: opts.cluster_cidrs.clone(),
             service_cidrs: opts.service_cidrs.clone(),
             vni: opts.overlay.as_ref().map_or(1, |o| o.vni),

@@ -22,15 +22,17 @@
 //! polling, as KVM's halt polling): a request's answer often comes a few
 //! tens of microseconds after the request went through, and sleeping in
 //! epoll costs a wakeup of the switch thread on top of the round trip.
-//! The window starts when a sleep ended by traffic was shorter than
-//! [`BUSY_POLL_MAX`] (a spin would have caught it) and the call before took
-//! a frame or two ([`BUSY_POLL_FRAMES`]: a request, not a stream); it
-//! doubles each time a spin waits for traffic and catches it, halves each
-//! time a spin catches nothing or catches frames at once (a stream or a
-//! flood, which a sleep takes in larger batches: spinning cost a UDP flood
-//! a quarter of its rate), and is never longer than [`BUSY_POLL_MAX`]: an
-//! idle switch does not spin at all, and the end of a burst costs a few
-//! spins at most. The spin asks epoll (with no
+//! The window is never longer than the datapath `Config::busy_poll_us`
+//! (200 µs by default, as KVM's halt polling; on the 2-core VM it gave a
+//! lower request/response p99 than 100 µs at the same CPU; 0 turns busy
+//! polling off). It opens when a sleep ended by traffic was shorter than
+//! that (a spin would have caught it) and the call before took a frame or
+//! two ([`BUSY_POLL_FRAMES`]: a request, not a stream); it doubles each
+//! time a spin waits for traffic and catches it, and halves each time a
+//! spin catches nothing or catches frames at once (a stream or a flood,
+//! which a sleep takes in larger batches: spinning cost a UDP flood a
+//! quarter of its rate). An idle switch does not spin at all, and the end
+//! of a burst costs a few spins at most. The spin asks epoll (with no
 //! wait) for readiness, one system call per turn whatever the ports, and
 //! yields the core between turns: on a node whose cores are all busy (pods
 //! and the switch), a spin gives way to any thread that is ready to run
@@ -68,12 +70,9 @@ pub struct EventLoop {
     spin: Duration,
     /// Frames the last call received.
     last: usize,
+    /// The longest window (zero: no busy polling).
+    spin_max: Duration,
 }
-
-/// The longest busy poll before a sleep (as KVM's default halt polling;
-/// on the 2-core VM, 200 µs gave a lower TCP request/response p99 than
-/// 100 µs at the same CPU).
-pub const BUSY_POLL_MAX: Duration = Duration::from_micros(200);
 
 /// The most frames the call before may have received for the loop to
 /// busy poll: a request and its answer come a frame or two at a time; a
@@ -106,6 +105,7 @@ const HOUSEKEEPING: Duration = Duration::from_millis(1000);
 impl EventLoop {
     pub fn new(mut worker: Worker) -> io::Result<EventLoop> {
         worker.track_edges();
+        let spin_max = Duration::from_micros(worker.datapath.config().busy_poll_us.into());
         Ok(EventLoop {
             poll: Poll::new()?,
             events: Events::with_capacity(256),
@@ -115,7 +115,13 @@ impl EventLoop {
             more: false,
             spin: Duration::ZERO,
             last: 0,
+            spin_max,
         })
+    }
+
+    /// The longest busy-poll window (zero: off).
+    pub fn busy_poll_max(&self) -> Duration {
+        self.spin_max
     }
 
     /// The current busy-poll window.
@@ -172,7 +178,8 @@ impl EventLoop {
         };
         self.wait(wait)?;
         for event in self.events.iter() {
-            if event.token() != WAKE && event.is_readable() {
+            // (an error is read too: a tunnel port counts its socket's)
+            if event.token() != WAKE && (event.is_readable() || event.is_error()) {
                 self.worker.wake(event.token().0 as PortId);
             }
         }
@@ -236,7 +243,7 @@ impl EventLoop {
                     self.spin = if start.elapsed() < BUSY_POLL_QUICK {
                         self.spin / 2
                     } else {
-                        (self.spin * 2).min(BUSY_POLL_MAX)
+                        (self.spin * 2).min(self.spin_max)
                     };
                     return Ok(());
                 }
@@ -256,9 +263,9 @@ impl EventLoop {
         if self.spin.is_zero()
             && self.last <= BUSY_POLL_FRAMES
             && !self.events.is_empty()
-            && slept.elapsed() <= BUSY_POLL_MAX
+            && slept.elapsed() <= self.spin_max
         {
-            self.spin = BUSY_POLL_START;
+            self.spin = BUSY_POLL_START.min(self.spin_max);
         }
         Ok(())
     }
