@@ -18,6 +18,7 @@
 # a ratio: vswitch to the bridge, vswitch across nodes to kernel VXLAN.
 # Needs root, iperf3, sockperf, ping and /usr/lib/cni/host-local. Usage:
 #   benches/throughput.sh [SECONDS]   (default 5 per measurement)
+# VSWITCHD_ARGS adds options to every vswitchd (e.g. "--busy-poll-us 0").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-5}
@@ -186,7 +187,7 @@ pod_manifest "$work/m" c other
 ip netns add $tag-node
 ip -n $tag-node link set lo up
 ip netns exec $tag-node "$bin/vswitchd" run --socket "$work/sock" --state-dir "$work/state" \
-  --manifests "$work/m" 2>"$work/vswitchd.log" &
+  --manifests "$work/m" ${VSWITCHD_ARGS:-} 2>"$work/vswitchd.log" &
 daemon=$!
 wait_ready "$work/vswitchd.log"
 conf="{\"cniVersion\":\"1.0.0\",\"name\":\"tp\",\"type\":\"vswitch-cni\",\"socket\":\"$work/sock\",
@@ -232,7 +233,7 @@ done
 daemons=""
 for i in 1 2; do
   ip netns exec $tag-n$i "$bin/vswitchd" run --socket "$work/s$i" --state-dir "$work/st$i" \
-    --manifests "$work/x" --node-name n$i --overlay-addr 192.168.205.$i 2>"$work/n$i.log" &
+    --manifests "$work/x" --node-name n$i --overlay-addr 192.168.205.$i ${VSWITCHD_ARGS:-} 2>"$work/n$i.log" &
   daemons="$daemons $!"
   wait_ready "$work/n$i.log"
 done
