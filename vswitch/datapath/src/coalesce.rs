@@ -24,6 +24,13 @@
 //! sum, `NEEDS_CSUM`), with `gso_type` TCPv4/TCPv6 and `gso_size` the
 //! segment size: exactly the form in which a pod's own TAP hands over what
 //! its TCP sends.
+//!
+//! # Nothing copied but the headers
+//! A run is the first segment's headers and a list of where each segment's
+//! payload lies in the caller's frames ([`Payload`]); the caller sends the
+//! headers and the payloads as the pieces of one write, so the kernel's copy
+//! into the pod's TAP is the only one. The caller keeps the frames it
+//! pushed unchanged until it takes the run.
 
 use super::PortId;
 use crate::RxMeta;
@@ -37,10 +44,34 @@ use crate::wire::{VnetHdr, be16, eth, ethertype, ip_proto, ipv4, ipv6, tcp};
 /// The largest merged frame's IP packet.
 const MAX_IP: usize = 65_535;
 
+/// The most segments in one run (a receive batch's worth).
+pub const MAX_SEGMENTS: usize = 64;
+
+/// Where one segment's payload lies: `len` bytes from `at` in the frame the
+/// caller pushed as `src`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Payload {
+    pub src: usize,
+    pub at: usize,
+    pub len: usize,
+}
+
+/// A run taken for sending: the merged frame is `head` followed by the
+/// payloads, in order.
+pub struct Run<'a> {
+    pub out: PortId,
+    pub head: &'a [u8],
+    pub payloads: &'a [Payload],
+    pub meta: RxMeta,
+}
+
 /// A run of segments being merged.
 pub struct Coalescer {
-    /// The merged frame so far: the first segment's headers, then payloads.
-    buf: Vec<u8>,
+    /// The first segment's headers (rewritten when the run is taken).
+    head: Vec<u8>,
+    payloads: Vec<Payload>,
+    /// The merged frame's length so far (headers and payloads).
+    len: usize,
     out: PortId,
     /// Headers: IP length (from ETH_HLEN) and TCP length.
     ip_len: usize,
@@ -57,7 +88,9 @@ pub struct Coalescer {
 impl Default for Coalescer {
     fn default() -> Self {
         Coalescer {
-            buf: Vec::with_capacity(ETH_HLEN + MAX_IP),
+            head: Vec::with_capacity(ETH_HLEN + 60 + 60),
+            payloads: Vec::with_capacity(MAX_SEGMENTS),
+            len: 0,
             out: 0,
             ip_len: 0,
             tcp_len: 0,
@@ -125,42 +158,52 @@ impl Coalescer {
         self.count == 0
     }
 
-    /// Adds `frame` (for port `out`) to the run, or starts a run with it.
-    /// `false`: it cannot join (flush the run, then try again) or cannot
-    /// start one (send it as it is).
-    pub fn push(&mut self, out: PortId, frame: &[u8]) -> bool {
+    /// Adds `frame` (for port `out`; the caller's frame number `src`) to
+    /// the run, or starts a run with it. `false`: it cannot join (flush the
+    /// run, then try again) or cannot start one (send it as it is).
+    pub fn push(&mut self, out: PortId, src: usize, frame: &[u8]) -> bool {
         let Some((v6, ip_len, tcp_len, payload, seq, psh)) = shape(frame) else {
             return false;
+        };
+        let hdr = ETH_HLEN + ip_len + tcp_len;
+        let here = Payload {
+            src,
+            at: hdr,
+            len: payload,
         };
         if self.count == 0 {
             if psh {
                 return false; // a run of one: nothing to gain
             }
-            self.buf.clear();
-            self.buf.extend_from_slice(frame);
+            self.head.clear();
+            self.head.extend_from_slice(&frame[..hdr]);
+            self.payloads.clear();
+            self.payloads.push(here);
+            self.len = frame.len();
             (self.out, self.v6, self.ip_len, self.tcp_len) = (out, v6, ip_len, tcp_len);
             (self.seg, self.next_seq, self.count, self.closed) =
                 (payload, seq.wrapping_add(payload as u32), 1, false);
             return true;
         }
-        let hdr = ETH_HLEN + ip_len + tcp_len;
         if self.closed
             || out != self.out
             || v6 != self.v6
             || tcp_len != self.tcp_len
             || seq != self.next_seq
             || payload > self.seg
-            || self.buf.len() + payload > ETH_HLEN + MAX_IP
+            || self.len + payload > ETH_HLEN + MAX_IP
+            || self.count == MAX_SEGMENTS
             || !self.same_flow(frame)
         {
             return false;
         }
-        self.buf.extend_from_slice(&frame[hdr..]);
+        self.payloads.push(here);
+        self.len += payload;
         self.next_seq = seq.wrapping_add(payload as u32);
         self.count += 1;
         if psh {
             let at = ETH_HLEN + self.ip_len + tcp::FLAGS;
-            self.buf[at] |= tcp::FLG_PSH;
+            self.head[at] |= tcp::FLG_PSH;
         }
         self.closed = psh || payload < self.seg;
         true
@@ -170,7 +213,7 @@ impl Coalescer {
     /// TCP header past the sequence number (acknowledgement, window,
     /// options) except the flags' PSH and the checksum.
     fn same_flow(&self, f: &[u8]) -> bool {
-        let a = &self.buf;
+        let a = &self.head;
         let ip = ETH_HLEN;
         let (addr, l4) = if self.v6 {
             (
@@ -206,19 +249,25 @@ impl Coalescer {
             }
     }
 
-    /// Ends the run: the port, the frame and its virtio-net header (a single
-    /// segment goes out as it came, with complete checksums).
-    pub fn take(&mut self) -> Option<(PortId, &[u8], RxMeta)> {
+    /// Ends the run: the port, the frame's pieces and its virtio-net
+    /// header (a single segment goes out as it came, with complete
+    /// checksums).
+    pub fn take(&mut self) -> Option<Run<'_>> {
         if self.count == 0 {
             return None;
         }
         let count = std::mem::take(&mut self.count);
         if count == 1 {
-            return Some((self.out, &self.buf, RxMeta::default()));
+            return Some(Run {
+                out: self.out,
+                head: &self.head,
+                payloads: &self.payloads,
+                meta: RxMeta::default(),
+            });
         }
         let ip = ETH_HLEN;
         let l4 = ip + self.ip_len;
-        let ip_total = self.buf.len() - ETH_HLEN;
+        let ip_total = self.len - ETH_HLEN;
         let tcp_total = ip_total - self.ip_len;
         let mut sum: u32 = 0;
         let add = |sum: &mut u32, b: &[u8]| {
@@ -226,7 +275,7 @@ impl Coalescer {
                 *sum += u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]) as u32;
             }
         };
-        let hdr = &mut self.buf[ip..];
+        let hdr = &mut self.head[ip..];
         if self.v6 {
             hdr[ipv6::LENGTH].copy_from_slice(&((ip_total - ipv6::HLEN) as u16).to_be_bytes());
             add(&mut sum, &hdr[ipv6::ADDRS]);
@@ -241,7 +290,7 @@ impl Coalescer {
         }
         sum += ip_proto::TCP as u32 + tcp_total as u32;
         // NEEDS_CSUM: the field holds the pseudo-header sum, not complemented
-        self.buf[l4..][tcp::CHECKSUM].copy_from_slice(&fold(sum.into()).to_be_bytes());
+        self.head[l4..][tcp::CHECKSUM].copy_from_slice(&fold(sum.into()).to_be_bytes());
         let vnet = VnetHdr {
             flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
             gso_type: if self.v6 {
@@ -254,14 +303,15 @@ impl Coalescer {
             csum_start: l4 as u16,
             csum_offset: tcp::CHECKSUM.start as u16,
         };
-        Some((
-            self.out,
-            &self.buf,
-            RxMeta {
+        Some(Run {
+            out: self.out,
+            head: &self.head,
+            payloads: &self.payloads,
+            meta: RxMeta {
                 vnet,
                 ..RxMeta::default()
             },
-        ))
+        })
     }
 }
 
@@ -279,6 +329,22 @@ mod tests {
         let mut v = Vec::new();
         b.write(&mut v, payload).unwrap();
         v
+    }
+
+    /// Pushes `frame` as the caller's next frame (kept in `frames`).
+    fn push(c: &mut Coalescer, frames: &mut Vec<Vec<u8>>, out: PortId, frame: Vec<u8>) -> bool {
+        frames.push(frame);
+        c.push(out, frames.len() - 1, &frames[frames.len() - 1])
+    }
+
+    /// Takes the run and joins its pieces as the caller's write would.
+    fn take(c: &mut Coalescer, frames: &[Vec<u8>]) -> Option<(PortId, Vec<u8>, RxMeta)> {
+        let run = c.take()?;
+        let mut f = run.head.to_vec();
+        for p in run.payloads {
+            f.extend_from_slice(&frames[p.src][p.at..p.at + p.len]);
+        }
+        Some((run.out, f, run.meta))
     }
 
     fn data(n: usize, salt: u8) -> Vec<u8> {
@@ -321,22 +387,25 @@ mod tests {
     #[test]
     fn a_run_of_segments_becomes_one_offload_frame() {
         let mut c = Coalescer::default();
+        let mut frames = Vec::new();
         let parts = [data(1400, 1), data(1400, 2), data(1400, 3), data(700, 4)];
         let mut seq = 1000u32;
         for (i, p) in parts.iter().enumerate() {
-            assert!(c.push(3, &seg4(seq, p, i == 3)), "segment {i} joins");
+            assert!(
+                push(&mut c, &mut frames, 3, seg4(seq, p, i == 3)),
+                "segment {i} joins"
+            );
             seq += p.len() as u32;
         }
         assert!(
-            !c.push(3, &seg4(seq, &data(100, 9), false)),
+            !push(&mut c, &mut frames, 3, seg4(seq, &data(100, 9), false)),
             "the run is closed"
         );
-        let (out, frame, meta) = c.take().unwrap();
+        let (out, mut frame, meta) = take(&mut c, &frames).unwrap();
         assert_eq!(out, 3);
         assert_eq!(meta.vnet.gso_type, 1);
         assert_eq!(meta.vnet.gso_size, 1400);
         assert_eq!(meta.vnet.csum_start, 34);
-        let mut frame = frame.to_vec();
         complete_and_check(&mut frame, &meta);
         let p = SlicedPacket::from_ethernet(&frame).unwrap();
         let Some(TransportSlice::Tcp(t)) = p.transport else {
@@ -349,27 +418,56 @@ mod tests {
     }
 
     #[test]
+    fn a_run_ends_at_its_most_segments_and_points_into_the_frames() {
+        let mut c = Coalescer::default();
+        let f = &mut Vec::new();
+        let mut seq = 1u32;
+        for i in 0..MAX_SEGMENTS {
+            assert!(push(&mut c, f, 2, seg4(seq, &data(100, i as u8), false)));
+            seq += 100;
+        }
+        assert!(
+            !push(&mut c, f, 2, seg4(seq, &data(100, 0), false)),
+            "one more than a run holds"
+        );
+        let run = c.take().unwrap();
+        assert_eq!(run.head.len(), 14 + 20 + 20, "only the headers are copied");
+        let want: Vec<Payload> = (0..MAX_SEGMENTS)
+            .map(|src| Payload {
+                src,
+                at: 54,
+                len: 100,
+            })
+            .collect();
+        assert_eq!(run.payloads, want.as_slice());
+    }
+
+    #[test]
     fn out_of_order_other_flows_and_other_ports_do_not_join() {
         let mut c = Coalescer::default();
-        assert!(c.push(3, &seg4(1000, &data(1000, 1), false)));
-        assert!(!c.push(3, &seg4(3000, &data(1000, 2), false)), "a gap");
+        let f = &mut Vec::new();
+        assert!(push(&mut c, f, 3, seg4(1000, &data(1000, 1), false)));
         assert!(
-            !c.push(4, &seg4(2000, &data(1000, 2), false)),
+            !push(&mut c, f, 3, seg4(3000, &data(1000, 2), false)),
+            "a gap"
+        );
+        assert!(
+            !push(&mut c, f, 4, seg4(2000, &data(1000, 2), false)),
             "another port"
         );
         let mut other = seg4(2000, &data(1000, 2), false);
         other[14 + 20 + 1] ^= 1; // source port
-        assert!(!c.push(3, &other), "another connection");
+        assert!(!push(&mut c, f, 3, other), "another connection");
         let mut ack = seg4(2000, &data(1000, 2), false);
         ack[14 + 20 + 11] ^= 1; // acknowledgement number
-        assert!(!c.push(3, &ack), "another acknowledgement");
+        assert!(!push(&mut c, f, 3, ack), "another acknowledgement");
         assert!(
-            !c.push(3, &seg4(2000, &data(1200, 2), false)),
+            !push(&mut c, f, 3, seg4(2000, &data(1200, 2), false)),
             "longer than the first"
         );
-        let (_, frame, meta) = c.take().unwrap();
+        let (_, frame, meta) = take(&mut c, f).unwrap();
         assert_eq!(meta, RxMeta::default(), "a run of one goes as it came");
-        assert_eq!(frame, seg4(1000, &data(1000, 1), false).as_slice());
+        assert_eq!(frame, seg4(1000, &data(1000, 1), false));
     }
 
     #[test]
@@ -385,11 +483,11 @@ mod tests {
             v
         };
         let mut c = Coalescer::default();
-        assert!(c.push(1, &mk(7, &data(1200, 1))));
-        assert!(c.push(1, &mk(1207, &data(1200, 2))));
-        let (_, frame, meta) = c.take().unwrap();
+        let f = &mut Vec::new();
+        assert!(push(&mut c, f, 1, mk(7, &data(1200, 1))));
+        assert!(push(&mut c, f, 1, mk(1207, &data(1200, 2))));
+        let (_, mut frame, meta) = take(&mut c, f).unwrap();
         assert_eq!(meta.vnet.gso_type, 4);
-        let mut frame = frame.to_vec();
         complete_and_check(&mut frame, &meta);
         // a SYN, UDP, a bare ACK: never merged
         let mut syn = Vec::new();
@@ -399,15 +497,15 @@ mod tests {
             .syn()
             .write(&mut syn, b"")
             .unwrap();
-        assert!(!c.push(1, &syn));
+        assert!(!push(&mut c, f, 1, syn));
         let mut udp = Vec::new();
         PacketBuilder::ethernet2([2; 6], [4; 6])
             .ipv4([1; 4], [2; 4], 64)
             .udp(1, 2)
             .write(&mut udp, &data(1000, 0))
             .unwrap();
-        assert!(!c.push(1, &udp));
-        assert!(!c.push(1, &seg4(5, b"", false)));
+        assert!(!push(&mut c, f, 1, udp));
+        assert!(!push(&mut c, f, 1, seg4(5, b"", false)));
         assert!(c.take().is_none());
     }
 }

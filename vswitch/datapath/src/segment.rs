@@ -33,15 +33,19 @@
 //! # Why this shape
 //!
 //! This runs on the packet path for all cross-node traffic, so it never
-//! allocates (beyond growing the caller's reusable `out`/`lens`), copies each
-//! payload byte exactly once, and sums checksums 8 bytes at a time into a
-//! `u64` with end-around carry (which is equivalent to the RFC 1071 16-bit
-//! ones' complement sum, since 2^64 - 1 is a multiple of 2^16 - 1).
+//! allocates (beyond growing the caller's reusable `out`/`frames`), and sums
+//! checksums 8 bytes at a time into a `u64` with end-around carry (which is
+//! equivalent to the RFC 1071 16-bit ones' complement sum, since 2^64 - 1 is
+//! a multiple of 2^16 - 1). A GSO segment's payload is not copied at all: a
+//! produced [`WireFrame`] is its rewritten headers (in `out`) followed by a
+//! range of the pod's frame, and the caller hands both pieces to the kernel
+//! in one `sendmsg`, which makes the only copy. Fragments and frames that
+//! fit are copied once, into `out`.
 //!
 //! The input is never trusted: header lengths are taken from the packet
 //! itself (virtio's `hdr_len` is only a hint and is ignored), every offset is
 //! bounds checked, and garbage yields [`SegError::Malformed`], never a panic.
-//! On error nothing is left behind in `out`/`lens`.
+//! On error nothing is left behind in `out`/`frames`.
 //!
 //! # What is not handled
 //!
@@ -97,34 +101,61 @@ pub enum SegError {
     Unsupported,
 }
 
+/// One frame made for the wire: its first `own` bytes are the next ones in
+/// `out` (following the previous frame's), the rest is `tail_len` bytes of
+/// the pod's frame from `tail_at`, not copied (a GSO segment's payload;
+/// empty for a copied frame or a fragment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WireFrame {
+    pub own: usize,
+    pub tail_at: usize,
+    pub tail_len: usize,
+}
+
+impl WireFrame {
+    fn copied(own: usize) -> WireFrame {
+        WireFrame {
+            own,
+            tail_at: 0,
+            tail_len: 0,
+        }
+    }
+
+    /// The frame's length on the wire.
+    pub fn len(&self) -> usize {
+        self.own + self.tail_len
+    }
+}
+
 /// Turns one frame as a pod sent it (with its virtio-net header) into frames
-/// fit for the wire: appends them to `out` back to back and pushes each one's
-/// length to `lens`. `mtu` is the inner IP MTU of the overlay; every produced
-/// frame is at most `14 + mtu` bytes.
+/// fit for the wire: appends their own bytes to `out` back to back and
+/// pushes each one's shape to `frames` (see [`WireFrame`]: a segment's
+/// payload stays in `frame`). `mtu` is the inner IP MTU of the overlay;
+/// every produced frame is at most `14 + mtu` bytes.
 ///
-/// On error, `out` and `lens` are left as they were.
+/// On error, `out` and `frames` are left as they were.
 pub fn for_wire(
     frame: &[u8],
     vnet: &VnetHdr,
     mtu: usize,
     out: &mut Vec<u8>,
-    lens: &mut Vec<usize>,
+    frames: &mut Vec<WireFrame>,
 ) -> Result<(), SegError> {
-    let (out_mark, lens_mark) = (out.len(), lens.len());
+    let (out_mark, frames_mark) = (out.len(), frames.len());
     let result = match vnet.gso_type & !VIRTIO_NET_HDR_GSO_ECN {
-        VIRTIO_NET_HDR_GSO_NONE => single(frame, vnet, mtu, out, lens),
-        VIRTIO_NET_HDR_GSO_TCPV4 => gso(frame, vnet, mtu, Family::V4, L4::Tcp, out, lens),
-        VIRTIO_NET_HDR_GSO_TCPV6 => gso(frame, vnet, mtu, Family::V6, L4::Tcp, out, lens),
+        VIRTIO_NET_HDR_GSO_NONE => single(frame, vnet, mtu, out, frames),
+        VIRTIO_NET_HDR_GSO_TCPV4 => gso(frame, vnet, mtu, Family::V4, L4::Tcp, out, frames),
+        VIRTIO_NET_HDR_GSO_TCPV6 => gso(frame, vnet, mtu, Family::V6, L4::Tcp, out, frames),
         VIRTIO_NET_HDR_GSO_UDP_L4 => match ethertype(frame)? {
-            ETHERTYPE_IPV4 => gso(frame, vnet, mtu, Family::V4, L4::Udp, out, lens),
-            ETHERTYPE_IPV6 => gso(frame, vnet, mtu, Family::V6, L4::Udp, out, lens),
+            ETHERTYPE_IPV4 => gso(frame, vnet, mtu, Family::V4, L4::Udp, out, frames),
+            ETHERTYPE_IPV6 => gso(frame, vnet, mtu, Family::V6, L4::Udp, out, frames),
             _ => Err(SegError::Unsupported),
         },
         _ => Err(SegError::Unsupported),
     };
     if result.is_err() {
         out.truncate(out_mark);
-        lens.truncate(lens_mark);
+        frames.truncate(frames_mark);
     }
     result
 }
@@ -238,13 +269,13 @@ impl Patch {
 }
 
 /// Appends `frame` unchanged (but patched).
-fn emit_copy(frame: &[u8], patch: Option<Patch>, out: &mut Vec<u8>, lens: &mut Vec<usize>) {
+fn emit_copy(frame: &[u8], patch: Option<Patch>, out: &mut Vec<u8>, frames: &mut Vec<WireFrame>) {
     let start = out.len();
     out.extend_from_slice(frame);
     if let Some(p) = patch {
         p.apply(&mut out[start..], 0);
     }
-    lens.push(frame.len());
+    frames.push(WireFrame::copied(frame.len()));
 }
 
 // ---------------------------------------------------------------------------
@@ -256,7 +287,7 @@ fn single(
     vnet: &VnetHdr,
     mtu: usize,
     out: &mut Vec<u8>,
-    lens: &mut Vec<usize>,
+    frames: &mut Vec<WireFrame>,
 ) -> Result<(), SegError> {
     let ethertype = ethertype(frame)?;
     let patch = if vnet.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {
@@ -266,19 +297,19 @@ fn single(
     };
 
     if frame.len() - ETH_HLEN <= mtu {
-        emit_copy(frame, patch, out, lens);
+        emit_copy(frame, patch, out, frames);
         return Ok(());
     }
 
     match ethertype {
-        ETHERTYPE_IPV4 => fragment_ipv4(frame, mtu, patch, out, lens),
+        ETHERTYPE_IPV4 => fragment_ipv4(frame, mtu, patch, out, frames),
         ETHERTYPE_IPV6 => {
             // Only Ethernet padding might make it too big; never fragment.
             let end = parse_ipv6(frame)?;
             if end - ETH_HLEN > mtu {
                 return Err(SegError::TooBig { mtu });
             }
-            emit_copy(&frame[..end], patch, out, lens);
+            emit_copy(&frame[..end], patch, out, frames);
             Ok(())
         }
         _ => Err(SegError::TooBig { mtu }),
@@ -354,12 +385,12 @@ fn fragment_ipv4(
     mtu: usize,
     patch: Option<Patch>,
     out: &mut Vec<u8>,
-    lens: &mut Vec<usize>,
+    frames: &mut Vec<WireFrame>,
 ) -> Result<(), SegError> {
     let (ihl, end) = parse_ipv4(frame)?;
     if end - ETH_HLEN <= mtu {
         // It only looked too big because of trailing padding.
-        emit_copy(&frame[..end], patch, out, lens);
+        emit_copy(&frame[..end], patch, out, frames);
         return Ok(());
     }
     let frag = get16(frame, ETH_HLEN + ipv4::FLG_OFF.start);
@@ -426,7 +457,7 @@ fn fragment_ipv4(
         put16(ip, ipv4::CHECKSUM.start, 0);
         let csum = ipv4_header_checksum(ip);
         put16(ip, ipv4::CHECKSUM.start, csum);
-        lens.push(ETH_HLEN + hlen + take);
+        frames.push(WireFrame::copied(ETH_HLEN + hlen + take));
 
         rel += take;
         if last {
@@ -446,7 +477,7 @@ fn gso(
     family: Family,
     l4: L4,
     out: &mut Vec<u8>,
-    lens: &mut Vec<usize>,
+    frames: &mut Vec<WireFrame>,
 ) -> Result<(), SegError> {
     let ethertype = ethertype(frame)?;
     // Locate the transport header and the end of the IP packet, and the
@@ -527,7 +558,7 @@ fn gso(
         L4::Udp => (0, 0),
     };
     let count = payload.len().div_ceil(mss).max(1);
-    out.reserve(count * hdr_end + payload.len());
+    out.reserve(count * hdr_end);
 
     // `chunks` yields nothing for an empty payload; still send the headers.
     let empty: &[u8] = &[];
@@ -537,10 +568,11 @@ fn gso(
         let offset = i * mss;
         let last = i + 1 == count;
         let start = out.len();
+        // The segment's headers are copied and rewritten; its payload
+        // stays where it is (`chunk`, in the pod's frame).
         out.extend_from_slice(headers);
-        out.extend_from_slice(chunk);
         let seg = &mut out[start..];
-        let seg_len = seg.len();
+        let seg_len = hdr_end + chunk.len();
 
         match family {
             Family::V4 => {
@@ -577,12 +609,19 @@ fn gso(
         }
         let at = l4.csum_offset();
         put16(th, at, 0);
-        let mut csum = !fold(checksum::add(pseudo + l4_len as u64, th));
+        // The transport header's length is even (a multiple of 4, or 8),
+        // so the payload's sum may be added on.
+        let sum = checksum::add(checksum::add(pseudo + l4_len as u64, th), chunk);
+        let mut csum = !fold(sum);
         if csum == 0 && l4 == L4::Udp {
             csum = 0xffff;
         }
         put16(th, at, csum);
-        lens.push(seg_len);
+        frames.push(WireFrame {
+            own: hdr_end,
+            tail_at: hdr_end + offset,
+            tail_len: chunk.len(),
+        });
     }
     Ok(())
 }
@@ -768,17 +807,25 @@ mod tests {
 
     fn run(b: &Built, mtu: usize) -> Result<Vec<Vec<u8>>, SegError> {
         let mut out = Vec::new();
-        let mut lens = Vec::new();
-        for_wire(&b.frame, &b.vnet, mtu, &mut out, &mut lens)?;
-        assert_eq!(lens.iter().sum::<usize>(), out.len());
+        let mut shapes = Vec::new();
+        for_wire(&b.frame, &b.vnet, mtu, &mut out, &mut shapes)?;
+        Ok(joined(&b.frame, &out, &shapes, mtu))
+    }
+
+    /// The frames `for_wire` made, each its own bytes then its tail.
+    fn joined(frame: &[u8], out: &[u8], shapes: &[WireFrame], mtu: usize) -> Vec<Vec<u8>> {
+        assert_eq!(shapes.iter().map(|w| w.own).sum::<usize>(), out.len());
         let mut frames = Vec::new();
         let mut at = 0;
-        for l in lens {
+        for w in shapes {
+            let l = w.len();
             assert!(l <= ETH_HLEN + mtu, "frame of {l} bytes exceeds mtu {mtu}");
-            frames.push(out[at..at + l].to_vec());
-            at += l;
+            let mut f = out[at..at + w.own].to_vec();
+            f.extend_from_slice(&frame[w.tail_at..w.tail_at + w.tail_len]);
+            frames.push(f);
+            at += w.own;
         }
-        Ok(frames)
+        frames
     }
 
     // --- Verifiers (etherparse only) -----------------------------------------
@@ -957,6 +1004,30 @@ mod tests {
         let frames = run(&b, 1500).unwrap();
         assert!(frames.iter().all(|f| f.len() == 1514));
         check_tcp_segments(&b, &frames, 1448, ACK, true);
+    }
+
+    #[test]
+    fn gso_payloads_are_not_copied() {
+        // TCP (v4, with IP options) and UDP: each segment's own bytes are its
+        // headers only; its payload is the frame's, in order.
+        let cases = [
+            (
+                tcp4_frame(pattern(5000, 30), ACK, 1000, &[1, 1, 1, 1], true),
+                14 + 24 + 32,
+            ),
+            (udp6_frame(pattern(3000, 31), 1000), 14 + 40 + 8),
+        ];
+        for (b, hdr_end) in cases {
+            let (mut out, mut shapes) = (Vec::new(), Vec::new());
+            for_wire(&b.frame, &b.vnet, 1500, &mut out, &mut shapes).unwrap();
+            assert_eq!(out.len(), shapes.len() * hdr_end);
+            let mut next = hdr_end;
+            for w in &shapes {
+                assert_eq!((w.own, w.tail_at), (hdr_end, next));
+                next += w.tail_len;
+            }
+            assert_eq!(next, b.frame.len(), "every payload byte, once");
+        }
     }
 
     #[test]
@@ -1202,10 +1273,14 @@ mod tests {
     fn ipv4_with_df_too_big() {
         let b = tcp4_frame(pattern(3000, 19), ACK, 0, &[], true);
         let mut out = vec![0xaa; 3];
-        let mut lens = vec![3];
-        let r = for_wire(&b.frame, &b.vnet, 1500, &mut out, &mut lens);
+        let mut shapes = vec![WireFrame::copied(3)];
+        let r = for_wire(&b.frame, &b.vnet, 1500, &mut out, &mut shapes);
         assert_eq!(r, Err(SegError::TooBig { mtu: 1500 }));
-        assert_eq!((out, lens), (vec![0xaa; 3], vec![3]), "outputs untouched");
+        assert_eq!(
+            (out, shapes),
+            (vec![0xaa; 3], vec![WireFrame::copied(3)]),
+            "outputs untouched"
+        );
     }
 
     #[test]
@@ -1228,14 +1303,16 @@ mod tests {
         let b = udp4_frame(pattern(200, 22), 0, 0);
         let vnet = VnetHdr::default();
         let mut out = vec![1, 2];
-        let mut lens = vec![2];
-        for_wire(&b.frame, &vnet, 1500, &mut out, &mut lens).unwrap();
+        let mut shapes = vec![WireFrame::copied(2)];
+        for_wire(&b.frame, &vnet, 1500, &mut out, &mut shapes).unwrap();
         // ARP request, with Ethernet padding.
         let mut arp = eth(0x0806);
         arp.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
         arp.resize(60, 0);
-        for_wire(&arp, &vnet, 1500, &mut out, &mut lens).unwrap();
+        for_wire(&arp, &vnet, 1500, &mut out, &mut shapes).unwrap();
+        let lens: Vec<usize> = shapes.iter().map(|w| w.own).collect();
         assert_eq!(lens, [2, b.frame.len(), 60]);
+        assert!(shapes.iter().all(|w| w.tail_len == 0), "copied whole");
         assert_eq!(&out[2..2 + b.frame.len()], &b.frame[..]);
         assert_eq!(&out[2 + b.frame.len()..], &arp[..]);
     }
@@ -1318,7 +1395,7 @@ mod tests {
             udp4_frame(pattern(3000, 26), 0, 0),
         ];
         let mut out = Vec::new();
-        let mut lens = Vec::new();
+        let mut shapes = Vec::new();
         let mut oks = 0;
         for iter in 0..30_000 {
             let r = rng.next();
@@ -1355,13 +1432,14 @@ mod tests {
             }
             let mtu = [1500, 1450, 576, 68, 20, 9000][(r2 >> 32) as usize % 6];
             out.clear();
-            lens.clear();
-            if for_wire(&frame, &vnet, mtu, &mut out, &mut lens).is_ok() {
+            shapes.clear();
+            if for_wire(&frame, &vnet, mtu, &mut out, &mut shapes).is_ok() {
                 oks += 1;
-                assert_eq!(lens.iter().sum::<usize>(), out.len());
-                assert!(lens.iter().all(|&l| l <= ETH_HLEN + mtu));
+                // every tail lies inside the frame; joined() checks the rest
+                assert!(shapes.iter().all(|w| w.tail_at + w.tail_len <= frame.len()));
+                joined(&frame, &out, &shapes, mtu);
             } else {
-                assert!(out.is_empty() && lens.is_empty());
+                assert!(out.is_empty() && shapes.is_empty());
             }
         }
         // The fuzzer must actually reach the success paths too.

@@ -18,6 +18,15 @@ pub trait Port: Send {
     /// Sends one frame. `Ok(false)`: it would block; the caller keeps the
     /// frame and waits until the port is writable.
     fn send(&mut self, frame: &[u8], meta: &RxMeta) -> io::Result<bool>;
+    /// Sends one frame given as pieces, in order (a merged run: headers,
+    /// then payloads where they lie). Ports that can write pieces as they
+    /// are (a TAP's `writev`) do; the others get them joined.
+    fn send_pieces(&mut self, pieces: &[&[u8]], meta: &RxMeta) -> io::Result<bool> {
+        match pieces {
+            [one] => self.send(one, meta),
+            _ => self.send(&pieces.concat(), meta),
+        }
+    }
     /// The file descriptor to poll, for ports that have one.
     fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
         None

@@ -7,7 +7,10 @@
 //!   node's VXLAN port. A frame sent to it goes out as one or more VXLAN
 //!   datagrams: a pod's segmentation-offload frame is cut into packets that
 //!   fit the overlay and partial checksums are completed first
-//!   ([`crate::segment`]), since the far end's pods get plain frames.
+//!   ([`crate::segment`]), since the far end's pods get plain frames. A
+//!   segment's payload is not copied: each datagram goes to the kernel as
+//!   three pieces, the VXLAN header, the segment's rewritten headers and its
+//!   payload where it lies in the pod's frame.
 //!
 //! Both use the kernel's UDP offloads where it has them: a tunnel port
 //! hands the datagrams of one offload frame to the kernel in one `sendmsg`
@@ -32,7 +35,7 @@ use nix::sys::socket::{
 
 use super::port::{Port, RxMeta};
 use crate::overlay;
-use crate::segment::{self, SegError};
+use crate::segment::{self, SegError, WireFrame};
 
 pub struct OverlaySocket {
     sock: UdpSocket,
@@ -149,9 +152,10 @@ pub struct TunnelPort {
     sock: UdpSocket,
     header: [u8; overlay::HLEN],
     mtu: usize,
-    /// Segments of the frame being sent, back to back, and their lengths.
-    segments: Vec<u8>,
-    lens: Vec<usize>,
+    /// The frame being sent, cut for the wire: each piece's own bytes
+    /// (headers, or a whole copied frame) back to back, and their shapes.
+    own: Vec<u8>,
+    shapes: Vec<WireFrame>,
     /// Whether the kernel takes `UDP_SEGMENT` (until it refuses once).
     gso: bool,
     pub drops: TunnelDrops,
@@ -178,8 +182,8 @@ impl TunnelPort {
             sock,
             header: overlay::header(vni),
             mtu,
-            segments: Vec::with_capacity(65_536 + 4096),
-            lens: Vec::with_capacity(64),
+            own: Vec::with_capacity(65_536 + 4096),
+            shapes: Vec::with_capacity(64),
             gso: true,
             drops: TunnelDrops::default(),
         })
@@ -187,19 +191,27 @@ impl TunnelPort {
 
     /// Sends equal-sized frames (the last may be shorter; at most
     /// [`GSO_MAX_SEGMENTS`]) as VXLAN datagrams in one system call, each
-    /// datagram as two pieces of the message, the VXLAN header and the
-    /// frame where it lies (nothing is copied before the kernel does).
-    /// `None`: the kernel refused the offload (the caller sends them one by
-    /// one).
-    fn send_batch(&mut self, frames: &[u8], size: usize) -> Option<io::Result<bool>> {
-        debug_assert!(frames.len().div_ceil(size) <= GSO_MAX_SEGMENTS);
-        let mut iov: [IoSlice; 2 * GSO_MAX_SEGMENTS] = std::array::from_fn(|_| IoSlice::new(&[]));
-        let mut pieces = 0;
-        for (pair, f) in iov.chunks_mut(2).zip(frames.chunks(size)) {
-            pair[0] = IoSlice::new(&self.header);
-            pair[1] = IoSlice::new(f);
-            pieces += 2;
+    /// datagram as three pieces of the message: the VXLAN header, the
+    /// frame's own bytes at `own[at..]` and its tail in `frame` (nothing is
+    /// copied before the kernel does). `None`: the kernel refused the
+    /// offload (the caller sends them one by one).
+    fn send_batch(
+        &mut self,
+        frame: &[u8],
+        own: &[u8],
+        shapes: &[WireFrame],
+        size: usize,
+    ) -> Option<io::Result<bool>> {
+        debug_assert!(shapes.len() <= GSO_MAX_SEGMENTS);
+        let mut iov: [IoSlice; 3 * GSO_MAX_SEGMENTS] = std::array::from_fn(|_| IoSlice::new(&[]));
+        let mut at = 0;
+        for (three, w) in iov.chunks_mut(3).zip(shapes) {
+            three[0] = IoSlice::new(&self.header);
+            three[1] = IoSlice::new(&own[at..at + w.own]);
+            three[2] = IoSlice::new(&frame[w.tail_at..w.tail_at + w.tail_len]);
+            at += w.own;
         }
+        let pieces = 3 * shapes.len();
         let seg = (overlay::HLEN + size) as u16;
         let r = sendmsg::<SockaddrStorage>(
             self.sock.as_raw_fd(),
@@ -226,12 +238,16 @@ impl TunnelPort {
         }
     }
 
-    /// Sends one datagram (header and frame as two pieces). `Ok(false)`:
-    /// the socket's buffer is full.
-    fn send_one(&mut self, frame: &[u8]) -> io::Result<bool> {
+    /// Sends one datagram (the header, the frame's own bytes and its tail
+    /// as three pieces). `Ok(false)`: the socket's buffer is full.
+    fn send_one(&mut self, own: &[u8], tail: &[u8]) -> io::Result<bool> {
         match sendmsg::<SockaddrStorage>(
             self.sock.as_raw_fd(),
-            &[IoSlice::new(&self.header), IoSlice::new(frame)],
+            &[
+                IoSlice::new(&self.header),
+                IoSlice::new(own),
+                IoSlice::new(tail),
+            ],
             &[],
             MsgFlags::MSG_DONTWAIT,
             None,
@@ -260,29 +276,34 @@ impl Port for TunnelPort {
     fn send(&mut self, frame: &[u8], meta: &RxMeta) -> io::Result<bool> {
         let plain = meta.vnet.flags & 1 == 0 && !meta.is_gso();
         if plain && frame.len() <= 14 + self.mtu {
-            return self.send_one(frame);
+            return self.send_one(frame, &[]);
         }
-        let (mut segments, mut lens) = (
-            std::mem::take(&mut self.segments),
-            std::mem::take(&mut self.lens),
+        let (mut own, mut shapes) = (
+            std::mem::take(&mut self.own),
+            std::mem::take(&mut self.shapes),
         );
-        segments.clear();
-        lens.clear();
-        let r = match segment::for_wire(frame, &meta.vnet, self.mtu, &mut segments, &mut lens) {
+        own.clear();
+        shapes.clear();
+        let r = match segment::for_wire(frame, &meta.vnet, self.mtu, &mut own, &mut shapes) {
             Ok(()) => 'sent: {
                 // Equal segments (an offload frame cut up): in batches.
-                let size = lens[0];
+                let size = shapes[0].len();
+                let n = shapes.len();
                 if self.gso
-                    && lens.len() > 1
-                    && lens[..lens.len() - 1].iter().all(|n| *n == size)
-                    && lens[lens.len() - 1] <= size
+                    && n > 1
+                    && shapes[..n - 1].iter().all(|w| w.len() == size)
+                    && shapes[n - 1].len() <= size
                 {
                     let per = GSO_MAX_SEGMENTS
                         .min(GSO_MAX_BYTES / (overlay::HLEN + size))
                         .max(1);
                     let mut result = Ok(true);
-                    for (i, chunk) in segments.chunks(per * size).enumerate() {
-                        match self.send_batch(chunk, size) {
+                    let mut at = 0;
+                    for (i, batch) in shapes.chunks(per).enumerate() {
+                        let own_len: usize = batch.iter().map(|w| w.own).sum();
+                        let sent = self.send_batch(frame, &own[at..at + own_len], batch, size);
+                        at += own_len;
+                        match sent {
                             Some(Ok(true)) => {}
                             Some(Ok(false)) if i == 0 => {
                                 result = Ok(false);
@@ -306,8 +327,9 @@ impl Port for TunnelPort {
                 }
                 let mut at = 0;
                 let mut result = Ok(true);
-                for (i, n) in lens.iter().enumerate() {
-                    match self.send_one(&segments[at..at + n]) {
+                for (i, w) in shapes.iter().enumerate() {
+                    let tail = &frame[w.tail_at..w.tail_at + w.tail_len];
+                    match self.send_one(&own[at..at + w.own], tail) {
                         Ok(true) => {}
                         // Only the first segment may wait (the caller
                         // retries the whole frame); later ones are lost,
@@ -325,7 +347,7 @@ impl Port for TunnelPort {
                             break;
                         }
                     }
-                    at += n;
+                    at += w.own;
                 }
                 result
             }
@@ -337,8 +359,8 @@ impl Port for TunnelPort {
                 Ok(true)
             }
         };
-        self.segments = segments;
-        self.lens = lens;
+        self.own = own;
+        self.shapes = shapes;
         r
     }
 

@@ -20,7 +20,7 @@ use policy::Snapshot;
 
 use super::budget::Budget;
 use super::port::{Port, RxMeta};
-use crate::coalesce::Coalescer;
+use crate::coalesce::{self, Coalescer};
 use crate::counters::{Outcome, TxDrops};
 use crate::wire::vnet::VIRTIO_NET_HDR_F_NEEDS_CSUM;
 use crate::{Action, Datapath, Offload, PortId, PortKind, overlay};
@@ -56,15 +56,18 @@ struct Pending {
 }
 
 impl Pending {
-    /// Queues a copy of `frame` if the bound allows, in a buffer from
-    /// `spare`; otherwise drops it and counts it.
-    fn push(&mut self, spare: &mut Spare, frame: &[u8], meta: RxMeta) {
-        if self.frames.len() >= PENDING_FRAMES || self.bytes + frame.len() > PENDING_BYTES {
+    /// Queues a copy of the frame (its pieces joined) if the bound allows,
+    /// in a buffer from `spare`; otherwise drops it and counts it.
+    fn push(&mut self, spare: &mut Spare, pieces: &[&[u8]], meta: RxMeta) {
+        let len: usize = pieces.iter().map(|p| p.len()).sum();
+        if self.frames.len() >= PENDING_FRAMES || self.bytes + len > PENDING_BYTES {
             self.drops.tx_queue_full += 1;
             return;
         }
         let mut b = spare.take();
-        b.extend_from_slice(frame);
+        for piece in pieces {
+            b.extend_from_slice(piece);
+        }
         self.bytes += b.len();
         self.frames.push_back((b, meta));
     }
@@ -373,18 +376,20 @@ impl Worker {
                     // else is sent).
                     let frame = &self.bufs[k][start..n];
                     if let Action::Forward(out) = action
-                        && self.merge.push(out, frame)
+                        && self.merge.push(out, k, frame)
                     {
                         continue;
                     }
                     Self::flush_merged(
                         &mut self.merge,
+                        &self.bufs,
+                        start,
                         &mut self.ports,
                         &mut self.pending,
                         &mut self.spare,
                     );
                     if let Action::Forward(out) = action
-                        && self.merge.push(out, frame)
+                        && self.merge.push(out, k, frame)
                     {
                         continue;
                     }
@@ -409,8 +414,11 @@ impl Worker {
                     Action::Drop(_) => {}
                 }
             }
+            // before the next batch overwrites the frames a run points into
             Self::flush_merged(
                 &mut self.merge,
+                &self.bufs,
+                start,
                 &mut self.ports,
                 &mut self.pending,
                 &mut self.spare,
@@ -442,15 +450,28 @@ impl Worker {
         self.budgets.iter().filter_map(Budget::resumes_at).min()
     }
 
+    /// Sends the merged run, if there is one: its headers, then its
+    /// segments' payloads where they lie in this batch's buffers (`start`:
+    /// where the frames begin in them).
     fn flush_merged(
         merge: &mut Coalescer,
+        bufs: &[Vec<u8>],
+        start: usize,
         ports: &mut [Option<Box<dyn Port>>],
         pending: &mut [Pending],
         spare: &mut Spare,
     ) {
-        if let Some((out, frame, meta)) = merge.take() {
-            Self::send(ports, pending, spare, out as usize, frame, meta);
+        let Some(run) = merge.take() else {
+            return;
+        };
+        let mut pieces: [&[u8]; 1 + coalesce::MAX_SEGMENTS] = [&[]; 1 + coalesce::MAX_SEGMENTS];
+        pieces[0] = run.head;
+        for (slot, p) in pieces[1..].iter_mut().zip(run.payloads) {
+            let at = start + p.at;
+            *slot = &bufs[p.src][at..at + p.len];
         }
+        let pieces = &pieces[..1 + run.payloads.len()];
+        Self::send_pieces(ports, pending, spare, run.out as usize, pieces, run.meta);
     }
 
     /// Sends now, or copies the frame behind what already waits (order is
@@ -465,12 +486,24 @@ impl Worker {
         frame: &[u8],
         meta: RxMeta,
     ) {
+        Self::send_pieces(ports, pending, spare, id, &[frame], meta);
+    }
+
+    /// [`Worker::send`] of a frame given as pieces, in order.
+    fn send_pieces(
+        ports: &mut [Option<Box<dyn Port>>],
+        pending: &mut [Pending],
+        spare: &mut Spare,
+        id: usize,
+        pieces: &[&[u8]],
+        meta: RxMeta,
+    ) {
         let Some(port) = ports.get_mut(id).and_then(Option::as_mut) else {
             return;
         };
         let p = &mut pending[id];
         if p.frames.is_empty() {
-            match port.send(frame, &meta) {
+            match port.send_pieces(pieces, &meta) {
                 Ok(true) => return,
                 Ok(false) => {}
                 Err(_) => {
@@ -479,7 +512,7 @@ impl Worker {
                 }
             }
         }
-        p.push(spare, frame, meta);
+        p.push(spare, pieces, meta);
     }
 
     /// Sends what waits for a port, oldest first, until it would block.
