@@ -90,6 +90,46 @@ fn scenario_run_reports_each_file_and_the_totals() {
     assert_eq!(out.lines().last(), Some("1 passed, 3 failed"), "{out}");
 }
 
+/// Files run at once report exactly what files run one by one report, in
+/// the files' order (one failing file among them).
+#[test]
+fn scenario_run_with_jobs_prints_the_same_reports_in_order() {
+    let wrong = temp_file(
+        "wrong-jobs.yaml",
+        "name: wrong\nsteps:\n  - expect:\n      - probe: {port: 80, protocol: TCP}\n        default: allow\n        except: [\"x/a -> y/b\"]\n",
+    );
+    let run = |jobs: &str| {
+        vswitchctl(&[
+            "scenario",
+            "run",
+            "--mode",
+            "dataplane",
+            "--jobs",
+            jobs,
+            "tests/netpol",
+            wrong.to_str().unwrap(),
+        ])
+    };
+    let (one, many) = (run("1"), run("4"));
+    assert_eq!(one.0, 1, "{}", one.1);
+    assert_eq!(many, one);
+    // the folder's files in name order, then the file given after it
+    let files: Vec<&str> = many
+        .1
+        .lines()
+        .filter(|l| l.starts_with("PASS ") || l.starts_with("FAIL "))
+        .filter_map(|l| l.split([' ', ':']).nth(1))
+        .collect();
+    let (last, folder) = files.split_last().unwrap();
+    assert_eq!(*last, wrong.to_str().unwrap(), "{}", many.1);
+    assert!(folder.len() > 40, "{}", many.1);
+    assert!(
+        folder.is_sorted(),
+        "reports in the files' order:\n{}",
+        many.1
+    );
+}
+
 #[test]
 fn scenario_run_exits_zero_when_all_pass() {
     let (code, out, _) = vswitchctl(&[

@@ -112,6 +112,12 @@ enum ScenarioCommand {
         /// Services itself).
         #[arg(long, value_enum, default_value_t = ServiceProxy::Switch)]
         service_proxy: ServiceProxy,
+        /// How many files run at once (default: 6 in netns mode, where a
+        /// run mostly waits for denied probes to time out, each file with
+        /// its own namespaces and switch; 1 otherwise). Reports are
+        /// printed in the files' order either way.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+        jobs: Option<u16>,
     },
 }
 
@@ -156,14 +162,19 @@ fn main() -> ExitCode {
                     nodes,
                     via,
                     service_proxy,
+                    jobs,
                 },
-        } => scenario_run(
-            mode,
-            &files,
-            nodes as usize,
-            via == Some(Via::Service),
-            service_proxy,
-        ),
+        } => {
+            let jobs = jobs.map_or(if mode == Mode::Netns { 6 } else { 1 }, usize::from);
+            scenario_run(
+                mode,
+                &files,
+                nodes as usize,
+                via == Some(Via::Service),
+                service_proxy,
+                jobs,
+            )
+        }
         Command::Policy {
             command:
                 PolicyCommand::Simulate {
@@ -223,24 +234,51 @@ fn live(daemon: &Daemon, req: Request) -> ExitCode {
     }
 }
 
+/// Runs the files, `jobs` at once, and prints each report in the files'
+/// order as soon as it and those before it are done.
 fn scenario_run(
     mode: Mode,
     args: &[PathBuf],
     nodes: usize,
     via_service: bool,
     proxy: ServiceProxy,
+    jobs: usize,
 ) -> ExitCode {
     let files = scenario::expand_paths(args);
     let (mut passed, mut failed) = (0, 0);
-    for f in &files {
-        let report = scenario::run_file_via(f, mode, nodes, via_service, proxy);
-        out!("{}", report.render(&f.display().to_string()));
-        if report.passed() {
-            passed += 1;
-        } else {
-            failed += 1;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let (done, reports) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        for _ in 0..jobs.clamp(1, files.len().max(1)) {
+            let done = done.clone();
+            let (files, next) = (&files, &next);
+            s.spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(f) = files.get(i) else { break };
+                    let report = scenario::run_file_via(f, mode, nodes, via_service, proxy);
+                    if done.send((i, report)).is_err() {
+                        break;
+                    }
+                }
+            });
         }
-    }
+        drop(done);
+        let mut waiting = std::collections::BTreeMap::new();
+        let mut printed = 0;
+        for (i, report) in reports {
+            waiting.insert(i, report);
+            while let Some(report) = waiting.remove(&printed) {
+                out!("{}", report.render(&files[printed].display().to_string()));
+                if report.passed() {
+                    passed += 1;
+                } else {
+                    failed += 1;
+                }
+                printed += 1;
+            }
+        }
+    });
     out!("{passed} passed, {failed} failed\n");
     if failed > 0 || files.is_empty() {
         ExitCode::FAILURE
