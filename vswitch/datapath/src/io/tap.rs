@@ -135,6 +135,9 @@ impl Port for TapPort {
     /// The virtio-net header and the pieces in one `writev`: a merged run
     /// is copied once, by the kernel.
     fn send_pieces(&mut self, pieces: &[&[u8]], meta: &RxMeta) -> io::Result<bool> {
+        if let [one] = pieces {
+            return self.send(one, meta);
+        }
         if !self.vnet_hdr || pieces.len() > MAX_PIECES {
             return self.send(&pieces.concat(), meta);
         }
