@@ -13,8 +13,9 @@ use ipnet::IpNet;
 use kit::{GW, PodExt, Rig, attach_pod, ips, pod};
 use policy::Cluster;
 use vswitch_datapath::counters::Outcome;
-use vswitch_datapath::io::port::{Port, RxMeta, VnetHdr};
+use vswitch_datapath::io::port::{MemPort, Port, RxMeta, VnetHdr};
 use vswitch_datapath::io::udp::{OverlaySocket, TunnelPort};
+use vswitch_datapath::io::worker::{PolicyHandle, Worker};
 use vswitch_datapath::overlay::{self, HLEN};
 use vswitch_datapath::parse::Mac;
 use vswitch_datapath::wire::checksum;
@@ -378,6 +379,51 @@ fn tunnel_ports_cut_offload_frames_into_vxlan_datagrams() {
     }
     assert_eq!(got.len(), 10_000usize.div_ceil(1360));
     assert_eq!(got.concat(), payload, "the payload, in order");
+}
+
+/// An in-memory port whose datagrams come from `peer`, as the overlay
+/// socket's do.
+struct FromPeer(MemPort, IpAddr);
+
+impl Port for FromPeer {
+    fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<Option<(usize, RxMeta)>> {
+        Ok(self.0.recv(buf)?.map(|(n, meta)| {
+            (
+                n,
+                RxMeta {
+                    peer: Some(self.1),
+                    ..meta
+                },
+            )
+        }))
+    }
+
+    fn send(&mut self, frame: &[u8], meta: &RxMeta) -> std::io::Result<bool> {
+        self.0.send(frame, meta)
+    }
+}
+
+/// Datagrams shorter than a VXLAN header on the overlay socket, from a
+/// stranger or from a node, are dropped and counted, and the worker goes
+/// on to the next ones (it once took the inner frame of every datagram,
+/// `[8..len]`, and panicked on these).
+#[test]
+fn datagrams_shorter_than_a_vxlan_header_are_dropped_and_counted() {
+    for (peer, outcome) in [
+        (IpAddr::from([192, 0, 2, 9]), Outcome::Forged),
+        (IpAddr::from(N2), Outcome::Malformed),
+    ] {
+        let n = node(A, A6, N2, &["10.244.2.0/24", "fd00:2::/32"]);
+        let mut w = Worker::new(n.dp, PolicyHandle::default());
+        let mut sock = MemPort::new();
+        for len in 0..HLEN {
+            sock.rx.push_back(vec![0x08; len]);
+        }
+        w.attach(SOCKET, Box::new(FromPeer(sock, peer)));
+        assert_eq!(w.poll(Instant::now()), HLEN, "{peer}");
+        assert_eq!(w.poll(Instant::now()), 0);
+        assert_eq!(w.datapath.counters.get(outcome), HLEN as u64, "{peer}");
+    }
 }
 
 /// A segmentation-offload frame's offloads: segments of `gso` bytes.

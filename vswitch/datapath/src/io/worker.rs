@@ -370,11 +370,14 @@ impl Worker {
             for (k, action) in self.actions.drain(..).enumerate() {
                 let (n, meta) = self.lens[k];
                 let meta = if overlay { RxMeta::default() } else { meta };
+                // An overlay datagram's inner frame (empty when the datagram
+                // is shorter than its VXLAN header: anyone may send one, and
+                // the datapath has dropped it).
+                let frame = self.bufs[k].get(start..n).unwrap_or_default();
                 if overlay {
                     // Runs of TCP segments to one pod are merged (order to
                     // every port kept: a run is flushed before anything
                     // else is sent).
-                    let frame = &self.bufs[k][start..n];
                     if let Action::Forward(out) = action
                         && self.merge.push(out, k, frame)
                     {
@@ -400,7 +403,7 @@ impl Worker {
                         &mut self.pending,
                         &mut self.spare,
                         out as usize,
-                        &self.bufs[k][start..n],
+                        frame,
                         meta,
                     ),
                     Action::Reply(out, reply) => Self::send(
