@@ -30,7 +30,7 @@
 //! payload lies in the caller's frames ([`Payload`]); the caller sends the
 //! headers and the payloads as the pieces of one write, so the kernel's copy
 //! into the pod's TAP is the only one. The caller keeps the frames it
-//! pushed unchanged until it takes the run.
+//! pushed unchanged until the run's pieces are sent (or copied).
 
 use super::PortId;
 use crate::RxMeta;

@@ -256,7 +256,23 @@ fn scenario_run(
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(f) = files.get(i) else { break };
-                    let report = scenario::run_file_via(f, mode, nodes, via_service, proxy);
+                    // a file whose run panics fails alone: the others still
+                    // run and every report is still printed in order
+                    let report = std::panic::catch_unwind(|| {
+                        scenario::run_file_via(f, mode, nodes, via_service, proxy)
+                    })
+                    .unwrap_or_else(|panic| {
+                        let why = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        scenario::FileReport {
+                            name: String::new(),
+                            error: Some(format!("the runner failed: {why}")),
+                            probes: Vec::new(),
+                        }
+                    });
                     if done.send((i, report)).is_err() {
                         break;
                     }

@@ -5,9 +5,11 @@
 //! virtio-net header, every frame read is preceded by a `virtio_net_hdr`
 //! (checksum and segmentation offload state); the port strips it into
 //! [`RxMeta`] and puts it back on send, so offloaded frames cross the switch
-//! intact. Header and frame travel in two pieces of one `readv`/`writev`:
-//! a frame (up to 64 kB with segmentation offload) is copied only by the
-//! kernel, straight into the caller's buffer and out of it.
+//! intact. Header and frame travel as pieces of one `readv`/`writev` (two,
+//! or for a run of overlay segments merged for a pod, its headers and each
+//! segment's payload): a frame (up to 64 kB with segmentation offload) is
+//! copied only by the kernel, straight into the caller's buffer and out of
+//! it.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, RawFd};

@@ -192,9 +192,10 @@ impl TunnelPort {
     /// Sends equal-sized frames (the last may be shorter; at most
     /// [`GSO_MAX_SEGMENTS`]) as VXLAN datagrams in one system call, each
     /// datagram as three pieces of the message: the VXLAN header, the
-    /// frame's own bytes at `own[at..]` and its tail in `frame` (nothing is
-    /// copied before the kernel does). `None`: the kernel refused the
-    /// offload (the caller sends them one by one).
+    /// frame's own bytes (a segment's headers, copied and rewritten) and its
+    /// tail in `frame` (a segment's payload, which only the kernel copies).
+    /// `None`: the kernel refused the offload (the caller sends them one by
+    /// one).
     fn send_batch(
         &mut self,
         frame: &[u8],
