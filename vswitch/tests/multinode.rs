@@ -430,17 +430,13 @@ fn pods_on_three_nodes_talk_over_the_overlay_and_policy_holds_at_both_ends() {
         }
     }
     // The pods' own addresses arrive (no NAT): b's server sees a's address.
-    let seen = run(Command::new("ip").args([
-        "netns",
-        "exec",
+    let seen = python_in(
         &c.pod("a").ns,
-        "python3",
-        "-c",
         &format!(
             "import socket; s = socket.create_connection(('{}', 8080), 3); print(s.getsockname()[0])",
             c.pod("b").v4
         ),
-    ]));
+    );
     assert_eq!(seen.trim(), c.pod("a").v4);
     // A node reaches pods on other nodes (through its own node TAP and the
     // overlay, from its overlay address; the reply comes back the same way).
@@ -635,16 +631,12 @@ fn too_big_packets_get_icmp_and_tcp_finds_the_path_mtu() {
     let b = c.pod("b").v4.clone();
     // A 200 kB echo over TCP completes: the switch's "fragmentation needed"
     // teaches a's kernel the path MTU.
-    let out = run(Command::new("ip").args([
-        "netns",
-        "exec",
+    let out = python_in(
         &a_ns,
-        "python3",
-        "-c",
         &format!(
             "import socket\ns = socket.create_connection(('{b}', 8080), 5)\ns.settimeout(10)\ndata = bytes(range(256)) * 800\ns.sendall(data)\ngot = b''\nwhile len(got) < len(data):\n    d = s.recv(65536)\n    if not d: break\n    got += d\nprint('ok' if got == data else 'short %d' % len(got))"
         ),
-    ]));
+    );
     assert_eq!(out.trim(), "ok");
     let route = ip(&["-n", &a_ns, "route", "get", &b]);
     assert!(
@@ -673,12 +665,8 @@ fn bulk_tcp_across_nodes_arrives_intact_in_both_directions() {
     c.until_ok("a", "tcp", "b", 8080);
     let a_ns = c.pod("a").ns.clone();
     for dst in [c.pod("b").v4.clone(), c.pod("b").v6.clone()] {
-        let out = run(Command::new("ip").args([
-            "netns",
-            "exec",
+        let out = python_in(
             &a_ns,
-            "python3",
-            "-c",
             &format!(
                 "import os, socket, threading\n\
                  data = os.urandom(8 << 20)\n\
@@ -692,9 +680,14 @@ fn bulk_tcp_across_nodes_arrives_intact_in_both_directions() {
                      got += d\n\
                  print('ok' if got == data else 'differs: %d of %d bytes' % (len(got), len(data)))"
             ),
-        ]));
+        );
         assert_eq!(out.trim(), "ok", "8 MiB echoed from {dst}\n{}", c.logs());
     }
+}
+
+/// Runs a Python program in a pod's (or node's) namespace; its output.
+fn python_in(ns: &str, code: &str) -> String {
+    run(Command::new("ip").args(["netns", "exec", ns, "python3", "-c", code]))
 }
 
 /// A Service and its EndpointSlice (IPv4) in the shared folder: TCP `port`
