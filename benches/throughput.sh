@@ -3,10 +3,17 @@
 # on the server pod (ingress from the client's app only):
 #   vswitch  - vswitchd in a node namespace, pods wired by vswitch-cni
 #              (host-local IPAM), TAP devices with virtio-net headers;
+#   TAP relay - the ceiling of any switch on TAPs: two pods' TAPs joined
+#              by benches/tap_relay.rs, which copies frames (offloads and
+#              all) and does nothing else, with the same busy poll;
 #   bridge   - a Linux bridge in a node namespace, pods on veth pairs;
 #   vswitch across nodes - two node namespaces joined by a veth pair (the
 #              underlay), a vswitchd on each, one pod on each: VXLAN over
 #              UDP, segmentation and checksums in software;
+#   TAP relay across nodes - the ceiling of any overlay on TAPs and UDP
+#              sockets: on each node a relay joins a pod's TAP to a UDP
+#              socket, and whole 64 kB frames cross a 64 kB-MTU underlay
+#              (nothing cut, nothing checksummed);
 #   kernel VXLAN - two node namespaces, each a Linux bridge with a veth pod
 #              and a kernel VXLAN device to the other (flannel's layout).
 # Each path: iperf3 TCP with one stream and with four, UDP with 64-byte
@@ -15,19 +22,26 @@
 # (round trip, average and 99th percentile); ping (average round trip).
 # Beside each vswitch figure, the cores vswitchd used meanwhile (utime and
 # stime from /proc), and per Gbit/s or per 100 kpps. Last, every figure as
-# a ratio: vswitch to the bridge, vswitch across nodes to kernel VXLAN.
+# a ratio: vswitch to the bridge, vswitch across nodes to kernel VXLAN,
+# vswitch to the relay and the relay to the bridge (what the TAP path
+# itself costs, beyond anything a switch does).
 # Needs root, iperf3, sockperf, ping and /usr/lib/cni/host-local. Usage:
 #   benches/throughput.sh [SECONDS]   (default 5 per measurement)
-# VSWITCHD_ARGS adds options to every vswitchd (e.g. "--busy-poll-us 0").
+# VSWITCHD_ARGS adds options to every vswitchd (e.g. "--busy-poll-us 0"),
+# RELAY_ARGS to the relay (the same option).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-5}
 . benches/support/prelude.sh
 prelude iperf3 sockperf ping python3 ip
+if command -v cargo >/dev/null; then cargo build --release -q --example tap_relay; fi
+relay_bin=$bin/examples/tap_relay
+[ -x "$relay_bin" ] || {
+  echo "error: $relay_bin is missing: run cargo build --release --example tap_relay" >&2; exit 1; }
 pod_scratch tp
 hz=$(getconf CLK_TCK)
 cleanup() {
-  for d in ${daemon:-} ${daemons:-}; do kill "$d" 2>/dev/null && wait "$d" 2>/dev/null; done
+  for d in ${daemon:-} ${relay:-} ${daemons:-} ${relays:-}; do kill "$d" 2>/dev/null && wait "$d" 2>/dev/null; done
 }
 
 # CPU ticks (user + system) of the processes named, all their threads
@@ -154,6 +168,11 @@ pod_manifest() {
     "$2" "$3" "$spec" "$status" > "$1/pod-$2.yaml"
 }
 
+wait_relay() {
+  for _ in $(seq 200); do grep -q ready "$1" 2>/dev/null && return; sleep 0.05; done
+  echo "tap_relay did not start:" >&2; cat "$1" >&2; exit 1
+}
+
 wait_ready() {
   for _ in $(seq 200); do grep -q "vswitchd: ready" "$1" 2>/dev/null && return; sleep 0.05; done
   echo "vswitchd did not start:" >&2; cat "$1" >&2; exit 1
@@ -200,6 +219,24 @@ wait_policy $tag-a $tag-c "$b"
 ip netns pids $tag-b | xargs -r kill 2>/dev/null || true
 sleep 0.2
 run_suite "vswitch + NetworkPolicy" $tag-a $tag-b "$b" "$daemon"
+
+# --- the ceiling: two TAPs joined by a relay that only copies frames
+ip netns add $tag-rnode
+# shellcheck disable=SC2086
+ip netns exec $tag-rnode "$relay_bin" ra rb ${RELAY_ARGS:-} > "$work/relay.log" 2>&1 &
+relay=$!
+wait_relay "$work/relay.log"
+i=1
+for p in ra rb; do
+  i=$((i + 1))
+  ip netns add $tag-$p
+  ip -n $tag-$p link set lo up
+  ip -n $tag-rnode link set $p netns $tag-$p
+  ip -n $tag-$p link set $p name eth0
+  ip -n $tag-$p addr add 10.207.0.$i/24 dev eth0
+  ip -n $tag-$p link set eth0 up
+done
+run_suite "TAP relay (ceiling, no policy)" $tag-ra $tag-rb 10.207.0.3 "$relay"
 
 # --- Linux bridge and veth pairs
 ip netns add $tag-bnode
@@ -254,6 +291,36 @@ sleep 0.2
 # shellcheck disable=SC2086
 run_suite "vswitch + NetworkPolicy, 2 nodes (VXLAN)" $tag-x1 $tag-x2 "${xaddrs[1]}" $daemons
 
+# --- the overlay's ceiling: on each of two nodes a relay joins a pod's TAP
+# to a UDP socket; each frame, 64 kB ones whole, is one datagram on an
+# underlay with a 64 kB MTU (the pods' gso_max_size keeps a frame within a
+# datagram)
+ip netns add $tag-r1
+ip netns add $tag-r2
+ip -n $tag-r1 link add v1 type veth peer name v2 netns $tag-r2
+relays=""
+for i in 1 2; do
+  o=$((3 - i))
+  ip -n $tag-r$i link set lo up
+  ip -n $tag-r$i link set v$i mtu 65535
+  ip -n $tag-r$i addr add 192.168.207.$i/24 dev v$i
+  ip -n $tag-r$i link set v$i up
+  # shellcheck disable=SC2086
+  ip netns exec $tag-r$i "$relay_bin" --udp 192.168.207.$i:4789 192.168.207.$o:4789 rp \
+    ${RELAY_ARGS:-} > "$work/relay$i.log" 2>&1 &
+  relays="$relays $!"
+  wait_relay "$work/relay$i.log"
+  ip netns add $tag-rp$i
+  ip -n $tag-rp$i link set lo up
+  ip -n $tag-r$i link set rp netns $tag-rp$i
+  ip -n $tag-rp$i link set rp name eth0
+  ip -n $tag-rp$i link set eth0 mtu 1450 gso_max_size 60000
+  ip -n $tag-rp$i addr add 10.208.0.$i/24 dev eth0
+  ip -n $tag-rp$i link set eth0 up
+done
+# shellcheck disable=SC2086
+run_suite "TAP relay across nodes (ceiling, no policy)" $tag-rp1 $tag-rp2 10.208.0.2 $relays
+
 # --- the kernel's own overlay: on each of two nodes a Linux bridge with a
 # veth pod and a VXLAN device (VNI 1, UDP 4789) to the other node
 ip netns add $tag-k1
@@ -306,7 +373,11 @@ for p in order:
     print("%-42s" % p, " | ".join(cell(rows[p], k) for k, _, _ in cols))
 print()
 pairs = [("vswitch + NetworkPolicy", "Linux bridge + veth"),
-         ("vswitch + NetworkPolicy, 2 nodes (VXLAN)", "Linux bridge + kernel VXLAN, 2 nodes")]
+         ("vswitch + NetworkPolicy", "TAP relay (ceiling, no policy)"),
+         ("TAP relay (ceiling, no policy)", "Linux bridge + veth"),
+         ("vswitch + NetworkPolicy, 2 nodes (VXLAN)", "Linux bridge + kernel VXLAN, 2 nodes"),
+         ("vswitch + NetworkPolicy, 2 nodes (VXLAN)", "TAP relay across nodes (ceiling, no policy)"),
+         ("TAP relay across nodes (ceiling, no policy)", "Linux bridge + kernel VXLAN, 2 nodes")]
 print("ratios (higher is better for rates, lower for times):")
 for a, b in pairs:
     if a not in rows or b not in rows:
