@@ -37,6 +37,14 @@ use super::port::{Port, RxMeta};
 use crate::overlay;
 use crate::segment::{self, SegError, WireFrame};
 
+/// The overlay socket's receive buffer, in bytes (the kernel doubles it
+/// for its bookkeeping). Every node's datagrams wait here until the worker
+/// reads them, and an offload batch (`UDP_GRO`) is up to 64 kB: the
+/// kernel's default, 208 KiB, held three of them, and at 7 Gbit/s across
+/// nodes dropped one datagram in eleven. 8 MiB holds some 6 ms at 10
+/// Gbit/s; it is the kernel's memory, fixed per node, not per pod.
+pub const RECEIVE_BUFFER: usize = 8 << 20;
+
 pub struct OverlaySocket {
     sock: UdpSocket,
     /// What one receive brought: datagrams of `seg` bytes (the last may be
@@ -56,6 +64,16 @@ impl OverlaySocket {
         // Whole offload batches where the kernel can (Linux 5.0 and up).
         if let Err(e) = setsockopt(&sock, sockopt::UdpGroSegment, &true) {
             tracing::debug!("overlay: no UDP_GRO: {e}");
+        }
+        // Room for a burst (see RECEIVE_BUFFER): past net.core.rmem_max,
+        // which takes CAP_NET_ADMIN (vswitchd has it); without it, as much
+        // as the limit allows.
+        if let Err(e) = setsockopt(&sock, sockopt::RcvBufForce, &RECEIVE_BUFFER) {
+            setsockopt(&sock, sockopt::RcvBuf, &RECEIVE_BUFFER)?;
+            tracing::warn!(
+                "overlay: receive buffer limited by net.core.rmem_max ({e}); \
+                 bursts from other nodes may be dropped (raise it, or run with CAP_NET_ADMIN)"
+            );
         }
         Ok(OverlaySocket {
             sock,
