@@ -125,6 +125,13 @@ impl Port for UdpLink {
         let n = match recvmsg::<()>(self.0.as_raw_fd(), &mut iov, None, MsgFlags::empty()) {
             Ok(m) => m.bytes,
             Err(nix::errno::Errno::EAGAIN) => return Ok(None),
+            // An ICMP error for an earlier datagram (the other relay not up
+            // yet): that datagram was lost; nothing arrived.
+            Err(
+                nix::errno::Errno::ECONNREFUSED
+                | nix::errno::Errno::EHOSTUNREACH
+                | nix::errno::Errno::ENETUNREACH,
+            ) => return Ok(Some((0, RxMeta::default()))),
             Err(e) => return Err(e.into()),
         };
         let Some(vnet) = VnetHdr::parse(&hdr[..n.min(VnetHdr::LEN)]) else {

@@ -16,7 +16,8 @@
 #              (nothing cut, nothing checksummed);
 #   kernel VXLAN - two node namespaces, each a Linux bridge with a veth pod
 #              and a kernel VXLAN device to the other (flannel's layout).
-# Each path: iperf3 TCP with one stream and with four, UDP with 64-byte
+# Each path: iperf3 TCP with one stream and with four (and the segments
+# the sender retransmitted: a switch that drops shows here), UDP with 64-byte
 # payloads sent as fast as possible (packets per second received, and
 # lost); sockperf ping-pong with 64-byte messages over TCP and over UDP
 # (round trip, average and 99th percentile); ping (average round trip).
@@ -56,20 +57,21 @@ record() {
   echo "$1|$2|$3|${4:-}" >> "$work/results"
 }
 
-# figures of one iperf3 run as "value extra" (Gbit/s, or kpps and % lost)
+# figures of one iperf3 run as "value extra" (Gbit/s and TCP segments
+# retransmitted, or kpps and % lost)
 iperf_figure() {
   python3 - "$1" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
 if "error" in r:
-    print("nan error:" + r["error"].replace(" ", "_")); sys.exit(0)
+    print("iperf3: " + r["error"], file=sys.stderr); print("nan nan"); sys.exit(0)
 e = r["end"]
 if r["start"]["test_start"]["protocol"] == "UDP":
     s = e["sum"]
     got = s["packets"] - s["lost_packets"]
     print("%.1f %.1f" % (got / s["seconds"] / 1e3, s["lost_percent"]))
 else:
-    print("%.3f 0" % (e["sum_received"]["bits_per_second"] / 1e9))
+    print("%.3f %d" % (e["sum_received"]["bits_per_second"] / 1e9, e["sum_sent"].get("retransmits", 0)))
 EOF
 }
 
@@ -112,7 +114,7 @@ run_suite() {
     timed ip netns exec "$client" iperf3 -c "$dst" -t "$secs" -J $flags > "$work/out.json" || true
     read -r v x < <(iperf_figure "$work/out.json")
     record "$label" "$name" "$v" "$cores"
-    [ "$name" = udp64 ] && record "$label" udp64-lost "$x"
+    if [ "$name" = udp64 ]; then record "$label" udp64-lost "$x"; else record "$label" "$name-retr" "$x"; fi
   done
   for proto in tcp udp; do
     local port=11112 opt=""
@@ -355,14 +357,15 @@ for line in open(sys.argv[1]):
         rows[path] = {}
         order.append(path)
     rows[path][metric] = (float(value), float(cores) if cores else None)
-cols = [("tcp1", "TCP 1 stream", "Gbit/s"), ("tcp4", "TCP 4 streams", "Gbit/s"),
+cols = [("tcp1", "TCP 1 stream", "Gbit/s"), ("tcp1-retr", "retransmitted", "segments"),
+        ("tcp4", "TCP 4 streams", "Gbit/s"), ("tcp4-retr", "retransmitted", "segments"),
         ("udp64", "UDP 64 B", "kpps"), ("udp64-lost", "UDP lost", "%"),
         ("tcp-rr-avg", "TCP RR avg", "us"), ("tcp-rr-p99", "TCP RR p99", "us"),
         ("udp-rr-avg", "UDP RR avg", "us"), ("udp-rr-p99", "UDP RR p99", "us"),
         ("ping", "ping avg", "ms")]
 def cell(r, k):
     v, c = r.get(k, (float("nan"), None))
-    s = "%.3g" % v if v == v else "-"
+    s = ("%d" if k.endswith("-retr") else "%.3g") % v if v == v else "-"
     if c is not None:
         per = {"tcp1": v, "tcp4": v, "udp64": v / 100}.get(k)
         s += " (%.2f cores%s)" % (c, ", %.2f per %s" % (c / per, "Gbit/s" if k != "udp64" else "100 kpps")
@@ -384,7 +387,7 @@ for a, b in pairs:
         continue
     parts = []
     for k, n, _ in cols:
-        if k == "udp64-lost":
+        if k in ("udp64-lost", "tcp1-retr", "tcp4-retr"):
             continue
         x, y = rows[a].get(k, (float("nan"),))[0], rows[b].get(k, (float("nan"),))[0]
         parts.append("%s %.2fx" % (n, x / y) if y and x == x and y == y else "%s -" % n)
