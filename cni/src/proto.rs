@@ -139,6 +139,10 @@ pub struct PortInfo {
     /// because its slow-path budget was spent.
     #[serde(default)]
     pub rx_paused: u64,
+    /// Frames for the switch that the port's socket dropped before the
+    /// switch read them (the overlay's socket, its receive buffer full).
+    #[serde(default)]
+    pub rx_dropped: u64,
     /// Packets by outcome (fast_forward, policy_deny, ...), non-zero only.
     pub outcomes: std::collections::BTreeMap<String, u64>,
 }

@@ -493,6 +493,11 @@ fn pods_talk_policy_denies_then_allows_and_the_node_always_passes() {
         value("vswitch_port_rx_paused_total{port=\"1\",name=\"default/a/eth0\"}"),
         0
     );
+    // and drops before the switch read a frame (a TAP cannot tell: 0)
+    assert_eq!(
+        value("vswitch_port_rx_dropped_total{port=\"1\",name=\"default/a/eth0\"}"),
+        0
+    );
     assert_eq!(value("vswitch_attachments"), 2);
     assert_eq!(value("vswitch_source_in_sync"), 1);
     assert!(value("vswitch_policy_generation") > 1);

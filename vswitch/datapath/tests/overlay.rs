@@ -434,6 +434,48 @@ fn a_burst_from_another_node_waits_whole_in_the_overlay_socket() {
     );
 }
 
+/// What the overlay socket cannot hold is dropped by the kernel, and the
+/// port counts it: a burst far beyond the receive buffer, then every
+/// frame is either received or counted (one offload batch per frame, as
+/// the tunnel port sends it), the count arriving with the next datagram.
+#[test]
+fn what_overflows_the_overlay_socket_is_counted() {
+    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let mut rx = OverlaySocket::bind(lo, 0).unwrap();
+    let to = rx.local_addr().unwrap();
+    let mut tx = TunnelPort::connect(lo, SocketAddr::new(lo, to.port()), VNI, 1400).unwrap();
+    // 600 frames of 60 000 bytes: 36 MB, twice what the buffer can hold
+    // even as root (8 MiB, doubled by the kernel).
+    const FRAMES: usize = 600;
+    const LEN: usize = 60_000;
+    let payload = vec![0x5a; LEN];
+    for i in 0..FRAMES {
+        let (frame, meta) = tso_frame(&payload, 1 + (i * LEN) as u32);
+        assert!(tx.send(&frame, &meta).unwrap(), "frame {i} not sent");
+    }
+    let mut segments = 0;
+    let mut buf = vec![0u8; 65_536];
+    while rx.recv(&mut buf).unwrap().is_some() {
+        segments += 1;
+    }
+    let per_frame = LEN.div_ceil(1360);
+    assert_eq!(segments % per_frame, 0, "whole frames received");
+    let received = segments / per_frame;
+    assert!(received < FRAMES, "a burst of 36 MB overflowed nothing");
+    // The kernel reports its count with the next datagram it queues.
+    let (frame, meta) = tso_frame(&payload, 1 + (FRAMES * LEN) as u32);
+    assert!(tx.send(&frame, &meta).unwrap());
+    assert!(
+        rx.recv(&mut buf).unwrap().is_some(),
+        "the frame after the burst"
+    );
+    assert_eq!(
+        rx.rx_dropped(),
+        (FRAMES - received) as u64,
+        "frames dropped: {FRAMES} sent, {received} received"
+    );
+}
+
 /// Prints `SKIPPED: why` and returns; under `CI=true` a skip is a failure.
 fn skip(why: &str) {
     assert!(

@@ -128,7 +128,7 @@ pub fn render(switch: &SwitchHandle, g: &Gauges) -> String {
     };
     let mut s = String::new();
     type Field = fn(&PortInfo) -> u64;
-    let per_port: [(&str, &str, Field); 7] = [
+    let per_port: [(&str, &str, Field); 8] = [
         (
             "vswitch_port_rx_packets_total",
             "Frames received from the port.",
@@ -163,6 +163,11 @@ pub fn render(switch: &SwitchHandle, g: &Gauges) -> String {
             "vswitch_port_rx_paused_total",
             "Times the port was not read for a while because its pod spent its slow-path budget.",
             |c| c.rx_paused,
+        ),
+        (
+            "vswitch_port_rx_dropped_total",
+            "Frames for the switch that the port's socket dropped before the switch read them (the overlay's socket, its receive buffer full).",
+            |c| c.rx_dropped,
         ),
     ];
     for (name, help, get) in per_port {

@@ -249,6 +249,7 @@ fn answer(worker: &Worker, q: Query) -> Answer {
                         tx_error: tx_drops.tx_error,
                         tx_queue_full: tx_drops.tx_queue_full,
                         rx_paused: worker.slow_path_pauses(id),
+                        rx_dropped: worker.rx_dropped(id),
                         outcomes: p
                             .counters
                             .nonzero()

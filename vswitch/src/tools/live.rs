@@ -54,12 +54,13 @@ pub fn render(reply: &Reply) -> String {
             );
             for p in ports {
                 let ips: Vec<String> = p.ips.iter().map(|i| i.to_string()).collect();
-                // send-side drops and budget pauses follow the outcomes of
-                // what was received
+                // drops on either side and budget pauses follow the
+                // outcomes of what was received
                 let extra = [
                     ("tx_error", p.tx_error),
                     ("tx_queue_full", p.tx_queue_full),
                     ("rx_paused", p.rx_paused),
+                    ("rx_dropped", p.rx_dropped),
                 ];
                 let outcomes: Vec<String> = p
                     .outcomes

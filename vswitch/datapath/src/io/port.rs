@@ -32,6 +32,13 @@ pub trait Port: Send {
         None
     }
 
+    /// Frames for the switch that the port's socket dropped before the
+    /// switch read them, as the kernel counts them (the overlay's socket,
+    /// its receive buffer full); zero where the port cannot tell.
+    fn rx_dropped(&self) -> u64 {
+        0
+    }
+
     /// The in-memory port behind this one, if it is one (tests, benchmarks).
     fn as_mem(&mut self) -> Option<&mut MemPort> {
         None

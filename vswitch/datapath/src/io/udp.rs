@@ -54,6 +54,10 @@ pub struct OverlaySocket {
     at: usize,
     seg: usize,
     peer: Option<IpAddr>,
+    /// The kernel's count of datagrams the socket dropped (`SO_RXQ_OVFL`,
+    /// a wrapping 32-bit count: `dropped` adds up its steps).
+    overflow: u32,
+    dropped: u64,
 }
 
 impl OverlaySocket {
@@ -75,6 +79,8 @@ impl OverlaySocket {
                  bursts from other nodes may be dropped (raise it, or run with CAP_NET_ADMIN)"
             );
         }
+        // The kernel's drop count with every datagram, for the counters.
+        setsockopt(&sock, sockopt::RxqOvfl, &1)?;
         Ok(OverlaySocket {
             sock,
             batch: vec![0; 65_536],
@@ -82,12 +88,14 @@ impl OverlaySocket {
             at: 0,
             seg: 0,
             peer: None,
+            overflow: 0,
+            dropped: 0,
         })
     }
 
     /// One receive: a datagram, or several of one size back to back.
     fn fill(&mut self) -> io::Result<bool> {
-        let mut cmsg = nix::cmsg_space!(i32);
+        let mut cmsg = nix::cmsg_space!(i32, u32);
         let mut iov = [IoSliceMut::new(&mut self.batch)];
         let msg = match recvmsg::<SockaddrStorage>(
             self.sock.as_raw_fd(),
@@ -102,10 +110,13 @@ impl OverlaySocket {
         let mut seg = msg.bytes;
         if let Ok(cmsgs) = msg.cmsgs() {
             for c in cmsgs {
-                if let ControlMessageOwned::UdpGroSegments(n) = c
-                    && n > 0
-                {
-                    seg = n as usize;
+                match c {
+                    ControlMessageOwned::UdpGroSegments(n) if n > 0 => seg = n as usize,
+                    ControlMessageOwned::RxqOvfl(n) => {
+                        self.dropped += u64::from(n.wrapping_sub(self.overflow));
+                        self.overflow = n;
+                    }
+                    _ => {}
                 }
             }
         }
@@ -144,6 +155,12 @@ impl Port for OverlaySocket {
                 ..RxMeta::default()
             },
         )))
+    }
+
+    /// Datagrams the socket dropped (its receive buffer full), as of the
+    /// last datagram received: the kernel reports its count with each.
+    fn rx_dropped(&self) -> u64 {
+        self.dropped
     }
 
     /// Nothing is sent through the receiving socket.

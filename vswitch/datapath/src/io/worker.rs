@@ -247,6 +247,14 @@ impl Worker {
         self.budgets.get(id as usize).map_or(0, |b| b.pauses)
     }
 
+    /// Frames the port's socket dropped before the switch read them.
+    pub fn rx_dropped(&self, id: PortId) -> u64 {
+        self.ports
+            .get(id as usize)
+            .and_then(Option::as_ref)
+            .map_or(0, |p| p.rx_dropped())
+    }
+
     /// Frames dropped at send time on a port.
     pub fn tx_drops(&self, id: PortId) -> TxDrops {
         self.pending
