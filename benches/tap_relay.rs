@@ -9,8 +9,9 @@
 //! It uses the switch's own TAP port (the same `readv`/`writev` of header
 //! and frame, the same offloads) and one thread, as vswitchd's worker does.
 //! Like vswitchd, before it sleeps it polls for a while after traffic
-//! (`--busy-poll-us`, default 200 µs, yielding the core between turns), so
-//! that round trips compare like with like.
+//! (yielding the core between turns), but for a fixed window
+//! (`--busy-poll-us`, default 200 µs; 0 sleeps at once) where vswitchd's
+//! adapts to the traffic.
 //!
 //! Across nodes, `--udp LOCAL PEER TAP` joins a TAP to a UDP socket: each
 //! frame, virtio-net header and all, travels as one datagram to the relay
