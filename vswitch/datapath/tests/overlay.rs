@@ -318,10 +318,8 @@ fn too_big_for_the_overlay_gets_the_icmp_a_router_sends() {
 #[test]
 fn tunnel_ports_cut_offload_frames_into_vxlan_datagrams() {
     let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let mut rx = OverlaySocket::bind(lo, 0).unwrap();
-    let to = rx.local_addr().unwrap();
     let mtu = 1400;
-    let mut tx = TunnelPort::connect(lo, SocketAddr::new(lo, to.port()), VNI, mtu).unwrap();
+    let (mut rx, mut tx) = loopback_overlay(mtu);
     // A 10 000-byte TCP payload as a pod's TAP hands it over.
     let payload: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
     let (frame, meta) = tso_frame(&payload, 1);
@@ -357,6 +355,15 @@ fn tunnel_ports_cut_offload_frames_into_vxlan_datagrams() {
     }
     assert_eq!(got.len(), 10_000usize.div_ceil(1360));
     assert_eq!(got.concat(), payload, "the payload, in order");
+}
+
+/// An overlay socket on loopback and a tunnel port to it, for inner
+/// packets of at most `mtu` bytes.
+fn loopback_overlay(mtu: usize) -> (OverlaySocket, TunnelPort) {
+    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let rx = OverlaySocket::bind(lo, 0).unwrap();
+    let to = SocketAddr::new(lo, rx.local_addr().unwrap().port());
+    (rx, TunnelPort::connect(lo, to, VNI, mtu).unwrap())
 }
 
 /// A TCP segment of `payload` as a pod's TAP hands it over: TSO (1360-byte
@@ -398,10 +405,7 @@ fn a_burst_from_another_node_waits_whole_in_the_overlay_socket() {
         skip("a socket buffer beyond net.core.rmem_max needs CAP_NET_ADMIN: run as root");
         return;
     }
-    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let mut rx = OverlaySocket::bind(lo, 0).unwrap();
-    let to = rx.local_addr().unwrap();
-    let mut tx = TunnelPort::connect(lo, SocketAddr::new(lo, to.port()), VNI, 1400).unwrap();
+    let (mut rx, mut tx) = loopback_overlay(1400);
     // 48 frames of 60 000 bytes, 45 segments each: about 3 MB on the wire,
     // sent before the switch reads any of it.
     const FRAMES: usize = 48;
@@ -440,10 +444,7 @@ fn a_burst_from_another_node_waits_whole_in_the_overlay_socket() {
 /// the tunnel port sends it), the count arriving with the next datagram.
 #[test]
 fn what_overflows_the_overlay_socket_is_counted() {
-    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let mut rx = OverlaySocket::bind(lo, 0).unwrap();
-    let to = rx.local_addr().unwrap();
-    let mut tx = TunnelPort::connect(lo, SocketAddr::new(lo, to.port()), VNI, 1400).unwrap();
+    let (mut rx, mut tx) = loopback_overlay(1400);
     // 600 frames of 60 000 bytes: 36 MB, twice what the buffer can hold
     // even as root (8 MiB, doubled by the kernel).
     const FRAMES: usize = 600;
