@@ -170,14 +170,13 @@ pod_manifest() {
     "$2" "$3" "$spec" "$status" > "$1/pod-$2.yaml"
 }
 
-wait_relay() {
-  for _ in $(seq 200); do grep -q ready "$1" 2>/dev/null && return; sleep 0.05; done
-  echo "tap_relay did not start:" >&2; cat "$1" >&2; exit 1
-}
-
+# wait_ready LOG [PROGRAM]: until PROGRAM (vswitchd, or tap_relay) has
+# written its ready line to LOG
 wait_ready() {
-  for _ in $(seq 200); do grep -q "vswitchd: ready" "$1" 2>/dev/null && return; sleep 0.05; done
-  echo "vswitchd did not start:" >&2; cat "$1" >&2; exit 1
+  local who=${2:-vswitchd} line="vswitchd: ready"
+  [ "$who" = tap_relay ] && line=ready
+  for _ in $(seq 200); do grep -q "$line" "$1" 2>/dev/null && return; sleep 0.05; done
+  echo "$who did not start:" >&2; cat "$1" >&2; exit 1
 }
 
 # wait_policy CLIENT-NS OTHER-NS ADDR: the policy must be in force before
@@ -227,7 +226,7 @@ ip netns add $tag-rnode
 # shellcheck disable=SC2086
 ip netns exec $tag-rnode "$relay_bin" ra rb ${RELAY_ARGS:-} > "$work/relay.log" 2>&1 &
 relay=$!
-wait_relay "$work/relay.log"
+wait_ready "$work/relay.log" tap_relay
 i=1
 for p in ra rb; do
   i=$((i + 1))
@@ -311,7 +310,7 @@ for i in 1 2; do
   ip netns exec $tag-r$i "$relay_bin" --udp 192.168.207.$i:4789 192.168.207.$o:4789 rp \
     ${RELAY_ARGS:-} > "$work/relay$i.log" 2>&1 &
   relays="$relays $!"
-  wait_relay "$work/relay$i.log"
+  wait_ready "$work/relay$i.log" tap_relay
   ip netns add $tag-rp$i
   ip -n $tag-rp$i link set lo up
   ip -n $tag-r$i link set rp netns $tag-rp$i
@@ -386,8 +385,8 @@ for a, b in pairs:
     if a not in rows or b not in rows:
         continue
     parts = []
-    for k, n, _ in cols:
-        if k in ("udp64-lost", "tcp1-retr", "tcp4-retr"):
+    for k, n, unit in cols:
+        if unit in ("%", "segments"):  # losses, not rates or times
             continue
         x, y = rows[a].get(k, (float("nan"),))[0], rows[b].get(k, (float("nan"),))[0]
         parts.append("%s %.2fx" % (n, x / y) if y and x == x and y == y else "%s -" % n)
